@@ -1,0 +1,135 @@
+//! The audit signing key: Ed25519, stored as PKCS#8 PEM; the public half as SPKI PEM.
+
+use std::path::Path;
+
+use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
+use ed25519_dalek::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey};
+use ed25519_dalek::{Signer as _, SigningKey, VerifyingKey};
+use sha2::{Digest, Sha256};
+
+/// Why a key could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("cannot read key file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot write key file {path}: {source}")]
+    Write {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path} is not an Ed25519 {kind} key in PEM: {detail}")]
+    Format {
+        path: String,
+        kind: &'static str,
+        detail: String,
+    },
+}
+
+/// Signs audit records.
+pub struct AuditSigner {
+    key: SigningKey,
+    kid: String,
+}
+
+impl AuditSigner {
+    pub fn from_key(key: SigningKey) -> Self {
+        let kid = key_id(&key.verifying_key());
+        Self { key, kid }
+    }
+
+    /// Loads a PKCS#8 PEM private key.
+    pub fn load(path: &Path) -> Result<Self, KeyError> {
+        let pem = read(path)?;
+        let key = SigningKey::from_pkcs8_pem(&pem).map_err(|e| KeyError::Format {
+            path: path.display().to_string(),
+            kind: "private",
+            detail: e.to_string(),
+        })?;
+        Ok(Self::from_key(key))
+    }
+
+    /// A fresh random key.
+    pub fn generate() -> Self {
+        Self::from_key(SigningKey::generate(&mut rand_core::OsRng))
+    }
+
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    pub fn verifying_key(&self) -> VerifyingKey {
+        self.key.verifying_key()
+    }
+
+    pub fn sign(&self, body: &[u8]) -> [u8; 64] {
+        self.key.sign(body).to_bytes()
+    }
+
+    /// Writes the private key (PKCS#8 PEM, owner-only) to `path` and the public key (SPKI
+    /// PEM) next to it with the extension `.pub`; returns the public key's path.
+    pub fn write_pair(&self, path: &Path) -> Result<std::path::PathBuf, KeyError> {
+        let write_err = |p: &Path| {
+            let path = p.display().to_string();
+            move |source| KeyError::Write { path, source }
+        };
+        let format_err = |detail: String| KeyError::Format {
+            path: path.display().to_string(),
+            kind: "private",
+            detail,
+        };
+        let private = self
+            .key
+            .to_pkcs8_pem(LineEnding::LF)
+            .map_err(|e| format_err(e.to_string()))?;
+        let public = self
+            .verifying_key()
+            .to_public_key_pem(LineEnding::LF)
+            .map_err(|e| format_err(e.to_string()))?;
+        write_private(path, private.as_bytes()).map_err(write_err(path))?;
+        let public_path = path.with_extension("pub");
+        std::fs::write(&public_path, public).map_err(write_err(&public_path))?;
+        Ok(public_path)
+    }
+}
+
+/// Loads an SPKI PEM public key (as written by `stepgate keygen`).
+pub fn load_public_key(path: &Path) -> Result<VerifyingKey, KeyError> {
+    let pem = read(path)?;
+    VerifyingKey::from_public_key_pem(&pem).map_err(|e| KeyError::Format {
+        path: path.display().to_string(),
+        kind: "public",
+        detail: e.to_string(),
+    })
+}
+
+/// A key's id: the first 16 hex digits of SHA-256 over its 32 raw bytes.
+pub fn key_id(key: &VerifyingKey) -> String {
+    hex::encode(&Sha256::digest(key.as_bytes())[..8])
+}
+
+fn read(path: &Path) -> Result<String, KeyError> {
+    std::fs::read_to_string(path).map_err(|source| KeyError::Read {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+#[cfg(unix)]
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(bytes)
+}
+
+#[cfg(not(unix))]
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    std::fs::write(path, bytes)
+}

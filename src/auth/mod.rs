@@ -1,0 +1,8 @@
+//! Authentication: OIDC access tokens verified against the trusted issuers' keys.
+
+pub mod jwks;
+pub mod principal;
+pub mod verifier;
+
+pub use principal::Principal;
+pub use verifier::{AuthError, Verifier};

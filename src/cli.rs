@@ -1,0 +1,211 @@
+//! The command line: `stepgate [serve] | migrate | check-config | openapi | keygen | audit verify`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use crate::audit::AuditSigner;
+use crate::audit::signer::load_public_key;
+use crate::audit::verify::{read_trail, verify_records};
+use crate::config::Config;
+use crate::http::openapi;
+use crate::queue::Keys;
+use crate::startup::{Application, connect_redis};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "stepgate",
+    version,
+    about = "Starts AWS Step Functions executions for authenticated services"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ConfigArg {
+    /// The configuration file (TOML); `STEPGATE_*` variables override it.
+    #[arg(long, short, env = "STEPGATE_CONFIG", default_value = "stepgate.toml")]
+    pub config: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the API and run the drain (the default).
+    Serve(ConfigArg),
+    /// Apply the Redis migrations and exit.
+    Migrate(ConfigArg),
+    /// Validate the configuration and exit.
+    CheckConfig(ConfigArg),
+    /// Print the OpenAPI document, or compare it with the committed one.
+    Openapi {
+        /// Exit non-zero when `--path` differs from the generated document.
+        #[arg(long)]
+        check: bool,
+        /// Write the document to this file instead of standard output.
+        #[arg(long)]
+        write: bool,
+        #[arg(long, default_value = openapi::COMMITTED_PATH)]
+        path: PathBuf,
+    },
+    /// Write a new Ed25519 audit signing key (PKCS#8 PEM) and its public key (`.pub`).
+    Keygen {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Audit trail tools.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check the trail's chain and signatures; exits 1 naming the first bad record.
+    Verify {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Public key(s) to verify with (SPKI PEM); default: the configured signing key's.
+        #[arg(long = "public-key")]
+        public_keys: Vec<PathBuf>,
+    },
+}
+
+/// Runs the command; `Ok` carries the exit code.
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command.unwrap_or(Command::Serve(ConfigArg {
+        config: PathBuf::from("stepgate.toml"),
+    })) {
+        Command::Serve(arg) => serve(&arg).await,
+        Command::Migrate(arg) => {
+            let config = load(&arg)?;
+            let redis =
+                connect_redis(&redis_client(&config)?, std::time::Duration::from_secs(5)).await?;
+            let names: Vec<_> = config.workflow_names().map(|(name, _)| name).collect();
+            let ran = crate::migrations::apply(
+                &mut redis.clone(),
+                &Keys::new(&config.redis.key_prefix),
+                &names,
+            )
+            .await?;
+            println!("migrations applied: {ran} step(s) ran");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::CheckConfig(arg) => {
+            let config = load(&arg)?;
+            println!(
+                "configuration is valid: {} issuer(s), {} workflow(s)",
+                config.issuers.len(),
+                config.workflows.len()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Openapi { check, write, path } => {
+            let generated = openapi::document_json()?;
+            if check {
+                let committed = std::fs::read_to_string(&path).unwrap_or_default();
+                if committed != generated {
+                    eprintln!(
+                        "{} is stale: run `stepgate openapi --write`",
+                        path.display()
+                    );
+                    return Ok(ExitCode::FAILURE);
+                }
+                println!("{} is up to date", path.display());
+            } else if write {
+                std::fs::write(&path, generated)
+                    .with_context(|| format!("writing {}", path.display()))?;
+                println!("wrote {}", path.display());
+            } else {
+                print!("{generated}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Keygen { out } => {
+            let signer = AuditSigner::generate();
+            let public = signer.write_pair(&out)?;
+            println!(
+                "wrote {} (private) and {} (public); key id {}",
+                out.display(),
+                public.display(),
+                signer.kid()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Audit(AuditCommand::Verify {
+            config,
+            public_keys,
+        }) => verify_audit(&config, &public_keys).await,
+    }
+}
+
+async fn serve(arg: &ConfigArg) -> anyhow::Result<ExitCode> {
+    let config = load(arg)?;
+    crate::telemetry::init(config.log.format, &config.log.level);
+    let app = Application::build(config).await?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(stop_on_signal(shutdown.clone()));
+    app.run_until_stopped(shutdown).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn verify_audit(arg: &ConfigArg, public_keys: &[PathBuf]) -> anyhow::Result<ExitCode> {
+    let config = load(arg)?;
+    let keys = if public_keys.is_empty() {
+        vec![AuditSigner::load(&config.audit.signing_key)?.verifying_key()]
+    } else {
+        public_keys
+            .iter()
+            .map(|path| load_public_key(path))
+            .collect::<Result<_, _>>()?
+    };
+    let mut redis =
+        connect_redis(&redis_client(&config)?, std::time::Duration::from_secs(5)).await?;
+    let (records, head) = read_trail(&mut redis, &Keys::new(&config.redis.key_prefix)).await?;
+    match verify_records(&records, &keys, head) {
+        Ok(trail) => {
+            println!(
+                "audit trail verified: {} records, chain head {}",
+                trail.records, trail.head
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(broken) => {
+            println!("audit trail BROKEN at {broken}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn load(arg: &ConfigArg) -> anyhow::Result<Config> {
+    Config::load(&arg.config).map_err(|e| anyhow::anyhow!("{}: {e}", arg.config.display()))
+}
+
+fn redis_client(config: &Config) -> anyhow::Result<redis::Client> {
+    redis::Client::open(config.redis.url.expose()).context("invalid redis.url")
+}
+
+/// Cancels `shutdown` on SIGINT or SIGTERM.
+async fn stop_on_signal(shutdown: CancellationToken) {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = interrupt => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutdown requested");
+    shutdown.cancel();
+}

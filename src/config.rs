@@ -1,0 +1,522 @@
+//! Configuration: a TOML file, then `STEPGATE_*` environment overrides, validated once.
+//!
+//! Environment variables use `__` between levels: `STEPGATE_REDIS__URL` sets `redis.url`,
+//! `STEPGATE_WORKFLOWS__ORDERS__STATE_MACHINE_ARN` sets `workflows.orders.state_machine_arn`.
+//! After [`Config::load`] the value is immutable; every error names the offending key.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use jsonwebtoken::Algorithm;
+use serde::Deserialize;
+
+use crate::domain::WorkflowName;
+use crate::policy::AllowRule;
+
+/// Step Functions rejects inputs over 256 KiB; a larger body could never start.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 256 * 1024;
+
+/// The whole configuration of one stepgate process.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    pub redis: RedisConfig,
+    pub aws: AwsConfig,
+    #[serde(default)]
+    pub worker: WorkerConfig,
+    pub audit: AuditConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+    pub issuers: Vec<IssuerConfig>,
+    pub workflows: BTreeMap<String, WorkflowConfig>,
+}
+
+/// `[server]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address the HTTP API listens on; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// Largest accepted request body, in bytes.
+    pub max_body_bytes: usize,
+    /// How long an accepted request's status stays readable.
+    pub status_ttl_seconds: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            status_ttl_seconds: 7 * 24 * 3600,
+        }
+    }
+}
+
+/// `[redis]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `redis://[user:password@]host:port[/db]`; may hold a password, so never logged.
+    pub url: Secret,
+    /// Prefix of every key stepgate writes, so several deployments can share one Redis.
+    #[serde(default = "default_key_prefix")]
+    pub key_prefix: String,
+    /// Bound on any single Redis command on the request path.
+    #[serde(default = "default_redis_timeout_ms")]
+    pub command_timeout_ms: u64,
+}
+
+fn default_key_prefix() -> String {
+    "stepgate".to_owned()
+}
+
+fn default_redis_timeout_ms() -> u64 {
+    2_000
+}
+
+/// `[aws]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AwsConfig {
+    pub region: String,
+    /// Only for emulators (moto, LocalStack); production talks to the regional endpoint.
+    pub endpoint_url: Option<String>,
+    /// Static credentials, only for emulators; production uses the standard credential chain.
+    pub static_credentials: Option<StaticCredentials>,
+}
+
+/// `[aws.static_credentials]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticCredentials {
+    pub access_key_id: String,
+    pub secret_access_key: Secret,
+}
+
+/// `[worker]`: the drain from Redis into Step Functions.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerConfig {
+    /// Run the drain in this process (a replica may serve the API only).
+    pub enabled: bool,
+    /// `StartExecution` calls in flight at once, over all workflows.
+    pub max_in_flight: usize,
+    /// Bound on one `StartExecution` call.
+    pub call_timeout_ms: u64,
+    /// Pauses between attempts of a retryable failure, before the entry is left for reclaim.
+    pub retry_backoff_ms: Vec<u64>,
+    /// An entry delivered but unacknowledged this long is taken over by another consumer.
+    /// Must exceed the longest a delivery can take, or a slow start would be run twice.
+    pub claim_idle_ms: u64,
+    /// How long a blocking read waits for new entries.
+    pub block_ms: u64,
+    /// Consumer name in the group; default `<host>-<pid>-<random>`, unique per process.
+    pub consumer_name: Option<String>,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_in_flight: 32,
+            call_timeout_ms: 10_000,
+            retry_backoff_ms: vec![200, 1_000, 5_000],
+            claim_idle_ms: 60_000,
+            block_ms: 2_000,
+            consumer_name: None,
+        }
+    }
+}
+
+impl WorkerConfig {
+    /// The longest one delivery can keep an entry: every attempt timing out, plus the pauses.
+    pub fn longest_delivery_ms(&self) -> u64 {
+        let attempts = self.retry_backoff_ms.len() as u64 + 1;
+        attempts * self.call_timeout_ms + self.retry_backoff_ms.iter().sum::<u64>()
+    }
+}
+
+/// `[audit]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Ed25519 private key (PKCS#8 PEM) written by `stepgate keygen`.
+    pub signing_key: PathBuf,
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// `tracing` filter directives; `RUST_LOG` overrides.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Json,
+            level: "info".to_owned(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+/// `[[issuers]]`: an OpenID provider whose access tokens stepgate accepts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerConfig {
+    /// Compared exactly with the token's `iss`; keys come from its OIDC discovery document.
+    pub issuer: String,
+    /// A token must name at least one of these in `aud`.
+    pub audiences: Vec<String>,
+    /// Signature algorithms accepted from this issuer (asymmetric only).
+    #[serde(default = "default_algorithms")]
+    pub algorithms: Vec<Algorithm>,
+    /// Clock skew tolerated on `exp` and `nbf`.
+    #[serde(default = "default_leeway")]
+    pub leeway_seconds: u64,
+    /// Minimum time between two JWKS fetches caused by unknown `kid`s.
+    #[serde(default = "default_refetch_cooldown")]
+    pub jwks_refetch_cooldown_seconds: u64,
+}
+
+fn default_algorithms() -> Vec<Algorithm> {
+    vec![Algorithm::RS256]
+}
+
+/// 30 s: enough for NTP-synchronised hosts, small next to a typical 5–60 minute token life.
+fn default_leeway() -> u64 {
+    30
+}
+
+fn default_refetch_cooldown() -> u64 {
+    30
+}
+
+/// `[workflows.<name>]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkflowConfig {
+    pub state_machine_arn: String,
+    /// Deny by default: a caller is allowed when any one rule matches.
+    #[serde(default)]
+    pub allow: Vec<AllowRule>,
+}
+
+/// A string that never shows in `Debug` output or logs.
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// A configuration that could not be loaded; each problem names its key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration: {0}")]
+    Load(#[from] Box<figment::Error>),
+    #[error("invalid configuration:\n{}", .0.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<Problem>),
+}
+
+/// One invalid setting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "`{}`: {}", self.key, self.message)
+    }
+}
+
+impl Config {
+    /// Reads `path`, applies `STEPGATE_*` overrides, and validates the result.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        Self::from_figment(
+            Figment::new()
+                .merge(Toml::file_exact(path))
+                .merge(Env::prefixed("STEPGATE_").split("__")),
+        )
+    }
+
+    /// Parses and validates TOML text (no environment); for tests and tools.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        Self::from_figment(Figment::new().merge(Toml::string(text)))
+    }
+
+    fn from_figment(figment: Figment) -> Result<Self, ConfigError> {
+        let config: Config = figment.extract().map_err(Box::new)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what types cannot say; reports every problem at once.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        let mut problem = |key: String, message: String| problems.push(Problem { key, message });
+
+        if !self.redis.url.expose().starts_with("redis://")
+            && !self.redis.url.expose().starts_with("rediss://")
+        {
+            problem(
+                "redis.url".into(),
+                "must start with redis:// or rediss://".into(),
+            );
+        }
+        let prefix_ok = !self.redis.key_prefix.is_empty()
+            && self
+                .redis
+                .key_prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+        if !prefix_ok {
+            problem(
+                "redis.key_prefix".into(),
+                "use letters, digits, '-', '_' or '.' (no braces or colons)".into(),
+            );
+        }
+        if self.server.max_body_bytes == 0 {
+            problem(
+                "server.max_body_bytes".into(),
+                "must be greater than 0".into(),
+            );
+        }
+        if self.aws.region.is_empty() {
+            problem("aws.region".into(), "must not be empty".into());
+        }
+        if let Some(url) = &self.aws.endpoint_url
+            && reqwest::Url::parse(url).is_err()
+        {
+            problem("aws.endpoint_url".into(), format!("{url:?} is not a URL"));
+        }
+        let worker = &self.worker;
+        if worker.max_in_flight == 0 {
+            problem("worker.max_in_flight".into(), "must be at least 1".into());
+        }
+        if worker.claim_idle_ms <= worker.longest_delivery_ms() {
+            problem(
+                "worker.claim_idle_ms".into(),
+                format!(
+                    "must exceed the longest delivery ({} ms = attempts x call_timeout_ms + retry_backoff_ms), \
+                     or a slow delivery would be taken over while still running",
+                    worker.longest_delivery_ms()
+                ),
+            );
+        }
+        if self.issuers.is_empty() {
+            problem(
+                "issuers".into(),
+                "at least one trusted issuer is required".into(),
+            );
+        }
+        for (i, issuer) in self.issuers.iter().enumerate() {
+            let key = |field: &str| format!("issuers[{i}].{field}");
+            if reqwest::Url::parse(&issuer.issuer).is_err() {
+                problem(key("issuer"), format!("{:?} is not a URL", issuer.issuer));
+            }
+            if self.issuers[..i]
+                .iter()
+                .any(|other| other.issuer == issuer.issuer)
+            {
+                problem(key("issuer"), "the same issuer is configured twice".into());
+            }
+            if issuer.audiences.is_empty() {
+                problem(key("audiences"), "at least one audience is required".into());
+            }
+            if issuer.algorithms.is_empty() {
+                problem(
+                    key("algorithms"),
+                    "at least one algorithm is required".into(),
+                );
+            }
+            for alg in &issuer.algorithms {
+                if matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512) {
+                    problem(
+                        key("algorithms"),
+                        format!("{alg:?} is symmetric; only public-key algorithms are accepted"),
+                    );
+                }
+            }
+        }
+        if self.workflows.is_empty() {
+            problem(
+                "workflows".into(),
+                "at least one workflow is required".into(),
+            );
+        }
+        for (name, workflow) in &self.workflows {
+            let key = |field: &str| format!("workflows.{name}.{field}");
+            if let Err(e) = WorkflowName::parse(name) {
+                problem(format!("workflows.{name}"), e.to_string());
+            }
+            if !is_state_machine_arn(&workflow.state_machine_arn) {
+                problem(
+                    key("state_machine_arn"),
+                    "expected arn:<partition>:states:<region>:<account>:stateMachine:<name>".into(),
+                );
+            }
+            for (i, rule) in workflow.allow.iter().enumerate() {
+                if let Err(message) =
+                    rule.check(|iss| self.issuers.iter().any(|known| known.issuer == iss))
+                {
+                    problem(key(&format!("allow[{i}]")), message);
+                }
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(problems))
+        }
+    }
+
+    /// The configured workflows under their parsed names (valid after [`Config::validate`]).
+    pub fn workflow_names(&self) -> impl Iterator<Item = (WorkflowName, &WorkflowConfig)> {
+        self.workflows
+            .iter()
+            .filter_map(|(name, wf)| WorkflowName::parse(name).ok().map(|n| (n, wf)))
+    }
+}
+
+fn is_state_machine_arn(arn: &str) -> bool {
+    let parts: Vec<&str> = arn.split(':').collect();
+    matches!(parts.as_slice(),
+        ["arn", partition, "states", region, account, "stateMachine", name]
+            if partition.starts_with("aws")
+            && !region.is_empty()
+            && account.len() == 12 && account.bytes().all(|b| b.is_ascii_digit())
+            && !name.is_empty() && name.len() <= 80)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) const VALID: &str = r#"
+        [redis]
+        url = "redis://127.0.0.1:6379"
+        [aws]
+        region = "us-east-1"
+        [audit]
+        signing_key = "audit.key"
+        [[issuers]]
+        issuer = "http://127.0.0.1:4444"
+        audiences = ["https://stepgate.local"]
+        [workflows.orders]
+        state_machine_arn = "arn:aws:states:us-east-1:123456789012:stateMachine:orders"
+        [[workflows.orders.allow]]
+        clients = ["billing-service"]
+        scopes = ["workflows:trigger"]
+    "#;
+
+    fn problems(text: &str) -> Vec<Problem> {
+        match Config::from_toml(text) {
+            Err(ConfigError::Invalid(problems)) => problems,
+            other => panic!("expected validation problems, got {other:?}"),
+        }
+    }
+
+    fn keys(text: &str) -> Vec<String> {
+        problems(text).into_iter().map(|p| p.key).collect()
+    }
+
+    #[test]
+    fn a_valid_file_loads_with_defaults() -> Result<(), ConfigError> {
+        let config = Config::from_toml(VALID)?;
+        assert_eq!(config.server.max_body_bytes, 256 * 1024);
+        assert_eq!(config.issuers[0].algorithms, vec![Algorithm::RS256]);
+        assert_eq!(config.redis.key_prefix, "stepgate");
+        Ok(())
+    }
+
+    #[test]
+    fn problems_name_their_key() {
+        let text = VALID
+            .replace("stateMachine:orders", "function:orders")
+            .replace("redis://", "http://")
+            .replace(r#"clients = ["billing-service"]"#, "")
+            .replace(r#"scopes = ["workflows:trigger"]"#, "");
+        assert_eq!(
+            keys(&text),
+            vec![
+                "redis.url",
+                "workflows.orders.state_machine_arn",
+                "workflows.orders.allow[0]"
+            ]
+        );
+    }
+
+    #[test]
+    fn symmetric_algorithms_are_refused() {
+        let text = VALID.replace(
+            r#"audiences = ["https://stepgate.local"]"#,
+            "audiences = [\"a\"]\nalgorithms = [\"HS256\"]",
+        );
+        assert_eq!(keys(&text), vec!["issuers[0].algorithms"]);
+    }
+
+    #[test]
+    fn unsafe_workflow_names_are_refused() {
+        let text = VALID
+            .replace("[workflows.orders]", "[workflows.\"../x\"]")
+            .replace("workflows.orders.allow", "workflows.\"../x\".allow");
+        assert_eq!(keys(&text), vec!["workflows.../x"]);
+    }
+
+    #[test]
+    fn claim_idle_must_outlast_a_delivery() {
+        let text = format!("{VALID}\n[worker]\ncall_timeout_ms = 10000\nclaim_idle_ms = 5000\n");
+        assert_eq!(keys(&text), vec!["worker.claim_idle_ms"]);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_by_name() {
+        let text = VALID.replace("[aws]", "[aws]\nregoin = \"x\"");
+        let err = Config::from_toml(&text)
+            .map(|_| ())
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("regoin"), "{err}");
+    }
+
+    #[test]
+    fn secrets_do_not_show_in_debug_output() -> Result<(), ConfigError> {
+        let config =
+            Config::from_toml(&VALID.replace("redis://127.0.0.1", "redis://:hunter2@127.0.0.1"))?;
+        assert!(!format!("{config:?}").contains("hunter2"));
+        Ok(())
+    }
+}

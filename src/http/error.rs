@@ -1,0 +1,220 @@
+//! Every API error, mapped to an RFC 9457 problem in one place.
+//!
+//! Bodies carry a stable `code`. Authentication errors reveal no more than RFC 6750's error
+//! code (the precise reason goes to logs and the audit trail); 5xx bodies are opaque.
+//! `into_response` has no side effects: it stashes the error's message in the response
+//! extensions and [`log_errors`] logs it once.
+
+use axum::Json;
+use axum::extract::Request;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::auth::AuthError;
+
+/// The realm in `WWW-Authenticate` challenges.
+const REALM: &str = "stepgate";
+
+/// An RFC 9457 problem details object.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({
+    "type": "urn:stepgate:problem:insufficient_scope",
+    "title": "Forbidden",
+    "status": 403,
+    "detail": "the access token does not allow this request",
+    "code": "insufficient_scope"
+}))]
+pub struct Problem {
+    /// `urn:stepgate:problem:<code>`.
+    #[serde(rename = "type")]
+    pub problem_type: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    /// Stable, machine-readable error code.
+    pub code: String,
+}
+
+/// Everything a request can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("no bearer token")]
+    MissingToken,
+    #[error("malformed Authorization header: {0}")]
+    MalformedAuthorization(&'static str),
+    #[error("invalid token: {0}")]
+    InvalidToken(AuthError),
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    #[error("not found")]
+    NotFound,
+    #[error("unsupported media type")]
+    UnsupportedMediaType,
+    #[error("request body is larger than {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error("invalid request body: {0}")]
+    InvalidBody(String),
+    #[error("{what} is unavailable: {detail}")]
+    Unavailable {
+        what: &'static str,
+        detail: String,
+        retry_after_seconds: u64,
+    },
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// The message of an error response, for [`log_errors`].
+#[derive(Clone)]
+struct LoggedError(String);
+
+impl ApiError {
+    /// Redis could not take or give the data: the caller should retry shortly.
+    pub fn redis_unavailable(e: &redis::RedisError) -> Self {
+        ApiError::Unavailable {
+            what: "the queue",
+            detail: e.to_string(),
+            retry_after_seconds: 1,
+        }
+    }
+
+    fn status(&self) -> StatusCode {
+        match self {
+            ApiError::MissingToken | ApiError::InvalidToken(_) => StatusCode::UNAUTHORIZED,
+            ApiError::MalformedAuthorization(_) | ApiError::InvalidBody(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn code(&self) -> &'static str {
+        match self {
+            ApiError::MissingToken => "missing_token",
+            ApiError::MalformedAuthorization(_) => "invalid_request",
+            ApiError::InvalidToken(_) => "invalid_token",
+            ApiError::Forbidden(_) => "insufficient_scope",
+            ApiError::NotFound => "not_found",
+            ApiError::UnsupportedMediaType => "unsupported_media_type",
+            ApiError::PayloadTooLarge { .. } => "payload_too_large",
+            ApiError::InvalidBody(_) => "invalid_body",
+            ApiError::Unavailable { .. } => "unavailable",
+            ApiError::Internal(_) => "internal",
+        }
+    }
+
+    /// What the caller is told; never more than it may know.
+    fn detail(&self) -> String {
+        match self {
+            ApiError::MissingToken => "this request needs a bearer access token".into(),
+            ApiError::MalformedAuthorization(why) => {
+                format!("the Authorization header is malformed: {why}")
+            }
+            ApiError::InvalidToken(_) => "the access token is invalid".into(),
+            ApiError::Forbidden(_) => "the access token does not allow this request".into(),
+            ApiError::NotFound => "no such resource".into(),
+            ApiError::UnsupportedMediaType => "the request body must be application/json".into(),
+            ApiError::PayloadTooLarge { limit } => {
+                format!("the request body is larger than {limit} bytes")
+            }
+            ApiError::InvalidBody(why) => why.clone(),
+            ApiError::Unavailable { what, .. } => {
+                format!("{what} is temporarily unavailable; retry later")
+            }
+            ApiError::Internal(_) => "an internal error occurred".into(),
+        }
+    }
+
+    /// RFC 6750 §3 challenge for the authentication and authorization errors.
+    fn challenge(&self) -> Option<String> {
+        match self {
+            // No error code when the request carried no credentials at all (RFC 6750 §3.1).
+            ApiError::MissingToken => Some(format!("Bearer realm=\"{REALM}\"")),
+            ApiError::MalformedAuthorization(_) => Some(format!(
+                "Bearer realm=\"{REALM}\", error=\"invalid_request\""
+            )),
+            ApiError::InvalidToken(_) => Some(format!(
+                "Bearer realm=\"{REALM}\", error=\"invalid_token\", error_description=\"the access token is invalid\""
+            )),
+            ApiError::Forbidden(_) => Some(format!(
+                "Bearer realm=\"{REALM}\", error=\"insufficient_scope\""
+            )),
+            _ => None,
+        }
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        if e.is_unavailable() {
+            ApiError::Unavailable {
+                what: "token verification",
+                detail: e.to_string(),
+                retry_after_seconds: 5,
+            }
+        } else {
+            ApiError::InvalidToken(e)
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let code = self.code();
+        let problem = Problem {
+            problem_type: format!("urn:stepgate:problem:{code}"),
+            title: status.canonical_reason().unwrap_or("Error").to_owned(),
+            status: status.as_u16(),
+            detail: self.detail(),
+            code: code.to_owned(),
+        };
+        let mut response = (status, Json(problem)).into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if let Some(challenge) = self
+            .challenge()
+            .and_then(|c| HeaderValue::from_str(&c).ok())
+        {
+            headers.insert(header::WWW_AUTHENTICATE, challenge);
+        }
+        if let ApiError::Unavailable {
+            retry_after_seconds,
+            ..
+        } = &self
+        {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_seconds));
+        }
+        response
+            .extensions_mut()
+            .insert(LoggedError(self.to_string()));
+        response
+    }
+}
+
+/// Logs each error response once, at the edge.
+pub async fn log_errors(request: Request, next: Next) -> Response {
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let response = next.run(request).await;
+    if let Some(LoggedError(message)) = response.extensions().get::<LoggedError>() {
+        let status = response.status().as_u16();
+        if response.status().is_server_error() {
+            tracing::error!(http.method = %method, http.path = %path, http.status = status, error = %message, "request failed");
+        } else {
+            tracing::info!(http.method = %method, http.path = %path, http.status = status, error = %message, "request refused");
+        }
+    }
+    response
+}

@@ -1,0 +1,88 @@
+//! Extractors: the authenticated caller.
+
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+
+use super::error::ApiError;
+use crate::audit::{AuditEvent, EventKind};
+use crate::auth::verifier::token_sha256;
+use crate::auth::{Principal, Verifier};
+use crate::state::AppState;
+
+/// The verified caller of a request. Handlers take this and never read headers themselves.
+pub struct Caller(pub Principal);
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = match bearer_token(parts) {
+            Ok(token) => token,
+            Err(e) => {
+                audit_refusal(state, parts, None, &e.to_string());
+                return Err(e);
+            }
+        };
+        match state.verifier.verify(token).await {
+            Ok(principal) => Ok(Caller(principal)),
+            Err(e) => {
+                tracing::info!(token.sha256 = %token_sha256(token), reason = %e, "access token refused");
+                audit_refusal(state, parts, Some(token), &e.to_string());
+                Err(e.into())
+            }
+        }
+    }
+}
+
+/// The token of the one `Authorization: Bearer` header (RFC 6750 §2.1; the scheme name is
+/// case-insensitive). Two `Authorization` headers are a malformed request.
+fn bearer_token(parts: &Parts) -> Result<&str, ApiError> {
+    let mut values = parts.headers.get_all(AUTHORIZATION).iter();
+    let value = values.next().ok_or(ApiError::MissingToken)?;
+    if values.next().is_some() {
+        return Err(ApiError::MalformedAuthorization(
+            "more than one Authorization header",
+        ));
+    }
+    let value = value
+        .to_str()
+        .map_err(|_| ApiError::MalformedAuthorization("not ASCII"))?;
+    let (scheme, token) = value.split_once(' ').ok_or(ApiError::MissingToken)?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        // Another scheme carries no bearer credentials.
+        return Err(ApiError::MissingToken);
+    }
+    let token = token.trim_start_matches(' ');
+    // RFC 6750 b64token: ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/", then "=" padding.
+    let b64token = !token.is_empty()
+        && token
+            .trim_end_matches('=')
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~+/".contains(&b));
+    if !b64token {
+        return Err(ApiError::InvalidToken(crate::auth::AuthError::Malformed));
+    }
+    Ok(token)
+}
+
+fn audit_refusal(state: &AppState, parts: &Parts, token: Option<&str>, reason: &str) {
+    let mut event = AuditEvent::now(EventKind::AuthFailed);
+    event.reason = Some(reason.to_owned());
+    event.token_sha256 = token.map(token_sha256);
+    event.issuer = token.and_then(Verifier::unverified_issuer);
+    event.client_addr = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| addr.ip().to_string());
+    event.workflow = parts
+        .uri
+        .path()
+        .strip_prefix("/v1/workflows/")
+        .and_then(|rest| rest.split('/').next())
+        .and_then(|name| crate::domain::WorkflowName::parse(name).ok())
+        .map(|name| name.to_string());
+    state.audit.record(event);
+}

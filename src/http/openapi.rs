@@ -1,0 +1,75 @@
+//! The OpenAPI 3.1 document, generated from the handlers' annotations.
+//!
+//! Routes are registered through [`api_router`] together with their documentation, so the
+//! served API and the document cannot drift; `openapi/openapi.json` is this document,
+//! committed, and a test fails when it is stale (`stepgate openapi --check`).
+
+use utoipa::openapi::OpenApi as Document;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::routes::{executions, health, requests};
+use crate::state::AppState;
+
+/// Where the committed copy lives, relative to the repository root.
+pub const COMMITTED_PATH: &str = "openapi/openapi.json";
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "stepgate",
+        description = "Starts AWS Step Functions executions for authenticated services: OIDC bearer tokens, \
+                       per-workflow policy, a durable Redis queue, and a signed audit trail.",
+        license(name = "Apache-2.0", identifier = "Apache-2.0")
+    ),
+    modifiers(&BearerScheme),
+    tags(
+        (name = "executions", description = "Trigger workflow executions"),
+        (name = "requests", description = "Follow accepted triggers"),
+        (name = "health", description = "Probes for orchestrators"),
+    )
+)]
+struct ApiDoc;
+
+/// Declares the `bearer` security scheme the operations refer to.
+struct BearerScheme;
+
+impl Modify for BearerScheme {
+    fn modify(&self, openapi: &mut Document) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .description(Some(
+                        "An OAuth 2.0 access token (RFC 9068 JWT) from one of the configured OpenID \
+                         providers, e.g. obtained by the client_credentials grant.",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// The API routes with their documentation.
+pub fn api_router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(executions::create_execution))
+        .routes(routes!(requests::get_request))
+        .routes(routes!(health::get_health))
+        .routes(routes!(health::get_readiness))
+}
+
+/// The document, as served at `/openapi.json`.
+pub fn document() -> Document {
+    api_router().split_for_parts().1
+}
+
+/// The document as committed: pretty JSON with a final newline.
+pub fn document_json() -> Result<String, serde_json::Error> {
+    document().to_pretty_json().map(|json| json + "\n")
+}

@@ -1,0 +1,192 @@
+//! `POST /v1/workflows/{workflow}/executions`: the trigger.
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use utoipa::ToSchema;
+
+use crate::audit::record::sha256_hex;
+use crate::audit::{AuditEvent, EventKind};
+use crate::auth::Principal;
+use crate::clock::now_rfc3339;
+use crate::domain::{RequestId, WorkflowName};
+use crate::http::error::{ApiError, Problem};
+use crate::http::extract::Caller;
+use crate::policy::{Decision, authorize};
+use crate::queue::{QueuedRequest, RequestState};
+use crate::state::AppState;
+
+/// The trigger's body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"input": {"order_id": "A-1001", "amount_cents": 4200}}))]
+pub struct CreateExecution {
+    /// The execution's input: any JSON value, passed to Step Functions byte for byte.
+    /// Defaults to `{}`.
+    #[schema(value_type = Option<Object>)]
+    pub input: Option<Box<RawValue>>,
+}
+
+/// The answer to an accepted trigger: the request is safely queued.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({
+    "request_id": "orders_0192f5c4e3b87d8e9a6b1c2d3e4f5a6b",
+    "status": "queued",
+    "status_url": "/v1/requests/orders_0192f5c4e3b87d8e9a6b1c2d3e4f5a6b"
+}))]
+pub struct ExecutionAccepted {
+    /// Identifies the request; also the Step Functions execution name.
+    pub request_id: String,
+    pub status: RequestState,
+    /// Where to follow the request (`GET`).
+    pub status_url: String,
+}
+
+/// Queue a new execution of a workflow.
+///
+/// The caller's token is verified and checked against the workflow's policy; an allowed
+/// request is written to Redis and answered `202` only once Redis holds it. The execution
+/// starts shortly after; follow it at `status_url`. An unknown workflow is answered exactly
+/// like a forbidden one.
+#[utoipa::path(
+    post,
+    path = "/v1/workflows/{workflow}/executions",
+    operation_id = "create_execution",
+    tag = "executions",
+    params(("workflow" = String, Path, description = "The workflow's configured name", example = "orders")),
+    request_body(content = CreateExecution, content_type = "application/json"),
+    responses(
+        (status = 202, description = "Queued; the execution starts shortly", body = ExecutionAccepted,
+            headers(("Location" = String, description = "The status URL"))),
+        (status = 400, description = "Malformed JSON or Authorization header", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid access token", body = Problem, content_type = "application/problem+json",
+            headers(("WWW-Authenticate" = String, description = "RFC 6750 challenge"))),
+        (status = 403, description = "The policy does not allow this caller (or no such workflow)", body = Problem,
+            content_type = "application/problem+json", headers(("WWW-Authenticate" = String, description = "RFC 6750 challenge"))),
+        (status = 413, description = "Body larger than the limit", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Body is not application/json", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Redis or the identity provider is unavailable; nothing was queued", body = Problem,
+            content_type = "application/problem+json", headers(("Retry-After" = u64, description = "Seconds to wait"))),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn create_execution(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Path(workflow): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    // Authorize before reading the body: an unauthorized caller cannot make us buffer it.
+    let workflow = authorize_trigger(&state, &caller, &workflow)?;
+    if !is_json(&headers) {
+        return Err(ApiError::UnsupportedMediaType);
+    }
+    let body = read_limited(body, state.max_body_bytes).await?;
+    let trigger: CreateExecution = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::InvalidBody(format!("invalid JSON body: {e}")))?;
+    let input = trigger
+        .input
+        .map_or_else(|| "{}".to_owned(), |raw| raw.get().to_owned());
+
+    let request = QueuedRequest {
+        request_id: RequestId::generate(workflow.clone()),
+        input,
+        owner: caller.owner(),
+        client_id: caller.client_id.clone(),
+        accepted_at: now_rfc3339(),
+    };
+    state
+        .producer
+        .enqueue(&request)
+        .await
+        .map_err(|e| ApiError::redis_unavailable(&e))?;
+
+    let mut event = decision_event(EventKind::Accepted, &caller, Some(&workflow));
+    event.request_id = Some(request.request_id.to_string());
+    event.input_sha256 = Some(sha256_hex(request.input.as_bytes()));
+    state.audit.record(event);
+    tracing::info!(workflow = %workflow, request.id = %request.request_id, subject = %caller.subject, "trigger accepted");
+
+    let status_url = format!("/v1/requests/{}", request.request_id);
+    let accepted = ExecutionAccepted {
+        request_id: request.request_id.to_string(),
+        status: RequestState::Queued,
+        status_url,
+    };
+    Ok((
+        StatusCode::ACCEPTED,
+        [(header::LOCATION, accepted.status_url.clone())],
+        Json(accepted),
+    )
+        .into_response())
+}
+
+/// The workflow, if `caller` may trigger it. Unknown and forbidden look the same to callers.
+fn authorize_trigger(
+    state: &AppState,
+    caller: &Principal,
+    raw: &str,
+) -> Result<WorkflowName, ApiError> {
+    let known = WorkflowName::parse(raw)
+        .ok()
+        .and_then(|name| state.workflows.get(&name).map(|w| (name, w)));
+    let reason = match &known {
+        Some((name, workflow)) => match authorize(caller, &workflow.allow) {
+            Decision::Allowed { .. } => return Ok(name.clone()),
+            Decision::Denied { reason } => reason,
+        },
+        None => "unknown workflow".to_owned(),
+    };
+    let mut event = decision_event(
+        EventKind::Denied,
+        caller,
+        known.as_ref().map(|(name, _)| name),
+    );
+    event.reason = Some(reason.clone());
+    state.audit.record(event);
+    Err(ApiError::Forbidden(reason))
+}
+
+fn decision_event(
+    kind: EventKind,
+    caller: &Principal,
+    workflow: Option<&WorkflowName>,
+) -> AuditEvent {
+    let mut event = AuditEvent::now(kind);
+    event.workflow = workflow.map(ToString::to_string);
+    event.issuer = Some(caller.issuer.clone());
+    event.subject = Some(caller.subject.clone());
+    event.client_id.clone_from(&caller.client_id);
+    event.token_sha256 = Some(caller.token_sha256.clone());
+    event
+}
+
+/// `application/json`, optionally with parameters; an absent Content-Type is accepted as JSON.
+fn is_json(headers: &HeaderMap) -> bool {
+    match headers.get(header::CONTENT_TYPE).map(|v| v.to_str()) {
+        None => true,
+        Some(Ok(value)) => {
+            let media = value.split(';').next().unwrap_or_default().trim();
+            media.eq_ignore_ascii_case("application/json")
+        }
+        Some(Err(_)) => false,
+    }
+}
+
+async fn read_limited(body: Body, limit: usize) -> Result<axum::body::Bytes, ApiError> {
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            Err(ApiError::PayloadTooLarge { limit })
+        }
+        Err(e) => Err(ApiError::InvalidBody(format!(
+            "could not read the request body: {e}"
+        ))),
+    }
+}

@@ -1,0 +1,86 @@
+//! Liveness and readiness probes.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::state::AppState;
+
+/// Bound on the readiness check's Redis round trip.
+const REDIS_PING_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A probe's answer.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"status": "ready", "checks": {"redis": "ok", "issuer http://127.0.0.1:4444": "ok"}}))]
+pub struct Health {
+    /// `ok`, `ready` or `not_ready`.
+    pub status: String,
+    /// Each dependency: `ok`, or what is wrong.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub checks: BTreeMap<String, String>,
+}
+
+/// Liveness: the process is up.
+#[utoipa::path(get, path = "/healthz", operation_id = "get_health", tag = "health",
+    responses((status = 200, description = "Alive", body = Health)))]
+pub async fn get_health() -> Json<Health> {
+    Json(Health {
+        status: "ok".into(),
+        checks: BTreeMap::new(),
+    })
+}
+
+/// Readiness: Redis answers and every issuer's signing keys are loaded.
+#[utoipa::path(get, path = "/readyz", operation_id = "get_readiness", tag = "health",
+    responses(
+        (status = 200, description = "Ready to take traffic", body = Health),
+        (status = 503, description = "A dependency is not ready", body = Health,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+    ))]
+pub async fn get_readiness(State(state): State<AppState>) -> Response {
+    let mut checks = BTreeMap::new();
+    let mut redis = state.redis.clone();
+    let ping = tokio::time::timeout(
+        REDIS_PING_TIMEOUT,
+        redis::cmd("PING").query_async::<String>(&mut redis),
+    )
+    .await;
+    let redis_check = match ping {
+        Ok(Ok(_)) => "ok".to_owned(),
+        Ok(Err(e)) => format!("unreachable: {}", e.category()),
+        Err(_) => "unreachable: timed out".to_owned(),
+    };
+    checks.insert("redis".to_owned(), redis_check);
+    for issuer in state.verifier.issuers() {
+        let status = if issuer.keys.is_loaded() {
+            "ok"
+        } else {
+            "signing keys not loaded"
+        };
+        checks.insert(
+            format!("issuer {}", issuer.config.issuer),
+            status.to_owned(),
+        );
+    }
+    let ready = checks.values().all(|c| c == "ok");
+    let body = Json(Health {
+        status: if ready { "ready" } else { "not_ready" }.into(),
+        checks,
+    });
+    if ready {
+        (StatusCode::OK, body).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "5")],
+            body,
+        )
+            .into_response()
+    }
+}

@@ -1,0 +1,91 @@
+//! `GET /v1/requests/{request_id}`: follow an accepted trigger.
+
+use std::collections::HashMap;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use redis::AsyncCommands;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::domain::RequestId;
+use crate::http::error::{ApiError, Problem};
+use crate::http::extract::Caller;
+use crate::queue::{RequestState, StoredStatus};
+use crate::state::AppState;
+
+/// Where a request is.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({
+    "request_id": "orders_0192f5c4e3b87d8e9a6b1c2d3e4f5a6b",
+    "workflow": "orders",
+    "status": "started",
+    "execution_arn": "arn:aws:states:us-east-1:123456789012:execution:orders:orders_0192f5c4e3b87d8e9a6b1c2d3e4f5a6b",
+    "created_at": "2026-11-25T04:33:32.123Z",
+    "updated_at": "2026-11-25T04:33:32.140Z"
+}))]
+pub struct RequestStatus {
+    pub request_id: String,
+    pub workflow: String,
+    pub status: RequestState,
+    /// Set once started.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub execution_arn: Option<String>,
+    /// Why it failed, when it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// When the request was accepted (RFC 3339).
+    pub created_at: String,
+    /// When the status last changed (RFC 3339).
+    pub updated_at: String,
+}
+
+/// Get the status of a request.
+///
+/// Only the caller that created the request (same issuer and subject) may read it; to anyone
+/// else it does not exist.
+#[utoipa::path(
+    get,
+    path = "/v1/requests/{request_id}",
+    operation_id = "get_request",
+    tag = "requests",
+    params(("request_id" = String, Path, description = "As returned by the trigger")),
+    responses(
+        (status = 200, description = "The request's status", body = RequestStatus),
+        (status = 401, description = "Missing or invalid access token", body = Problem, content_type = "application/problem+json",
+            headers(("WWW-Authenticate" = String, description = "RFC 6750 challenge"))),
+        (status = 404, description = "No such request for this caller (or it expired)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Redis is unavailable", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn get_request(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Path(raw): Path<String>,
+) -> Result<Json<RequestStatus>, ApiError> {
+    let id = RequestId::parse(&raw).map_err(|_| ApiError::NotFound)?;
+    if !state.workflows.contains_key(id.workflow()) {
+        return Err(ApiError::NotFound);
+    }
+    let hash: HashMap<String, String> = state
+        .redis
+        .clone()
+        .hgetall(state.keys.request(&id))
+        .await
+        .map_err(|e| ApiError::redis_unavailable(&e))?;
+    let stored = StoredStatus::from_hash(hash).ok_or(ApiError::NotFound)?;
+    if stored.owner != caller.owner() {
+        return Err(ApiError::NotFound);
+    }
+    Ok(Json(RequestStatus {
+        request_id: id.to_string(),
+        workflow: id.workflow().to_string(),
+        status: stored.state,
+        execution_arn: stored.execution_arn,
+        error: stored.error,
+        created_at: stored.created_at,
+        updated_at: stored.updated_at,
+    }))
+}

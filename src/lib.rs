@@ -1,0 +1,18 @@
+//! stepgate: an HTTP gateway that starts AWS Step Functions executions for authenticated
+//! services — OIDC bearer tokens, per-workflow policy, a durable Redis queue drained into
+//! `StartExecution` exactly once per request, and a signed, hash-chained audit trail.
+
+pub mod audit;
+pub mod auth;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod domain;
+pub mod http;
+pub mod migrations;
+pub mod policy;
+pub mod queue;
+pub mod startup;
+pub mod state;
+pub mod telemetry;
+pub mod worker;

@@ -1,0 +1,140 @@
+//! The drain's side of a workflow queue: consumer-group reads, reclaim, completion.
+//!
+//! # Redis Streams in brief
+//! An entry read with `XREADGROUP ... >` is delivered to one consumer of the group and stays
+//! in the group's pending list until `XACK`. If the consumer dies first, the entry stays
+//! pending; `XAUTOCLAIM` hands entries idle longer than a bound to another consumer. The
+//! drain acknowledges only after Step Functions answered, so an entry is never lost; a
+//! redelivered entry reuses the deterministic execution name, so it never starts twice.
+
+use std::sync::LazyLock;
+
+use redis::aio::ConnectionManager;
+use redis::streams::{
+    StreamAutoClaimOptions, StreamAutoClaimReply, StreamId, StreamReadOptions, StreamReadReply,
+};
+use redis::{AsyncCommands, RedisResult, Script};
+
+use super::keys::{Keys, WORKERS_GROUP};
+use super::request::{QueuedRequest, RequestState};
+use crate::domain::{RequestId, WorkflowName};
+
+static COMPLETE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("complete.lua")));
+
+/// One entry handed to this consumer.
+#[derive(Debug)]
+pub struct Delivery {
+    pub entry_id: String,
+    /// `Err` for an entry that cannot be read (it can never be started).
+    pub request: Result<QueuedRequest, String>,
+}
+
+impl From<StreamId> for Delivery {
+    fn from(entry: StreamId) -> Self {
+        Self {
+            request: QueuedRequest::from_fields(&entry.map),
+            entry_id: entry.id,
+        }
+    }
+}
+
+/// How a delivery ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Started { execution_arn: String },
+    Failed { error: String },
+}
+
+/// Creates the workers' group on `queue` (and the stream), tolerating an existing group.
+pub async fn ensure_group(redis: &mut ConnectionManager, queue: &str) -> RedisResult<()> {
+    let created: RedisResult<()> = redis
+        .xgroup_create_mkstream(queue, WORKERS_GROUP, "0")
+        .await;
+    match created {
+        Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+        other => other,
+    }
+}
+
+/// Reads up to `count` entries for `consumer`: new ones when `pending_after` is `None`;
+/// otherwise those already delivered to this consumer name and not yet acknowledged, with
+/// ids after `pending_after` (`"0"` for all).
+pub async fn read_from(
+    redis: &mut ConnectionManager,
+    queue: &str,
+    consumer: &str,
+    count: usize,
+    block_ms: usize,
+    pending_after: Option<&str>,
+) -> RedisResult<Vec<Delivery>> {
+    let mut options = StreamReadOptions::default()
+        .group(WORKERS_GROUP, consumer)
+        .count(count);
+    if pending_after.is_none() {
+        options = options.block(block_ms);
+    }
+    let start = pending_after.unwrap_or(">");
+    let reply: Option<StreamReadReply> = redis.xread_options(&[queue], &[start], &options).await?;
+    Ok(reply
+        .into_iter()
+        .flat_map(|r| r.keys)
+        .flat_map(|k| k.ids)
+        .map(Delivery::from)
+        .collect())
+}
+
+/// Takes over entries pending longer than `min_idle_ms` on any consumer (a crashed one, or
+/// this one after retries ran out). Returns the cursor for the next call (`0-0` = done).
+pub async fn claim_stale(
+    redis: &mut ConnectionManager,
+    queue: &str,
+    consumer: &str,
+    min_idle_ms: u64,
+    cursor: &str,
+    count: usize,
+) -> RedisResult<(String, Vec<Delivery>)> {
+    let options = StreamAutoClaimOptions::default().count(count);
+    let reply: StreamAutoClaimReply = redis
+        .xautoclaim_options(queue, WORKERS_GROUP, consumer, min_idle_ms, cursor, options)
+        .await?;
+    Ok((
+        reply.next_stream_id,
+        reply.claimed.into_iter().map(Delivery::from).collect(),
+    ))
+}
+
+/// Records the outcome in the request's status and removes the entry (ack + delete).
+pub async fn complete(
+    redis: &mut ConnectionManager,
+    keys: &Keys,
+    workflow: &WorkflowName,
+    request_id: Option<&RequestId>,
+    entry_id: &str,
+    outcome: &Outcome,
+    now: &str,
+) -> RedisResult<()> {
+    let (state, field, value) = match outcome {
+        Outcome::Started { execution_arn } => (
+            RequestState::Started,
+            "execution_arn",
+            execution_arn.as_str(),
+        ),
+        Outcome::Failed { error } => (RequestState::Failed, "error", error.as_str()),
+    };
+    // An unreadable entry has no status hash; a key that cannot exist keeps the script simple.
+    let status_key = match request_id {
+        Some(id) => keys.request(id),
+        None => format!("{}:unreadable", keys.queue(workflow)),
+    };
+    COMPLETE
+        .key(keys.queue(workflow))
+        .key(status_key)
+        .arg(WORKERS_GROUP)
+        .arg(entry_id)
+        .arg(state.as_str())
+        .arg(now)
+        .arg(field)
+        .arg(value)
+        .invoke_async(redis)
+        .await
+}

@@ -1,0 +1,9 @@
+-- Admission of one trigger, atomically.
+-- KEYS[1] the workflow's queue stream, KEYS[2] the request's status hash (same slot).
+-- ARGV: request_id, input, owner, client_id, accepted_at, status_ttl_seconds
+-- XADD runs first: if it fails nothing was written, and the caller gets no 202.
+local entry = redis.call('XADD', KEYS[1], '*',
+  'request_id', ARGV[1], 'input', ARGV[2], 'owner', ARGV[3], 'client_id', ARGV[4], 'accepted_at', ARGV[5])
+redis.call('HSET', KEYS[2], 'status', 'queued', 'owner', ARGV[3], 'created_at', ARGV[5], 'updated_at', ARGV[5])
+redis.call('EXPIRE', KEYS[2], ARGV[6])
+return entry

@@ -1,0 +1,68 @@
+//! Every Redis key stepgate uses, in one place.
+//!
+//! Keys of one workflow share the hash tag `{wf:<name>}`, so they live in one Redis Cluster
+//! slot and a script may touch them together (admission writes the queue entry and the
+//! request's status in one atomic step). Audit keys share `{audit}`, bookkeeping `{meta}`.
+//!
+//! | key                                   | type   | holds                                  |
+//! |---------------------------------------|--------|----------------------------------------|
+//! | `<p>:{wf:<name>}:queue`               | stream | accepted triggers awaiting the drain   |
+//! | `<p>:{wf:<name>}:request:<32 hex>`    | hash   | one request's status (expires)         |
+//! | `<p>:{wf:<name>}:schema`              | hash   | migrations applied to this workflow    |
+//! | `<p>:{audit}:log`                     | stream | signed, hash-chained audit records     |
+//! | `<p>:{audit}:head`                    | hash   | `seq` and `hash` of the newest record  |
+//! | `<p>:{meta}:schema`                   | hash   | global migrations applied              |
+//! | `<p>:{meta}:migration-lock`           | string | held while migrations run              |
+
+use crate::domain::{RequestId, WorkflowName};
+
+/// The consumer group every stepgate process reads workflow queues through; each entry is
+/// delivered to one consumer of the group, and stays pending until acknowledged.
+pub const WORKERS_GROUP: &str = "stepgate-workers";
+
+/// Builds key names under a deployment's prefix.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Self {
+            prefix: prefix.into(),
+        }
+    }
+
+    pub fn queue(&self, workflow: &WorkflowName) -> String {
+        format!("{}:{{wf:{workflow}}}:queue", self.prefix)
+    }
+
+    pub fn request(&self, id: &RequestId) -> String {
+        format!(
+            "{}:{{wf:{}}}:request:{}",
+            self.prefix,
+            id.workflow(),
+            id.local_part()
+        )
+    }
+
+    pub fn workflow_schema(&self, workflow: &WorkflowName) -> String {
+        format!("{}:{{wf:{workflow}}}:schema", self.prefix)
+    }
+
+    pub fn audit_log(&self) -> String {
+        format!("{}:{{audit}}:log", self.prefix)
+    }
+
+    pub fn audit_head(&self) -> String {
+        format!("{}:{{audit}}:head", self.prefix)
+    }
+
+    pub fn global_schema(&self) -> String {
+        format!("{}:{{meta}}:schema", self.prefix)
+    }
+
+    pub fn migration_lock(&self) -> String {
+        format!("{}:{{meta}}:migration-lock", self.prefix)
+    }
+}

@@ -1,0 +1,10 @@
+//! The Redis queue between admission and the drain: one stream per workflow.
+
+pub mod consumer;
+pub mod keys;
+pub mod producer;
+pub mod request;
+
+pub use keys::{Keys, WORKERS_GROUP};
+pub use producer::Producer;
+pub use request::{QueuedRequest, RequestState, StoredStatus};

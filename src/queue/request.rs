@@ -1,0 +1,117 @@
+//! What is stored for an accepted request: its queue entry and its status hash.
+
+use std::collections::HashMap;
+
+use redis::{FromRedisValue, Value};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::domain::RequestId;
+
+/// Fields of a queue entry.
+pub mod field {
+    pub const REQUEST_ID: &str = "request_id";
+    pub const INPUT: &str = "input";
+    pub const OWNER: &str = "owner";
+    pub const CLIENT_ID: &str = "client_id";
+    pub const ACCEPTED_AT: &str = "accepted_at";
+}
+
+/// Fields of a request's status hash.
+pub mod status_field {
+    pub const STATUS: &str = "status";
+    pub const OWNER: &str = "owner";
+    pub const CREATED_AT: &str = "created_at";
+    pub const UPDATED_AT: &str = "updated_at";
+    pub const EXECUTION_ARN: &str = "execution_arn";
+    pub const ERROR: &str = "error";
+}
+
+/// An accepted trigger as the drain reads it back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuedRequest {
+    pub request_id: RequestId,
+    /// The caller's input, byte for byte as received (valid JSON).
+    pub input: String,
+    pub owner: String,
+    pub client_id: Option<String>,
+    pub accepted_at: String,
+}
+
+impl QueuedRequest {
+    /// Reads an entry's fields; `Err` names what is missing or malformed.
+    pub fn from_fields(fields: &HashMap<String, Value>) -> Result<Self, String> {
+        let text = |name: &str| -> Result<String, String> {
+            let value = fields
+                .get(name)
+                .ok_or_else(|| format!("entry has no {name}"))?;
+            String::from_redis_value(value).map_err(|_| format!("entry field {name} is not text"))
+        };
+        let request_id = RequestId::parse(&text(field::REQUEST_ID)?).map_err(|e| e.to_string())?;
+        let client_id = text(field::CLIENT_ID).ok().filter(|c| !c.is_empty());
+        Ok(Self {
+            request_id,
+            input: text(field::INPUT)?,
+            owner: text(field::OWNER)?,
+            client_id,
+            accepted_at: text(field::ACCEPTED_AT)?,
+        })
+    }
+}
+
+/// Where a request is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RequestState {
+    /// In Redis, waiting for the drain.
+    Queued,
+    /// Step Functions accepted `StartExecution`; `execution_arn` is set.
+    Started,
+    /// Step Functions refused it for good; `error` says why.
+    Failed,
+}
+
+impl RequestState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RequestState::Queued => "queued",
+            RequestState::Started => "started",
+            RequestState::Failed => "failed",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        [
+            RequestState::Queued,
+            RequestState::Started,
+            RequestState::Failed,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == raw)
+    }
+}
+
+/// A request's status hash, read back.
+#[derive(Debug, Clone)]
+pub struct StoredStatus {
+    pub state: RequestState,
+    pub owner: String,
+    pub created_at: String,
+    pub updated_at: String,
+    pub execution_arn: Option<String>,
+    pub error: Option<String>,
+}
+
+impl StoredStatus {
+    /// `None` for an absent (empty) or unreadable hash.
+    pub fn from_hash(mut hash: HashMap<String, String>) -> Option<Self> {
+        Some(Self {
+            state: RequestState::parse(hash.get(status_field::STATUS)?)?,
+            owner: hash.remove(status_field::OWNER)?,
+            created_at: hash.remove(status_field::CREATED_AT)?,
+            updated_at: hash.remove(status_field::UPDATED_AT)?,
+            execution_arn: hash.remove(status_field::EXECUTION_ARN),
+            error: hash.remove(status_field::ERROR),
+        })
+    }
+}

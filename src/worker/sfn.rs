@@ -1,0 +1,226 @@
+//! The seam to AWS Step Functions: one trait, the `aws-sdk-sfn` implementation, and a
+//! scripted fake for unit tests of the drain's decisions (integration tests use moto).
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_config::BehaviorVersion;
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_sdk_sfn::config::{Credentials, Region};
+use aws_sdk_sfn::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+
+use crate::config::AwsConfig;
+
+/// How a Step Functions call failed, as far as the drain must know.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SfnError {
+    /// `ExecutionAlreadyExists`: this name was used before (by us, or by someone else).
+    #[error("an execution with this name already exists")]
+    AlreadyExists,
+    /// Worth trying again later: throttling, 5xx, timeouts, connection failures.
+    #[error("{0}")]
+    Retryable(String),
+    /// Will fail the same way every time: missing state machine, access denied, bad input.
+    #[error("{0}")]
+    Terminal(String),
+}
+
+/// The Step Functions calls the drain makes.
+#[async_trait]
+pub trait StepFunctions: Send + Sync {
+    /// Starts an execution named `name`; returns its ARN.
+    async fn start_execution(
+        &self,
+        state_machine_arn: &str,
+        name: &str,
+        input: &str,
+    ) -> Result<String, SfnError>;
+
+    /// The input an existing execution was started with.
+    async fn execution_input(&self, execution_arn: &str) -> Result<String, SfnError>;
+}
+
+/// The ARN of execution `name` of `state_machine_arn` (what `StartExecution` would return).
+pub fn execution_arn(state_machine_arn: &str, name: &str) -> String {
+    format!(
+        "{}:{name}",
+        state_machine_arn.replacen(":stateMachine:", ":execution:", 1)
+    )
+}
+
+/// Step Functions through `aws-sdk-sfn`.
+pub struct AwsStepFunctions {
+    client: aws_sdk_sfn::Client,
+}
+
+/// Error codes that mean "not now" rather than "never".
+const RETRYABLE_CODES: &[&str] = &[
+    "ThrottlingException",
+    "Throttling",
+    "TooManyRequestsException",
+    "ExecutionLimitExceeded",
+    "ServiceUnavailable",
+    "InternalServerError",
+    "InternalFailure",
+    "RequestTimeout",
+];
+
+impl AwsStepFunctions {
+    /// A client for `aws`, each call bounded by `call_timeout`. The SDK's own retries are
+    /// off: the drain owns the retry schedule, so a failing call never blocks a slot longer
+    /// than the configured bound and work is never dropped after "3 attempts".
+    pub async fn new(aws: &AwsConfig, call_timeout: Duration) -> Self {
+        let mut loader =
+            aws_config::defaults(BehaviorVersion::latest()).region(Region::new(aws.region.clone()));
+        if let Some(endpoint) = &aws.endpoint_url {
+            loader = loader.endpoint_url(endpoint);
+        }
+        if let Some(creds) = &aws.static_credentials {
+            let creds = Credentials::new(
+                &creds.access_key_id,
+                creds.secret_access_key.expose(),
+                None,
+                None,
+                "stepgate-config",
+            );
+            loader = loader.credentials_provider(creds);
+        }
+        let shared = loader.load().await;
+        let config = aws_sdk_sfn::config::Builder::from(&shared)
+            .retry_config(RetryConfig::disabled())
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(call_timeout.min(Duration::from_secs(3)))
+                    .operation_timeout(call_timeout)
+                    .build(),
+            )
+            .build();
+        Self {
+            client: aws_sdk_sfn::Client::from_conf(config),
+        }
+    }
+}
+
+#[async_trait]
+impl StepFunctions for AwsStepFunctions {
+    async fn start_execution(
+        &self,
+        state_machine_arn: &str,
+        name: &str,
+        input: &str,
+    ) -> Result<String, SfnError> {
+        let reply = self
+            .client
+            .start_execution()
+            .state_machine_arn(state_machine_arn)
+            .name(name)
+            .input(input)
+            .send()
+            .await
+            .map_err(classify)?;
+        Ok(reply.execution_arn)
+    }
+
+    async fn execution_input(&self, execution_arn: &str) -> Result<String, SfnError> {
+        let reply = self
+            .client
+            .describe_execution()
+            .execution_arn(execution_arn)
+            .send()
+            .await
+            .map_err(classify)?;
+        reply
+            .input
+            .ok_or_else(|| SfnError::Terminal("the execution's input is not readable".into()))
+    }
+}
+
+fn classify<E>(err: SdkError<E>) -> SfnError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    let text = DisplayErrorContext(&err).to_string();
+    match &err {
+        SdkError::ServiceError(service) => {
+            let code = service.err().code().unwrap_or_default();
+            let status = service.raw().status().as_u16();
+            if code == "ExecutionAlreadyExists" {
+                SfnError::AlreadyExists
+            } else if RETRYABLE_CODES.contains(&code) || status >= 500 || status == 429 {
+                SfnError::Retryable(text)
+            } else {
+                SfnError::Terminal(text)
+            }
+        }
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
+            SfnError::Retryable(text)
+        }
+        _ => SfnError::Terminal(text),
+    }
+}
+
+/// A scripted Step Functions for unit tests: answers are popped in order, calls recorded.
+#[cfg(any(test, feature = "test-helpers"))]
+pub mod fake {
+    use std::collections::VecDeque;
+    use std::sync::Mutex;
+
+    use super::*;
+
+    /// One recorded call.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub enum Call {
+        Start { name: String, input: String },
+        Describe { execution_arn: String },
+    }
+
+    #[derive(Default)]
+    pub struct FakeStepFunctions {
+        answers: Mutex<VecDeque<Result<String, SfnError>>>,
+        calls: Mutex<Vec<Call>>,
+    }
+
+    impl FakeStepFunctions {
+        /// A fake that gives `answers` to successive calls (then `Terminal("unscripted")`).
+        pub fn scripted(answers: impl IntoIterator<Item = Result<String, SfnError>>) -> Self {
+            Self {
+                answers: Mutex::new(answers.into_iter().collect()),
+                calls: Mutex::default(),
+            }
+        }
+
+        pub fn calls(&self) -> Vec<Call> {
+            self.calls.lock().map(|c| c.clone()).unwrap_or_default()
+        }
+
+        fn answer(&self, call: Call) -> Result<String, SfnError> {
+            if let Ok(mut calls) = self.calls.lock() {
+                calls.push(call);
+            }
+            let next = self.answers.lock().ok().and_then(|mut a| a.pop_front());
+            next.unwrap_or_else(|| Err(SfnError::Terminal("unscripted call".into())))
+        }
+    }
+
+    #[async_trait]
+    impl StepFunctions for FakeStepFunctions {
+        async fn start_execution(
+            &self,
+            _arn: &str,
+            name: &str,
+            input: &str,
+        ) -> Result<String, SfnError> {
+            self.answer(Call::Start {
+                name: name.into(),
+                input: input.into(),
+            })
+        }
+
+        async fn execution_input(&self, execution_arn: &str) -> Result<String, SfnError> {
+            self.answer(Call::Describe {
+                execution_arn: execution_arn.into(),
+            })
+        }
+    }
+}

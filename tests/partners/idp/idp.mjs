@@ -1,0 +1,75 @@
+// A real OpenID provider for stepgate's tests and demo.
+//
+// It issues RFC 9068 JWT access tokens by the client_credentials grant, exactly as a
+// microservice gets them in production. Everything is configured by environment:
+//   IDP_PORT        port to listen on (0 = any free port; the chosen one is reported)
+//   IDP_CLIENTS     JSON array of {client_id, client_secret, scope}
+//   IDP_AUDIENCES   JSON array of resource indicators (audiences); the first is the default
+//   IDP_KEY_PEM     PKCS#1 RSA private key to sign with (generated when absent, so tests
+//                   never share the library's well-known development key)
+//   IDP_PARENT_PID  exit when this process is gone (tests start the IdP and may not stop it)
+// When listening it prints one JSON line: {"issuer", "kid", "private_key_pem"} so that tests
+// can also hand-make attack tokens with the very key the IdP signs with.
+import { createServer } from 'node:http';
+import { createHash, createPrivateKey, generateKeyPairSync } from 'node:crypto';
+import Provider from 'oidc-provider';
+
+const clients = JSON.parse(process.env.IDP_CLIENTS ?? '[]').map((c) => ({
+  client_id: c.client_id,
+  client_secret: c.client_secret,
+  grant_types: ['client_credentials'],
+  redirect_uris: [],
+  response_types: [],
+  scope: c.scope,
+}));
+const audiences = JSON.parse(process.env.IDP_AUDIENCES ?? '["https://stepgate.local"]');
+const allScopes = [...new Set(clients.flatMap((c) => (c.scope ?? '').split(' ').filter(Boolean)))];
+
+const privateKey = process.env.IDP_KEY_PEM
+  ? createPrivateKey(process.env.IDP_KEY_PEM)
+  : generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey;
+const privatePem = privateKey.export({ type: 'pkcs1', format: 'pem' });
+const jwk = privateKey.export({ format: 'jwk' });
+const kid = createHash('sha256').update(jwk.n).digest('base64url').slice(0, 16);
+
+const server = createServer();
+server.listen(Number(process.env.IDP_PORT ?? 0), '127.0.0.1', () => {
+  const issuer = `http://127.0.0.1:${server.address().port}`;
+  const provider = new Provider(issuer, {
+    clients,
+    scopes: allScopes,
+    jwks: { keys: [{ ...jwk, kid, alg: 'RS256', use: 'sig' }] },
+    features: {
+      devInteractions: { enabled: false },
+      clientCredentials: { enabled: true },
+      resourceIndicators: {
+        enabled: true,
+        defaultResource: () => audiences[0],
+        useGrantedResource: () => true,
+        getResourceServerInfo: (_ctx, resource) => {
+          if (!audiences.includes(resource)) throw new Error(`unknown resource ${resource}`);
+          return {
+            scope: allScopes.join(' '),
+            audience: resource,
+            accessTokenFormat: 'jwt',
+            accessTokenTTL: 600,
+            jwt: { sign: { alg: 'RS256' } },
+          };
+        },
+      },
+    },
+  });
+  server.on('request', provider.callback());
+  console.log(JSON.stringify({ issuer, kid, private_key_pem: privatePem }));
+});
+
+const parent = Number(process.env.IDP_PARENT_PID ?? 0);
+if (parent) {
+  setInterval(() => {
+    try {
+      process.kill(parent, 0);
+    } catch {
+      process.exit(0);
+    }
+  }, 500).unref();
+}
