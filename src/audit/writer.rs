@@ -29,7 +29,7 @@ const MAX_BATCH: usize = 512;
 const RETRY_MAX: Duration = Duration::from_secs(5);
 
 enum Message {
-    Event(AuditEvent),
+    Event(Box<AuditEvent>),
     Flush(oneshot::Sender<()>),
 }
 
@@ -71,7 +71,7 @@ impl AuditLog {
 
     /// Queues `event` for the trail without waiting.
     pub fn record(&self, event: AuditEvent) {
-        if self.tx.try_send(Message::Event(event)).is_err() {
+        if self.tx.try_send(Message::Event(Box::new(event))).is_err() {
             let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             tracing::error!(
                 audit.dropped = dropped,
@@ -103,7 +103,7 @@ impl AuditWriter {
             let mut next = Some(first);
             while let Some(message) = next {
                 match message {
-                    Message::Event(event) => batch.push(event),
+                    Message::Event(event) => batch.push(*event),
                     Message::Flush(done) => waiting.push(done),
                 }
                 next = if batch.len() < MAX_BATCH {

@@ -8,10 +8,10 @@
 //   IDP_KEY_PEM     PKCS#1 RSA private key to sign with (generated when absent, so tests
 //                   never share the library's well-known development key)
 //   IDP_PARENT_PID  exit when this process is gone (tests start the IdP and may not stop it)
-// When listening it prints one JSON line: {"issuer", "kid", "private_key_pem"} so that tests
-// can also hand-make attack tokens with the very key the IdP signs with.
+// When listening it prints one JSON line: {"issuer", "kid", "private_key_pem", "public_key_pem"}
+// so that tests can also hand-make attack tokens with the very key the IdP signs with.
 import { createServer } from 'node:http';
-import { createHash, createPrivateKey, generateKeyPairSync } from 'node:crypto';
+import { createHash, createPrivateKey, createPublicKey, generateKeyPairSync } from 'node:crypto';
 import Provider from 'oidc-provider';
 
 const clients = JSON.parse(process.env.IDP_CLIENTS ?? '[]').map((c) => ({
@@ -29,6 +29,7 @@ const privateKey = process.env.IDP_KEY_PEM
   ? createPrivateKey(process.env.IDP_KEY_PEM)
   : generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey;
 const privatePem = privateKey.export({ type: 'pkcs1', format: 'pem' });
+const publicPem = createPublicKey(privateKey).export({ type: 'spki', format: 'pem' });
 const jwk = privateKey.export({ format: 'jwk' });
 const kid = createHash('sha256').update(jwk.n).digest('base64url').slice(0, 16);
 
@@ -60,7 +61,7 @@ server.listen(Number(process.env.IDP_PORT ?? 0), '127.0.0.1', () => {
     },
   });
   server.on('request', provider.callback());
-  console.log(JSON.stringify({ issuer, kid, private_key_pem: privatePem }));
+  console.log(JSON.stringify({ issuer, kid, private_key_pem: privatePem, public_key_pem: publicPem }));
 });
 
 const parent = Number(process.env.IDP_PARENT_PID ?? 0);

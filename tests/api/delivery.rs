@@ -1,0 +1,162 @@
+//! Exactly once across crashes and redeliveries: stop a worker between reading an entry and
+//! acknowledging it, restart, and count the executions in the emulator.
+
+use std::time::Duration;
+
+use redis::AsyncCommands;
+use redis::streams::{StreamReadOptions, StreamReadReply};
+use serde_json::{Value, json};
+
+use crate::helpers::{
+    RedisServer, TestApp, TestResult, TestSettings, eventually, executions, partners,
+    spawn_app_with,
+};
+
+const QUEUE: &str = "stepgate:{wf:orders}:queue";
+const GROUP: &str = "stepgate-workers";
+
+/// Accepts connections and never answers: a Step Functions call into it hangs until timeout.
+async fn black_hole() -> TestResult<(String, tokio::task::JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    Ok((url, task))
+}
+
+async fn pending_count(app: &TestApp) -> TestResult<u64> {
+    let mut redis = app.redis.connection().await?;
+    let summary: redis::streams::StreamPendingReply = redis.xpending(QUEUE, GROUP).await?;
+    Ok(summary.count() as u64)
+}
+
+#[tokio::test]
+async fn a_worker_stopped_between_read_and_ack_starts_exactly_one_execution_after_restart()
+-> TestResult {
+    let (hang, _hole) = black_hole().await?;
+    let settings = TestSettings {
+        sfn_endpoint: Some(hang),
+        ..TestSettings::default()
+    };
+    let mut app = spawn_app_with(RedisServer::start(), settings).await?;
+    let token = partners().idp.billing_token().await?;
+    let input = json!({"order_id": "crash-1"});
+    let request_id = app.accept(&token, &input).await?;
+
+    // The worker has read the entry and is stuck in StartExecution: stop it there.
+    eventually(
+        Duration::from_secs(10),
+        "the worker to read the entry",
+        || async { (pending_count(&app).await.ok()? == 1).then_some(()) },
+    )
+    .await;
+    app.stop().await;
+    assert_eq!(pending_count(&app).await?, 1, "read, never acknowledged");
+    assert!(
+        executions(&app.sfn, &app.state_machine_arn)
+            .await?
+            .is_empty()
+    );
+
+    // A new process (new consumer name) with Step Functions reachable takes it over.
+    app.reconfigure(&TestSettings::default())?;
+    app.start().await?;
+    let status = app.settled_status(&request_id, &token).await;
+    assert_eq!(status["status"], "started", "{status}");
+    let started = executions(&app.sfn, &app.state_machine_arn).await?;
+    assert_eq!(started.len(), 1, "exactly one execution: {started:?}");
+    assert_eq!(serde_json::from_str::<Value>(&started[0].1)?, input);
+    assert_eq!(
+        pending_count(&app).await?,
+        0,
+        "acknowledged after the start"
+    );
+    Ok(())
+}
+
+/// Plays a worker that read the entry, started its execution, and died before the ack.
+async fn crash_after_start(app: &TestApp, input_override: Option<&str>) -> TestResult<String> {
+    let mut redis = app.redis.connection().await?;
+    let options = StreamReadOptions::default()
+        .group(GROUP, "crashed-worker")
+        .count(1);
+    let read: StreamReadReply = redis.xread_options(&[QUEUE], &[">"], &options).await?;
+    let entry = read
+        .keys
+        .first()
+        .and_then(|k| k.ids.first())
+        .ok_or("nothing to read")?;
+    let request_id: String = entry.get("request_id").ok_or("no request_id")?;
+    let input: String = entry.get("input").ok_or("no input")?;
+    let started = app
+        .sfn
+        .start_execution()
+        .state_machine_arn(&app.state_machine_arn)
+        .name(&request_id)
+        .input(input_override.unwrap_or(&input))
+        .send()
+        .await?;
+    Ok(started.execution_arn)
+}
+
+#[tokio::test]
+async fn a_redelivered_entry_whose_execution_already_started_is_not_started_again() -> TestResult {
+    let settings = TestSettings {
+        worker_enabled: false,
+        ..TestSettings::default()
+    };
+    let mut app = spawn_app_with(RedisServer::start(), settings).await?;
+    let token = partners().idp.billing_token().await?;
+    let request_id = app.accept(&token, &json!({"order_id": "crash-2"})).await?;
+    let execution_arn = crash_after_start(&app, None).await?;
+
+    app.stop().await;
+    app.reconfigure(&TestSettings::default())?;
+    app.start().await?;
+    let status = app.settled_status(&request_id, &token).await;
+    assert_eq!(status["status"], "started", "{status}");
+    assert_eq!(status["execution_arn"], execution_arn.as_str());
+    assert_eq!(
+        executions(&app.sfn, &app.state_machine_arn).await?.len(),
+        1,
+        "still exactly one execution"
+    );
+    assert_eq!(pending_count(&app).await?, 0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_execution_name_taken_with_another_input_fails_the_request() -> TestResult {
+    let settings = TestSettings {
+        worker_enabled: false,
+        ..TestSettings::default()
+    };
+    let mut app = spawn_app_with(RedisServer::start(), settings).await?;
+    let token = partners().idp.billing_token().await?;
+    let request_id = app.accept(&token, &json!({"order_id": "mine"})).await?;
+    crash_after_start(&app, Some(r#"{"order_id": "someone else's"}"#)).await?;
+
+    app.stop().await;
+    app.reconfigure(&TestSettings::default())?;
+    app.start().await?;
+    let status = app.settled_status(&request_id, &token).await;
+    assert_eq!(status["status"], "failed", "{status}");
+    assert!(
+        status["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("different input"),
+        "{status}"
+    );
+    let records = app.audit_records().await?;
+    assert!(
+        records
+            .iter()
+            .any(|r| r["event"] == "failed" && r["request_id"] == request_id.as_str())
+    );
+    Ok(())
+}

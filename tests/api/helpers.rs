@@ -1,0 +1,658 @@
+//! The test harness: real partners, started and stopped by the tests themselves.
+//!
+//! - Redis: one `redis-server` per test, on a free port, killed when the test ends; tests may
+//!   stop, pause and restart it.
+//! - Step Functions: moto's server, one per test process (it is slow to start); each test
+//!   creates its own state machines, so tests never see each other's executions.
+//! - Identity provider: `oidc-provider`, one per test process, with its own generated key.
+//!
+//! A partner that cannot start fails the test loudly (run `scripts/setup-partners`).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use aws_sdk_sfn::config::{BehaviorVersion, Credentials, Region};
+use serde::Deserialize;
+use serde_json::Value;
+use stepgate::audit::{AuditLog, AuditSigner};
+use stepgate::config::Config;
+use stepgate::startup::Application;
+use tokio_util::sync::CancellationToken;
+
+pub type TestResult<T = ()> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+pub const AUDIENCE: &str = "https://stepgate.local";
+pub const REGION: &str = "us-east-1";
+pub const ROLE_ARN: &str = "arn:aws:iam::123456789012:role/sfn";
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
+}
+
+fn wait_for_port(port: u16, what: &str, deadline: Duration) {
+    let start = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            start.elapsed() < deadline,
+            "{what} did not listen on port {port} within {deadline:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Polls `check` until it returns `Some`, or fails after `deadline`.
+pub async fn eventually<T, F, Fut>(deadline: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            start.elapsed() < deadline,
+            "timed out after {deadline:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Redis
+
+/// A `redis-server` of this test's own.
+pub struct RedisServer {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    aof: bool,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    /// Starts a server without persistence.
+    pub fn start() -> Self {
+        Self::start_with(false)
+    }
+
+    /// Starts a server with AOF, `appendfsync always` (survives restarts).
+    pub fn start_durable() -> Self {
+        Self::start_with(true)
+    }
+
+    fn start_with(aof: bool) -> Self {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let mut server = Self {
+            port: free_port(),
+            dir,
+            aof,
+            child: None,
+        };
+        server.restart();
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// (Re)starts the process on the same port and data directory.
+    pub fn restart(&mut self) {
+        self.stop();
+        let mut command = Command::new("redis-server");
+        command
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
+            .args([
+                "--dir",
+                &self.dir.path().display().to_string(),
+                "--daemonize",
+                "no",
+            ])
+            .stdout(Stdio::null());
+        if self.aof {
+            command.args(["--appendonly", "yes", "--appendfsync", "always"]);
+        } else {
+            command.args(["--appendonly", "no"]);
+        }
+        let child = command.spawn().unwrap_or_else(|e| {
+            panic!("cannot start redis-server (run scripts/setup-partners): {e}")
+        });
+        self.child = Some(child);
+        wait_for_port(self.port, "redis-server", Duration::from_secs(10));
+        // Ready means answering PING, not just listening (AOF loading answers LOADING).
+        let start = Instant::now();
+        while !self.pong() {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "redis-server did not answer PING"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn pong(&self) -> bool {
+        let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let mut reply = [0u8; 7];
+        stream.write_all(b"PING\r\n").is_ok()
+            && stream.read(&mut reply).is_ok()
+            && reply.starts_with(b"+PONG")
+    }
+
+    /// Freezes the process (SIGSTOP): it keeps its connections but answers nothing.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        if let Some(child) = &self.child {
+            let status = Command::new("kill")
+                .args([signal, &child.id().to_string()])
+                .status();
+            assert!(status.is_ok_and(|s| s.success()), "kill {signal} failed");
+        }
+    }
+
+    /// Kills the process (as a crash would).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub async fn connection(&self) -> TestResult<redis::aio::MultiplexedConnection> {
+        Ok(redis::Client::open(self.url())?
+            .get_multiplexed_async_connection()
+            .await?)
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Step Functions (moto) and the identity provider: one each per test process
+
+/// The shared partners.
+pub struct Partners {
+    pub sfn_endpoint: String,
+    pub idp: Idp,
+}
+
+/// The running identity provider and the key it signs with.
+#[derive(Deserialize)]
+pub struct Idp {
+    pub issuer: String,
+    pub kid: String,
+    pub private_key_pem: String,
+    pub public_key_pem: String,
+}
+
+/// The identity provider's clients.
+pub const CLIENTS: &str = r#"[
+    {"client_id": "billing-service", "client_secret": "billing-secret", "scope": "workflows:trigger workflows:read"},
+    {"client_id": "reporting-service", "client_secret": "reporting-secret", "scope": "workflows:read"}
+]"#;
+
+pub fn partners() -> &'static Partners {
+    static PARTNERS: OnceLock<Partners> = OnceLock::new();
+    PARTNERS.get_or_init(|| Partners {
+        sfn_endpoint: start_moto(),
+        idp: start_idp(),
+    })
+}
+
+#[expect(
+    clippy::zombie_processes,
+    reason = "the emulator exits by itself when the test process is gone"
+)]
+fn start_moto() -> String {
+    let python = root().join(".venv/bin/python");
+    assert!(
+        python.exists(),
+        "moto is not installed: run scripts/setup-partners"
+    );
+    let port = free_port();
+    // Not killed by the test: it exits by itself when this test process is gone.
+    Command::new(python)
+        .arg(root().join("tests/partners/sfn/moto_server.py"))
+        .args([port.to_string(), std::process::id().to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start moto: {e}"));
+    wait_for_port(port, "moto", Duration::from_secs(30));
+    format!("http://127.0.0.1:{port}")
+}
+
+#[expect(
+    clippy::zombie_processes,
+    reason = "the IdP exits by itself when the test process is gone"
+)]
+fn start_idp() -> Idp {
+    let dir = root().join("tests/partners/idp");
+    assert!(
+        dir.join("node_modules").exists(),
+        "oidc-provider is not installed: run scripts/setup-partners"
+    );
+    let mut child = Command::new("node")
+        .arg("idp.mjs")
+        .current_dir(&dir)
+        .env("IDP_CLIENTS", CLIENTS)
+        .env(
+            "IDP_AUDIENCES",
+            serde_json::json!([AUDIENCE, "https://other-service.local"]).to_string(),
+        )
+        .env("IDP_PARENT_PID", std::process::id().to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start the identity provider: {e}"));
+    let stdout = child
+        .stdout
+        .take()
+        .unwrap_or_else(|| panic!("no stdout from the identity provider"));
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .unwrap_or_else(|e| panic!("identity provider: {e}"));
+    serde_json::from_str(&line)
+        .unwrap_or_else(|e| panic!("identity provider did not start: {e}: {line:?}"))
+}
+
+impl Idp {
+    /// An access token by the client_credentials grant, as a microservice gets it.
+    pub async fn token(&self, client_id: &str, secret: &str, scope: &str) -> TestResult<String> {
+        self.token_for(client_id, secret, scope, AUDIENCE).await
+    }
+
+    pub async fn token_for(
+        &self,
+        client_id: &str,
+        secret: &str,
+        scope: &str,
+        resource: &str,
+    ) -> TestResult<String> {
+        let reply: Value = reqwest::Client::new()
+            .post(format!("{}/token", self.issuer))
+            .basic_auth(client_id, Some(secret))
+            .form(&[
+                ("grant_type", "client_credentials"),
+                ("scope", scope),
+                ("resource", resource),
+            ])
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        Ok(reply["access_token"]
+            .as_str()
+            .ok_or("no access_token in the IdP's answer")?
+            .to_owned())
+    }
+
+    /// reporting-service's token: a real client of the IdP that the default policy denies.
+    pub async fn denied_token(&self) -> TestResult<String> {
+        self.token("reporting-service", "reporting-secret", "workflows:read")
+            .await
+    }
+
+    /// billing-service's token with the trigger scope: allowed by the default policy.
+    pub async fn billing_token(&self) -> TestResult<String> {
+        self.token("billing-service", "billing-secret", "workflows:trigger")
+            .await
+    }
+}
+
+/// A Step Functions client for the emulator.
+pub async fn sfn_client() -> aws_sdk_sfn::Client {
+    let config = aws_config::defaults(BehaviorVersion::latest())
+        .region(Region::new(REGION))
+        .endpoint_url(&partners().sfn_endpoint)
+        .credentials_provider(Credentials::new("test", "test", None, None, "test"))
+        .load()
+        .await;
+    aws_sdk_sfn::Client::new(&config)
+}
+
+/// Creates a fresh state machine (a Pass state that echoes its input); returns its ARN.
+pub async fn create_state_machine(sfn: &aws_sdk_sfn::Client) -> TestResult<String> {
+    let name = format!(
+        "orders-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    );
+    let definition = r#"{"StartAt": "Echo", "States": {"Echo": {"Type": "Pass", "End": true}}}"#;
+    let created = sfn
+        .create_state_machine()
+        .name(name)
+        .definition(definition)
+        .role_arn(ROLE_ARN)
+        .send()
+        .await?;
+    Ok(created.state_machine_arn)
+}
+
+/// The executions of a state machine, with their inputs.
+pub async fn executions(
+    sfn: &aws_sdk_sfn::Client,
+    state_machine_arn: &str,
+) -> TestResult<Vec<(String, String)>> {
+    let listed = sfn
+        .list_executions()
+        .state_machine_arn(state_machine_arn)
+        .send()
+        .await?;
+    let mut found = Vec::new();
+    for execution in listed.executions {
+        let described = sfn
+            .describe_execution()
+            .execution_arn(&execution.execution_arn)
+            .send()
+            .await?;
+        found.push((execution.execution_arn, described.input.unwrap_or_default()));
+    }
+    Ok(found)
+}
+
+// ---------------------------------------------------------------------------------------
+// stepgate
+
+/// Settings a test may change before the app starts.
+pub struct TestSettings {
+    pub worker_enabled: bool,
+    /// Where the app's Step Functions calls go (default: the emulator).
+    pub sfn_endpoint: Option<String>,
+    /// Extra TOML appended to the configuration.
+    pub extra_toml: String,
+}
+
+impl Default for TestSettings {
+    fn default() -> Self {
+        Self {
+            worker_enabled: true,
+            sfn_endpoint: None,
+            extra_toml: String::new(),
+        }
+    }
+}
+
+/// One running stepgate with its own Redis and state machine.
+pub struct TestApp {
+    pub base: String,
+    pub http: reqwest::Client,
+    pub redis: RedisServer,
+    pub sfn: aws_sdk_sfn::Client,
+    pub state_machine_arn: String,
+    /// The running app's audit writer handle (to flush before reading the trail).
+    pub audit: Option<AuditLog>,
+    pub config_path: PathBuf,
+    dir: tempfile::TempDir,
+    shutdown: CancellationToken,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+pub async fn spawn_app() -> TestResult<TestApp> {
+    spawn_app_with(RedisServer::start(), TestSettings::default()).await
+}
+
+pub async fn spawn_app_with(redis: RedisServer, settings: TestSettings) -> TestResult<TestApp> {
+    let sfn = sfn_client().await;
+    let state_machine_arn = create_state_machine(&sfn).await?;
+    let dir = tempfile::tempdir()?;
+    AuditSigner::generate().write_pair(&dir.path().join("audit.key"))?;
+    let config_path = dir.path().join("stepgate.toml");
+    let text = config_text(&redis, &state_machine_arn, dir.path(), &settings);
+    std::fs::write(&config_path, text)?;
+    let mut app = TestApp {
+        base: String::new(),
+        http: reqwest::Client::new(),
+        redis,
+        sfn,
+        state_machine_arn,
+        audit: None,
+        config_path,
+        dir,
+        shutdown: CancellationToken::new(),
+        task: None,
+    };
+    app.start().await?;
+    Ok(app)
+}
+
+fn config_text(redis: &RedisServer, arn: &str, dir: &Path, settings: &TestSettings) -> String {
+    let partners = partners();
+    let endpoint = settings
+        .sfn_endpoint
+        .clone()
+        .unwrap_or_else(|| partners.sfn_endpoint.clone());
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+
+[redis]
+url = "{redis}"
+
+[aws]
+region = "{REGION}"
+endpoint_url = "{endpoint}"
+[aws.static_credentials]
+access_key_id = "test"
+secret_access_key = "test"
+
+[worker]
+enabled = {worker}
+call_timeout_ms = 1000
+retry_backoff_ms = [100]
+claim_idle_ms = 2500
+block_ms = 500
+
+[audit]
+signing_key = "{key}"
+
+[log]
+format = "pretty"
+level = "warn"
+
+[[issuers]]
+issuer = "{issuer}"
+audiences = ["{AUDIENCE}"]
+
+[workflows.orders]
+state_machine_arn = "{arn}"
+[[workflows.orders.allow]]
+clients = ["billing-service"]
+scopes = ["workflows:trigger"]
+{extra}
+"#,
+        redis = redis.url(),
+        worker = settings.worker_enabled,
+        key = dir.join("audit.key").display(),
+        issuer = partners.idp.issuer,
+        extra = settings.extra_toml,
+    )
+}
+
+impl TestApp {
+    /// Rewrites the configuration file (takes effect at the next [`TestApp::start`]).
+    pub fn reconfigure(&self, settings: &TestSettings) -> TestResult {
+        let text = config_text(
+            &self.redis,
+            &self.state_machine_arn,
+            self.dir.path(),
+            settings,
+        );
+        std::fs::write(&self.config_path, text)?;
+        Ok(())
+    }
+
+    /// Builds and starts stepgate from this app's configuration file.
+    pub async fn start(&mut self) -> TestResult {
+        let config = Config::load(&self.config_path)?;
+        let app = Application::build(config).await?;
+        self.base = format!("http://{}", app.local_addr()?);
+        self.audit = Some(app.audit_log());
+        self.shutdown = CancellationToken::new();
+        let shutdown = self.shutdown.clone();
+        self.task = Some(tokio::spawn(async move {
+            if let Err(e) = app.run_until_stopped(shutdown).await {
+                eprintln!("stepgate stopped with an error: {e:#}");
+            }
+        }));
+        Ok(())
+    }
+
+    /// Stops stepgate gracefully and waits for it.
+    pub async fn stop(&mut self) {
+        self.shutdown.cancel();
+        // The audit writer finishes once the last handle is gone.
+        self.audit = None;
+        if let Some(task) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(20), task).await;
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// `POST /v1/workflows/{workflow}/executions` with `body` as JSON.
+    pub async fn trigger(
+        &self,
+        workflow: &str,
+        token: &str,
+        body: &Value,
+    ) -> TestResult<reqwest::Response> {
+        Ok(self
+            .http
+            .post(self.url(&format!("/v1/workflows/{workflow}/executions")))
+            .bearer_auth(token)
+            .json(body)
+            .send()
+            .await?)
+    }
+
+    /// Triggers `orders` with `input`, asserts `202`, returns the request id.
+    pub async fn accept(&self, token: &str, input: &Value) -> TestResult<String> {
+        let response = self
+            .trigger("orders", token, &serde_json::json!({ "input": input }))
+            .await?;
+        assert_eq!(response.status(), reqwest::StatusCode::ACCEPTED);
+        request_id_of(response).await
+    }
+
+    pub async fn request_status(
+        &self,
+        request_id: &str,
+        token: &str,
+    ) -> TestResult<reqwest::Response> {
+        Ok(self
+            .http
+            .get(self.url(&format!("/v1/requests/{request_id}")))
+            .bearer_auth(token)
+            .send()
+            .await?)
+    }
+
+    /// Polls the status endpoint until the request is no longer queued.
+    pub async fn settled_status(&self, request_id: &str, token: &str) -> Value {
+        eventually(Duration::from_secs(20), "the request to settle", || async {
+            let status: Value = self
+                .request_status(request_id, token)
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            (status["status"] != "queued").then_some(status)
+        })
+        .await
+    }
+
+    /// The audit records' bodies, after everything recorded so far is written.
+    pub async fn audit_records(&self) -> TestResult<Vec<Value>> {
+        if let Some(audit) = &self.audit {
+            audit.flush().await;
+        }
+        let mut redis = self.redis.connection().await?;
+        let entries: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+            .arg("stepgate:{audit}:log")
+            .arg("-")
+            .arg("+")
+            .query_async(&mut redis)
+            .await?;
+        entries
+            .ids
+            .iter()
+            .map(|e| {
+                Ok(serde_json::from_str(
+                    &e.get::<String>("body").ok_or("record without body")?,
+                )?)
+            })
+            .collect()
+    }
+
+    /// Runs the `stepgate` binary against this app's configuration.
+    pub fn stepgate(&self, args: &[&str]) -> TestResult<std::process::Output> {
+        Ok(Command::new(env!("CARGO_BIN_EXE_stepgate"))
+            .args(args)
+            .arg("--config")
+            .arg(&self.config_path)
+            .output()?)
+    }
+}
+
+/// The `request_id` of an accepted trigger's answer.
+pub async fn request_id_of(response: reqwest::Response) -> TestResult<String> {
+    let body: Value = response.json().await?;
+    Ok(body["request_id"]
+        .as_str()
+        .ok_or("no request_id in the answer")?
+        .to_owned())
+}
+
+/// A response header as text ("" when absent).
+pub fn header(response: &reqwest::Response, name: &str) -> String {
+    response
+        .headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}

@@ -1,0 +1,99 @@
+//! Redis unavailable: callers get 503 with Retry-After, never a 202 for a request Redis did
+//! not take; service resumes by itself when Redis is back.
+
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::helpers::{RedisServer, TestResult, TestSettings, partners, spawn_app_with};
+
+async fn assert_unavailable(response: reqwest::Response) -> TestResult {
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    assert!(
+        retry_after.is_some_and(|s| s >= 1),
+        "Retry-After: {retry_after:?}"
+    );
+    let problem: Value = response.json().await?;
+    assert_eq!(problem["code"], "unavailable");
+    Ok(())
+}
+
+#[tokio::test]
+async fn with_redis_stopped_triggers_get_503_and_nothing_is_queued() -> TestResult {
+    let settings = TestSettings {
+        worker_enabled: false,
+        ..TestSettings::default()
+    };
+    let mut app = spawn_app_with(RedisServer::start_durable(), settings).await?;
+    let token = partners().idp.billing_token().await?;
+
+    app.redis.stop();
+    for i in 0..3 {
+        assert_unavailable(
+            app.trigger("orders", &token, &json!({"input": {"i": i}}))
+                .await?,
+        )
+        .await?;
+    }
+    let ready = app.http.get(app.url("/readyz")).send().await?;
+    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+
+    // Redis keeps everything it acknowledged (AOF, fsync always): nothing was taken.
+    app.redis.restart();
+    let mut redis = app.redis.connection().await?;
+    let queued: u64 = redis::cmd("XLEN")
+        .arg("stepgate:{wf:orders}:queue")
+        .query_async(&mut redis)
+        .await?;
+    assert_eq!(queued, 0);
+
+    // And the gateway reconnects by itself.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let response = app
+            .trigger("orders", &token, &json!({"input": {"i": "after"}}))
+            .await?;
+        if response.status() == StatusCode::ACCEPTED {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no recovery after Redis came back: {}",
+            response.status()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let queued: u64 = redis::cmd("XLEN")
+        .arg("stepgate:{wf:orders}:queue")
+        .query_async(&mut redis)
+        .await?;
+    assert_eq!(queued, 1, "exactly the request that got 202");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_frozen_redis_gets_503_within_the_command_timeout() -> TestResult {
+    let settings = TestSettings {
+        worker_enabled: false,
+        ..TestSettings::default()
+    };
+    let app = spawn_app_with(RedisServer::start(), settings).await?;
+    let token = partners().idp.billing_token().await?;
+    app.redis.pause();
+    let started = Instant::now();
+    let response = app.trigger("orders", &token, &json!({"input": {}})).await;
+    let elapsed = started.elapsed();
+    app.redis.resume();
+    assert_unavailable(response?).await?;
+    assert!(
+        elapsed < Duration::from_secs(5),
+        "answered after {elapsed:?}"
+    );
+    Ok(())
+}
