@@ -76,9 +76,14 @@ pub enum AuditCommand {
 
 /// Runs the command; `Ok` carries the exit code.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    match cli.command.unwrap_or(Command::Serve(ConfigArg {
-        config: PathBuf::from("stepgate.toml"),
-    })) {
+    let default_config = || ConfigArg {
+        config: std::env::var_os("STEPGATE_CONFIG")
+            .map_or_else(|| PathBuf::from("stepgate.toml"), PathBuf::from),
+    };
+    match cli
+        .command
+        .unwrap_or_else(|| Command::Serve(default_config()))
+    {
         Command::Serve(arg) => serve(&arg).await,
         Command::Migrate(arg) => {
             let config = load(&arg)?;

@@ -267,7 +267,12 @@ impl Config {
         Self::from_figment(
             Figment::new()
                 .merge(Toml::file_exact(path))
-                .merge(Env::prefixed("STEPGATE_").split("__")),
+                // STEPGATE_CONFIG names the file itself; it is not a setting.
+                .merge(
+                    Env::prefixed("STEPGATE_")
+                        .filter(|key| !key.as_str().eq_ignore_ascii_case("config"))
+                        .split("__"),
+                ),
         )
     }
 

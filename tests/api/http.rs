@@ -209,5 +209,14 @@ async fn check_config_names_the_bad_key() -> TestResult {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
+
+    // Environment overrides apply over the file, and are validated the same way.
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_stepgate"))
+        .args(["check-config", "--config", "stepgate.example.toml"])
+        .env("STEPGATE_REDIS__URL", "http://127.0.0.1:6379")
+        .current_dir(root())
+        .output()?;
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("`redis.url`"));
     Ok(())
 }

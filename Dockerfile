@@ -1,0 +1,29 @@
+# syntax=docker/dockerfile:1
+# Multi-stage build: a Rust toolchain image compiles stepgate; the runtime image is
+# debian:bookworm-slim with CA certificates and nothing else, running as a non-root user.
+
+FROM rust:1.95-slim-bookworm AS build
+WORKDIR /src
+# Build the dependencies alone first, so that source changes do not rebuild them.
+COPY Cargo.toml Cargo.lock clippy.toml ./
+RUN mkdir -p src tests/api \
+ && echo 'fn main() {}' > src/main.rs && touch src/lib.rs && echo 'fn main() {}' > tests/api/main.rs \
+ && cargo build --release --locked \
+ && rm -rf src
+COPY src src
+COPY migrations migrations
+RUN touch src/main.rs src/lib.rs && cargo build --release --locked
+
+FROM debian:bookworm-slim
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates \
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin stepgate
+COPY --from=build /src/target/release/stepgate /usr/local/bin/stepgate
+USER 10001:10001
+# In a container the API must listen on all interfaces; the file may still override it.
+ENV STEPGATE_SERVER__LISTEN=0.0.0.0:8080 \
+    STEPGATE_CONFIG=/etc/stepgate/stepgate.toml
+EXPOSE 8080
+ENTRYPOINT ["stepgate"]
+CMD ["serve"]
