@@ -12,6 +12,9 @@ use crate::auth::verifier::token_sha256;
 use crate::auth::{Principal, Verifier};
 use crate::state::AppState;
 
+/// How much of an unverified `iss` an audit record keeps.
+const MAX_UNVERIFIED_ISSUER: usize = 256;
+
 /// The verified caller of a request. Handlers take this and never read headers themselves.
 pub struct Caller(pub Principal);
 
@@ -72,7 +75,10 @@ fn audit_refusal(state: &AppState, parts: &Parts, token: Option<&str>, reason: &
     let mut event = AuditEvent::now(EventKind::AuthFailed);
     event.reason = Some(reason.to_owned());
     event.token_sha256 = token.map(token_sha256);
-    event.issuer = token.and_then(Verifier::unverified_issuer);
+    // Attacker-controlled: kept only as a bounded hint of who the token claims to be from.
+    event.issuer = token
+        .and_then(Verifier::unverified_issuer)
+        .map(|iss| iss.chars().take(MAX_UNVERIFIED_ISSUER).collect());
     event.client_addr = parts
         .extensions
         .get::<ConnectInfo<SocketAddr>>()
