@@ -33,6 +33,8 @@ pub struct Config {
     pub audit: AuditConfig,
     #[serde(default)]
     pub log: LogConfig,
+    #[serde(default)]
+    pub auth: AuthConfig,
     pub issuers: Vec<IssuerConfig>,
     pub workflows: BTreeMap<String, WorkflowConfig>,
 }
@@ -176,6 +178,23 @@ pub enum LogFormat {
     Pretty,
 }
 
+/// `[auth]`: settings common to all issuers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Verified tokens remembered (by SHA-256) until they expire, so repeated calls with the
+    /// same token skip signature work; 0 turns the cache off.
+    pub token_cache_entries: usize,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            token_cache_entries: 10_000,
+        }
+    }
+}
+
 /// `[[issuers]]`: an OpenID provider whose access tokens stepgate accepts.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -193,6 +212,35 @@ pub struct IssuerConfig {
     /// Minimum time between two JWKS fetches caused by unknown `kid`s.
     #[serde(default = "default_refetch_cooldown")]
     pub jwks_refetch_cooldown_seconds: u64,
+    /// Bounds on the periodic JWKS refresh, which follows the response's `Cache-Control`.
+    #[serde(default = "default_refresh_min")]
+    pub jwks_refresh_min_seconds: u64,
+    #[serde(default = "default_refresh_max")]
+    pub jwks_refresh_max_seconds: u64,
+    /// How long the last good keys keep serving while the issuer cannot be reached.
+    #[serde(default = "default_max_stale")]
+    pub jwks_max_stale_seconds: u64,
+    /// A fixed JWKS file instead of discovery (air-gapped sites).
+    pub jwks_file: Option<PathBuf>,
+    /// A fixed JWKS document, inline, instead of discovery.
+    pub jwks_inline: Option<String>,
+    /// Require this JWT `typ` header, e.g. `at+jwt` (RFC 9068); `application/at+jwt` matches too.
+    pub require_typ: Option<String>,
+    /// Claims a token must carry beyond `exp`, `iss`, `aud` and `sub`.
+    #[serde(default)]
+    pub required_claims: Vec<String>,
+}
+
+fn default_refresh_min() -> u64 {
+    60
+}
+
+fn default_refresh_max() -> u64 {
+    3600
+}
+
+fn default_max_stale() -> u64 {
+    24 * 3600
 }
 
 fn default_algorithms() -> Vec<Algorithm> {
@@ -364,6 +412,27 @@ impl Config {
                 problem(
                     key("algorithms"),
                     "at least one algorithm is required".into(),
+                );
+            }
+            if issuer.jwks_file.is_some() && issuer.jwks_inline.is_some() {
+                problem(
+                    key("jwks_file"),
+                    "set jwks_file or jwks_inline, not both".into(),
+                );
+            }
+            if issuer.jwks_refresh_min_seconds == 0
+                || issuer.jwks_refresh_min_seconds > issuer.jwks_refresh_max_seconds
+            {
+                problem(
+                    key("jwks_refresh_min_seconds"),
+                    "must be at least 1 and at most jwks_refresh_max_seconds".into(),
+                );
+            }
+            if issuer.jwks_max_stale_seconds < issuer.jwks_refresh_max_seconds {
+                problem(
+                    key("jwks_max_stale_seconds"),
+                    "must be at least jwks_refresh_max_seconds, or keys go stale between refreshes"
+                        .into(),
                 );
             }
             for alg in &issuer.algorithms {

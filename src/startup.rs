@@ -20,8 +20,7 @@ use crate::worker::{AwsStepFunctions, Drain, DrainTarget, StepFunctions};
 
 /// How long start-up waits for the issuers' keys; a slow IdP delays readiness, not start-up.
 const INITIAL_KEY_LOAD: Duration = Duration::from_secs(5);
-/// Key refresh period once loaded, and the longest pause between attempts while not loaded.
-const KEY_REFRESH: Duration = Duration::from_secs(300);
+/// The longest pause between key fetch attempts while not loaded.
 const KEY_RETRY_MAX: Duration = Duration::from_secs(30);
 /// How long the audit writer may take to write what is left at shutdown.
 const AUDIT_DRAIN: Duration = Duration::from_secs(10);
@@ -85,7 +84,8 @@ impl Application {
             .timeout(Duration::from_secs(5))
             .build()
             .context("building the HTTP client")?;
-        let verifier = Verifier::new(&config.issuers, http);
+        let verifier = Verifier::new(&config.issuers, http, config.auth.token_cache_entries)
+            .map_err(anyhow::Error::msg)?;
         let loads = verifier.issuers().map(|issuer| async move {
             match tokio::time::timeout(INITIAL_KEY_LOAD, issuer.keys.refresh()).await {
                 Ok(Ok(_)) => {}
@@ -203,23 +203,30 @@ pub async fn connect_redis(
         .context("connecting to Redis")
 }
 
-/// Keeps one issuer's keys fresh: retries until loaded, then refreshes periodically.
+/// Keeps one issuer's keys fresh: retries until loaded, then refreshes when they are due.
 async fn refresh_keys(issuer: Arc<TrustedIssuer>, shutdown: CancellationToken) {
     let mut pause = Duration::from_secs(1);
+    let mut failing = false;
     loop {
-        let wait = if issuer.keys.is_loaded() {
-            KEY_REFRESH
-        } else {
-            pause
+        let wait = match issuer.keys.next_refresh_in() {
+            // Fixed keys: nothing to refresh.
+            None => return,
+            Some(due) if issuer.keys.is_loaded() && !failing => due.max(Duration::from_secs(1)),
+            Some(_) => pause,
         };
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
             () = shutdown.cancelled() => return,
         }
         match issuer.keys.refresh().await {
-            Ok(_) => pause = Duration::from_secs(1),
+            Ok(_) => {
+                failing = false;
+                pause = Duration::from_secs(1);
+            }
             Err(e) => {
+                // The last good keys keep serving (up to their staleness bound) meanwhile.
                 tracing::warn!(issuer = %issuer.config.issuer, error = %e, "refreshing issuer keys failed");
+                failing = true;
                 pause = (pause * 2).min(KEY_RETRY_MAX);
             }
         }

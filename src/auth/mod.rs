@@ -2,6 +2,8 @@
 
 pub mod jwks;
 pub mod principal;
+pub mod token_cache;
+pub mod unverified;
 pub mod verifier;
 
 pub use principal::Principal;

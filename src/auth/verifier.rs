@@ -1,26 +1,32 @@
 //! Access-token verification. Security code: every check is explicit and ordered.
 //!
-//! 1. Size cap and structure; a `crit` header is refused (we implement no extensions).
+//! 1. Size cap and structure; a `crit` header (we implement no extensions) and a nested JWT
+//!    (`cty: JWT`) are refused.
 //! 2. The issuer is read from the *unverified* payload only to choose among the configured
-//!    issuers; nothing else from it is trusted before the signature is checked.
+//!    issuers (see [`super::unverified`]).
 //! 3. The header's `alg` must be one this issuer is configured for (asymmetric only, so
-//!    `none` and HMAC-with-a-public-key cannot pass); `jku`, `x5u`, `jwk` and `x5c` are
-//!    never used to find keys — keys come only from the issuer's discovered JWKS.
-//! 4. Signature, then `iss` exactly, `aud`, `exp` and `nbf` with [`IssuerConfig::leeway_seconds`].
-//!    `iat` is not checked: a slightly future `iat` from a skewed IdP clock is not an attack.
+//!    `none` and HMAC-with-a-public-key cannot pass), and its `typ` the required one if set;
+//!    `jku`, `x5u`, `jwk` and `x5c` are never used to find keys — keys come only from the
+//!    issuer's discovered or configured JWKS. A payload repeating a claim is refused.
+//! 4. Signature, then `iss` exactly, `aud`, `exp` and `nbf` with [`IssuerConfig::leeway_seconds`],
+//!    and the presence of `sub` and any configured required claims. `iat` is not checked: a
+//!    slightly future `iat` from a skewed IdP clock is not an attack.
+//!
+//! A verified token is remembered until its `exp` (see [`super::token_cache`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::{Algorithm, Validation, decode, decode_header};
-use serde::Deserialize;
+use jsonwebtoken::{Algorithm, Header, Validation, decode, decode_header};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-use super::jwks::KeyCache;
+use super::jwks::{KeyCache, RefreshPolicy};
 use super::principal::Principal;
+use super::token_cache::{CachedToken, TokenCache};
+use super::unverified;
 use crate::config::IssuerConfig;
 
 /// Tokens larger than this are refused unparsed (a JWT access token is typically < 2 KiB).
@@ -36,13 +42,19 @@ pub enum AuthError {
     Malformed,
     #[error("token carries a critical header extension")]
     CriticalHeader,
+    #[error("token is a nested JWT")]
+    Nested,
     #[error("token issuer is not trusted")]
     UnknownIssuer,
     #[error("algorithm {0:?} is not allowed for this issuer")]
     AlgorithmNotAllowed(Algorithm),
+    #[error("token type {0:?} is not the required one")]
+    WrongType(Option<String>),
+    #[error("token repeats a claim")]
+    DuplicateClaims,
     #[error("no key of the issuer matches the token's kid and algorithm")]
     UnknownKey,
-    #[error("the issuer's keys are not available yet")]
+    #[error("the issuer's keys are not available")]
     KeysUnavailable,
     #[error("token rejected: {0}")]
     Rejected(String),
@@ -55,12 +67,6 @@ impl AuthError {
     }
 }
 
-/// Read from the unverified payload.
-#[derive(Deserialize)]
-struct UnverifiedIssuer {
-    iss: String,
-}
-
 /// One trusted issuer: its settings and its keys.
 pub struct TrustedIssuer {
     pub config: IssuerConfig,
@@ -70,55 +76,94 @@ pub struct TrustedIssuer {
 /// Verifies access tokens against the configured issuers.
 pub struct Verifier {
     issuers: HashMap<String, Arc<TrustedIssuer>>,
+    cache: TokenCache,
 }
 
 impl Verifier {
-    pub fn new(configs: &[IssuerConfig], http: reqwest::Client) -> Self {
-        let issuers = configs
-            .iter()
-            .map(|c| {
-                let cooldown = Duration::from_secs(c.jwks_refetch_cooldown_seconds);
-                let keys = KeyCache::new(c.issuer.clone(), http.clone(), cooldown);
-                (
-                    c.issuer.clone(),
-                    Arc::new(TrustedIssuer {
-                        config: c.clone(),
-                        keys,
-                    }),
-                )
-            })
-            .collect();
-        Self { issuers }
+    /// Issuers with fixed keys get them now (an error names the setting); the others load
+    /// theirs through [`KeyCache::refresh`].
+    pub fn new(
+        configs: &[IssuerConfig],
+        http: reqwest::Client,
+        token_cache_entries: usize,
+    ) -> Result<Self, String> {
+        let mut issuers = HashMap::new();
+        for (i, config) in configs.iter().enumerate() {
+            let policy = RefreshPolicy {
+                refetch_cooldown: Duration::from_secs(config.jwks_refetch_cooldown_seconds),
+                refresh_min: Duration::from_secs(config.jwks_refresh_min_seconds),
+                refresh_max: Duration::from_secs(config.jwks_refresh_max_seconds),
+                max_stale: Duration::from_secs(config.jwks_max_stale_seconds),
+            };
+            let issuer = config.issuer.clone();
+            let keys = match (&config.jwks_file, &config.jwks_inline) {
+                (Some(path), _) => {
+                    let text = std::fs::read_to_string(path).map_err(|e| {
+                        format!(
+                            "issuers[{i}].jwks_file: cannot read {}: {e}",
+                            path.display()
+                        )
+                    })?;
+                    KeyCache::fixed(issuer, &text, policy)
+                        .map_err(|e| format!("issuers[{i}].jwks_file: {e}"))?
+                }
+                (None, Some(text)) => KeyCache::fixed(issuer, text, policy)
+                    .map_err(|e| format!("issuers[{i}].jwks_inline: {e}"))?,
+                (None, None) => KeyCache::discovered(issuer, http.clone(), policy),
+            };
+            issuers.insert(
+                config.issuer.clone(),
+                Arc::new(TrustedIssuer {
+                    config: config.clone(),
+                    keys,
+                }),
+            );
+        }
+        Ok(Self {
+            issuers,
+            cache: TokenCache::new(token_cache_entries),
+        })
     }
 
     pub fn issuers(&self) -> impl Iterator<Item = &Arc<TrustedIssuer>> {
         self.issuers.values()
     }
 
-    /// The `iss` of a token, unverified: **only** for the audit record of a refused token.
-    pub fn unverified_issuer(token: &str) -> Option<String> {
-        jsonwebtoken::dangerous::insecure_decode::<UnverifiedIssuer>(token)
-            .ok()
-            .map(|t| t.claims.iss)
-    }
-
     /// Verifies `token` and returns the caller it speaks for.
-    pub async fn verify(&self, token: &str) -> Result<Principal, AuthError> {
+    pub async fn verify(&self, token: &str) -> Result<Arc<Principal>, AuthError> {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(AuthError::TooLarge);
+        }
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let now = unix_now();
+        if let Some(hit) = self.cache.get(&digest, now) {
+            let key_still_there = self
+                .issuers
+                .get(&hit.principal.issuer)
+                .is_some_and(|i| i.keys.still_has(hit.kid.as_deref()));
+            if key_still_there {
+                return Ok(hit.principal);
+            }
+            self.cache.remove(&digest);
         }
         let header = decode_header(token).map_err(|_| AuthError::Malformed)?;
         if header.crit.is_some() {
             return Err(AuthError::CriticalHeader);
         }
-        // The payload is read unverified here only to pick the issuer (see module docs).
-        let iss = Self::unverified_issuer(token).ok_or(AuthError::Malformed)?;
-        let issuer = self.issuers.get(&iss).ok_or(AuthError::UnknownIssuer)?;
-        if !issuer.config.algorithms.contains(&header.alg) {
-            return Err(AuthError::AlgorithmNotAllowed(header.alg));
+        if header
+            .cty
+            .as_deref()
+            .is_some_and(|cty| cty.eq_ignore_ascii_case("JWT"))
+        {
+            return Err(AuthError::Nested);
         }
-        let key = issuer.keys.key_for(header.kid.as_deref(), header.alg).await;
-        let key = match key {
+        let iss = unverified::issuer(token).ok_or(AuthError::Malformed)?;
+        let issuer = self.issuers.get(&iss).ok_or(AuthError::UnknownIssuer)?;
+        check_header(&issuer.config, &header)?;
+        if unverified::has_duplicate_claims(token) {
+            return Err(AuthError::DuplicateClaims);
+        }
+        let key = match issuer.keys.key_for(header.kid.as_deref(), header.alg).await {
             Some(key) => key,
             None if !issuer.keys.is_loaded() => return Err(AuthError::KeysUnavailable),
             None => return Err(AuthError::UnknownKey),
@@ -127,8 +172,45 @@ impl Verifier {
             decode::<Map<String, Value>>(token, &key.key, &validation(&issuer.config, header.alg))
                 .map_err(|e| AuthError::Rejected(rejection_reason(e.kind())))?
                 .claims;
-        Ok(Principal::from_claims(iss, claims, token_sha256(token)))
+        if let Some(missing) = issuer
+            .config
+            .required_claims
+            .iter()
+            .find(|c| !claims.contains_key(c.as_str()))
+        {
+            return Err(AuthError::Rejected(format!("missing claim {missing}")));
+        }
+        let expires_at = claims
+            .get("exp")
+            .and_then(|exp| exp.as_u64().or_else(|| exp.as_f64().map(|f| f as u64)));
+        let principal = Arc::new(Principal::from_claims(iss, claims, hex::encode(digest)));
+        if let Some(expires_at) = expires_at {
+            let entry = CachedToken {
+                principal: Arc::clone(&principal),
+                expires_at,
+                kid: header.kid,
+            };
+            self.cache.insert(digest, entry, now);
+        }
+        Ok(principal)
     }
+}
+
+/// The issuer's rules on the header: allowed algorithm, required `typ`.
+fn check_header(issuer: &IssuerConfig, header: &Header) -> Result<(), AuthError> {
+    if !issuer.algorithms.contains(&header.alg) {
+        return Err(AuthError::AlgorithmNotAllowed(header.alg));
+    }
+    if let Some(required) = &issuer.require_typ {
+        let fits = header.typ.as_deref().is_some_and(|typ| {
+            let typ = typ.strip_prefix("application/").unwrap_or(typ);
+            typ.eq_ignore_ascii_case(required)
+        });
+        if !fits {
+            return Err(AuthError::WrongType(header.typ.clone()));
+        }
+    }
+    Ok(())
 }
 
 /// The explicit validation for one issuer and the (already allow-listed) algorithm.
@@ -159,6 +241,12 @@ fn rejection_reason(kind: &ErrorKind) -> String {
         ErrorKind::InvalidClaimFormat(claim) => format!("malformed claim {claim}"),
         other => format!("{other:?}"),
     }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// SHA-256 of a token, hex: identifies a token in logs and audit records without revealing it.

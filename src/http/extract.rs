@@ -1,6 +1,7 @@
 //! Extractors: the authenticated caller.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::header::AUTHORIZATION;
@@ -9,14 +10,14 @@ use axum::http::request::Parts;
 use super::error::ApiError;
 use crate::audit::{AuditEvent, EventKind};
 use crate::auth::verifier::token_sha256;
-use crate::auth::{Principal, Verifier};
+use crate::auth::{Principal, unverified};
 use crate::state::AppState;
 
 /// How much of an unverified `iss` an audit record keeps.
 const MAX_UNVERIFIED_ISSUER: usize = 256;
 
 /// The verified caller of a request. Handlers take this and never read headers themselves.
-pub struct Caller(pub Principal);
+pub struct Caller(pub Arc<Principal>);
 
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
@@ -77,7 +78,7 @@ fn audit_refusal(state: &AppState, parts: &Parts, token: Option<&str>, reason: &
     event.token_sha256 = token.map(token_sha256);
     // Attacker-controlled: kept only as a bounded hint of who the token claims to be from.
     event.issuer = token
-        .and_then(Verifier::unverified_issuer)
+        .and_then(unverified::issuer)
         .map(|iss| iss.chars().take(MAX_UNVERIFIED_ISSUER).collect());
     event.client_addr = parts
         .extensions

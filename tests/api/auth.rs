@@ -33,6 +33,21 @@ fn sign_rs256(idp: &Idp, kid: &str, claims: &Value) -> TestResult<String> {
     )?)
 }
 
+/// Any header and payload bytes, signed RS256 with `key_pem`: for tokens `encode` cannot make.
+fn sign_raw(key_pem: &str, header: &Value, payload: &[u8]) -> TestResult<String> {
+    let signing_input = format!(
+        "{}.{}",
+        B64URL.encode(serde_json::to_vec(header)?),
+        B64URL.encode(payload)
+    );
+    let signature = jsonwebtoken::crypto::sign(
+        signing_input.as_bytes(),
+        &EncodingKey::from_rsa_pem(key_pem.as_bytes())?,
+        Algorithm::RS256,
+    )?;
+    Ok(format!("{signing_input}.{signature}"))
+}
+
 fn with_claim(idp: &Idp, name: &str, value: Value) -> Value {
     let mut claims = good_claims(idp);
     claims[name] = value;
@@ -85,6 +100,21 @@ async fn every_forged_or_invalid_token_gets_401_and_an_audit_record() -> TestRes
         B64URL.encode(br#"{"alg":"none","typ":"JWT"}"#),
         B64URL.encode(serde_json::to_vec(&good_claims(idp))?)
     );
+    let claims_bytes = serde_json::to_vec(&good_claims(idp))?;
+    let duplicated = {
+        let text = String::from_utf8(claims_bytes.clone())?;
+        text.replacen('{', r#"{"sub":"admin-service","#, 1)
+            .into_bytes()
+    };
+    let mut without_exp = good_claims(idp);
+    without_exp.as_object_mut().ok_or("claims")?.remove("exp");
+    let mut ps_header = Header::new(Algorithm::PS256);
+    ps_header.kid = Some(idp.kid.clone());
+    let ps256 = encode(
+        &ps_header,
+        &good_claims(idp),
+        &EncodingKey::from_rsa_pem(idp.private_key_pem.as_bytes())?,
+    )?;
     let mut hs_header = Header::new(Algorithm::HS256);
     hs_header.kid = Some(idp.kid.clone());
     let hs256_with_public_key = encode(
@@ -141,7 +171,119 @@ async fn every_forged_or_invalid_token_gets_401_and_an_audit_record() -> TestRes
             "not a well-formed",
             "this-is-not-a-jwt".to_owned(),
         ),
+        // Issue 3: key confusion, header tricks, malformed claims.
+        (
+            "kid path injection",
+            "no key",
+            sign_rs256(idp, "../../../../etc/passwd", &good_claims(idp))?,
+        ),
+        (
+            "kid SQL injection",
+            "no key",
+            sign_rs256(idp, "' OR '1'='1' --", &good_claims(idp))?,
+        ),
+        (
+            "jku header pointing to the attacker's keys",
+            "no key",
+            sign_raw(
+                &idp.attacker_private_key_pem,
+                &json!({"alg": "RS256", "kid": "attacker-key", "jku": "http://127.0.0.1:9/jwks.json"}),
+                &claims_bytes,
+            )?,
+        ),
+        (
+            "x5u header pointing elsewhere",
+            "no key",
+            sign_raw(
+                &idp.attacker_private_key_pem,
+                &json!({"alg": "RS256", "kid": "attacker-key", "x5u": "http://127.0.0.1:9/cert.pem"}),
+                &claims_bytes,
+            )?,
+        ),
+        (
+            "jwk header embedding the attacker's key",
+            "no key",
+            sign_raw(
+                &idp.attacker_private_key_pem,
+                &json!({"alg": "RS256", "kid": "attacker-key", "jwk": idp.attacker_jwk}),
+                &claims_bytes,
+            )?,
+        ),
+        (
+            "attacker's key under the issuer's kid",
+            "bad signature",
+            sign_raw(
+                &idp.attacker_private_key_pem,
+                &json!({"alg": "RS256", "kid": idp.kid}),
+                &claims_bytes,
+            )?,
+        ),
+        (
+            "crit header with an unknown extension",
+            "critical header",
+            sign_raw(
+                &idp.private_key_pem,
+                &json!({"alg": "RS256", "kid": idp.kid, "crit": ["urn:x:ext"], "urn:x:ext": "on"}),
+                &claims_bytes,
+            )?,
+        ),
+        (
+            "algorithm not allowed for this issuer (PS256)",
+            "PS256 is not allowed",
+            ps256,
+        ),
+        (
+            "nested JWT",
+            "nested JWT",
+            sign_raw(
+                &idp.private_key_pem,
+                &json!({"alg": "RS256", "kid": idp.kid, "cty": "JWT"}),
+                &claims_bytes,
+            )?,
+        ),
+        (
+            "oversized token (> 16 KiB)",
+            "larger than",
+            sign_rs256(
+                idp,
+                &idp.kid,
+                &with_claim(idp, "pad", json!("x".repeat(17 * 1024))),
+            )?,
+        ),
+        (
+            "duplicate claims",
+            "repeats a claim",
+            sign_raw(
+                &idp.private_key_pem,
+                &json!({"alg": "RS256", "kid": idp.kid}),
+                &duplicated,
+            )?,
+        ),
+        (
+            "exp as a string",
+            "exp",
+            sign_rs256(
+                idp,
+                &idp.kid,
+                &with_claim(idp, "exp", json!((now() + 300).to_string())),
+            )?,
+        ),
+        (
+            "missing exp",
+            "missing claim exp",
+            sign_rs256(idp, &idp.kid, &without_exp)?,
+        ),
+        (
+            "signature stripped",
+            "bad signature",
+            format!("{}.{}.", parts[0], parts[1]),
+        ),
     ];
+    assert!(
+        cases.len() >= 20,
+        "the attack suite has {} cases",
+        cases.len()
+    );
     for (case, _, token) in &cases {
         assert_refused(&app, case, token).await?;
     }
@@ -235,6 +377,14 @@ async fn the_bearer_scheme_is_case_insensitive_and_single() -> TestResult {
     assert!(
         challenge.contains(r#"error="invalid_request""#),
         "{challenge}"
+    );
+    let records = app.audit_records().await?;
+    assert!(
+        records.iter().any(|r| r["event"] == "auth_failed"
+            && r["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("more than one"))),
+        "the malformed request is audited: {records:?}"
     );
     Ok(())
 }

@@ -215,6 +215,79 @@ pub struct Idp {
     pub kid: String,
     pub private_key_pem: String,
     pub public_key_pem: String,
+    /// A key the IdP never published (for forged tokens).
+    pub attacker_private_key_pem: String,
+    pub attacker_jwk: Value,
+}
+
+/// An identity provider of one test's own, stopped with the test; it can be restarted on
+/// the same address (same issuer) with another key.
+pub struct OwnIdp {
+    pub idp: Idp,
+    port: u16,
+    child: Option<Child>,
+}
+
+impl OwnIdp {
+    /// Starts an IdP with a new key on a free port.
+    pub fn start() -> Self {
+        let (idp, child) = spawn_idp(0, None).unwrap_or_else(|e| panic!("{e}"));
+        let port = idp
+            .issuer
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
+        Self {
+            idp,
+            port,
+            child: Some(child),
+        }
+    }
+
+    /// Stops it (as an outage would).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again at the same issuer URL, signing with `key_pem` (a new key if `None`).
+    pub fn restart(&mut self, key_pem: Option<&str>) {
+        self.stop();
+        let start = Instant::now();
+        loop {
+            // The port may linger for a moment after the kill.
+            match spawn_idp(self.port, key_pem) {
+                Ok((idp, child)) => {
+                    self.idp = idp;
+                    self.child = Some(child);
+                    return;
+                }
+                Err(e) => assert!(
+                    start.elapsed() < Duration::from_secs(10),
+                    "IdP did not restart: {e}"
+                ),
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// How often the JWKS has been served since this IdP process started.
+    pub async fn jwks_fetches(&self) -> TestResult<u64> {
+        let reply: Value = reqwest::get(format!("{}/__test/jwks-fetches", self.idp.issuer))
+            .await?
+            .json()
+            .await?;
+        Ok(reply["count"].as_u64().ok_or("no count")?)
+    }
+}
+
+impl Drop for OwnIdp {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }
 
 /// The identity provider's clients.
@@ -254,19 +327,25 @@ fn start_moto() -> String {
     format!("http://127.0.0.1:{port}")
 }
 
-#[expect(
-    clippy::zombie_processes,
-    reason = "the IdP exits by itself when the test process is gone"
-)]
+/// The shared IdP: its process exits by itself when the test process is gone.
 fn start_idp() -> Idp {
+    spawn_idp(0, None)
+        .map(|(idp, _)| idp)
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Starts `oidc-provider` on `port` (0: any) and waits for its ready line.
+fn spawn_idp(port: u16, key_pem: Option<&str>) -> Result<(Idp, Child), String> {
     let dir = root().join("tests/partners/idp");
     assert!(
         dir.join("node_modules").exists(),
         "oidc-provider is not installed: run scripts/setup-partners"
     );
-    let mut child = Command::new("node")
+    let mut command = Command::new("node");
+    command
         .arg("idp.mjs")
         .current_dir(&dir)
+        .env("IDP_PORT", port.to_string())
         .env("IDP_CLIENTS", CLIENTS)
         .env(
             "IDP_AUDIENCES",
@@ -274,19 +353,27 @@ fn start_idp() -> Idp {
         )
         .env("IDP_PARENT_PID", std::process::id().to_string())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::null());
+    if let Some(pem) = key_pem {
+        command.env("IDP_KEY_PEM", pem);
+    }
+    let mut child = command
         .spawn()
-        .unwrap_or_else(|e| panic!("cannot start the identity provider: {e}"));
-    let stdout = child
-        .stdout
-        .take()
-        .unwrap_or_else(|| panic!("no stdout from the identity provider"));
+        .map_err(|e| format!("cannot start the identity provider: {e}"))?;
     let mut line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .unwrap_or_else(|e| panic!("identity provider: {e}"));
-    serde_json::from_str(&line)
-        .unwrap_or_else(|e| panic!("identity provider did not start: {e}: {line:?}"))
+    if let Some(stdout) = child.stdout.take() {
+        let _ = BufReader::new(stdout).read_line(&mut line);
+    }
+    match serde_json::from_str(&line) {
+        Ok(idp) => Ok((idp, child)),
+        Err(e) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(format!(
+                "the identity provider did not start: {e}: {line:?}"
+            ))
+        }
+    }
 }
 
 impl Idp {
@@ -392,6 +479,10 @@ pub struct TestSettings {
     pub worker_enabled: bool,
     /// Where the app's Step Functions calls go (default: the emulator).
     pub sfn_endpoint: Option<String>,
+    /// The trusted issuer (default: the shared IdP).
+    pub issuer: Option<String>,
+    /// Extra TOML inside the `[[issuers]]` table.
+    pub issuer_toml: String,
     /// Extra TOML appended to the configuration.
     pub extra_toml: String,
 }
@@ -401,6 +492,8 @@ impl Default for TestSettings {
         Self {
             worker_enabled: true,
             sfn_endpoint: None,
+            issuer: None,
+            issuer_toml: String::new(),
             extra_toml: String::new(),
         }
     }
@@ -487,6 +580,7 @@ level = "warn"
 [[issuers]]
 issuer = "{issuer}"
 audiences = ["{AUDIENCE}"]
+{issuer_toml}
 
 [workflows.orders]
 state_machine_arn = "{arn}"
@@ -498,7 +592,8 @@ scopes = ["workflows:trigger"]
         redis = redis.url(),
         worker = settings.worker_enabled,
         key = dir.join("audit.key").display(),
-        issuer = partners.idp.issuer,
+        issuer = settings.issuer.as_deref().unwrap_or(&partners.idp.issuer),
+        issuer_toml = settings.issuer_toml,
         extra = settings.extra_toml,
     )
 }

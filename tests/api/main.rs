@@ -9,5 +9,6 @@ mod auth;
 mod delivery;
 mod helpers;
 mod http;
+mod keys;
 mod outage;
 mod trigger;

@@ -8,8 +8,10 @@
 //   IDP_KEY_PEM     PKCS#1 RSA private key to sign with (generated when absent, so tests
 //                   never share the library's well-known development key)
 //   IDP_PARENT_PID  exit when this process is gone (tests start the IdP and may not stop it)
-// When listening it prints one JSON line: {"issuer", "kid", "private_key_pem", "public_key_pem"}
-// so that tests can also hand-make attack tokens with the very key the IdP signs with.
+// When listening it prints one JSON line: {"issuer", "kid", "private_key_pem", "public_key_pem",
+// "attacker_private_key_pem", "attacker_jwk"} so that tests can hand-make attack tokens with the
+// very key the IdP signs with, and with an unrelated key it never published.
+// GET /__test/jwks-fetches answers how often the JWKS was served (single-flight tests).
 import { createServer } from 'node:http';
 import { createHash, createPrivateKey, createPublicKey, generateKeyPairSync } from 'node:crypto';
 import Provider from 'oidc-provider';
@@ -32,6 +34,10 @@ const privatePem = privateKey.export({ type: 'pkcs1', format: 'pem' });
 const publicPem = createPublicKey(privateKey).export({ type: 'spki', format: 'pem' });
 const jwk = privateKey.export({ format: 'jwk' });
 const kid = createHash('sha256').update(jwk.n).digest('base64url').slice(0, 16);
+const attacker = generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey;
+const attackerPem = attacker.export({ type: 'pkcs1', format: 'pem' });
+const attackerJwk = { ...createPublicKey(attacker).export({ format: 'jwk' }), kid: 'attacker-key', alg: 'RS256', use: 'sig' };
+let jwksFetches = 0;
 
 const server = createServer();
 server.listen(Number(process.env.IDP_PORT ?? 0), '127.0.0.1', () => {
@@ -60,8 +66,19 @@ server.listen(Number(process.env.IDP_PORT ?? 0), '127.0.0.1', () => {
       },
     },
   });
+  provider.use(async (ctx, next) => {
+    if (ctx.path === '/__test/jwks-fetches') {
+      ctx.body = { count: jwksFetches };
+      return;
+    }
+    if (ctx.path === '/jwks') jwksFetches += 1;
+    await next();
+  });
   server.on('request', provider.callback());
-  console.log(JSON.stringify({ issuer, kid, private_key_pem: privatePem, public_key_pem: publicPem }));
+  console.log(JSON.stringify({
+    issuer, kid, private_key_pem: privatePem, public_key_pem: publicPem,
+    attacker_private_key_pem: attackerPem, attacker_jwk: attackerJwk,
+  }));
 });
 
 const parent = Number(process.env.IDP_PARENT_PID ?? 0);
