@@ -15,7 +15,7 @@ use jsonwebtoken::Algorithm;
 use serde::Deserialize;
 
 use crate::domain::WorkflowName;
-use crate::policy::AllowRule;
+use crate::policy::{InputRules, Rule};
 
 /// Step Functions rejects inputs over 256 KiB; a larger body could never start.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 256 * 1024;
@@ -261,9 +261,29 @@ fn default_refetch_cooldown() -> u64 {
 #[serde(deny_unknown_fields)]
 pub struct WorkflowConfig {
     pub state_machine_arn: String,
-    /// Deny by default: a caller is allowed when any one rule matches.
+    /// Deny by default: a caller is allowed when any one allow rule matches...
     #[serde(default)]
-    pub allow: Vec<AllowRule>,
+    pub allow: Vec<Rule>,
+    /// ...and no deny rule does (deny wins).
+    #[serde(default)]
+    pub deny: Vec<Rule>,
+    /// Largest accepted input (bytes of JSON), below `server.max_body_bytes`.
+    pub max_input_bytes: Option<usize>,
+    /// JSON Schema (2020-12) the input must satisfy, as JSON text...
+    pub input_schema: Option<String>,
+    /// ...or in a file.
+    pub input_schema_file: Option<PathBuf>,
+}
+
+impl WorkflowConfig {
+    /// The compiled input rules (the schema file is read here).
+    pub fn input_rules(&self) -> Result<InputRules, String> {
+        InputRules::load(
+            self.max_input_bytes,
+            self.input_schema.as_deref(),
+            self.input_schema_file.as_deref(),
+        )
+    }
 }
 
 /// A string that never shows in `Debug` output or logs.
@@ -461,12 +481,16 @@ impl Config {
                     "expected arn:<partition>:states:<region>:<account>:stateMachine:<name>".into(),
                 );
             }
-            for (i, rule) in workflow.allow.iter().enumerate() {
-                if let Err(message) =
-                    rule.check(|iss| self.issuers.iter().any(|known| known.issuer == iss))
-                {
-                    problem(key(&format!("allow[{i}]")), message);
+            let known_issuer = |iss: &str| self.issuers.iter().any(|known| known.issuer == iss);
+            for (list, rules) in [("allow", &workflow.allow), ("deny", &workflow.deny)] {
+                for (i, rule) in rules.iter().enumerate() {
+                    if let Err(message) = rule.check(known_issuer) {
+                        problem(key(&format!("{list}[{i}]")), message);
+                    }
                 }
+            }
+            if let Err(message) = workflow.input_rules() {
+                problem(key("input_schema"), message);
             }
         }
         if problems.is_empty() {

@@ -14,6 +14,7 @@ use crate::auth::Verifier;
 use crate::auth::verifier::TrustedIssuer;
 use crate::config::Config;
 use crate::domain::WorkflowName;
+use crate::policy::Policy;
 use crate::queue::{Keys, Producer};
 use crate::state::{App, AppState, Workflow};
 use crate::worker::{AwsStepFunctions, Drain, DrainTarget, StepFunctions};
@@ -56,18 +57,7 @@ impl Application {
             Duration::from_millis(config.redis.command_timeout_ms),
         )
         .await?;
-        let workflows: Vec<(WorkflowName, Workflow)> = config
-            .workflow_names()
-            .map(|(name, w)| {
-                (
-                    name,
-                    Workflow {
-                        state_machine_arn: w.state_machine_arn.clone(),
-                        allow: w.allow.clone(),
-                    },
-                )
-            })
-            .collect();
+        let workflows = workflows(&config)?;
         let names: Vec<WorkflowName> = workflows.iter().map(|(name, _)| name.clone()).collect();
         crate::migrations::apply(&mut redis.clone(), &keys, &names)
             .await
@@ -185,6 +175,30 @@ impl Application {
         }
         served.context("serving HTTP")
     }
+}
+
+/// The configured workflows as the request path needs them (schemas compiled).
+pub fn workflows(config: &Config) -> anyhow::Result<Vec<(WorkflowName, Workflow)>> {
+    config
+        .workflow_names()
+        .map(|(name, w)| {
+            let input = w
+                .input_rules()
+                .map_err(|e| anyhow::anyhow!("workflows.{name}.input_schema: {e}"))?;
+            let policy = Policy {
+                allow: w.allow.clone(),
+                deny: w.deny.clone(),
+            };
+            Ok((
+                name,
+                Workflow {
+                    state_machine_arn: w.state_machine_arn.clone(),
+                    policy,
+                    input,
+                },
+            ))
+        })
+        .collect()
 }
 
 /// A multiplexed connection with bounded connect and response times: a request must never

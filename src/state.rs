@@ -9,14 +9,15 @@ use redis::aio::ConnectionManager;
 use crate::audit::AuditLog;
 use crate::auth::Verifier;
 use crate::domain::WorkflowName;
-use crate::policy::AllowRule;
+use crate::policy::{InputRules, Policy};
 use crate::queue::{Keys, Producer};
 
 /// A workflow as the request path needs it.
 #[derive(Debug, Clone)]
 pub struct Workflow {
     pub state_machine_arn: String,
-    pub allow: Vec<AllowRule>,
+    pub policy: Policy,
+    pub input: InputRules,
 }
 
 /// The application state behind every handler; cheap to clone.

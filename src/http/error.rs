@@ -14,6 +14,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::auth::AuthError;
+use crate::policy::{InputError, InputViolation};
 
 /// The realm in `WWW-Authenticate` challenges.
 const REALM: &str = "stepgate";
@@ -36,6 +37,9 @@ pub struct Problem {
     pub detail: String,
     /// Stable, machine-readable error code.
     pub code: String,
+    /// For `invalid_input`: each place where the input fails the workflow's schema.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub errors: Option<Vec<InputViolation>>,
 }
 
 /// Everything a request can fail with.
@@ -57,6 +61,8 @@ pub enum ApiError {
     PayloadTooLarge { limit: usize },
     #[error("invalid request body: {0}")]
     InvalidBody(String),
+    #[error("the input does not match the workflow's schema")]
+    InvalidInput(Vec<InputViolation>),
     #[error("{what} is unavailable: {detail}")]
     Unavailable {
         what: &'static str,
@@ -87,6 +93,7 @@ impl ApiError {
             ApiError::MalformedAuthorization(_) | ApiError::InvalidBody(_) => {
                 StatusCode::BAD_REQUEST
             }
+            ApiError::InvalidInput(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -106,6 +113,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::InvalidBody(_) => "invalid_body",
+            ApiError::InvalidInput(_) => "invalid_input",
             ApiError::Unavailable { .. } => "unavailable",
             ApiError::Internal(_) => "internal",
         }
@@ -126,6 +134,12 @@ impl ApiError {
                 format!("the request body is larger than {limit} bytes")
             }
             ApiError::InvalidBody(why) => why.clone(),
+            ApiError::InvalidInput(violations) => {
+                format!(
+                    "the input does not match the workflow's schema ({} violation(s))",
+                    violations.len()
+                )
+            }
             ApiError::Unavailable { what, .. } => {
                 format!("{what} is temporarily unavailable; retry later")
             }
@@ -148,6 +162,15 @@ impl ApiError {
                 "Bearer realm=\"{REALM}\", error=\"insufficient_scope\""
             )),
             _ => None,
+        }
+    }
+}
+
+impl From<InputError> for ApiError {
+    fn from(e: InputError) -> Self {
+        match e {
+            InputError::TooLarge { limit } => ApiError::PayloadTooLarge { limit },
+            InputError::Invalid(violations) => ApiError::InvalidInput(violations),
         }
     }
 }
@@ -176,6 +199,10 @@ impl IntoResponse for ApiError {
             status: status.as_u16(),
             detail: self.detail(),
             code: code.to_owned(),
+            errors: match &self {
+                ApiError::InvalidInput(violations) => Some(violations.clone()),
+                _ => None,
+            },
         };
         let mut response = (status, Json(problem)).into_response();
         let headers = response.headers_mut();

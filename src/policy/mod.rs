@@ -1,108 +1,53 @@
-//! Who may trigger which workflow: deny by default, any matching allow rule grants.
+//! Who may trigger which workflow, and with what input.
 //!
-//! Pure functions over a verified [`Principal`]; no I/O, so every rule is unit-tested here.
+//! Deny by default: a caller is allowed when any `allow` rule matches and no `deny` rule
+//! does (deny wins). Pure functions over a verified [`Principal`]; no I/O.
 
-use serde::Deserialize;
+pub mod input;
+pub mod rule;
+
+pub use input::{InputError, InputRules, InputViolation};
+pub use rule::{ClaimMatcher, ClaimMembership, ClaimTest, Rule};
 
 use crate::auth::Principal;
 
-/// One allow rule of a workflow. Every condition it states must hold; an absent condition
-/// does not restrict. A rule must state at least one condition (checked at load).
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct AllowRule {
-    /// The token's `iss` must be this issuer.
-    pub issuer: Option<String>,
-    /// `sub` must be one of these.
-    #[serde(default)]
-    pub subjects: Vec<String>,
-    /// `client_id` (or `azp`) must be one of these.
-    #[serde(default)]
-    pub clients: Vec<String>,
-    /// The token must carry all of these scopes.
-    #[serde(default)]
-    pub scopes: Vec<String>,
-    /// A claim (string or array, e.g. `groups` or `roles`) must contain one of the values.
-    pub member_of: Option<ClaimMembership>,
+/// A workflow's rules.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Policy {
+    pub allow: Vec<Rule>,
+    pub deny: Vec<Rule>,
 }
 
-/// `member_of = { claim = "groups", any_of = ["payments"] }`
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct ClaimMembership {
-    pub claim: String,
-    pub any_of: Vec<String>,
-}
-
-/// The outcome of evaluating a workflow's rules for a caller.
+/// The outcome of evaluating a policy for a caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
-    /// Allowed by the rule at this index.
+    /// Allowed by the allow rule at this index.
     Allowed { rule: usize },
-    /// No rule matched; the reason is for the audit trail and logs, never for the caller.
+    /// The reason is for the audit trail, logs and `policy explain`, never for the caller.
     Denied { reason: String },
 }
 
-impl AllowRule {
-    /// Rejects rules that would allow everyone or can never match a configured issuer.
-    pub fn check(&self, issuer_is_known: impl Fn(&str) -> bool) -> Result<(), String> {
-        let states_nothing = self.issuer.is_none()
-            && self.subjects.is_empty()
-            && self.clients.is_empty()
-            && self.scopes.is_empty()
-            && self.member_of.is_none();
-        if states_nothing {
-            return Err("an allow rule must state at least one condition".into());
-        }
-        if let Some(iss) = &self.issuer
-            && !issuer_is_known(iss)
-        {
-            return Err(format!(
-                "issuer {iss:?} is not among the configured issuers"
-            ));
-        }
-        if let Some(m) = &self.member_of
-            && (m.claim.is_empty() || m.any_of.is_empty())
-        {
-            return Err("member_of needs a claim and at least one value".into());
-        }
-        Ok(())
-    }
-
-    /// `None` when the rule matches, otherwise the first condition that failed.
-    fn first_mismatch(&self, who: &Principal) -> Option<String> {
-        if let Some(iss) = &self.issuer
-            && *iss != who.issuer
-        {
-            return Some("issuer".into());
-        }
-        if !self.subjects.is_empty() && !self.subjects.contains(&who.subject) {
-            return Some("subject".into());
-        }
-        if !self.clients.is_empty()
-            && !who
-                .client_id
-                .as_ref()
-                .is_some_and(|c| self.clients.contains(c))
-        {
-            return Some("client".into());
-        }
-        if let Some(missing) = self.scopes.iter().find(|s| !who.scopes.contains(s)) {
-            return Some(format!("scope {missing}"));
-        }
-        if let Some(m) = &self.member_of
-            && !who.claim_contains_any(&m.claim, &m.any_of)
-        {
-            return Some(format!("member_of {}", m.claim));
-        }
-        None
-    }
+/// How each rule fared, for `stepgate policy explain`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Explanation {
+    pub decision: Decision,
+    /// One line per rule: `deny[0]: matched`, `allow[1]: no (scope workflows:trigger)` …
+    pub rules: Vec<String>,
 }
 
-/// Evaluates `rules` for `who`: the first matching rule allows; none matching denies.
-pub fn authorize(who: &Principal, rules: &[AllowRule]) -> Decision {
-    let mut failures = Vec::with_capacity(rules.len());
-    for (i, rule) in rules.iter().enumerate() {
+/// Evaluates `policy` for `who`.
+pub fn authorize(who: &Principal, policy: &Policy) -> Decision {
+    if let Some(i) = policy
+        .deny
+        .iter()
+        .position(|rule| rule.first_mismatch(who).is_none())
+    {
+        return Decision::Denied {
+            reason: format!("deny rule {i} matched"),
+        };
+    }
+    let mut failures = Vec::with_capacity(policy.allow.len());
+    for (i, rule) in policy.allow.iter().enumerate() {
         match rule.first_mismatch(who) {
             None => return Decision::Allowed { rule: i },
             Some(why) => failures.push(format!("rule {i}: {why}")),
@@ -114,6 +59,32 @@ pub fn authorize(who: &Principal, rules: &[AllowRule]) -> Decision {
         failures.join("; ")
     };
     Decision::Denied { reason }
+}
+
+/// Evaluates `policy` for `who` and says how every rule fared.
+pub fn explain(who: &Principal, policy: &Policy) -> Explanation {
+    let verdict = |kind: &str, i: usize, rule: &Rule, matched: &str| match rule.first_mismatch(who)
+    {
+        None => format!("{kind}[{i}]: {matched}"),
+        Some(why) => format!("{kind}[{i}]: does not match ({why})"),
+    };
+    let mut rules: Vec<String> = policy
+        .deny
+        .iter()
+        .enumerate()
+        .map(|(i, r)| verdict("deny", i, r, "matches: DENY"))
+        .collect();
+    rules.extend(
+        policy
+            .allow
+            .iter()
+            .enumerate()
+            .map(|(i, r)| verdict("allow", i, r, "matches: allow")),
+    );
+    Explanation {
+        decision: authorize(who, policy),
+        rules,
+    }
 }
 
 #[cfg(test)]
@@ -134,27 +105,34 @@ mod tests {
         )
     }
 
-    fn rule() -> AllowRule {
-        AllowRule::default()
+    fn rule() -> Rule {
+        Rule::default()
+    }
+
+    fn allow(rules: Vec<Rule>) -> Policy {
+        Policy {
+            allow: rules,
+            deny: Vec::new(),
+        }
     }
 
     #[test]
     fn no_rules_deny() {
         assert!(matches!(
-            authorize(&billing(), &[]),
+            authorize(&billing(), &Policy::default()),
             Decision::Denied { .. }
         ));
     }
 
     #[test]
     fn all_conditions_of_a_rule_must_hold() {
-        let both = AllowRule {
+        let both = Rule {
             clients: vec!["billing-service".into()],
             scopes: vec!["workflows:trigger".into(), "workflows:admin".into()],
             ..rule()
         };
         assert_eq!(
-            authorize(&billing(), &[both]),
+            authorize(&billing(), &allow(vec![both])),
             Decision::Denied {
                 reason: "rule 0: scope workflows:admin".into()
             }
@@ -163,17 +141,45 @@ mod tests {
 
     #[test]
     fn any_rule_may_allow() {
-        let wrong_client = AllowRule {
+        let wrong_client = Rule {
             clients: vec!["other".into()],
             ..rule()
         };
-        let right_subject = AllowRule {
+        let right_subject = Rule {
             subjects: vec!["billing-service".into()],
             ..rule()
         };
         assert_eq!(
-            authorize(&billing(), &[wrong_client, right_subject]),
+            authorize(&billing(), &allow(vec![wrong_client, right_subject])),
             Decision::Allowed { rule: 1 }
+        );
+    }
+
+    #[test]
+    fn deny_wins_over_allow() {
+        let policy = Policy {
+            allow: vec![Rule {
+                clients: vec!["billing-service".into()],
+                ..rule()
+            }],
+            deny: vec![Rule {
+                member_of: Some(ClaimMembership {
+                    claim: "groups".into(),
+                    any_of: vec!["eu".into()],
+                }),
+                ..rule()
+            }],
+        };
+        assert_eq!(
+            authorize(&billing(), &policy),
+            Decision::Denied {
+                reason: "deny rule 0 matched".into()
+            }
+        );
+        let explanation = explain(&billing(), &policy);
+        assert_eq!(
+            explanation.rules,
+            vec!["deny[0]: matches: DENY", "allow[0]: matches: allow"]
         );
     }
 
@@ -183,10 +189,10 @@ mod tests {
         assert_eq!(
             authorize(
                 &who,
-                &[AllowRule {
+                &allow(vec![Rule {
                     clients: vec!["web".into()],
                     ..rule()
-                }]
+                }])
             ),
             Decision::Allowed { rule: 0 }
         );
@@ -194,10 +200,10 @@ mod tests {
 
     #[test]
     fn scopes_come_from_scope_or_scp() {
-        let want = [AllowRule {
+        let want = allow(vec![Rule {
             scopes: vec!["a".into(), "b".into()],
             ..rule()
-        }];
+        }]);
         assert_eq!(
             authorize(&caller(json!({"sub": "u", "scp": ["b", "a"]})), &want),
             Decision::Allowed { rule: 0 }
@@ -210,7 +216,7 @@ mod tests {
 
     #[test]
     fn membership_in_an_array_or_string_claim() {
-        let member = |values: &[&str]| AllowRule {
+        let member = |values: &[&str]| Rule {
             member_of: Some(ClaimMembership {
                 claim: "groups".into(),
                 any_of: values.iter().map(|v| v.to_string()).collect(),
@@ -218,28 +224,28 @@ mod tests {
             ..rule()
         };
         assert_eq!(
-            authorize(&billing(), &[member(&["ops", "eu"])]),
+            authorize(&billing(), &allow(vec![member(&["ops", "eu"])])),
             Decision::Allowed { rule: 0 }
         );
         assert!(matches!(
-            authorize(&billing(), &[member(&["ops"])]),
+            authorize(&billing(), &allow(vec![member(&["ops"])])),
             Decision::Denied { .. }
         ));
         let single = caller(json!({"sub": "u", "groups": "ops"}));
         assert_eq!(
-            authorize(&single, &[member(&["ops"])]),
+            authorize(&single, &allow(vec![member(&["ops"])])),
             Decision::Allowed { rule: 0 }
         );
     }
 
     #[test]
     fn issuer_condition_compares_exactly() {
-        let other = AllowRule {
+        let other = Rule {
             issuer: Some("https://idp/".into()),
             ..rule()
         };
         assert!(matches!(
-            authorize(&billing(), &[other]),
+            authorize(&billing(), &allow(vec![other])),
             Decision::Denied { .. }
         ));
     }
@@ -247,7 +253,7 @@ mod tests {
     #[test]
     fn empty_rules_are_refused_at_load() {
         assert!(rule().check(|_| true).is_err());
-        let unknown_issuer = AllowRule {
+        let unknown_issuer = Rule {
             issuer: Some("https://elsewhere".into()),
             ..rule()
         };

@@ -483,7 +483,7 @@ pub struct TestSettings {
     pub issuer: Option<String>,
     /// Extra TOML inside the `[[issuers]]` table.
     pub issuer_toml: String,
-    /// Extra TOML appended to the configuration.
+    /// Extra TOML appended to the configuration (`$STATE_MACHINE_ARN` is replaced).
     pub extra_toml: String,
 }
 
@@ -594,7 +594,7 @@ scopes = ["workflows:trigger"]
         key = dir.join("audit.key").display(),
         issuer = settings.issuer.as_deref().unwrap_or(&partners.idp.issuer),
         issuer_toml = settings.issuer_toml,
-        extra = settings.extra_toml,
+        extra = settings.extra_toml.replace("$STATE_MACHINE_ARN", arn),
     )
 }
 

@@ -11,4 +11,5 @@ mod helpers;
 mod http;
 mod keys;
 mod outage;
+mod policy;
 mod trigger;

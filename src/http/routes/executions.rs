@@ -19,7 +19,7 @@ use crate::http::error::{ApiError, Problem};
 use crate::http::extract::Caller;
 use crate::policy::{Decision, authorize};
 use crate::queue::{QueuedRequest, RequestState};
-use crate::state::AppState;
+use crate::state::{AppState, Workflow};
 
 /// The trigger's body.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -70,6 +70,8 @@ pub struct ExecutionAccepted {
             content_type = "application/problem+json", headers(("WWW-Authenticate" = String, description = "RFC 6750 challenge"))),
         (status = 413, description = "Body larger than the limit", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Body is not application/json", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The input fails the workflow's JSON Schema; `errors` lists each failing path", body = Problem,
+            content_type = "application/problem+json"),
         (status = 503, description = "Redis or the identity provider is unavailable; nothing was queued", body = Problem,
             content_type = "application/problem+json", headers(("Retry-After" = u64, description = "Seconds to wait"))),
     ),
@@ -83,7 +85,7 @@ pub async fn create_execution(
     body: Body,
 ) -> Result<Response, ApiError> {
     // Authorize before reading the body: an unauthorized caller cannot make us buffer it.
-    let workflow = authorize_trigger(&state, &caller, &workflow)?;
+    let (workflow, rules) = authorize_trigger(&state, &caller, &workflow)?;
     if !is_json(&headers) {
         return Err(ApiError::UnsupportedMediaType);
     }
@@ -93,6 +95,7 @@ pub async fn create_execution(
     let input = trigger
         .input
         .map_or_else(|| "{}".to_owned(), |raw| raw.get().to_owned());
+    rules.input.check(&input)?;
 
     let request = QueuedRequest {
         request_id: RequestId::generate(workflow.clone()),
@@ -128,17 +131,17 @@ pub async fn create_execution(
 }
 
 /// The workflow, if `caller` may trigger it. Unknown and forbidden look the same to callers.
-fn authorize_trigger(
-    state: &AppState,
+fn authorize_trigger<'s>(
+    state: &'s AppState,
     caller: &Principal,
     raw: &str,
-) -> Result<WorkflowName, ApiError> {
+) -> Result<(WorkflowName, &'s Workflow), ApiError> {
     let known = WorkflowName::parse(raw)
         .ok()
         .and_then(|name| state.workflows.get(&name).map(|w| (name, w)));
     let reason = match &known {
-        Some((name, workflow)) => match authorize(caller, &workflow.allow) {
-            Decision::Allowed { .. } => return Ok(name.clone()),
+        Some((name, workflow)) => match authorize(caller, &workflow.policy) {
+            Decision::Allowed { .. } => return Ok((name.clone(), *workflow)),
             Decision::Denied { reason } => reason,
         },
         None => "unknown workflow".to_owned(),

@@ -1,0 +1,119 @@
+//! Policies beyond the first allow rule: deny rules win; inputs must fit the workflow.
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::helpers::{RedisServer, TestResult, TestSettings, partners, spawn_app_with};
+
+#[tokio::test]
+async fn a_matching_deny_rule_wins_over_allow() -> TestResult {
+    let settings = TestSettings {
+        worker_enabled: false,
+        extra_toml: r#"
+[[workflows.orders.deny]]
+claims = [{ path = "scope", glob = "*workflows:read*" }]
+"#
+        .into(),
+        ..TestSettings::default()
+    };
+    let app = spawn_app_with(RedisServer::start(), settings).await?;
+    let idp = &partners().idp;
+    let narrow = idp
+        .token("billing-service", "billing-secret", "workflows:trigger")
+        .await?;
+    let broad = idp
+        .token(
+            "billing-service",
+            "billing-secret",
+            "workflows:trigger workflows:read",
+        )
+        .await?;
+
+    assert_eq!(
+        app.trigger("orders", &narrow, &json!({})).await?.status(),
+        StatusCode::ACCEPTED
+    );
+    assert_eq!(
+        app.trigger("orders", &broad, &json!({})).await?.status(),
+        StatusCode::FORBIDDEN
+    );
+    let records = app.audit_records().await?;
+    let denied: Vec<&Value> = records.iter().filter(|r| r["event"] == "denied").collect();
+    assert_eq!(denied.len(), 1);
+    assert_eq!(denied[0]["reason"], "deny rule 0 matched");
+    Ok(())
+}
+
+const PAYMENTS: &str = r#"
+[workflows.payments]
+state_machine_arn = "$STATE_MACHINE_ARN"
+max_input_bytes = 200
+input_schema = '''{
+  "type": "object",
+  "required": ["order_id", "amount_cents"],
+  "additionalProperties": false,
+  "properties": {
+    "order_id": {"type": "string", "pattern": "^[A-Z]-[0-9]+$"},
+    "amount_cents": {"type": "integer", "minimum": 1},
+    "items": {"type": "array", "items": {"type": "object", "required": ["sku"]}}
+  }
+}'''
+[[workflows.payments.allow]]
+clients = ["billing-service"]
+claims = [{ path = "client_id", prefix = "billing-" }]
+"#;
+
+#[tokio::test]
+async fn inputs_that_fail_the_schema_get_422_naming_each_failing_path() -> TestResult {
+    let settings = TestSettings {
+        worker_enabled: false,
+        extra_toml: PAYMENTS.into(),
+        ..TestSettings::default()
+    };
+    let app = spawn_app_with(RedisServer::start(), settings).await?;
+    let token = partners().idp.billing_token().await?;
+
+    let valid = json!({"input": {"order_id": "A-1", "amount_cents": 100, "items": [{"sku": "x"}]}});
+    assert_eq!(
+        app.trigger("payments", &token, &valid).await?.status(),
+        StatusCode::ACCEPTED
+    );
+
+    let invalid = json!({"input": {"order_id": "a1", "amount_cents": 0, "items": [{"qty": 1}], "extra": true}});
+    let response = app.trigger("payments", &token, &invalid).await?;
+    assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(
+        response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok()),
+        Some("application/problem+json")
+    );
+    let problem: Value = response.json().await?;
+    assert_eq!(problem["code"], "invalid_input");
+    let mut paths: Vec<&str> = problem["errors"]
+        .as_array()
+        .ok_or("no errors")?
+        .iter()
+        .filter_map(|e| e["path"].as_str())
+        .collect();
+    paths.sort_unstable();
+    assert_eq!(
+        paths,
+        vec!["", "/amount_cents", "/items/0", "/order_id"],
+        "{problem}"
+    );
+
+    let oversized =
+        json!({"input": {"order_id": format!("A-{}", "1".repeat(300)), "amount_cents": 1}});
+    let response = app.trigger("payments", &token, &oversized).await?;
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+
+    let mut redis = app.redis.connection().await?;
+    let queued: u64 = redis::cmd("XLEN")
+        .arg("stepgate:{wf:payments}:queue")
+        .query_async(&mut redis)
+        .await?;
+    assert_eq!(queued, 1, "only the valid input was queued");
+    Ok(())
+}
