@@ -10,8 +10,10 @@ use tokio_util::sync::CancellationToken;
 use crate::audit::AuditSigner;
 use crate::audit::signer::load_public_key;
 use crate::audit::verify::{read_trail, verify_records};
+use crate::auth::{Principal, Verifier};
 use crate::config::Config;
 use crate::http::openapi;
+use crate::policy::Decision;
 use crate::queue::Keys;
 use crate::startup::{Application, connect_redis};
 
@@ -60,6 +62,28 @@ pub enum Command {
     /// Audit trail tools.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Policy tools.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Show whether a caller may trigger a workflow, and how every rule fared. Exits 0 when
+    /// allowed, 1 when denied (or the token is refused).
+    Explain {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long)]
+        workflow: String,
+        /// An access token to verify against the configured issuers (`-` reads standard
+        /// input, which keeps the token out of the process list and shell history).
+        #[arg(long, group = "caller", required = true)]
+        token: Option<String>,
+        /// A JSON file of claims to evaluate as they are (no verification).
+        #[arg(long, group = "caller", required = true)]
+        claims: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -144,6 +168,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             config,
             public_keys,
         }) => verify_audit(&config, &public_keys).await,
+        Command::Policy(PolicyCommand::Explain {
+            config,
+            workflow,
+            token,
+            claims,
+        }) => explain_policy(&config, &workflow, token.as_deref(), claims.as_deref()).await,
     }
 }
 
@@ -183,6 +213,73 @@ async fn verify_audit(arg: &ConfigArg, public_keys: &[PathBuf]) -> anyhow::Resul
             Ok(ExitCode::FAILURE)
         }
     }
+}
+
+async fn explain_policy(
+    arg: &ConfigArg,
+    workflow: &str,
+    token: Option<&str>,
+    claims: Option<&std::path::Path>,
+) -> anyhow::Result<ExitCode> {
+    let config = load(arg)?;
+    let workflows = crate::startup::workflows(&config)?;
+    let Some((name, rules)) = workflows.iter().find(|(name, _)| name.as_str() == workflow) else {
+        anyhow::bail!("no workflow named {workflow:?} in {}", arg.config.display());
+    };
+    let caller = match (token, claims) {
+        (Some(token), _) => {
+            let token = if token == "-" {
+                std::io::read_to_string(std::io::stdin())?.trim().to_owned()
+            } else {
+                token.to_owned()
+            };
+            let verifier = Verifier::new(&config.issuers, reqwest::Client::new(), 0)
+                .map_err(anyhow::Error::msg)?;
+            for issuer in verifier.issuers() {
+                if let Err(e) = issuer.keys.refresh().await {
+                    eprintln!("issuer {}: {e}", issuer.config.issuer);
+                }
+            }
+            match verifier.verify(&token).await {
+                Ok(principal) => (*principal).clone(),
+                Err(e) => {
+                    println!("token refused: {e}");
+                    return Ok(ExitCode::FAILURE);
+                }
+            }
+        }
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let claims: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&text)
+                .with_context(|| format!("{} is not a JSON object", path.display()))?;
+            let issuer = claims
+                .get("iss")
+                .and_then(|v| v.as_str())
+                .unwrap_or_default()
+                .to_owned();
+            Principal::from_claims(issuer, claims, String::new())
+        }
+        (None, None) => anyhow::bail!("give --token or --claims"),
+    };
+    let explanation = crate::policy::explain(&caller, &rules.policy);
+    let allowed = matches!(explanation.decision, Decision::Allowed { .. });
+    match &explanation.decision {
+        Decision::Allowed { rule } => println!("workflow {name}: ALLOWED by allow[{rule}]"),
+        Decision::Denied { reason } => println!("workflow {name}: DENIED ({reason})"),
+    }
+    println!(
+        "  caller: issuer {:?}, subject {:?}, client {:?}, scopes {:?}",
+        caller.issuer, caller.subject, caller.client_id, caller.scopes
+    );
+    for line in &explanation.rules {
+        println!("  {line}");
+    }
+    Ok(if allowed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn load(arg: &ConfigArg) -> anyhow::Result<Config> {

@@ -10,7 +10,7 @@ use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::routes::{executions, health, requests};
+use super::routes::{executions, health, requests, workflows};
 use crate::state::AppState;
 
 /// Where the committed copy lives, relative to the repository root.
@@ -59,6 +59,7 @@ impl Modify for BearerScheme {
 pub fn api_router() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(executions::create_execution))
+        .routes(routes!(workflows::list_workflows))
         .routes(routes!(requests::get_request))
         .routes(routes!(health::get_health))
         .routes(routes!(health::get_readiness))

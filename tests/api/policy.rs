@@ -117,3 +117,89 @@ async fn inputs_that_fail_the_schema_get_422_naming_each_failing_path() -> TestR
     assert_eq!(queued, 1, "only the valid input was queued");
     Ok(())
 }
+
+#[tokio::test]
+async fn callers_see_only_the_workflows_they_may_trigger_with_their_schemas() -> TestResult {
+    let settings = TestSettings {
+        worker_enabled: false,
+        extra_toml: PAYMENTS.into(),
+        ..TestSettings::default()
+    };
+    let app = spawn_app_with(RedisServer::start(), settings).await?;
+    let list = |token: String| {
+        let request = app
+            .http
+            .get(app.url("/v1/workflows"))
+            .bearer_auth(token)
+            .send();
+        async move { request.await?.json::<Value>().await }
+    };
+    let billing = list(partners().idp.billing_token().await?).await?;
+    let names: Vec<&str> = billing["workflows"]
+        .as_array()
+        .ok_or("no list")?
+        .iter()
+        .filter_map(|w| w["name"].as_str())
+        .collect();
+    assert_eq!(names, vec!["orders", "payments"]);
+    assert_eq!(
+        billing["workflows"][1]["input_schema"]["required"],
+        json!(["order_id", "amount_cents"])
+    );
+    assert_eq!(billing["workflows"][1]["max_input_bytes"], 200);
+    assert_eq!(
+        billing["workflows"][0]["trigger_url"],
+        "/v1/workflows/orders/executions"
+    );
+
+    let reporting = list(partners().idp.denied_token().await?).await?;
+    assert_eq!(reporting, json!({"workflows": []}));
+    Ok(())
+}
+
+#[tokio::test]
+async fn policy_explain_verifies_a_real_token_and_shows_every_rule() -> TestResult {
+    let settings = TestSettings {
+        worker_enabled: false,
+        extra_toml: PAYMENTS.into(),
+        ..TestSettings::default()
+    };
+    let app = spawn_app_with(RedisServer::start(), settings).await?;
+    let explain = |workflow: &str, token: String| -> TestResult<(bool, String)> {
+        use std::io::Write;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_stepgate"))
+            .args([
+                "policy",
+                "explain",
+                "--workflow",
+                workflow,
+                "--token",
+                "-",
+                "--config",
+            ])
+            .arg(&app.config_path)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()?;
+        child
+            .stdin
+            .take()
+            .ok_or("stdin")?
+            .write_all(token.as_bytes())?;
+        let output = child.wait_with_output()?;
+        Ok((
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+        ))
+    };
+    let (allowed, text) = explain("payments", partners().idp.billing_token().await?)?;
+    assert!(allowed && text.contains("ALLOWED by allow[0]"), "{text}");
+    let (allowed, text) = explain("orders", partners().idp.denied_token().await?)?;
+    assert!(
+        !allowed && text.contains("DENIED") && text.contains("allow[0]: does not match (client)"),
+        "{text}"
+    );
+    let (allowed, text) = explain("orders", "forged.token.here".into())?;
+    assert!(!allowed && text.contains("token refused"), "{text}");
+    Ok(())
+}

@@ -3,3 +3,4 @@
 pub mod executions;
 pub mod health;
 pub mod requests;
+pub mod workflows;
