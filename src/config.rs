@@ -273,6 +273,10 @@ pub struct WorkflowConfig {
     pub input_schema: Option<String>,
     /// ...or in a file.
     pub input_schema_file: Option<PathBuf>,
+    /// Each access token may trigger this workflow once: a `jti` seen before is refused
+    /// until the token expires. Tokens without `jti` are refused.
+    #[serde(default)]
+    pub one_time_tokens: bool,
 }
 
 impl WorkflowConfig {

@@ -195,6 +195,7 @@ pub fn workflows(config: &Config) -> anyhow::Result<Vec<(WorkflowName, Workflow)
                     state_machine_arn: w.state_machine_arn.clone(),
                     policy,
                     input,
+                    one_time_tokens: w.one_time_tokens,
                 },
             ))
         })

@@ -18,6 +18,7 @@ pub struct Workflow {
     pub state_machine_arn: String,
     pub policy: Policy,
     pub input: InputRules,
+    pub one_time_tokens: bool,
 }
 
 /// The application state behind every handler; cheap to clone.

@@ -56,6 +56,10 @@ pub enum AuthError {
     UnknownKey,
     #[error("the issuer's keys are not available")]
     KeysUnavailable,
+    #[error("one-time token has no jti")]
+    NoTokenId,
+    #[error("one-time token was used before")]
+    Replayed,
     #[error("token rejected: {0}")]
     Rejected(String),
 }
@@ -127,6 +131,13 @@ impl Verifier {
 
     pub fn issuers(&self) -> impl Iterator<Item = &Arc<TrustedIssuer>> {
         self.issuers.values()
+    }
+
+    /// The clock leeway of `issuer` (0 for an unknown one).
+    pub fn leeway(&self, issuer: &str) -> u64 {
+        self.issuers
+            .get(issuer)
+            .map_or(0, |i| i.config.leeway_seconds)
     }
 
     /// Verifies `token` and returns the caller it speaks for.

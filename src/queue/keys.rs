@@ -9,6 +9,7 @@
 //! | `<p>:{wf:<name>}:queue`               | stream | accepted triggers awaiting the drain   |
 //! | `<p>:{wf:<name>}:request:<32 hex>`    | hash   | one request's status (expires)         |
 //! | `<p>:{wf:<name>}:schema`              | hash   | migrations applied to this workflow    |
+//! | `<p>:{wf:<name>}:jti:<sha256>`        | string | a used one-time token (expires with it)|
 //! | `<p>:{audit}:log`                     | stream | signed, hash-chained audit records     |
 //! | `<p>:{audit}:head`                    | hash   | `seq` and `hash` of the newest record  |
 //! | `<p>:{meta}:schema`                   | hash   | global migrations applied              |
@@ -44,6 +45,11 @@ impl Keys {
             id.workflow(),
             id.local_part()
         )
+    }
+
+    /// Marks a one-time token as used; `token_id` is a digest, never the raw `jti`.
+    pub fn used_token(&self, workflow: &WorkflowName, token_id: &str) -> String {
+        format!("{}:{{wf:{workflow}}}:jti:{token_id}", self.prefix)
     }
 
     pub fn workflow_schema(&self, workflow: &WorkflowName) -> String {

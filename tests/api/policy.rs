@@ -203,3 +203,70 @@ async fn policy_explain_verifies_a_real_token_and_shows_every_rule() -> TestResu
     assert!(!allowed && text.contains("token refused"), "{text}");
     Ok(())
 }
+
+#[tokio::test]
+async fn a_one_time_token_triggers_once_and_is_refused_after() -> TestResult {
+    let settings = TestSettings {
+        worker_enabled: false,
+        extra_toml: r#"
+[workflows.payouts]
+state_machine_arn = "$STATE_MACHINE_ARN"
+one_time_tokens = true
+[[workflows.payouts.allow]]
+clients = ["billing-service"]
+"#
+        .into(),
+        ..TestSettings::default()
+    };
+    let app = spawn_app_with(RedisServer::start(), settings).await?;
+    let idp = &partners().idp;
+    let token = idp.billing_token().await?;
+
+    assert_eq!(
+        app.trigger("payouts", &token, &json!({})).await?.status(),
+        StatusCode::ACCEPTED
+    );
+    let replay = app.trigger("payouts", &token, &json!({})).await?;
+    assert_eq!(replay.status(), StatusCode::UNAUTHORIZED);
+    assert!(
+        crate::helpers::header(&replay, "www-authenticate").contains(r#"error="invalid_token""#)
+    );
+    // Other workflows are not one-time; a fresh token works again.
+    assert_eq!(
+        app.trigger("orders", &token, &json!({})).await?.status(),
+        StatusCode::ACCEPTED
+    );
+    assert_eq!(
+        app.trigger("payouts", &idp.billing_token().await?, &json!({}))
+            .await?
+            .status(),
+        StatusCode::ACCEPTED
+    );
+
+    // The marker expires with the token, and holds only a digest of it.
+    let mut redis = app.redis.connection().await?;
+    let markers: Vec<String> = redis::cmd("KEYS")
+        .arg("stepgate:{wf:payouts}:jti:*")
+        .query_async(&mut redis)
+        .await?;
+    assert_eq!(markers.len(), 2);
+    let ttl: i64 = redis::cmd("TTL")
+        .arg(&markers[0])
+        .query_async(&mut redis)
+        .await?;
+    assert!(
+        (500..=640).contains(&ttl),
+        "about the token's 600 s life plus leeway: {ttl}"
+    );
+
+    let refusals: Vec<Value> = app
+        .audit_records()
+        .await?
+        .into_iter()
+        .filter(|r| r["event"] == "auth_failed")
+        .collect();
+    assert_eq!(refusals.len(), 1);
+    assert_eq!(refusals[0]["reason"], "one-time token was used before");
+    assert_eq!(refusals[0]["workflow"], "payouts");
+    Ok(())
+}

@@ -12,13 +12,13 @@ use utoipa::ToSchema;
 
 use crate::audit::record::sha256_hex;
 use crate::audit::{AuditEvent, EventKind};
-use crate::auth::Principal;
+use crate::auth::{AuthError, Principal};
 use crate::clock::now_rfc3339;
 use crate::domain::{RequestId, WorkflowName};
 use crate::http::error::{ApiError, Problem};
 use crate::http::extract::Caller;
 use crate::policy::{Decision, authorize};
-use crate::queue::{QueuedRequest, RequestState};
+use crate::queue::{Enqueued, OneTimeToken, QueuedRequest, RequestState};
 use crate::state::{AppState, Workflow};
 
 /// The trigger's body.
@@ -104,11 +104,23 @@ pub async fn create_execution(
         client_id: caller.client_id.clone(),
         accepted_at: now_rfc3339(),
     };
-    state
+    let once = if rules.one_time_tokens {
+        Some(
+            one_time_token(&state, &caller)
+                .inspect_err(|e| audit_refused_token(&state, &caller, &workflow, e))?,
+        )
+    } else {
+        None
+    };
+    let enqueued = state
         .producer
-        .enqueue(&request)
+        .enqueue(&request, once.as_ref())
         .await
         .map_err(|e| ApiError::redis_unavailable(&e))?;
+    if enqueued == Enqueued::Replayed {
+        audit_refused_token(&state, &caller, &workflow, &AuthError::Replayed);
+        return Err(ApiError::InvalidToken(AuthError::Replayed));
+    }
 
     let mut event = decision_event(EventKind::Accepted, &caller, Some(&workflow));
     event.request_id = Some(request.request_id.to_string());
@@ -154,6 +166,37 @@ fn authorize_trigger<'s>(
     event.reason = Some(reason.clone());
     state.audit.record(event);
     Err(ApiError::Forbidden(reason))
+}
+
+/// Identifies a one-time token by its issuer and `jti` (hashed: both are caller-chosen text),
+/// to be remembered as long as the token could still be presented.
+fn one_time_token(state: &AppState, caller: &Principal) -> Result<OneTimeToken, ApiError> {
+    let jti = caller
+        .claims
+        .get("jti")
+        .and_then(|v| v.as_str())
+        .ok_or(ApiError::InvalidToken(AuthError::NoTokenId))?;
+    let exp = caller
+        .claims
+        .get("exp")
+        .and_then(|v| v.as_u64())
+        .unwrap_or(0);
+    let now = time::OffsetDateTime::now_utc().unix_timestamp().max(0) as u64;
+    Ok(OneTimeToken {
+        id: sha256_hex(format!("{}\n{jti}", caller.issuer).as_bytes()),
+        ttl_seconds: exp.saturating_sub(now) + state.verifier.leeway(&caller.issuer),
+    })
+}
+
+fn audit_refused_token(
+    state: &AppState,
+    caller: &Principal,
+    workflow: &WorkflowName,
+    error: &impl std::fmt::Display,
+) {
+    let mut event = decision_event(EventKind::AuthFailed, caller, Some(workflow));
+    event.reason = Some(error.to_string());
+    state.audit.record(event);
 }
 
 fn decision_event(
