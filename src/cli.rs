@@ -180,7 +180,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 async fn serve(arg: &ConfigArg) -> anyhow::Result<ExitCode> {
     let config = load(arg)?;
     crate::telemetry::init(config.log.format, &config.log.level);
-    let app = Application::build(config).await?;
+    let app = Application::from_file(&arg.config).await?;
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
     app.run_until_stopped(shutdown).await?;
@@ -222,7 +222,7 @@ async fn explain_policy(
     claims: Option<&std::path::Path>,
 ) -> anyhow::Result<ExitCode> {
     let config = load(arg)?;
-    let workflows = crate::startup::workflows(&config)?;
+    let workflows = crate::runtime::workflows(&config)?;
     let Some((name, rules)) = workflows.iter().find(|(name, _)| name.as_str() == workflow) else {
         anyhow::bail!("no workflow named {workflow:?} in {}", arg.config.display());
     };
@@ -233,7 +233,7 @@ async fn explain_policy(
             } else {
                 token.to_owned()
             };
-            let verifier = Verifier::new(&config.issuers, reqwest::Client::new(), 0)
+            let verifier = Verifier::new(&config.issuers, reqwest::Client::new(), 0, None)
                 .map_err(anyhow::Error::msg)?;
             for issuer in verifier.issuers() {
                 if let Err(e) = issuer.keys.refresh().await {

@@ -40,7 +40,7 @@ pub struct Config {
 }
 
 /// `[server]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     /// Address the HTTP API listens on; port 0 picks a free port.
@@ -49,6 +49,8 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// How long an accepted request's status stays readable.
     pub status_ttl_seconds: u64,
+    /// How often the configuration file is checked for changes (0: only on SIGHUP).
+    pub config_poll_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -57,12 +59,13 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             status_ttl_seconds: 7 * 24 * 3600,
+            config_poll_ms: 2_000,
         }
     }
 }
 
 /// `[redis]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RedisConfig {
     /// `redis://[user:password@]host:port[/db]`; may hold a password, so never logged.
@@ -84,7 +87,7 @@ fn default_redis_timeout_ms() -> u64 {
 }
 
 /// `[aws]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct AwsConfig {
     pub region: String,
@@ -95,7 +98,7 @@ pub struct AwsConfig {
 }
 
 /// `[aws.static_credentials]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct StaticCredentials {
     pub access_key_id: String,
@@ -103,7 +106,7 @@ pub struct StaticCredentials {
 }
 
 /// `[worker]`: the drain from Redis into Step Functions.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct WorkerConfig {
     /// Run the drain in this process (a replica may serve the API only).
@@ -146,7 +149,7 @@ impl WorkerConfig {
 }
 
 /// `[audit]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct AuditConfig {
     /// Ed25519 private key (PKCS#8 PEM) written by `stepgate keygen`.
@@ -154,7 +157,7 @@ pub struct AuditConfig {
 }
 
 /// `[log]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     pub format: LogFormat,
@@ -179,7 +182,7 @@ pub enum LogFormat {
 }
 
 /// `[auth]`: settings common to all issuers.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     /// Verified tokens remembered (by SHA-256) until they expire, so repeated calls with the
@@ -196,7 +199,7 @@ impl Default for AuthConfig {
 }
 
 /// `[[issuers]]`: an OpenID provider whose access tokens stepgate accepts.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct IssuerConfig {
     /// Compared exactly with the token's `iss`; keys come from its OIDC discovery document.
@@ -291,7 +294,7 @@ impl WorkflowConfig {
 }
 
 /// A string that never shows in `Debug` output or logs.
-#[derive(Clone, Deserialize)]
+#[derive(Clone, Deserialize, PartialEq, Eq)]
 #[serde(transparent)]
 pub struct Secret(String);
 
@@ -336,9 +339,20 @@ impl fmt::Display for Problem {
 impl Config {
     /// Reads `path`, applies `STEPGATE_*` overrides, and validates the result.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::Load(Box::new(figment::Error::from(format!(
+                "cannot read {}: {e}",
+                path.display()
+            ))))
+        })?;
+        Self::with_environment(&text)
+    }
+
+    /// Parses TOML text, applies `STEPGATE_*` overrides, and validates the result.
+    pub fn with_environment(text: &str) -> Result<Self, ConfigError> {
         Self::from_figment(
             Figment::new()
-                .merge(Toml::file_exact(path))
+                .merge(Toml::string(text))
                 // STEPGATE_CONFIG names the file itself; it is not a setting.
                 .merge(
                     Env::prefixed("STEPGATE_")
@@ -346,6 +360,23 @@ impl Config {
                         .split("__"),
                 ),
         )
+    }
+
+    /// The sections a reload cannot change (they need a restart), where `self` and `other` differ.
+    pub fn restart_only_changes(&self, other: &Config) -> Vec<&'static str> {
+        let mut changed = Vec::new();
+        let mut check = |name: &'static str, same: bool| {
+            if !same {
+                changed.push(name);
+            }
+        };
+        check("server", self.server == other.server);
+        check("redis", self.redis == other.redis);
+        check("aws", self.aws == other.aws);
+        check("worker", self.worker == other.worker);
+        check("audit", self.audit == other.audit);
+        check("log", self.log == other.log);
+        changed
     }
 
     /// Parses and validates TOML text (no environment); for tests and tools.

@@ -12,6 +12,8 @@ pub mod http;
 pub mod migrations;
 pub mod policy;
 pub mod queue;
+pub mod reload;
+pub mod runtime;
 pub mod startup;
 pub mod state;
 pub mod telemetry;

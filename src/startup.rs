@@ -1,28 +1,25 @@
 //! Builds the application from its configuration and runs it until told to stop.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::audit::{AuditLog, AuditSigner, AuditWriter};
-use crate::auth::Verifier;
-use crate::auth::verifier::TrustedIssuer;
+use crate::audit::record::sha256_hex;
+use crate::audit::{AuditEvent, AuditLog, AuditSigner, AuditWriter, EventKind};
 use crate::config::Config;
-use crate::domain::WorkflowName;
-use crate::policy::Policy;
 use crate::queue::{Keys, Producer};
-use crate::state::{App, AppState, Workflow};
+use crate::reload::Reloader;
+use crate::runtime::{KeyRefreshers, Runtime};
+use crate::state::{App, AppState};
 use crate::worker::{AwsStepFunctions, Drain, DrainTarget, StepFunctions};
 
-/// How long start-up waits for the issuers' keys; a slow IdP delays readiness, not start-up.
-const INITIAL_KEY_LOAD: Duration = Duration::from_secs(5);
-/// The longest pause between key fetch attempts while not loaded.
-const KEY_RETRY_MAX: Duration = Duration::from_secs(30);
 /// How long the audit writer may take to write what is left at shutdown.
 const AUDIT_DRAIN: Duration = Duration::from_secs(10);
 
@@ -32,23 +29,41 @@ pub struct Application {
     state: AppState,
     drain: Option<Drain>,
     audit_writer: AuditWriter,
+    http: reqwest::Client,
+    targets: watch::Sender<Vec<DrainTarget>>,
+    config: Config,
+    /// The file the configuration came from (and is reloaded from), with its SHA-256.
+    source: Option<(PathBuf, String)>,
 }
 
 impl Application {
-    /// Connects to Redis, applies migrations, loads keys, binds the listener.
-    pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let sfn: Arc<dyn StepFunctions> = Arc::new(
-            AwsStepFunctions::new(
-                &config.aws,
-                Duration::from_millis(config.worker.call_timeout_ms),
-            )
-            .await,
-        );
-        Self::build_with(config, sfn).await
+    /// Loads the configuration file and builds; the file is watched for reloads when running.
+    pub async fn from_file(path: &Path) -> anyhow::Result<Self> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let config = Config::with_environment(&text)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let sfn = aws_step_functions(&config).await;
+        Self::build_with(
+            config,
+            sfn,
+            Some((path.to_owned(), sha256_hex(text.as_bytes()))),
+        )
+        .await
     }
 
-    /// As [`Application::build`], with a given Step Functions client.
-    pub async fn build_with(config: Config, sfn: Arc<dyn StepFunctions>) -> anyhow::Result<Self> {
+    /// Builds from a configuration value (not reloadable).
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let sfn = aws_step_functions(&config).await;
+        Self::build_with(config, sfn, None).await
+    }
+
+    /// Connects to Redis, applies migrations, loads keys, binds the listener.
+    pub async fn build_with(
+        config: Config,
+        sfn: Arc<dyn StepFunctions>,
+        source: Option<(PathBuf, String)>,
+    ) -> anyhow::Result<Self> {
         let keys = Keys::new(&config.redis.key_prefix);
         let redis_client =
             redis::Client::open(config.redis.url.expose()).context("invalid redis.url")?;
@@ -57,11 +72,6 @@ impl Application {
             Duration::from_millis(config.redis.command_timeout_ms),
         )
         .await?;
-        let workflows = workflows(&config)?;
-        let names: Vec<WorkflowName> = workflows.iter().map(|(name, _)| name.clone()).collect();
-        crate::migrations::apply(&mut redis.clone(), &keys, &names)
-            .await
-            .context("applying migrations")?;
 
         let signer = AuditSigner::load(&config.audit.signing_key)
             .context("loading the audit signing key")?;
@@ -74,28 +84,22 @@ impl Application {
             .timeout(Duration::from_secs(5))
             .build()
             .context("building the HTTP client")?;
-        let verifier = Verifier::new(&config.issuers, http, config.auth.token_cache_entries)
-            .map_err(anyhow::Error::msg)?;
-        let loads = verifier.issuers().map(|issuer| async move {
-            match tokio::time::timeout(INITIAL_KEY_LOAD, issuer.keys.refresh()).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => tracing::warn!(issuer = %issuer.config.issuer, error = %e, "issuer keys not loaded yet"),
-                Err(_) => tracing::warn!(issuer = %issuer.config.issuer, "issuer keys not loaded yet: timed out"),
-            }
-        });
-        futures_util::future::join_all(loads).await;
+        let config_sha256 = source
+            .as_ref()
+            .map(|(_, sha)| sha.clone())
+            .unwrap_or_default();
+        let runtime = Runtime::build(&config, &http, config_sha256, None).await?;
+        let names: Vec<_> = runtime.workflows.keys().cloned().collect();
+        crate::migrations::apply(&mut redis.clone(), &keys, &names)
+            .await
+            .context("applying migrations")?;
 
+        let (targets, targets_rx) = watch::channel(runtime.drain_targets());
         let drain = config.worker.enabled.then(|| Drain {
             redis_client,
             redis: redis.clone(),
             keys: keys.clone(),
-            targets: workflows
-                .iter()
-                .map(|(name, w)| DrainTarget {
-                    workflow: name.clone(),
-                    state_machine_arn: w.state_machine_arn.clone(),
-                })
-                .collect(),
+            targets: targets_rx,
             sfn,
             audit: audit.clone(),
             consumer: config
@@ -109,24 +113,28 @@ impl Application {
         let listener = TcpListener::bind(config.server.listen)
             .await
             .with_context(|| format!("binding {}", config.server.listen))?;
-        let state = AppState::new(App {
-            verifier,
-            workflows: workflows.into_iter().collect(),
-            producer: Producer::new(
-                redis.clone(),
-                keys.clone(),
-                config.server.status_ttl_seconds,
-            ),
+        let producer = Producer::new(
+            redis.clone(),
+            keys.clone(),
+            config.server.status_ttl_seconds,
+        );
+        let state = AppState::new(App::new(
+            Arc::new(runtime),
+            producer,
             redis,
             keys,
             audit,
-            max_body_bytes: config.server.max_body_bytes,
-        });
+            config.server.max_body_bytes,
+        ));
         Ok(Self {
             listener,
             state,
             drain,
             audit_writer,
+            http,
+            targets,
+            config,
+            source,
         })
     }
 
@@ -139,22 +147,46 @@ impl Application {
         self.state.audit.clone()
     }
 
-    /// Serves the API and runs the drain until `shutdown`; then stops accepting, lets
-    /// in-flight requests and deliveries finish, and writes the remaining audit events.
+    /// Serves the API, runs the drain and (for a file) follows configuration reloads until
+    /// `shutdown`; then stops accepting, lets in-flight requests and deliveries finish, and
+    /// writes the remaining audit events.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let Self {
             listener,
             state,
             drain,
             audit_writer,
+            http,
+            targets,
+            config,
+            source,
         } = self;
         let addr = listener.local_addr()?;
         let writer = tokio::spawn(audit_writer.run());
-        let issuers: Vec<Arc<TrustedIssuer>> = state.verifier.issuers().cloned().collect();
-        let refreshers: Vec<_> = issuers
-            .into_iter()
-            .map(|issuer| tokio::spawn(refresh_keys(issuer, shutdown.clone())))
-            .collect();
+        let mut loaded = AuditEvent::now(EventKind::ConfigLoaded);
+        loaded.config_sha256 = source.as_ref().map(|(_, sha)| sha.clone());
+        state.audit.record(loaded);
+
+        let mut refreshers = KeyRefreshers::default();
+        refreshers.follow(&state.runtime(), &shutdown);
+        let reloader = match source {
+            Some((path, sha)) => {
+                let poll = Duration::from_millis(config.server.config_poll_ms);
+                let reloader = Reloader {
+                    path,
+                    state: state.clone(),
+                    http,
+                    redis: state.redis.clone(),
+                    keys: state.keys.clone(),
+                    targets,
+                    refreshers,
+                    current: config,
+                    last_seen_sha256: sha,
+                };
+                Some(tokio::spawn(reloader.run(poll, shutdown.clone())))
+            }
+            None => None,
+        };
 
         let app = crate::http::router(state).into_make_service_with_connect_info::<SocketAddr>();
         let server =
@@ -166,10 +198,11 @@ impl Application {
             }
         };
         let (served, ()) = tokio::join!(server.into_future(), drain);
-        for refresher in refreshers {
-            refresher.abort();
+        if let Some(reloader) = reloader {
+            // It holds an AppState (and so an audit handle): it must end before the writer can.
+            let _ = reloader.await;
         }
-        // Every AuditLog handle is gone with the router and the drain: the writer finishes.
+        // Every AuditLog handle is gone with the router, the drain and the reloader.
         if tokio::time::timeout(AUDIT_DRAIN, writer).await.is_err() {
             tracing::error!("audit writer did not finish in time; unwritten audit events are lost");
         }
@@ -177,29 +210,14 @@ impl Application {
     }
 }
 
-/// The configured workflows as the request path needs them (schemas compiled).
-pub fn workflows(config: &Config) -> anyhow::Result<Vec<(WorkflowName, Workflow)>> {
-    config
-        .workflow_names()
-        .map(|(name, w)| {
-            let input = w
-                .input_rules()
-                .map_err(|e| anyhow::anyhow!("workflows.{name}.input_schema: {e}"))?;
-            let policy = Policy {
-                allow: w.allow.clone(),
-                deny: w.deny.clone(),
-            };
-            Ok((
-                name,
-                Workflow {
-                    state_machine_arn: w.state_machine_arn.clone(),
-                    policy,
-                    input,
-                    one_time_tokens: w.one_time_tokens,
-                },
-            ))
-        })
-        .collect()
+async fn aws_step_functions(config: &Config) -> Arc<dyn StepFunctions> {
+    Arc::new(
+        AwsStepFunctions::new(
+            &config.aws,
+            Duration::from_millis(config.worker.call_timeout_ms),
+        )
+        .await,
+    )
 }
 
 /// A multiplexed connection with bounded connect and response times: a request must never
@@ -216,36 +234,6 @@ pub async fn connect_redis(
     ConnectionManager::new_with_config(client.clone(), config)
         .await
         .context("connecting to Redis")
-}
-
-/// Keeps one issuer's keys fresh: retries until loaded, then refreshes when they are due.
-async fn refresh_keys(issuer: Arc<TrustedIssuer>, shutdown: CancellationToken) {
-    let mut pause = Duration::from_secs(1);
-    let mut failing = false;
-    loop {
-        let wait = match issuer.keys.next_refresh_in() {
-            // Fixed keys: nothing to refresh.
-            None => return,
-            Some(due) if issuer.keys.is_loaded() && !failing => due.max(Duration::from_secs(1)),
-            Some(_) => pause,
-        };
-        tokio::select! {
-            () = tokio::time::sleep(wait) => {}
-            () = shutdown.cancelled() => return,
-        }
-        match issuer.keys.refresh().await {
-            Ok(_) => {
-                failing = false;
-                pause = Duration::from_secs(1);
-            }
-            Err(e) => {
-                // The last good keys keep serving (up to their staleness bound) meanwhile.
-                tracing::warn!(issuer = %issuer.config.issuer, error = %e, "refreshing issuer keys failed");
-                failing = true;
-                pause = (pause * 2).min(KEY_RETRY_MAX);
-            }
-        }
-    }
 }
 
 /// `<host>-<pid>-<random>`: unique per process, so a restarted process never mistakes a

@@ -1,16 +1,14 @@
 //! What request handlers share.
 
-use std::collections::HashMap;
 use std::ops::Deref;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use redis::aio::ConnectionManager;
 
 use crate::audit::AuditLog;
-use crate::auth::Verifier;
-use crate::domain::WorkflowName;
 use crate::policy::{InputRules, Policy};
 use crate::queue::{Keys, Producer};
+use crate::runtime::Runtime;
 
 /// A workflow as the request path needs it.
 #[derive(Debug, Clone)]
@@ -26,14 +24,44 @@ pub struct Workflow {
 pub struct AppState(Arc<App>);
 
 pub struct App {
-    pub verifier: Verifier,
-    pub workflows: HashMap<WorkflowName, Workflow>,
+    /// Issuers and workflows: replaced whole by a configuration reload.
+    runtime: RwLock<Arc<Runtime>>,
     pub producer: Producer,
     /// Multiplexed; never used for blocking commands.
     pub redis: ConnectionManager,
     pub keys: Keys,
     pub audit: AuditLog,
     pub max_body_bytes: usize,
+}
+
+impl App {
+    pub fn new(
+        runtime: Arc<Runtime>,
+        producer: Producer,
+        redis: ConnectionManager,
+        keys: Keys,
+        audit: AuditLog,
+        max_body_bytes: usize,
+    ) -> Self {
+        Self {
+            runtime: RwLock::new(runtime),
+            producer,
+            redis,
+            keys,
+            audit,
+            max_body_bytes,
+        }
+    }
+
+    /// The current issuers and workflows; a request uses one snapshot throughout.
+    pub fn runtime(&self) -> Arc<Runtime> {
+        Arc::clone(&self.runtime.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Installs a new configuration's issuers and workflows, atomically for requests.
+    pub fn install(&self, runtime: Arc<Runtime>) {
+        *self.runtime.write().unwrap_or_else(|p| p.into_inner()) = runtime;
+    }
 }
 
 impl AppState {

@@ -31,6 +31,12 @@ pub enum EventKind {
     Started,
     /// Step Functions refused the execution for good.
     Failed,
+    /// The process started with a configuration.
+    ConfigLoaded,
+    /// A new configuration was installed.
+    ConfigReloaded,
+    /// A new configuration was refused; the running one stays.
+    ConfigRefused,
 }
 
 /// One event, before chaining. Absent fields are left out of the record.
@@ -59,6 +65,9 @@ pub struct AuditEvent {
     pub execution_arn: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// SHA-256 of the configuration file, for configuration events.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub config_sha256: Option<String>,
 }
 
 impl AuditEvent {
@@ -77,6 +86,7 @@ impl AuditEvent {
             input_sha256: None,
             execution_arn: None,
             reason: None,
+            config_sha256: None,
         }
     }
 

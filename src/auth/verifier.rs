@@ -85,14 +85,23 @@ pub struct Verifier {
 
 impl Verifier {
     /// Issuers with fixed keys get them now (an error names the setting); the others load
-    /// theirs through [`KeyCache::refresh`].
+    /// theirs through [`KeyCache::refresh`]. An issuer whose settings are unchanged since
+    /// `previous` keeps its keys (and key cache state).
     pub fn new(
         configs: &[IssuerConfig],
         http: reqwest::Client,
         token_cache_entries: usize,
+        previous: Option<&Verifier>,
     ) -> Result<Self, String> {
         let mut issuers = HashMap::new();
         for (i, config) in configs.iter().enumerate() {
+            let unchanged = previous
+                .and_then(|p| p.issuers.get(&config.issuer)) // A key file may have changed on disk: reload re-reads it.
+                .filter(|old| old.config == *config && config.jwks_file.is_none());
+            if let Some(old) = unchanged {
+                issuers.insert(config.issuer.clone(), Arc::clone(old));
+                continue;
+            }
             let policy = RefreshPolicy {
                 refetch_cooldown: Duration::from_secs(config.jwks_refetch_cooldown_seconds),
                 refresh_min: Duration::from_secs(config.jwks_refresh_min_seconds),

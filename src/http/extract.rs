@@ -11,13 +11,16 @@ use super::error::ApiError;
 use crate::audit::{AuditEvent, EventKind};
 use crate::auth::verifier::token_sha256;
 use crate::auth::{Principal, unverified};
+use crate::runtime::Runtime;
 use crate::state::AppState;
 
 /// How much of an unverified `iss` an audit record keeps.
 const MAX_UNVERIFIED_ISSUER: usize = 256;
 
-/// The verified caller of a request. Handlers take this and never read headers themselves.
-pub struct Caller(pub Arc<Principal>);
+/// The verified caller of a request, and the configuration it was verified under (the
+/// handler evaluates the policy of that same configuration, even if a reload happens
+/// meanwhile). Handlers take this and never read headers themselves.
+pub struct Caller(pub Arc<Principal>, pub Arc<Runtime>);
 
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
@@ -30,8 +33,9 @@ impl FromRequestParts<AppState> for Caller {
                 return Err(e);
             }
         };
-        match state.verifier.verify(token).await {
-            Ok(principal) => Ok(Caller(principal)),
+        let runtime = state.runtime();
+        match runtime.verifier.verify(token).await {
+            Ok(principal) => Ok(Caller(principal, runtime)),
             Err(e) => {
                 tracing::info!(token.sha256 = %token_sha256(token), reason = %e, "access token refused");
                 audit_refusal(state, parts, Some(token), &e.to_string());

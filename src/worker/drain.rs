@@ -9,11 +9,12 @@
 //!   over (`XAUTOCLAIM`) once idle for `claim_idle_ms`, which start-up checks is longer than a
 //!   delivery can take, so a slow delivery is never run twice at once.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -31,7 +32,7 @@ const MAX_BATCH: usize = 64;
 const READ_RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// A workflow the drain serves.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DrainTarget {
     pub workflow: WorkflowName,
     pub state_machine_arn: String,
@@ -43,7 +44,8 @@ pub struct Drain {
     /// For completions and reclaim (non-blocking commands).
     pub redis: ConnectionManager,
     pub keys: Keys,
-    pub targets: Vec<DrainTarget>,
+    /// The workflows to serve; a configuration reload sends new ones.
+    pub targets: watch::Receiver<Vec<DrainTarget>>,
     pub sfn: Arc<dyn StepFunctions>,
     pub audit: AuditLog,
     pub config: WorkerConfig,
@@ -52,20 +54,13 @@ pub struct Drain {
 
 impl Drain {
     /// Runs until `shutdown`; then stops reading and lets in-flight deliveries finish.
+    /// Follows its targets: a reader per workflow starts when the workflow appears and
+    /// stops when it goes (its entries stay in Redis) or its state machine changes.
     pub async fn run(self, shutdown: CancellationToken) {
         let drain = Arc::new(self);
         let permits = Arc::new(Semaphore::new(drain.config.max_in_flight));
         let tracker = TaskTracker::new();
         let mut loops = tokio::task::JoinSet::new();
-        for target in drain.targets.clone() {
-            let (drain, permits, tracker, shutdown) = (
-                Arc::clone(&drain),
-                Arc::clone(&permits),
-                tracker.clone(),
-                shutdown.clone(),
-            );
-            loops.spawn(async move { drain.read_loop(target, permits, tracker, shutdown).await });
-        }
         {
             let (drain, permits, tracker, shutdown) = (
                 Arc::clone(&drain),
@@ -75,7 +70,39 @@ impl Drain {
             );
             loops.spawn(async move { drain.reclaim_loop(permits, tracker, shutdown).await });
         }
-        tracing::info!(consumer = %drain.consumer, workflows = drain.targets.len(), "drain started");
+        tracing::info!(consumer = %drain.consumer, "drain started");
+        let mut readers: HashMap<WorkflowName, (DrainTarget, CancellationToken)> = HashMap::new();
+        let mut targets = drain.targets.clone();
+        loop {
+            let current = targets.borrow_and_update().clone();
+            readers.retain(|_, (target, stop)| {
+                let keep = current.contains(target);
+                if !keep {
+                    stop.cancel();
+                }
+                keep
+            });
+            for target in current {
+                if readers.contains_key(&target.workflow) {
+                    continue;
+                }
+                let stop = shutdown.child_token();
+                readers.insert(target.workflow.clone(), (target.clone(), stop.clone()));
+                let (drain, permits, tracker) =
+                    (Arc::clone(&drain), Arc::clone(&permits), tracker.clone());
+                loops.spawn(async move { drain.read_loop(target, permits, tracker, stop).await });
+            }
+            tokio::select! {
+                changed = targets.changed() => {
+                    if changed.is_err() {
+                        // No more reloads can come: serve these targets until shutdown.
+                        shutdown.cancelled().await;
+                        break;
+                    }
+                }
+                () = shutdown.cancelled() => break,
+            }
+        }
         while loops.join_next().await.is_some() {}
         tracker.close();
         tracker.wait().await;
@@ -145,7 +172,8 @@ impl Drain {
                 () = tokio::time::sleep(every) => {}
                 () = shutdown.cancelled() => return,
             }
-            for target in &self.targets {
+            let targets = self.targets.borrow().clone();
+            for target in &targets {
                 let queue = self.keys.queue(&target.workflow);
                 let mut cursor = "0-0".to_owned();
                 loop {

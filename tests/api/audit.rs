@@ -8,7 +8,8 @@ use crate::helpers::{TestApp, TestResult, partners, request_id_of, spawn_app};
 
 const LOG: &str = "stepgate:{audit}:log";
 
-/// A trail with every kind of decision of this version: accepted, started, denied, auth_failed.
+/// A trail with every kind of record of this version: config_loaded, accepted, started,
+/// denied, auth_failed.
 async fn app_with_a_trail() -> TestResult<(TestApp, String)> {
     let app = spawn_app().await?;
     let idp = &partners().idp;
@@ -41,6 +42,7 @@ async fn app_with_a_trail() -> TestResult<(TestApp, String)> {
     assert_eq!(
         events,
         vec![
+            json!("config_loaded"),
             json!("accepted"),
             json!("started"),
             json!("denied"),
@@ -84,7 +86,7 @@ async fn entries(app: &TestApp) -> TestResult<Vec<(String, String, String)>> {
 async fn verify_passes_on_a_real_trail_with_the_public_key_alone() -> TestResult {
     let (app, token) = app_with_a_trail().await?;
     let (ok, text) = verify(&app, &[])?;
-    assert!(ok && text.contains("verified: 4 records"), "{text}");
+    assert!(ok && text.contains("verified: 5 records"), "{text}");
 
     let public_key = app.config_path.with_file_name("audit.pub");
     let (ok, text) = verify(&app, &["--public-key", &public_key.display().to_string()])?;
@@ -103,7 +105,7 @@ async fn verify_names_the_record_that_was_altered() -> TestResult {
     // Streams are append-only: rewrite the whole stream, same ids, one body changed.
     let _: () = redis::cmd("DEL").arg(LOG).query_async(&mut redis).await?;
     for (i, (id, body, sig)) in original.iter().enumerate() {
-        let body = if i == 2 {
+        let body = if i == 3 {
             body.replace("reporting-service", "billing-service")
         } else {
             body.clone()
@@ -121,7 +123,7 @@ async fn verify_names_the_record_that_was_altered() -> TestResult {
     let (ok, text) = verify(&app, &[])?;
     assert!(!ok, "{text}");
     assert!(
-        text.contains(&format!("record 3 (stream entry {})", original[2].0))
+        text.contains(&format!("record 4 (stream entry {})", original[3].0))
             && text.contains("signature"),
         "{text}"
     );
@@ -154,7 +156,7 @@ async fn verify_notices_records_cut_off_the_end() -> TestResult {
     let mut redis = app.redis.connection().await?;
     let _: u64 = redis::cmd("XDEL")
         .arg(LOG)
-        .arg(&original[3].0)
+        .arg(&original[4].0)
         .query_async(&mut redis)
         .await?;
     let (ok, text) = verify(&app, &[])?;

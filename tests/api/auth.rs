@@ -288,7 +288,7 @@ async fn every_forged_or_invalid_token_gets_401_and_an_audit_record() -> TestRes
         assert_refused(&app, case, token).await?;
     }
 
-    let records = app.audit_records().await?;
+    let records = app.decision_records().await?;
     let refusals: Vec<&Value> = records
         .iter()
         .filter(|r| r["event"] == "auth_failed")
@@ -378,7 +378,7 @@ async fn the_bearer_scheme_is_case_insensitive_and_single() -> TestResult {
         challenge.contains(r#"error="invalid_request""#),
         "{challenge}"
     );
-    let records = app.audit_records().await?;
+    let records = app.decision_records().await?;
     assert!(
         records.iter().any(|r| r["event"] == "auth_failed"
             && r["reason"]

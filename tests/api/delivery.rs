@@ -152,7 +152,7 @@ async fn an_execution_name_taken_with_another_input_fails_the_request() -> TestR
             .contains("different input"),
         "{status}"
     );
-    let records = app.audit_records().await?;
+    let records = app.decision_records().await?;
     assert!(
         records
             .iter()

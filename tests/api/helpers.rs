@@ -19,7 +19,6 @@ use aws_sdk_sfn::config::{BehaviorVersion, Credentials, Region};
 use serde::Deserialize;
 use serde_json::Value;
 use stepgate::audit::{AuditLog, AuditSigner};
-use stepgate::config::Config;
 use stepgate::startup::Application;
 use tokio_util::sync::CancellationToken;
 
@@ -552,6 +551,7 @@ fn config_text(redis: &RedisServer, arn: &str, dir: &Path, settings: &TestSettin
         r#"
 [server]
 listen = "127.0.0.1:0"
+config_poll_ms = 100
 
 [redis]
 url = "{redis}"
@@ -613,8 +613,7 @@ impl TestApp {
 
     /// Builds and starts stepgate from this app's configuration file.
     pub async fn start(&mut self) -> TestResult {
-        let config = Config::load(&self.config_path)?;
-        let app = Application::build(config).await?;
+        let app = Application::from_file(&self.config_path).await?;
         self.base = format!("http://{}", app.local_addr()?);
         self.audit = Some(app.audit_log());
         self.shutdown = CancellationToken::new();
@@ -717,6 +716,12 @@ impl TestApp {
             .collect()
     }
 
+    /// The audit records about requests (leaving out the configuration events).
+    pub async fn decision_records(&self) -> TestResult<Vec<Value>> {
+        let records = self.audit_records().await?;
+        Ok(records.into_iter().filter(|r| !r["event"].as_str().is_some_and(|e| e.starts_with("config_"))).collect())
+    }
+
     /// Runs the `stepgate` binary against this app's configuration.
     pub fn stepgate(&self, args: &[&str]) -> TestResult<std::process::Output> {
         Ok(Command::new(env!("CARGO_BIN_EXE_stepgate"))
@@ -734,6 +739,16 @@ pub async fn request_id_of(response: reqwest::Response) -> TestResult<String> {
         .as_str()
         .ok_or("no request_id in the answer")?
         .to_owned())
+}
+
+/// A child process killed when the test ends, however it ends.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// A response header as text ("" when absent).

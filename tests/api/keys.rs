@@ -198,7 +198,7 @@ async fn an_issuer_may_require_the_access_token_type_and_more_claims() -> TestRe
     );
 
     let reasons: Vec<String> = app
-        .audit_records()
+        .decision_records()
         .await?
         .iter()
         .filter(|r| r["event"] == "auth_failed")

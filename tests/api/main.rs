@@ -12,4 +12,5 @@ mod http;
 mod keys;
 mod outage;
 mod policy;
+mod reload;
 mod trigger;

@@ -37,7 +37,7 @@ claims = [{ path = "scope", glob = "*workflows:read*" }]
         app.trigger("orders", &broad, &json!({})).await?.status(),
         StatusCode::FORBIDDEN
     );
-    let records = app.audit_records().await?;
+    let records = app.decision_records().await?;
     let denied: Vec<&Value> = records.iter().filter(|r| r["event"] == "denied").collect();
     assert_eq!(denied.len(), 1);
     assert_eq!(denied[0]["reason"], "deny rule 0 matched");
@@ -260,7 +260,7 @@ clients = ["billing-service"]
     );
 
     let refusals: Vec<Value> = app
-        .audit_records()
+        .decision_records()
         .await?
         .into_iter()
         .filter(|r| r["event"] == "auth_failed")

@@ -40,7 +40,7 @@ async fn a_token_from_the_idp_starts_an_execution_with_exactly_the_callers_input
     assert_eq!(serde_json::from_str::<Value>(&started[0].1)?, input);
 
     let decisions: Vec<Value> = app
-        .audit_records()
+        .decision_records()
         .await?
         .into_iter()
         .map(|r| r["event"].clone())
@@ -120,7 +120,7 @@ async fn a_policy_denied_caller_gets_403_and_leaves_a_denied_record() -> TestRes
     assert_eq!(problem["code"], "insufficient_scope");
     assert_eq!(problem["status"], 403);
 
-    let records = app.audit_records().await?;
+    let records = app.decision_records().await?;
     assert_eq!(records.len(), 1);
     assert_eq!(records[0]["event"], "denied");
     assert_eq!(records[0]["workflow"], "orders");

@@ -19,6 +19,7 @@ use crate::http::error::{ApiError, Problem};
 use crate::http::extract::Caller;
 use crate::policy::{Decision, authorize};
 use crate::queue::{Enqueued, OneTimeToken, QueuedRequest, RequestState};
+use crate::runtime::Runtime;
 use crate::state::{AppState, Workflow};
 
 /// The trigger's body.
@@ -79,13 +80,13 @@ pub struct ExecutionAccepted {
 )]
 pub async fn create_execution(
     State(state): State<AppState>,
-    Caller(caller): Caller,
+    Caller(caller, runtime): Caller,
     Path(workflow): Path<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     // Authorize before reading the body: an unauthorized caller cannot make us buffer it.
-    let (workflow, rules) = authorize_trigger(&state, &caller, &workflow)?;
+    let (workflow, rules) = authorize_trigger(&state, &runtime, &caller, &workflow)?;
     if !is_json(&headers) {
         return Err(ApiError::UnsupportedMediaType);
     }
@@ -106,7 +107,7 @@ pub async fn create_execution(
     };
     let once = if rules.one_time_tokens {
         Some(
-            one_time_token(&state, &caller)
+            one_time_token(&runtime, &caller)
                 .inspect_err(|e| audit_refused_token(&state, &caller, &workflow, e))?,
         )
     } else {
@@ -143,14 +144,15 @@ pub async fn create_execution(
 }
 
 /// The workflow, if `caller` may trigger it. Unknown and forbidden look the same to callers.
-fn authorize_trigger<'s>(
-    state: &'s AppState,
+fn authorize_trigger<'r>(
+    state: &AppState,
+    runtime: &'r Runtime,
     caller: &Principal,
     raw: &str,
-) -> Result<(WorkflowName, &'s Workflow), ApiError> {
+) -> Result<(WorkflowName, &'r Workflow), ApiError> {
     let known = WorkflowName::parse(raw)
         .ok()
-        .and_then(|name| state.workflows.get(&name).map(|w| (name, w)));
+        .and_then(|name| runtime.workflows.get(&name).map(|w| (name, w)));
     let reason = match &known {
         Some((name, workflow)) => match authorize(caller, &workflow.policy) {
             Decision::Allowed { .. } => return Ok((name.clone(), *workflow)),
@@ -170,7 +172,7 @@ fn authorize_trigger<'s>(
 
 /// Identifies a one-time token by its issuer and `jti` (hashed: both are caller-chosen text),
 /// to be remembered as long as the token could still be presented.
-fn one_time_token(state: &AppState, caller: &Principal) -> Result<OneTimeToken, ApiError> {
+fn one_time_token(runtime: &Runtime, caller: &Principal) -> Result<OneTimeToken, ApiError> {
     let jti = caller
         .claims
         .get("jti")
@@ -184,7 +186,7 @@ fn one_time_token(state: &AppState, caller: &Principal) -> Result<OneTimeToken, 
     let now = time::OffsetDateTime::now_utc().unix_timestamp().max(0) as u64;
     Ok(OneTimeToken {
         id: sha256_hex(format!("{}\n{jti}", caller.issuer).as_bytes()),
-        ttl_seconds: exp.saturating_sub(now) + state.verifier.leeway(&caller.issuer),
+        ttl_seconds: exp.saturating_sub(now) + runtime.verifier.leeway(&caller.issuer),
     })
 }
 

@@ -57,7 +57,7 @@ pub async fn get_readiness(State(state): State<AppState>) -> Response {
         Err(_) => "unreachable: timed out".to_owned(),
     };
     checks.insert("redis".to_owned(), redis_check);
-    for issuer in state.verifier.issuers() {
+    for issuer in state.runtime().verifier.issuers() {
         let status = if issuer.keys.is_loaded() {
             "ok"
         } else {

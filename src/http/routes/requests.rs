@@ -62,11 +62,11 @@ pub struct RequestStatus {
 )]
 pub async fn get_request(
     State(state): State<AppState>,
-    Caller(caller): Caller,
+    Caller(caller, runtime): Caller,
     Path(raw): Path<String>,
 ) -> Result<Json<RequestStatus>, ApiError> {
     let id = RequestId::parse(&raw).map_err(|_| ApiError::NotFound)?;
-    if !state.workflows.contains_key(id.workflow()) {
+    if !runtime.workflows.contains_key(id.workflow()) {
         return Err(ApiError::NotFound);
     }
     let hash: HashMap<String, String> = state

@@ -1,7 +1,6 @@
 //! `GET /v1/workflows`: what the caller may trigger.
 
 use axum::Json;
-use axum::extract::State;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
@@ -9,7 +8,6 @@ use utoipa::ToSchema;
 use crate::http::error::{ApiError, Problem};
 use crate::http::extract::Caller;
 use crate::policy::{Decision, authorize};
-use crate::state::AppState;
 
 /// The workflows a caller may trigger.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -55,10 +53,9 @@ pub struct WorkflowSummary {
     security(("bearer" = []))
 )]
 pub async fn list_workflows(
-    State(state): State<AppState>,
-    Caller(caller): Caller,
+    Caller(caller, runtime): Caller,
 ) -> Result<Json<WorkflowList>, ApiError> {
-    let mut workflows: Vec<WorkflowSummary> = state
+    let mut workflows: Vec<WorkflowSummary> = runtime
         .workflows
         .iter()
         .filter(|(_, workflow)| {

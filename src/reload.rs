@@ -1,0 +1,141 @@
+//! Configuration reload: on SIGHUP, or when the file's content changes.
+//!
+//! Issuers and workflows (policies, input rules, state machines, the set of workflows) are
+//! replaced atomically: the new configuration is loaded and validated, new issuers' keys
+//! fetched and new workflows' queues prepared *before* it is installed. An invalid file, or
+//! one that changes sections only a restart can change (`server`, `redis`, `aws`, `worker`,
+//! `audit`, `log`), is refused with a clear log line and the running configuration stays.
+//! Every reload, installed or refused, is audited with the file's SHA-256.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::audit::record::sha256_hex;
+use crate::audit::{AuditEvent, EventKind};
+use crate::config::Config;
+use crate::queue::Keys;
+use crate::runtime::{KeyRefreshers, Runtime};
+use crate::state::AppState;
+use crate::worker::DrainTarget;
+
+/// Owns the running configuration and replaces it on request.
+pub struct Reloader {
+    pub path: PathBuf,
+    pub state: AppState,
+    pub http: reqwest::Client,
+    pub redis: ConnectionManager,
+    pub keys: Keys,
+    pub targets: watch::Sender<Vec<DrainTarget>>,
+    pub refreshers: KeyRefreshers,
+    /// The installed configuration, and the SHA-256 of the file content last looked at.
+    pub current: Config,
+    pub last_seen_sha256: String,
+}
+
+impl Reloader {
+    /// Reloads on SIGHUP, and whenever the file's content changes (checked every `poll`).
+    pub async fn run(mut self, poll: Duration, shutdown: CancellationToken) {
+        let mut hangup = hangup_signals();
+        let mut ticker = tokio::time::interval(if poll.is_zero() {
+            Duration::from_secs(3600)
+        } else {
+            poll
+        });
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                Some(()) = hangup.recv() => self.reload(&shutdown, true).await,
+                _ = ticker.tick(), if !poll.is_zero() => self.reload(&shutdown, false).await,
+            }
+        }
+    }
+
+    /// Reloads now. Without `forced`, only when the file's content changed since last seen.
+    pub async fn reload(&mut self, shutdown: &CancellationToken, forced: bool) {
+        let text = match tokio::fs::read_to_string(&self.path).await {
+            Ok(text) => text,
+            Err(e) => {
+                if forced {
+                    self.refused(None, format!("cannot read {}: {e}", self.path.display()));
+                }
+                return;
+            }
+        };
+        let sha256 = sha256_hex(text.as_bytes());
+        if !forced && sha256 == self.last_seen_sha256 {
+            return;
+        }
+        self.last_seen_sha256.clone_from(&sha256);
+        match self.install(&text, &sha256, shutdown).await {
+            Ok(workflows) => {
+                tracing::info!(config.sha256 = %sha256, workflows, "configuration reloaded");
+                let mut event = AuditEvent::now(EventKind::ConfigReloaded);
+                event.config_sha256 = Some(sha256);
+                self.state.audit.record(event);
+            }
+            Err(reason) => self.refused(Some(sha256), reason),
+        }
+    }
+
+    async fn install(
+        &mut self,
+        text: &str,
+        sha256: &str,
+        shutdown: &CancellationToken,
+    ) -> Result<usize, String> {
+        let config = Config::with_environment(text).map_err(|e| e.to_string())?;
+        let restart_only = self.current.restart_only_changes(&config);
+        if !restart_only.is_empty() {
+            return Err(format!(
+                "changes to [{}] need a restart",
+                restart_only.join("], [")
+            ));
+        }
+        let previous = self.state.runtime();
+        let runtime = Runtime::build(&config, &self.http, sha256.to_owned(), Some(&previous))
+            .await
+            .map_err(|e| format!("{e:#}"))?;
+        let names: Vec<_> = runtime.workflows.keys().cloned().collect();
+        crate::migrations::apply(&mut self.redis.clone(), &self.keys, &names)
+            .await
+            .map_err(|e| format!("cannot prepare the workflows' queues: {e}"))?;
+        let runtime = Arc::new(runtime);
+        self.state.install(Arc::clone(&runtime));
+        self.targets.send_replace(runtime.drain_targets());
+        self.refreshers.follow(&runtime, shutdown);
+        self.current = config;
+        Ok(runtime.workflows.len())
+    }
+
+    fn refused(&self, sha256: Option<String>, reason: String) {
+        tracing::error!(config.sha256 = sha256.as_deref().unwrap_or("-"), %reason, "configuration reload refused; the running configuration stays");
+        let mut event = AuditEvent::now(EventKind::ConfigRefused);
+        event.config_sha256 = sha256;
+        event.reason = Some(reason);
+        self.state.audit.record(event);
+    }
+}
+
+/// SIGHUP as a stream of `()`; never yields where there is no such signal.
+fn hangup_signals() -> tokio::sync::mpsc::Receiver<()> {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    #[cfg(unix)]
+    if let Ok(mut signal) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        tokio::spawn(async move {
+            while signal.recv().await.is_some() {
+                if tx.send(()).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    drop(tx);
+    rx
+}

@@ -1,0 +1,231 @@
+//! Configuration reloads: installed atomically without a restart, or refused with the
+//! running configuration kept; audited either way with the file's SHA-256.
+
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::helpers::{
+    RedisServer, TestApp, TestResult, TestSettings, eventually, partners, spawn_app_with,
+};
+
+const LET_REPORTING_IN: &str = r#"
+[[workflows.orders.allow]]
+clients = ["reporting-service"]
+"#;
+
+fn file_sha256(app: &TestApp) -> TestResult<String> {
+    Ok(hex::encode(Sha256::digest(std::fs::read(
+        &app.config_path,
+    )?)))
+}
+
+async fn config_events(app: &TestApp) -> TestResult<Vec<Value>> {
+    Ok(app
+        .audit_records()
+        .await?
+        .into_iter()
+        .filter(|r| {
+            r["event"]
+                .as_str()
+                .is_some_and(|e| e.starts_with("config_"))
+        })
+        .collect())
+}
+
+async fn wait_for_config_event(app: &TestApp, count: usize) -> Vec<Value> {
+    eventually(
+        Duration::from_secs(10),
+        "the reload to be audited",
+        || async {
+            let events = config_events(app).await.ok()?;
+            (events.len() >= count).then_some(events)
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_changed_policy_is_installed_without_a_restart_and_audited() -> TestResult {
+    let app = spawn_app_with(
+        RedisServer::start(),
+        TestSettings {
+            worker_enabled: false,
+            ..TestSettings::default()
+        },
+    )
+    .await?;
+    let reporting = partners().idp.denied_token().await?;
+    assert_eq!(
+        app.trigger("orders", &reporting, &json!({}))
+            .await?
+            .status(),
+        StatusCode::FORBIDDEN
+    );
+    let started_with = file_sha256(&app)?;
+
+    app.reconfigure(&TestSettings {
+        worker_enabled: false,
+        extra_toml: LET_REPORTING_IN.into(),
+        ..TestSettings::default()
+    })?;
+    let events = wait_for_config_event(&app, 2).await;
+    assert_eq!(events[0]["event"], "config_loaded");
+    assert_eq!(events[0]["config_sha256"], started_with.as_str());
+    assert_eq!(events[1]["event"], "config_reloaded");
+    assert_eq!(events[1]["config_sha256"], file_sha256(&app)?.as_str());
+    assert_eq!(
+        app.trigger("orders", &reporting, &json!({}))
+            .await?
+            .status(),
+        StatusCode::ACCEPTED
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_invalid_or_restart_only_change_is_refused_and_the_running_config_stays() -> TestResult {
+    let app = spawn_app_with(
+        RedisServer::start(),
+        TestSettings {
+            worker_enabled: false,
+            ..TestSettings::default()
+        },
+    )
+    .await?;
+    let billing = partners().idp.billing_token().await?;
+    let original = std::fs::read_to_string(&app.config_path)?;
+
+    std::fs::write(
+        &app.config_path,
+        original.replace(":stateMachine:", ":activity:"),
+    )?;
+    let events = wait_for_config_event(&app, 2).await;
+    assert_eq!(events[1]["event"], "config_refused");
+    assert_eq!(events[1]["config_sha256"], file_sha256(&app)?.as_str());
+    assert!(
+        events[1]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("`workflows.orders.state_machine_arn`")),
+        "{}",
+        events[1]
+    );
+    assert_eq!(
+        app.trigger("orders", &billing, &json!({})).await?.status(),
+        StatusCode::ACCEPTED,
+        "still serving"
+    );
+
+    std::fs::write(
+        &app.config_path,
+        original.replace("block_ms = 500", "block_ms = 600"),
+    )?;
+    let events = wait_for_config_event(&app, 3).await;
+    assert_eq!(events[2]["event"], "config_refused");
+    assert_eq!(events[2]["reason"], "changes to [worker] need a restart");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_workflow_added_by_a_reload_is_served_by_the_drain() -> TestResult {
+    let app = spawn_app_with(RedisServer::start(), TestSettings::default()).await?;
+    let billing = partners().idp.billing_token().await?;
+    let refunds = r#"
+[workflows.refunds]
+state_machine_arn = "$STATE_MACHINE_ARN"
+[[workflows.refunds.allow]]
+clients = ["billing-service"]
+"#;
+    assert_eq!(
+        app.trigger("refunds", &billing, &json!({})).await?.status(),
+        StatusCode::FORBIDDEN
+    );
+    app.reconfigure(&TestSettings {
+        extra_toml: refunds.into(),
+        ..TestSettings::default()
+    })?;
+    wait_for_config_event(&app, 2).await;
+
+    let request_id = app.accept(&billing, &json!({"refund": 1})).await;
+    assert!(request_id.is_ok(), "orders still works");
+    let response = app
+        .trigger("refunds", &billing, &json!({"input": {"refund": 2}}))
+        .await?;
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let request_id = crate::helpers::request_id_of(response).await?;
+    let status = app.settled_status(&request_id, &billing).await;
+    assert_eq!(
+        status["status"], "started",
+        "the new workflow's queue is drained: {status}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn sighup_reloads_a_running_stepgate_process() -> TestResult {
+    let app = spawn_app_with(
+        RedisServer::start(),
+        TestSettings {
+            worker_enabled: false,
+            ..TestSettings::default()
+        },
+    )
+    .await?;
+    // A second, real process on the same Redis, reloading only on SIGHUP.
+    let port = crate::helpers::free_port();
+    let config = app.config_path.with_file_name("process.toml");
+    let text = std::fs::read_to_string(&app.config_path)?
+        .replace(
+            "listen = \"127.0.0.1:0\"",
+            &format!("listen = \"127.0.0.1:{port}\""),
+        )
+        .replace("config_poll_ms = 100", "config_poll_ms = 0");
+    std::fs::write(&config, &text)?;
+    let process = crate::helpers::KillOnDrop(
+        std::process::Command::new(env!("CARGO_BIN_EXE_stepgate"))
+            .args(["serve", "--config"])
+            .arg(&config)
+            .stderr(std::process::Stdio::null())
+            .spawn()?,
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let reporting = partners().idp.denied_token().await?;
+    let trigger = || {
+        http.post(format!("{base}/v1/workflows/orders/executions"))
+            .bearer_auth(&reporting)
+            .json(&json!({}))
+            .send()
+    };
+    let started = Instant::now();
+    let first = loop {
+        if let Ok(response) = trigger().await {
+            break response.status();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "stepgate serve did not come up"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(first, StatusCode::FORBIDDEN);
+
+    std::fs::write(&config, format!("{text}{LET_REPORTING_IN}"))?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        trigger().await?.status(),
+        StatusCode::FORBIDDEN,
+        "no polling: the file alone changes nothing"
+    );
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &process.0.id().to_string()])
+        .status()?;
+    assert!(hup.success());
+    eventually(Duration::from_secs(10), "the SIGHUP reload", || async {
+        (trigger().await.ok()?.status() == StatusCode::ACCEPTED).then_some(())
+    })
+    .await;
+    Ok(())
+}
