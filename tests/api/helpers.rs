@@ -517,6 +517,18 @@ pub async fn spawn_app() -> TestResult<TestApp> {
     spawn_app_with(RedisServer::start(), TestSettings::default()).await
 }
 
+/// An app whose drain is off: accepted requests stay queued.
+pub async fn spawn_app_without_drain() -> TestResult<TestApp> {
+    spawn_app_with(
+        RedisServer::start(),
+        TestSettings {
+            worker_enabled: false,
+            ..TestSettings::default()
+        },
+    )
+    .await
+}
+
 pub async fn spawn_app_with(redis: RedisServer, settings: TestSettings) -> TestResult<TestApp> {
     let sfn = sfn_client().await;
     let state_machine_arn = create_state_machine(&sfn).await?;
@@ -719,7 +731,14 @@ impl TestApp {
     /// The audit records about requests (leaving out the configuration events).
     pub async fn decision_records(&self) -> TestResult<Vec<Value>> {
         let records = self.audit_records().await?;
-        Ok(records.into_iter().filter(|r| !r["event"].as_str().is_some_and(|e| e.starts_with("config_"))).collect())
+        Ok(records
+            .into_iter()
+            .filter(|r| {
+                !r["event"]
+                    .as_str()
+                    .is_some_and(|e| e.starts_with("config_"))
+            })
+            .collect())
     }
 
     /// Runs the `stepgate` binary against this app's configuration.

@@ -9,6 +9,7 @@ use sha2::{Digest, Sha256};
 
 use crate::helpers::{
     RedisServer, TestApp, TestResult, TestSettings, eventually, partners, spawn_app_with,
+    spawn_app_without_drain,
 };
 
 const LET_REPORTING_IN: &str = r#"
@@ -49,14 +50,7 @@ async fn wait_for_config_event(app: &TestApp, count: usize) -> Vec<Value> {
 
 #[tokio::test]
 async fn a_changed_policy_is_installed_without_a_restart_and_audited() -> TestResult {
-    let app = spawn_app_with(
-        RedisServer::start(),
-        TestSettings {
-            worker_enabled: false,
-            ..TestSettings::default()
-        },
-    )
-    .await?;
+    let app = spawn_app_without_drain().await?;
     let reporting = partners().idp.denied_token().await?;
     assert_eq!(
         app.trigger("orders", &reporting, &json!({}))
@@ -87,14 +81,7 @@ async fn a_changed_policy_is_installed_without_a_restart_and_audited() -> TestRe
 
 #[tokio::test]
 async fn an_invalid_or_restart_only_change_is_refused_and_the_running_config_stays() -> TestResult {
-    let app = spawn_app_with(
-        RedisServer::start(),
-        TestSettings {
-            worker_enabled: false,
-            ..TestSettings::default()
-        },
-    )
-    .await?;
+    let app = spawn_app_without_drain().await?;
     let billing = partners().idp.billing_token().await?;
     let original = std::fs::read_to_string(&app.config_path)?;
 
@@ -165,14 +152,7 @@ clients = ["billing-service"]
 
 #[tokio::test]
 async fn sighup_reloads_a_running_stepgate_process() -> TestResult {
-    let app = spawn_app_with(
-        RedisServer::start(),
-        TestSettings {
-            worker_enabled: false,
-            ..TestSettings::default()
-        },
-    )
-    .await?;
+    let app = spawn_app_without_drain().await?;
     // A second, real process on the same Redis, reloading only on SIGHUP.
     let port = crate::helpers::free_port();
     let config = app.config_path.with_file_name("process.toml");
