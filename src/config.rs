@@ -232,6 +232,19 @@ pub struct IssuerConfig {
     /// Claims a token must carry beyond `exp`, `iss`, `aud` and `sub`.
     #[serde(default)]
     pub required_claims: Vec<String>,
+    /// Accept this issuer's opaque (non-JWT) tokens, verified by RFC 7662 introspection.
+    pub introspection: Option<IntrospectionConfig>,
+}
+
+/// `introspection = { client_id = "stepgate", client_secret = "…" }` of an issuer.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct IntrospectionConfig {
+    /// stepgate's own client at the issuer.
+    pub client_id: String,
+    pub client_secret: Secret,
+    /// Default: the discovery document's `introspection_endpoint`.
+    pub endpoint: Option<String>,
 }
 
 fn default_refresh_min() -> u64 {

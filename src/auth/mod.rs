@@ -1,5 +1,6 @@
 //! Authentication: OIDC access tokens verified against the trusted issuers' keys.
 
+pub mod introspection;
 pub mod jwks;
 pub mod principal;
 pub mod token_cache;

@@ -23,6 +23,7 @@ use jsonwebtoken::{Algorithm, Header, Validation, decode, decode_header};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
+use super::introspection::{self, INTROSPECTION_TIMEOUT, Introspector};
 use super::jwks::{KeyCache, RefreshPolicy};
 use super::principal::Principal;
 use super::token_cache::{CachedToken, TokenCache};
@@ -56,6 +57,10 @@ pub enum AuthError {
     UnknownKey,
     #[error("the issuer's keys are not available")]
     KeysUnavailable,
+    #[error("token is not active (introspection)")]
+    Inactive,
+    #[error("token introspection failed: {0}")]
+    IntrospectionFailed(String),
     #[error("one-time token has no jti")]
     NoTokenId,
     #[error("one-time token was used before")]
@@ -67,14 +72,18 @@ pub enum AuthError {
 impl AuthError {
     /// Whether the failure is ours (keys not loaded), not the token's.
     pub fn is_unavailable(&self) -> bool {
-        matches!(self, AuthError::KeysUnavailable)
+        matches!(
+            self,
+            AuthError::KeysUnavailable | AuthError::IntrospectionFailed(_)
+        )
     }
 }
 
-/// One trusted issuer: its settings and its keys.
+/// One trusted issuer: its settings, its keys, and how to introspect its opaque tokens.
 pub struct TrustedIssuer {
     pub config: IssuerConfig,
     pub keys: KeyCache,
+    pub introspector: Option<Introspector>,
 }
 
 /// Verifies access tokens against the configured issuers.
@@ -124,11 +133,16 @@ impl Verifier {
                     .map_err(|e| format!("issuers[{i}].jwks_inline: {e}"))?,
                 (None, None) => KeyCache::discovered(issuer, http.clone(), policy),
             };
+            let introspector = config
+                .introspection
+                .clone()
+                .map(|i| Introspector::new(config, i, http.clone()));
             issuers.insert(
                 config.issuer.clone(),
                 Arc::new(TrustedIssuer {
                     config: config.clone(),
                     keys,
+                    introspector,
                 }),
             );
         }
@@ -166,7 +180,9 @@ impl Verifier {
             }
             self.cache.remove(&digest);
         }
-        let header = decode_header(token).map_err(|_| AuthError::Malformed)?;
+        let Ok(header) = decode_header(token) else {
+            return self.verify_opaque(token, digest, now).await;
+        };
         if header.crit.is_some() {
             return Err(AuthError::CriticalHeader);
         }
@@ -213,6 +229,65 @@ impl Verifier {
             self.cache.insert(digest, entry, now);
         }
         Ok(principal)
+    }
+}
+
+impl Verifier {
+    /// A token that is not a JWS: an opaque token, if an issuer introspects them.
+    async fn verify_opaque(
+        &self,
+        token: &str,
+        digest: [u8; 32],
+        now: u64,
+    ) -> Result<Arc<Principal>, AuthError> {
+        let mut introspecting = Vec::new();
+        for issuer in self.issuers.values() {
+            if let Some(introspector) = &issuer.introspector {
+                introspecting.push((issuer, introspector));
+            }
+        }
+        if introspecting.is_empty() {
+            return Err(AuthError::Malformed);
+        }
+        for (issuer, introspector) in introspecting {
+            let answer =
+                tokio::time::timeout(INTROSPECTION_TIMEOUT, introspector.introspect(token))
+                    .await
+                    .map_err(|_| AuthError::IntrospectionFailed("timed out".into()))??;
+            let Some(mut claims) = answer else { continue };
+            let expires_at = introspection::check_claims(&issuer.config, &claims, now)?;
+            claims.remove("active");
+            // Client-credentials tokens often have no `sub`: the client is the subject (RFC 9068 §2.2).
+            if !claims.contains_key("sub")
+                && let Some(client) = claims.get("client_id").cloned()
+            {
+                claims.insert("sub".into(), client);
+            }
+            if let Some(missing) = issuer
+                .config
+                .required_claims
+                .iter()
+                .find(|c| !claims.contains_key(c.as_str()))
+            {
+                return Err(AuthError::Rejected(format!("missing claim {missing}")));
+            }
+            let principal = Arc::new(Principal::from_claims(
+                issuer.config.issuer.clone(),
+                claims,
+                hex::encode(digest),
+            ));
+            self.cache.insert(
+                digest,
+                CachedToken {
+                    principal: Arc::clone(&principal),
+                    expires_at,
+                    kid: None,
+                },
+                now,
+            );
+            return Ok(principal);
+        }
+        Err(AuthError::Inactive)
     }
 }
 

@@ -25,6 +25,8 @@ use tokio_util::sync::CancellationToken;
 pub type TestResult<T = ()> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 pub const AUDIENCE: &str = "https://stepgate.local";
+/// Tokens for this audience are opaque (verified by introspection).
+pub const OPAQUE_AUDIENCE: &str = "https://stepgate-opaque.local";
 pub const REGION: &str = "us-east-1";
 pub const ROLE_ARN: &str = "arn:aws:iam::123456789012:role/sfn";
 
@@ -292,7 +294,8 @@ impl Drop for OwnIdp {
 /// The identity provider's clients.
 pub const CLIENTS: &str = r#"[
     {"client_id": "billing-service", "client_secret": "billing-secret", "scope": "workflows:trigger workflows:read"},
-    {"client_id": "reporting-service", "client_secret": "reporting-secret", "scope": "workflows:read"}
+    {"client_id": "reporting-service", "client_secret": "reporting-secret", "scope": "workflows:read"},
+    {"client_id": "stepgate", "client_secret": "stepgate-secret", "scope": "workflows:read"}
 ]"#;
 
 pub fn partners() -> &'static Partners {
@@ -349,6 +352,10 @@ fn spawn_idp(port: u16, key_pem: Option<&str>) -> Result<(Idp, Child), String> {
         .env(
             "IDP_AUDIENCES",
             serde_json::json!([AUDIENCE, "https://other-service.local"]).to_string(),
+        )
+        .env(
+            "IDP_OPAQUE_AUDIENCES",
+            serde_json::json!([OPAQUE_AUDIENCE, "https://opaque-other.local"]).to_string(),
         )
         .env("IDP_PARENT_PID", std::process::id().to_string())
         .stdout(Stdio::piped())
@@ -480,6 +487,8 @@ pub struct TestSettings {
     pub sfn_endpoint: Option<String>,
     /// The trusted issuer (default: the shared IdP).
     pub issuer: Option<String>,
+    /// The issuer's accepted audiences (default: [`AUDIENCE`]).
+    pub audiences: Vec<String>,
     /// Extra TOML inside the `[[issuers]]` table.
     pub issuer_toml: String,
     /// Extra TOML appended to the configuration (`$STATE_MACHINE_ARN` is replaced).
@@ -492,6 +501,7 @@ impl Default for TestSettings {
             worker_enabled: true,
             sfn_endpoint: None,
             issuer: None,
+            audiences: vec![AUDIENCE.to_owned()],
             issuer_toml: String::new(),
             extra_toml: String::new(),
         }
@@ -591,7 +601,7 @@ level = "warn"
 
 [[issuers]]
 issuer = "{issuer}"
-audiences = ["{AUDIENCE}"]
+audiences = {audiences}
 {issuer_toml}
 
 [workflows.orders]
@@ -605,6 +615,7 @@ scopes = ["workflows:trigger"]
         worker = settings.worker_enabled,
         key = dir.join("audit.key").display(),
         issuer = settings.issuer.as_deref().unwrap_or(&partners.idp.issuer),
+        audiences = serde_json::json!(settings.audiences),
         issuer_toml = settings.issuer_toml,
         extra = settings.extra_toml.replace("$STATE_MACHINE_ARN", arn),
     )

@@ -7,7 +7,8 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    AUDIENCE, OwnIdp, RedisServer, TestApp, TestResult, TestSettings, spawn_app_with,
+    AUDIENCE, OPAQUE_AUDIENCE, OwnIdp, RedisServer, TestApp, TestResult, TestSettings,
+    spawn_app_with,
 };
 
 fn now() -> i64 {
@@ -230,6 +231,94 @@ async fn keys_are_not_taken_from_a_discovery_document_naming_another_issuer() ->
     assert_eq!(
         body["checks"][format!("issuer {}/", idp.idp.issuer)],
         "signing keys not loaded"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn opaque_tokens_are_verified_by_introspection_and_cached_while_they_live() -> TestResult {
+    let mut idp = OwnIdp::start();
+    let settings = TestSettings {
+        worker_enabled: false,
+        issuer: Some(idp.idp.issuer.clone()),
+        audiences: vec![AUDIENCE.to_owned(), OPAQUE_AUDIENCE.to_owned()],
+        issuer_toml:
+            r#"introspection = { client_id = "stepgate", client_secret = "stepgate-secret" }"#
+                .into(),
+        ..TestSettings::default()
+    };
+    let app = spawn_app_with(RedisServer::start(), settings).await?;
+    let opaque = idp
+        .idp
+        .token_for(
+            "billing-service",
+            "billing-secret",
+            "workflows:trigger",
+            OPAQUE_AUDIENCE,
+        )
+        .await?;
+    assert_eq!(
+        opaque.split('.').count(),
+        1,
+        "an opaque token, not a JWT: {opaque}"
+    );
+
+    let response = app
+        .trigger("orders", &opaque, &json!({"input": {}}))
+        .await?;
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let request_id = crate::helpers::request_id_of(response).await?;
+    let status: Value = app
+        .request_status(&request_id, &opaque)
+        .await?
+        .json()
+        .await?;
+    assert_eq!(
+        status["status"], "queued",
+        "the client is the subject that owns the request"
+    );
+
+    let other_audience = idp
+        .idp
+        .token_for(
+            "billing-service",
+            "billing-secret",
+            "workflows:trigger",
+            "https://opaque-other.local",
+        )
+        .await?;
+    assert_eq!(
+        status_of(&app, &other_audience).await?,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        status_of(&app, "made-up-opaque-token").await?,
+        StatusCode::UNAUTHORIZED
+    );
+
+    // While the token lives its introspection answer is cached: the IdP may go away.
+    idp.stop();
+    assert_eq!(status_of(&app, &opaque).await?, StatusCode::ACCEPTED);
+    // A token never seen cannot be checked now: that is our problem, not the caller's.
+    let response = app
+        .trigger("orders", "another-opaque-token", &json!({}))
+        .await?;
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(response.headers().contains_key("retry-after"));
+
+    let reasons: Vec<String> = app
+        .decision_records()
+        .await?
+        .iter()
+        .filter(|r| r["event"] == "auth_failed")
+        .filter_map(|r| r["reason"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(
+        reasons[..2],
+        [
+            "token rejected: wrong audience",
+            "token is not active (introspection)"
+        ]
     );
     Ok(())
 }

@@ -5,6 +5,7 @@
 //   IDP_PORT        port to listen on (0 = any free port; the chosen one is reported)
 //   IDP_CLIENTS     JSON array of {client_id, client_secret, scope}
 //   IDP_AUDIENCES   JSON array of resource indicators (audiences); the first is the default
+//   IDP_OPAQUE_AUDIENCES  JSON array of audiences that get opaque tokens (RFC 7662 introspection)
 //   IDP_KEY_PEM     PKCS#1 RSA private key to sign with (generated when absent, so tests
 //                   never share the library's well-known development key)
 //   IDP_PARENT_PID  exit when this process is gone (tests start the IdP and may not stop it)
@@ -25,6 +26,7 @@ const clients = JSON.parse(process.env.IDP_CLIENTS ?? '[]').map((c) => ({
   scope: c.scope,
 }));
 const audiences = JSON.parse(process.env.IDP_AUDIENCES ?? '["https://stepgate.local"]');
+const opaqueAudiences = JSON.parse(process.env.IDP_OPAQUE_AUDIENCES ?? '[]');
 const allScopes = [...new Set(clients.flatMap((c) => (c.scope ?? '').split(' ').filter(Boolean)))];
 
 const privateKey = process.env.IDP_KEY_PEM
@@ -49,16 +51,19 @@ server.listen(Number(process.env.IDP_PORT ?? 0), '127.0.0.1', () => {
     features: {
       devInteractions: { enabled: false },
       clientCredentials: { enabled: true },
+      introspection: { enabled: true },
       resourceIndicators: {
         enabled: true,
         defaultResource: () => audiences[0],
         useGrantedResource: () => true,
         getResourceServerInfo: (_ctx, resource) => {
-          if (!audiences.includes(resource)) throw new Error(`unknown resource ${resource}`);
+          if (!audiences.includes(resource) && !opaqueAudiences.includes(resource)) {
+            throw new Error(`unknown resource ${resource}`);
+          }
           return {
             scope: allScopes.join(' '),
             audience: resource,
-            accessTokenFormat: 'jwt',
+            accessTokenFormat: opaqueAudiences.includes(resource) ? 'opaque' : 'jwt',
             accessTokenTTL: 600,
             jwt: { sign: { alg: 'RS256' } },
           };
@@ -79,6 +84,10 @@ server.listen(Number(process.env.IDP_PORT ?? 0), '127.0.0.1', () => {
     issuer, kid, private_key_pem: privatePem, public_key_pem: publicPem,
     attacker_private_key_pem: attackerPem, attacker_jwk: attackerJwk,
   }));
+  // Standard output carries only the ready line: whoever started us may stop reading it
+  // (a write then fails with EPIPE), so the provider's own notices go to standard error.
+  console.log = console.info = console.error;
+  process.stdout.on('error', () => {});
 });
 
 const parent = Number(process.env.IDP_PARENT_PID ?? 0);
