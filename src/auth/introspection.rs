@@ -171,9 +171,13 @@ mod tests {
             json!({"active": true, "aud": ["https://stepgate"]}),
             json!({"active": true, "aud": ["x", "https://stepgate"], "exp": 1_000, "nbf": 990}),
         ] {
-            assert!(check_claims(&issuer, &claims(bad.clone()), 900).is_err(), "{bad}");
+            assert!(
+                check_claims(&issuer, &claims(bad.clone()), 900).is_err(),
+                "{bad}"
+            );
         }
-        let within_leeway = json!({"active": true, "aud": ["x", "https://stepgate"], "exp": 1_000, "nbf": 920});
+        let within_leeway =
+            json!({"active": true, "aud": ["x", "https://stepgate"], "exp": 1_000, "nbf": 920});
         assert!(check_claims(&issuer, &claims(within_leeway), 900).is_ok());
         Ok(())
     }

@@ -208,14 +208,7 @@ impl Verifier {
             decode::<Map<String, Value>>(token, &key.key, &validation(&issuer.config, header.alg))
                 .map_err(|e| AuthError::Rejected(rejection_reason(e.kind())))?
                 .claims;
-        if let Some(missing) = issuer
-            .config
-            .required_claims
-            .iter()
-            .find(|c| !claims.contains_key(c.as_str()))
-        {
-            return Err(AuthError::Rejected(format!("missing claim {missing}")));
-        }
+        require_claims(&issuer.config, &claims)?;
         let expires_at = claims
             .get("exp")
             .and_then(|exp| exp.as_u64().or_else(|| exp.as_f64().map(|f| f as u64)));
@@ -263,14 +256,7 @@ impl Verifier {
             {
                 claims.insert("sub".into(), client);
             }
-            if let Some(missing) = issuer
-                .config
-                .required_claims
-                .iter()
-                .find(|c| !claims.contains_key(c.as_str()))
-            {
-                return Err(AuthError::Rejected(format!("missing claim {missing}")));
-            }
+            require_claims(&issuer.config, &claims)?;
             let principal = Arc::new(Principal::from_claims(
                 issuer.config.issuer.clone(),
                 claims,
@@ -288,6 +274,18 @@ impl Verifier {
             return Ok(principal);
         }
         Err(AuthError::Inactive)
+    }
+}
+
+/// The claims the issuer's configuration requires beyond the standard ones.
+fn require_claims(issuer: &IssuerConfig, claims: &Map<String, Value>) -> Result<(), AuthError> {
+    match issuer
+        .required_claims
+        .iter()
+        .find(|c| !claims.contains_key(c.as_str()))
+    {
+        Some(missing) => Err(AuthError::Rejected(format!("missing claim {missing}"))),
+        None => Ok(()),
     }
 }
 
