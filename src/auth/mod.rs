@@ -8,4 +8,6 @@ pub mod unverified;
 pub mod verifier;
 
 pub use principal::Principal;
+/// The HTTP client the verifier fetches keys and introspects with.
+pub use reqwest::Client as HttpClient;
 pub use verifier::{AuthError, Verifier};

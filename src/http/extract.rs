@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::HeaderValue;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 
@@ -26,7 +27,7 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let token = match bearer_token(parts) {
+        let token = match bearer_token(parts.headers.get_all(AUTHORIZATION).iter()) {
             Ok(token) => token,
             Err(e) => {
                 audit_refusal(state, parts, None, &e.to_string());
@@ -45,10 +46,12 @@ impl FromRequestParts<AppState> for Caller {
     }
 }
 
-/// The token of the one `Authorization: Bearer` header (RFC 6750 §2.1; the scheme name is
-/// case-insensitive). Two `Authorization` headers are a malformed request.
-fn bearer_token(parts: &Parts) -> Result<&str, ApiError> {
-    let mut values = parts.headers.get_all(AUTHORIZATION).iter();
+/// The token of the one `Authorization: Bearer` header among `values` (RFC 6750 §2.1; the
+/// scheme name is case-insensitive). Two `Authorization` headers are a malformed request;
+/// another scheme, or none, carries no bearer credentials.
+pub fn bearer_token<'a>(
+    mut values: impl Iterator<Item = &'a HeaderValue>,
+) -> Result<&'a str, ApiError> {
     let value = values.next().ok_or(ApiError::MissingToken)?;
     if values.next().is_some() {
         return Err(ApiError::MalformedAuthorization(
@@ -60,7 +63,6 @@ fn bearer_token(parts: &Parts) -> Result<&str, ApiError> {
         .map_err(|_| ApiError::MalformedAuthorization("not ASCII"))?;
     let (scheme, token) = value.split_once(' ').ok_or(ApiError::MissingToken)?;
     if !scheme.eq_ignore_ascii_case("bearer") {
-        // Another scheme carries no bearer credentials.
         return Err(ApiError::MissingToken);
     }
     let token = token.trim_start_matches(' ');

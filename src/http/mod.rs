@@ -16,6 +16,7 @@ use tower_http::trace::TraceLayer;
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::state::AppState;
+pub use axum::http::HeaderValue;
 use error::ApiError;
 
 /// The whole application router: the API, `/openapi.json` and the Swagger UI at `/docs`.

@@ -29,7 +29,7 @@ use crate::state::{AppState, Workflow};
 pub struct CreateExecution {
     /// The execution's input: any JSON value, passed to Step Functions byte for byte.
     /// Defaults to `{}`.
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<serde_json::Value>)]
     pub input: Option<Box<RawValue>>,
 }
 
