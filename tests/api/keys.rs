@@ -322,3 +322,58 @@ async fn opaque_tokens_are_verified_by_introspection_and_cached_while_they_live(
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn several_issuers_are_trusted_at_once_and_rules_can_tell_them_apart() -> TestResult {
+    let second = OwnIdp::start();
+    let extra_toml = format!(
+        r#"
+[[issuers]]
+issuer = "{issuer}"
+audiences = ["{AUDIENCE}"]
+
+[[workflows.orders.deny]]
+issuer = "{issuer}"
+scopes = ["workflows:read"]
+"#,
+        issuer = second.idp.issuer
+    );
+    let settings = TestSettings {
+        worker_enabled: false,
+        extra_toml,
+        ..TestSettings::default()
+    };
+    let app = spawn_app_with(RedisServer::start(), settings).await?;
+    let first = &crate::helpers::partners().idp;
+
+    assert_eq!(
+        status_of(&app, &first.billing_token().await?).await?,
+        StatusCode::ACCEPTED
+    );
+    assert_eq!(
+        status_of(&app, &second.idp.billing_token().await?).await?,
+        StatusCode::ACCEPTED
+    );
+    // The same scopes from the first issuer pass; from the second, the deny rule matches.
+    const BROAD: &str = "workflows:trigger workflows:read";
+    let from_first = first
+        .token("billing-service", "billing-secret", BROAD)
+        .await?;
+    let from_second = second
+        .idp
+        .token("billing-service", "billing-secret", BROAD)
+        .await?;
+    assert_eq!(status_of(&app, &from_first).await?, StatusCode::ACCEPTED);
+    assert_eq!(status_of(&app, &from_second).await?, StatusCode::FORBIDDEN);
+    // A token of one issuer under the other's name does not verify.
+    let forged = {
+        let key = EncodingKey::from_rsa_pem(first.private_key_pem.as_bytes())?;
+        let claims = json!({"iss": second.idp.issuer, "aud": AUDIENCE, "sub": "billing-service",
+                            "client_id": "billing-service", "exp": now() + 300});
+        let mut header = Header::new(Algorithm::RS256);
+        header.kid = Some(first.kid.clone());
+        encode(&header, &claims, &key)?
+    };
+    assert_eq!(status_of(&app, &forged).await?, StatusCode::UNAUTHORIZED);
+    Ok(())
+}
