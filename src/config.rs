@@ -293,6 +293,29 @@ pub struct WorkflowConfig {
     /// until the token expires. Tokens without `jti` are refused.
     #[serde(default)]
     pub one_time_tokens: bool,
+    /// Admission limits of this workflow.
+    #[serde(default)]
+    pub rate_limits: WorkflowRateLimits,
+    /// Entries waiting in the queue at most; beyond, admission answers 503 (backpressure).
+    pub max_backlog: Option<u64>,
+}
+
+/// `[workflows.<name>.rate_limits]`
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct WorkflowRateLimits {
+    /// All callers of this workflow together.
+    pub workflow: Option<Rate>,
+    /// Each caller (issuer and subject) of this workflow.
+    pub per_caller: Option<Rate>,
+}
+
+/// `{ requests = 100, per_seconds = 60 }`: at most `requests` in any `per_seconds` window.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Rate {
+    pub requests: u32,
+    pub per_seconds: u64,
 }
 
 impl WorkflowConfig {
@@ -539,6 +562,21 @@ impl Config {
             }
             if let Err(message) = workflow.input_rules() {
                 problem(key("input_schema"), message);
+            }
+            let limits = [
+                ("workflow", workflow.rate_limits.workflow),
+                ("per_caller", workflow.rate_limits.per_caller),
+            ];
+            for (name, rate) in limits {
+                if rate.is_some_and(|r| r.requests == 0 || r.per_seconds == 0) {
+                    problem(
+                        key(&format!("rate_limits.{name}")),
+                        "requests and per_seconds must be at least 1".into(),
+                    );
+                }
+            }
+            if workflow.max_backlog == Some(0) {
+                problem(key("max_backlog"), "must be at least 1".into());
             }
         }
         if problems.is_empty() {

@@ -93,6 +93,8 @@ pub fn workflows(config: &Config) -> anyhow::Result<Vec<(WorkflowName, Workflow)
                 policy,
                 input,
                 one_time_tokens: w.one_time_tokens,
+                rate_limits: w.rate_limits.clone(),
+                max_backlog: w.max_backlog,
             };
             Ok((name, workflow))
         })

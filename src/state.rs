@@ -6,6 +6,7 @@ use std::sync::{Arc, RwLock};
 use redis::aio::ConnectionManager;
 
 use crate::audit::AuditLog;
+use crate::config::WorkflowRateLimits;
 use crate::policy::{InputRules, Policy};
 use crate::queue::{Keys, Producer};
 use crate::runtime::Runtime;
@@ -17,6 +18,8 @@ pub struct Workflow {
     pub policy: Policy,
     pub input: InputRules,
     pub one_time_tokens: bool,
+    pub rate_limits: WorkflowRateLimits,
+    pub max_backlog: Option<u64>,
 }
 
 /// The application state behind every handler; cheap to clone.

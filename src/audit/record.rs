@@ -25,6 +25,8 @@ pub enum EventKind {
     AuthFailed,
     /// A verified caller was refused by the workflow's policy (or the workflow is unknown).
     Denied,
+    /// A trigger was refused by a rate limit or the backlog bound.
+    RateLimited,
     /// A trigger was written to its queue.
     Accepted,
     /// Step Functions started the execution.

@@ -63,6 +63,12 @@ pub enum ApiError {
     InvalidBody(String),
     #[error("the input does not match the workflow's schema")]
     InvalidInput(Vec<InputViolation>),
+    #[error("rate limit {policy} exhausted")]
+    RateLimited {
+        policy: &'static str,
+        retry_after_seconds: u64,
+        headers: RateLimitHeaders,
+    },
     #[error("{what} is unavailable: {detail}")]
     Unavailable {
         what: &'static str,
@@ -71,6 +77,30 @@ pub enum ApiError {
     },
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+/// `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers), as structured
+/// field values: `"caller";q=100;w=60` and `"caller";r=0;t=12`.
+#[derive(Debug, Clone, Default)]
+pub struct RateLimitHeaders {
+    pub policy: String,
+    pub current: String,
+}
+
+impl RateLimitHeaders {
+    pub fn apply(&self, headers: &mut axum::http::HeaderMap) {
+        let pairs = [
+            ("ratelimit-policy", &self.policy),
+            ("ratelimit", &self.current),
+        ];
+        for (name, value) in pairs {
+            if let Ok(value) = HeaderValue::from_str(value)
+                && !value.is_empty()
+            {
+                headers.insert(name, value);
+            }
+        }
+    }
 }
 
 /// The message of an error response, for [`log_errors`].
@@ -98,6 +128,7 @@ impl ApiError {
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -114,6 +145,7 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::InvalidBody(_) => "invalid_body",
             ApiError::InvalidInput(_) => "invalid_input",
+            ApiError::RateLimited { .. } => "rate_limited",
             ApiError::Unavailable { .. } => "unavailable",
             ApiError::Internal(_) => "internal",
         }
@@ -139,6 +171,12 @@ impl ApiError {
                     "the input does not match the workflow's schema ({} violation(s))",
                     violations.len()
                 )
+            }
+            ApiError::RateLimited {
+                retry_after_seconds,
+                ..
+            } => {
+                format!("too many requests; retry after {retry_after_seconds} s")
             }
             ApiError::Unavailable { what, .. } => {
                 format!("{what} is temporarily unavailable; retry later")
@@ -216,12 +254,22 @@ impl IntoResponse for ApiError {
         {
             headers.insert(header::WWW_AUTHENTICATE, challenge);
         }
-        if let ApiError::Unavailable {
-            retry_after_seconds,
-            ..
-        } = &self
-        {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_seconds));
+        match &self {
+            ApiError::Unavailable {
+                retry_after_seconds,
+                ..
+            } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_seconds));
+            }
+            ApiError::RateLimited {
+                retry_after_seconds,
+                headers: rate,
+                ..
+            } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_seconds));
+                rate.apply(headers);
+            }
+            _ => {}
         }
         response
             .extensions_mut()

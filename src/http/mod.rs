@@ -1,5 +1,6 @@
 //! The HTTP API: routes, errors, extractors and the OpenAPI document.
 
+pub mod admission;
 pub mod error;
 pub mod extract;
 pub mod openapi;

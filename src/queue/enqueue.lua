@@ -1,15 +1,47 @@
--- Admission of one trigger, atomically.
--- KEYS[1] the workflow's queue stream, KEYS[2] the request's status hash,
--- KEYS[3] (optional) the token's one-time marker — all in the workflow's slot.
--- ARGV: request_id, input, owner, client_id, accepted_at, status_ttl_seconds, [jti_ttl_seconds]
--- Returns the entry id, or 'replayed' when the one-time token was used before.
-if KEYS[3] then
-  if not redis.call('SET', KEYS[3], ARGV[1], 'NX', 'EX', ARGV[7]) then
-    return 'replayed'
+-- Admission of one trigger: every check, then every write, in one atomic step.
+-- KEYS (all in the workflow's slot; unused ones are the never-written `unused` key):
+--   1 queue stream, 2 request status hash, 3 one-time token marker,
+--   4 workflow rate window, 5 per-caller rate window
+-- ARGV[1]: JSON plan {request_id, owner, client_id, accepted_at, status_ttl,
+--   jti_ttl (0: none), max_backlog (0: none), limits: [{key, requests, period_ms}]}
+-- ARGV[2]: the input, as received
+-- Returns {'queued', entry_id, remaining_1, reset_ms_1, ...} (one pair per limit),
+--   {'replayed'}, {'backlog'}, or {'limited', limit_index (1-based), retry_ms}.
+local plan = cjson.decode(ARGV[1])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+
+if plan.jti_ttl > 0 and redis.call('EXISTS', KEYS[3]) == 1 then
+  return {'replayed'}
+end
+if plan.max_backlog > 0 and redis.call('XLEN', KEYS[1]) >= plan.max_backlog then
+  return {'backlog'}
+end
+-- Sliding-window log: at most `requests` admissions in any `period_ms`, exactly.
+for i, limit in ipairs(plan.limits) do
+  local key = KEYS[limit.key]
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - limit.period_ms)
+  if redis.call('ZCARD', key) >= limit.requests then
+    local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+    return {'limited', tostring(i), tostring(tonumber(oldest[2]) + limit.period_ms - now)}
   end
 end
-local entry = redis.call('XADD', KEYS[1], '*',
-  'request_id', ARGV[1], 'input', ARGV[2], 'owner', ARGV[3], 'client_id', ARGV[4], 'accepted_at', ARGV[5])
-redis.call('HSET', KEYS[2], 'status', 'queued', 'owner', ARGV[3], 'created_at', ARGV[5], 'updated_at', ARGV[5])
-redis.call('EXPIRE', KEYS[2], ARGV[6])
-return entry
+
+if plan.jti_ttl > 0 then
+  redis.call('SET', KEYS[3], plan.request_id, 'EX', plan.jti_ttl)
+end
+local reply = {'queued', ''}
+for _, limit in ipairs(plan.limits) do
+  local key = KEYS[limit.key]
+  redis.call('ZADD', key, now, plan.request_id)
+  redis.call('PEXPIRE', key, limit.period_ms)
+  local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+  table.insert(reply, tostring(limit.requests - redis.call('ZCARD', key)))
+  table.insert(reply, tostring(tonumber(oldest[2]) + limit.period_ms - now))
+end
+reply[2] = redis.call('XADD', KEYS[1], '*', 'request_id', plan.request_id, 'input', ARGV[2],
+  'owner', plan.owner, 'client_id', plan.client_id, 'accepted_at', plan.accepted_at)
+redis.call('HSET', KEYS[2], 'status', 'queued', 'owner', plan.owner,
+  'created_at', plan.accepted_at, 'updated_at', plan.accepted_at)
+redis.call('EXPIRE', KEYS[2], plan.status_ttl)
+return reply

@@ -10,6 +10,9 @@
 //! | `<p>:{wf:<name>}:request:<32 hex>`    | hash   | one request's status (expires)         |
 //! | `<p>:{wf:<name>}:schema`              | hash   | migrations applied to this workflow    |
 //! | `<p>:{wf:<name>}:jti:<sha256>`        | string | a used one-time token (expires with it)|
+//! | `<p>:{wf:<name>}:rate:workflow`       | zset   | admissions in the workflow's window    |
+//! | `<p>:{wf:<name>}:rate:caller:<hash>`  | zset   | one caller's admissions in its window  |
+//! | `<p>:{wf:<name>}:unused`              | —      | never written; fills unused script keys|
 //! | `<p>:{audit}:log`                     | stream | signed, hash-chained audit records     |
 //! | `<p>:{audit}:head`                    | hash   | `seq` and `hash` of the newest record  |
 //! | `<p>:{meta}:schema`                   | hash   | global migrations applied              |
@@ -50,6 +53,18 @@ impl Keys {
     /// Marks a one-time token as used; `token_id` is a digest, never the raw `jti`.
     pub fn used_token(&self, workflow: &WorkflowName, token_id: &str) -> String {
         format!("{}:{{wf:{workflow}}}:jti:{token_id}", self.prefix)
+    }
+
+    /// Admission times for a rate limit of `workflow`: `scope` is `workflow` or
+    /// `caller:<digest>`.
+    pub fn rate(&self, workflow: &WorkflowName, scope: &str) -> String {
+        format!("{}:{{wf:{workflow}}}:rate:{scope}", self.prefix)
+    }
+
+    /// A key of the workflow's slot that is never written: stands in for the optional keys a
+    /// script does not use this time (every key a script names must be declared, in one slot).
+    pub fn unused(&self, workflow: &WorkflowName) -> String {
+        format!("{}:{{wf:{workflow}}}:unused", self.prefix)
     }
 
     pub fn workflow_schema(&self, workflow: &WorkflowName) -> String {

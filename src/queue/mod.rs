@@ -6,5 +6,5 @@ pub mod producer;
 pub mod request;
 
 pub use keys::{Keys, WORKERS_GROUP};
-pub use producer::{Enqueued, OneTimeToken, Producer};
+pub use producer::{Admission, Enqueued, Limit, LimitScope, OneTimeToken, Producer, Quota};
 pub use request::{QueuedRequest, RequestState, StoredStatus};

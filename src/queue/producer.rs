@@ -1,9 +1,13 @@
-//! Admission: writes an accepted trigger to its workflow's queue.
+//! Admission: the checks a trigger must pass in Redis, and its write to the queue, as one
+//! atomic script in the workflow's hash slot — so limits are exact across replicas, and a
+//! refused trigger writes nothing.
 
 use std::sync::LazyLock;
+use std::time::Duration;
 
 use redis::Script;
 use redis::aio::ConnectionManager;
+use serde::Serialize;
 
 use super::keys::Keys;
 use super::request::QueuedRequest;
@@ -19,13 +23,75 @@ pub struct OneTimeToken {
     pub ttl_seconds: u64,
 }
 
+/// Which window a rate limit counts in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LimitScope {
+    /// All callers of the workflow.
+    Workflow,
+    /// One caller of the workflow (a digest of its identity).
+    Caller(String),
+}
+
+/// A rate limit to check and count.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limit {
+    /// The policy's name in `RateLimit` headers.
+    pub name: &'static str,
+    pub scope: LimitScope,
+    pub requests: u32,
+    pub period: Duration,
+}
+
+/// What a trigger must pass besides its authorization.
+#[derive(Debug, Clone, Default)]
+pub struct Admission {
+    pub one_time_token: Option<OneTimeToken>,
+    pub limits: Vec<Limit>,
+    pub max_backlog: Option<u64>,
+}
+
+/// Where a limit stands after an admission.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quota {
+    pub remaining: u32,
+    /// Until the oldest counted admission leaves the window.
+    pub reset: Duration,
+}
+
 /// What admission did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Enqueued {
-    /// Written; the stream entry id.
-    Queued(String),
+    /// Written; the stream entry id and each limit's quota, in `Admission::limits` order.
+    Queued {
+        entry_id: String,
+        quotas: Vec<Quota>,
+    },
     /// Nothing written: the one-time token was used before.
     Replayed,
+    /// Nothing written: the queue holds `max_backlog` entries.
+    Backlogged,
+    /// Nothing written: the limit at this index is exhausted for `retry_after`.
+    Limited { index: usize, retry_after: Duration },
+}
+
+#[derive(Serialize)]
+struct Plan<'a> {
+    request_id: String,
+    owner: &'a str,
+    client_id: &'a str,
+    accepted_at: &'a str,
+    status_ttl: u64,
+    jti_ttl: u64,
+    max_backlog: u64,
+    limits: Vec<PlanLimit>,
+}
+
+#[derive(Serialize)]
+struct PlanLimit {
+    /// 1-based index into the script's KEYS.
+    key: usize,
+    requests: u32,
+    period_ms: u128,
 }
 
 /// Appends accepted triggers to the workflow queues.
@@ -45,36 +111,103 @@ impl Producer {
         }
     }
 
-    /// Queues `request` and creates its `queued` status, consuming `once` if given, in one
-    /// atomic step; returns once Redis has executed it.
+    /// Checks `admission` and, if it passes, queues `request` with its `queued` status, in
+    /// one atomic step; returns once Redis has executed it.
     #[tracing::instrument(skip_all, name = "enqueue", fields(request.id = %request.request_id))]
     pub async fn enqueue(
         &self,
         request: &QueuedRequest,
-        once: Option<&OneTimeToken>,
+        admission: &Admission,
     ) -> redis::RedisResult<Enqueued> {
         let id = &request.request_id;
-        let mut invocation = ENQUEUE.prepare_invoke();
-        invocation
-            .key(self.keys.queue(id.workflow()))
-            .key(self.keys.request(id));
-        invocation
-            .arg(id.to_string())
+        let workflow = id.workflow();
+        let unused = self.keys.unused(workflow);
+        let once_key = admission
+            .one_time_token
+            .as_ref()
+            .map(|once| self.keys.used_token(workflow, &once.id));
+        let key_of = |scope: &LimitScope| match scope {
+            LimitScope::Workflow => self.keys.rate(workflow, "workflow"),
+            LimitScope::Caller(digest) => self.keys.rate(workflow, &format!("caller:{digest}")),
+        };
+        let workflow_key = admission
+            .limits
+            .iter()
+            .find(|l| l.scope == LimitScope::Workflow)
+            .map(|l| key_of(&l.scope));
+        let caller_key = admission
+            .limits
+            .iter()
+            .find(|l| l.scope != LimitScope::Workflow)
+            .map(|l| key_of(&l.scope));
+        let plan = Plan {
+            request_id: id.to_string(),
+            owner: &request.owner,
+            client_id: request.client_id.as_deref().unwrap_or(""),
+            accepted_at: &request.accepted_at,
+            status_ttl: self.status_ttl_seconds,
+            jti_ttl: admission
+                .one_time_token
+                .as_ref()
+                .map_or(0, |once| once.ttl_seconds.max(1)),
+            max_backlog: admission.max_backlog.unwrap_or(0),
+            limits: admission
+                .limits
+                .iter()
+                .map(|limit| PlanLimit {
+                    key: if limit.scope == LimitScope::Workflow {
+                        4
+                    } else {
+                        5
+                    },
+                    requests: limit.requests,
+                    period_ms: limit.period.as_millis(),
+                })
+                .collect(),
+        };
+        let plan = serde_json::to_string(&plan).map_err(|e| {
+            redis::RedisError::from((
+                redis::ErrorKind::ClientError,
+                "admission plan",
+                e.to_string(),
+            ))
+        })?;
+        let reply: Vec<String> = ENQUEUE
+            .key(self.keys.queue(workflow))
+            .key(self.keys.request(id))
+            .key(once_key.unwrap_or_else(|| unused.clone()))
+            .key(workflow_key.unwrap_or_else(|| unused.clone()))
+            .key(caller_key.unwrap_or(unused))
+            .arg(plan)
             .arg(&request.input)
-            .arg(&request.owner)
-            .arg(request.client_id.as_deref().unwrap_or(""))
-            .arg(&request.accepted_at)
-            .arg(self.status_ttl_seconds);
-        if let Some(once) = once {
-            invocation
-                .key(self.keys.used_token(id.workflow(), &once.id))
-                .arg(once.ttl_seconds.max(1));
-        }
-        let reply: String = invocation.invoke_async(&mut self.redis.clone()).await?;
-        Ok(if reply == "replayed" {
-            Enqueued::Replayed
-        } else {
-            Enqueued::Queued(reply)
-        })
+            .invoke_async(&mut self.redis.clone())
+            .await?;
+        parse_reply(&reply)
+    }
+}
+
+fn parse_reply(reply: &[String]) -> redis::RedisResult<Enqueued> {
+    let number = |s: &String| s.parse::<u64>().unwrap_or(0);
+    match reply {
+        [status] if status == "replayed" => Ok(Enqueued::Replayed),
+        [status] if status == "backlog" => Ok(Enqueued::Backlogged),
+        [status, index, retry_ms] if status == "limited" => Ok(Enqueued::Limited {
+            index: (number(index) as usize).saturating_sub(1),
+            retry_after: Duration::from_millis(number(retry_ms)),
+        }),
+        [status, entry_id, quotas @ ..] if status == "queued" => Ok(Enqueued::Queued {
+            entry_id: entry_id.clone(),
+            quotas: quotas
+                .chunks(2)
+                .map(|pair| Quota {
+                    remaining: pair.first().map_or(0, |r| number(r) as u32),
+                    reset: Duration::from_millis(pair.get(1).map_or(0, number)),
+                })
+                .collect(),
+        }),
+        _ => Err(redis::RedisError::from((
+            redis::ErrorKind::TypeError,
+            "unexpected reply from the admission script",
+        ))),
     }
 }

@@ -649,6 +649,23 @@ impl TestApp {
         Ok(())
     }
 
+    /// Another stepgate process on the same configuration and Redis (a replica), on its own
+    /// port; stopped when dropped.
+    pub async fn replica(&self) -> TestResult<Replica> {
+        let app = Application::from_file(&self.config_path).await?;
+        let base = format!("http://{}", app.local_addr()?);
+        let shutdown = CancellationToken::new();
+        let stop = shutdown.clone();
+        let task = tokio::spawn(async move {
+            let _ = app.run_until_stopped(stop).await;
+        });
+        Ok(Replica {
+            base,
+            shutdown,
+            _task: task,
+        })
+    }
+
     /// Stops stepgate gracefully and waits for it.
     pub async fn stop(&mut self) {
         self.shutdown.cancel();
@@ -759,6 +776,19 @@ impl TestApp {
             .arg("--config")
             .arg(&self.config_path)
             .output()?)
+    }
+}
+
+/// A second stepgate on the same configuration (see [`TestApp::replica`]).
+pub struct Replica {
+    pub base: String,
+    shutdown: CancellationToken,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
     }
 }
 

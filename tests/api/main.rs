@@ -4,6 +4,7 @@
 // that serves requests.
 #![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
 
+mod admission;
 mod audit;
 mod auth;
 mod delivery;

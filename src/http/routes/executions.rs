@@ -12,13 +12,14 @@ use utoipa::ToSchema;
 
 use crate::audit::record::sha256_hex;
 use crate::audit::{AuditEvent, EventKind};
-use crate::auth::{AuthError, Principal};
+use crate::auth::Principal;
 use crate::clock::now_rfc3339;
 use crate::domain::{RequestId, WorkflowName};
+use crate::http::admission;
 use crate::http::error::{ApiError, Problem};
 use crate::http::extract::Caller;
 use crate::policy::{Decision, authorize};
-use crate::queue::{Enqueued, OneTimeToken, QueuedRequest, RequestState};
+use crate::queue::{QueuedRequest, RequestState};
 use crate::runtime::Runtime;
 use crate::state::{AppState, Workflow};
 
@@ -63,17 +64,27 @@ pub struct ExecutionAccepted {
     request_body(content = CreateExecution, content_type = "application/json"),
     responses(
         (status = 202, description = "Queued; the execution starts shortly", body = ExecutionAccepted,
-            headers(("Location" = String, description = "The status URL"))),
+            headers(
+                ("Location" = String, description = "The status URL"),
+                ("RateLimit" = String, description = "The tightest rate limit's remaining quota, when the workflow has limits"),
+                ("RateLimit-Policy" = String, description = "The workflow's rate limits, when it has any"),
+            )),
         (status = 400, description = "Malformed JSON or Authorization header", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or invalid access token", body = Problem, content_type = "application/problem+json",
             headers(("WWW-Authenticate" = String, description = "RFC 6750 challenge"))),
         (status = 403, description = "The policy does not allow this caller (or no such workflow)", body = Problem,
             content_type = "application/problem+json", headers(("WWW-Authenticate" = String, description = "RFC 6750 challenge"))),
-        (status = 413, description = "Body larger than the limit", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body (or the workflow's input) larger than the limit", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Body is not application/json", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "The input fails the workflow's JSON Schema; `errors` lists each failing path", body = Problem,
             content_type = "application/problem+json"),
-        (status = 503, description = "Redis or the identity provider is unavailable; nothing was queued", body = Problem,
+        (status = 429, description = "A rate limit of the workflow is exhausted; nothing was queued", body = Problem,
+            content_type = "application/problem+json", headers(
+                ("Retry-After" = u64, description = "Seconds to wait"),
+                ("RateLimit" = String, description = "The exhausted policy: `\"caller\";r=0;t=12` (draft-ietf-httpapi-ratelimit-headers)"),
+                ("RateLimit-Policy" = String, description = "The workflow's policies: `\"caller\";q=100;w=60`"),
+            )),
+        (status = 503, description = "Redis or the identity provider is unavailable, or the workflow's backlog is full; nothing was queued", body = Problem,
             content_type = "application/problem+json", headers(("Retry-After" = u64, description = "Seconds to wait"))),
     ),
     security(("bearer" = []))
@@ -105,23 +116,14 @@ pub async fn create_execution(
         client_id: caller.client_id.clone(),
         accepted_at: now_rfc3339(),
     };
-    let once = if rules.one_time_tokens {
-        Some(
-            one_time_token(&runtime, &caller)
-                .inspect_err(|e| audit_refused_token(&state, &caller, &workflow, e))?,
-        )
-    } else {
-        None
-    };
+    let checks = admission::admission(&runtime, rules, &caller)
+        .inspect_err(|e| admission::audit_refused_token(&state, &caller, &workflow, e))?;
     let enqueued = state
         .producer
-        .enqueue(&request, once.as_ref())
+        .enqueue(&request, &checks)
         .await
         .map_err(|e| ApiError::redis_unavailable(&e))?;
-    if enqueued == Enqueued::Replayed {
-        audit_refused_token(&state, &caller, &workflow, &AuthError::Replayed);
-        return Err(ApiError::InvalidToken(AuthError::Replayed));
-    }
+    let quota = admission::outcome(&state, &caller, &workflow, &checks, enqueued)?;
 
     let mut event = decision_event(EventKind::Accepted, &caller, Some(&workflow));
     event.request_id = Some(request.request_id.to_string());
@@ -135,12 +137,14 @@ pub async fn create_execution(
         status: RequestState::Queued,
         status_url,
     };
-    Ok((
+    let mut response = (
         StatusCode::ACCEPTED,
         [(header::LOCATION, accepted.status_url.clone())],
         Json(accepted),
     )
-        .into_response())
+        .into_response();
+    quota.apply(response.headers_mut());
+    Ok(response)
 }
 
 /// The workflow, if `caller` may trigger it. Unknown and forbidden look the same to callers.
@@ -168,37 +172,6 @@ fn authorize_trigger<'r>(
     event.reason = Some(reason.clone());
     state.audit.record(event);
     Err(ApiError::Forbidden(reason))
-}
-
-/// Identifies a one-time token by its issuer and `jti` (hashed: both are caller-chosen text),
-/// to be remembered as long as the token could still be presented.
-fn one_time_token(runtime: &Runtime, caller: &Principal) -> Result<OneTimeToken, ApiError> {
-    let jti = caller
-        .claims
-        .get("jti")
-        .and_then(|v| v.as_str())
-        .ok_or(ApiError::InvalidToken(AuthError::NoTokenId))?;
-    let exp = caller
-        .claims
-        .get("exp")
-        .and_then(|v| v.as_u64())
-        .unwrap_or(0);
-    let now = time::OffsetDateTime::now_utc().unix_timestamp().max(0) as u64;
-    Ok(OneTimeToken {
-        id: sha256_hex(format!("{}\n{jti}", caller.issuer).as_bytes()),
-        ttl_seconds: exp.saturating_sub(now) + runtime.verifier.leeway(&caller.issuer),
-    })
-}
-
-fn audit_refused_token(
-    state: &AppState,
-    caller: &Principal,
-    workflow: &WorkflowName,
-    error: &impl std::fmt::Display,
-) {
-    let mut event = decision_event(EventKind::AuthFailed, caller, Some(workflow));
-    event.reason = Some(error.to_string());
-    state.audit.record(event);
 }
 
 fn decision_event(

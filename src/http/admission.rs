@@ -1,0 +1,195 @@
+//! Admission of an authorized trigger: the Redis-side checks (one-time token, rate limits,
+//! backlog bound) a workflow asks for, and what their outcome means for the caller.
+
+use std::time::Duration;
+
+use crate::audit::record::sha256_hex;
+use crate::audit::{AuditEvent, EventKind};
+use crate::auth::{AuthError, Principal};
+use crate::config::Rate;
+use crate::domain::WorkflowName;
+use crate::http::error::{ApiError, RateLimitHeaders};
+use crate::queue::{Admission, Enqueued, Limit, LimitScope, OneTimeToken, Quota};
+use crate::runtime::Runtime;
+use crate::state::{AppState, Workflow};
+
+/// Seconds a caller is told to wait when the backlog is full.
+const BACKLOG_RETRY_SECONDS: u64 = 5;
+
+/// The checks `workflow` asks of a trigger by `caller`.
+pub fn admission(
+    runtime: &Runtime,
+    workflow: &Workflow,
+    caller: &Principal,
+) -> Result<Admission, ApiError> {
+    let one_time_token = if workflow.one_time_tokens {
+        Some(one_time_token(runtime, caller)?)
+    } else {
+        None
+    };
+    let limit = |name, scope, rate: Rate| Limit {
+        name,
+        scope,
+        requests: rate.requests,
+        period: Duration::from_secs(rate.per_seconds),
+    };
+    let mut limits = Vec::new();
+    if let Some(rate) = workflow.rate_limits.workflow {
+        limits.push(limit("workflow", LimitScope::Workflow, rate));
+    }
+    if let Some(rate) = workflow.rate_limits.per_caller {
+        // A digest: the identity is caller-chosen text and must not shape Redis keys.
+        let digest = sha256_hex(caller.owner().as_bytes())[..32].to_owned();
+        limits.push(limit("caller", LimitScope::Caller(digest), rate));
+    }
+    Ok(Admission {
+        one_time_token,
+        limits,
+        max_backlog: workflow.max_backlog,
+    })
+}
+
+/// The quota headers of an accepted trigger (the tightest limit), or the error of a refused
+/// one, auditing the refusal.
+pub fn outcome(
+    state: &AppState,
+    caller: &Principal,
+    workflow: &WorkflowName,
+    admission: &Admission,
+    enqueued: Enqueued,
+) -> Result<RateLimitHeaders, ApiError> {
+    match enqueued {
+        Enqueued::Queued { quotas, .. } => Ok(quota_headers(&admission.limits, &quotas)),
+        Enqueued::Replayed => {
+            audit(
+                state,
+                caller,
+                workflow,
+                EventKind::AuthFailed,
+                &AuthError::Replayed.to_string(),
+            );
+            Err(ApiError::InvalidToken(AuthError::Replayed))
+        }
+        Enqueued::Backlogged => {
+            let backlog = admission.max_backlog.unwrap_or_default();
+            audit(
+                state,
+                caller,
+                workflow,
+                EventKind::RateLimited,
+                &format!("the backlog of {backlog} entries is full"),
+            );
+            Err(ApiError::Unavailable {
+                what: "the workflow's queue",
+                detail: format!("the backlog of {backlog} entries is full"),
+                retry_after_seconds: BACKLOG_RETRY_SECONDS,
+            })
+        }
+        Enqueued::Limited { index, retry_after } => {
+            let Some(limit) = admission.limits.get(index) else {
+                return Err(ApiError::Internal(
+                    "the admission script named an unknown limit".into(),
+                ));
+            };
+            let retry_after_seconds = retry_after.as_millis().div_ceil(1_000).max(1) as u64;
+            audit(
+                state,
+                caller,
+                workflow,
+                EventKind::RateLimited,
+                &format!("rate limit {} exhausted", limit.name),
+            );
+            let headers = RateLimitHeaders {
+                policy: policy_header(&admission.limits),
+                current: format!("\"{}\";r=0;t={retry_after_seconds}", limit.name),
+            };
+            Err(ApiError::RateLimited {
+                policy: limit.name,
+                retry_after_seconds,
+                headers,
+            })
+        }
+    }
+}
+
+/// Refusals of the token itself on this workflow are audited as authentication failures.
+pub fn audit_refused_token(
+    state: &AppState,
+    caller: &Principal,
+    workflow: &WorkflowName,
+    error: &ApiError,
+) {
+    if let ApiError::InvalidToken(reason) = error {
+        audit(
+            state,
+            caller,
+            workflow,
+            EventKind::AuthFailed,
+            &reason.to_string(),
+        );
+    }
+}
+
+fn audit(
+    state: &AppState,
+    caller: &Principal,
+    workflow: &WorkflowName,
+    kind: EventKind,
+    reason: &str,
+) {
+    let mut event = AuditEvent::now(kind);
+    event.workflow = Some(workflow.to_string());
+    event.issuer = Some(caller.issuer.clone());
+    event.subject = Some(caller.subject.clone());
+    event.client_id.clone_from(&caller.client_id);
+    event.token_sha256 = Some(caller.token_sha256.clone());
+    event.reason = Some(reason.to_owned());
+    state.audit.record(event);
+}
+
+fn policy_header(limits: &[Limit]) -> String {
+    let policies: Vec<String> = limits
+        .iter()
+        .map(|l| format!("\"{}\";q={};w={}", l.name, l.requests, l.period.as_secs()))
+        .collect();
+    policies.join(", ")
+}
+
+/// The headers of the limit with the fewest requests left.
+fn quota_headers(limits: &[Limit], quotas: &[Quota]) -> RateLimitHeaders {
+    let tightest = limits
+        .iter()
+        .zip(quotas)
+        .min_by_key(|(_, quota)| quota.remaining);
+    RateLimitHeaders {
+        policy: policy_header(limits),
+        current: tightest.map_or_else(String::new, |(limit, quota)| {
+            format!(
+                "\"{}\";r={};t={}",
+                limit.name,
+                quota.remaining,
+                quota.reset.as_millis().div_ceil(1_000)
+            )
+        }),
+    }
+}
+
+/// Identifies a one-time token by its issuer and `jti` (hashed: both are caller-chosen text),
+/// to be remembered as long as the token could still be presented.
+fn one_time_token(runtime: &Runtime, caller: &Principal) -> Result<OneTimeToken, ApiError> {
+    let jti = caller
+        .claims
+        .get("jti")
+        .and_then(|v| v.as_str())
+        .ok_or(ApiError::InvalidToken(AuthError::NoTokenId))?;
+    let exp = caller
+        .claims
+        .get("exp")
+        .and_then(|v| v.as_u64())
+        .unwrap_or(0);
+    let now = time::OffsetDateTime::now_utc().unix_timestamp().max(0) as u64;
+    Ok(OneTimeToken {
+        id: sha256_hex(format!("{}\n{jti}", caller.issuer).as_bytes()),
+        ttl_seconds: exp.saturating_sub(now) + runtime.verifier.leeway(&caller.issuer),
+    })
+}

@@ -1,0 +1,195 @@
+//! Admission limits in Redis: rate limits exact across replicas, and the backlog bound.
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::helpers::{RedisServer, TestResult, TestSettings, header, partners, spawn_app_with};
+
+fn settings(workflow_toml: &str) -> TestSettings {
+    // Keys of [workflows.orders] itself cannot follow its allow table: a second workflow.
+    let extra_toml = format!(
+        r#"
+[workflows.limited]
+state_machine_arn = "$STATE_MACHINE_ARN"
+{workflow_toml}
+[[workflows.limited.allow]]
+clients = ["billing-service", "reporting-service"]
+"#
+    );
+    TestSettings {
+        worker_enabled: false,
+        extra_toml,
+        ..TestSettings::default()
+    }
+}
+
+#[tokio::test]
+async fn a_caller_limit_admits_exactly_its_quota_across_two_replicas() -> TestResult {
+    let app = spawn_app_with(
+        RedisServer::start(),
+        settings("rate_limits = { per_caller = { requests = 100, per_seconds = 60 } }"),
+    )
+    .await?;
+    let replica = app.replica().await?;
+    let token = partners().idp.billing_token().await?;
+
+    let mut attempts = Vec::new();
+    for i in 0..300 {
+        let base = if i % 2 == 0 {
+            app.base.clone()
+        } else {
+            replica.base.clone()
+        };
+        let (http, token) = (app.http.clone(), token.clone());
+        attempts.push(tokio::spawn(async move {
+            http.post(format!("{base}/v1/workflows/limited/executions"))
+                .bearer_auth(token)
+                .json(&json!({"input": {"i": i}}))
+                .send()
+                .await
+        }));
+    }
+    let (mut accepted, mut limited) = (0, 0);
+    for attempt in attempts {
+        let response = attempt.await??;
+        match response.status() {
+            StatusCode::ACCEPTED => accepted += 1,
+            StatusCode::TOO_MANY_REQUESTS => {
+                limited += 1;
+                let retry_after: u64 = header(&response, "retry-after").parse()?;
+                assert!((1..=60).contains(&retry_after), "Retry-After {retry_after}");
+                assert_eq!(
+                    header(&response, "ratelimit-policy"),
+                    r#""caller";q=100;w=60"#
+                );
+                assert!(header(&response, "ratelimit").starts_with(r#""caller";r=0;t="#));
+                assert_eq!(response.json::<Value>().await?["code"], "rate_limited");
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!((accepted, limited), (100, 200));
+
+    let mut redis = app.redis.connection().await?;
+    let queued: u64 = redis::cmd("XLEN")
+        .arg("stepgate:{wf:limited}:queue")
+        .query_async(&mut redis)
+        .await?;
+    assert_eq!(queued, 100);
+    let records = app.decision_records().await?;
+    let refused = records
+        .iter()
+        .filter(|r| r["event"] == "rate_limited")
+        .count();
+    assert!(
+        refused >= 100,
+        "this replica audited its refusals ({refused})"
+    );
+    // Another caller has a quota of its own.
+    let other = partners().idp.denied_token().await?;
+    assert_eq!(
+        app.trigger("limited", &other, &json!({})).await?.status(),
+        StatusCode::ACCEPTED
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_workflow_limit_counts_all_callers_and_reports_the_quota() -> TestResult {
+    let app = spawn_app_with(
+        RedisServer::start(),
+        settings("rate_limits = { workflow = { requests = 3, per_seconds = 60 }, per_caller = { requests = 2, per_seconds = 60 } }"),
+    )
+    .await?;
+    let (billing, reporting) = (
+        partners().idp.billing_token().await?,
+        partners().idp.denied_token().await?,
+    );
+
+    let first = app.trigger("limited", &billing, &json!({})).await?;
+    assert_eq!(first.status(), StatusCode::ACCEPTED);
+    assert_eq!(
+        header(&first, "ratelimit-policy"),
+        r#""workflow";q=3;w=60, "caller";q=2;w=60"#
+    );
+    assert_eq!(
+        header(&first, "ratelimit"),
+        r#""caller";r=1;t=60"#,
+        "the tightest quota"
+    );
+    assert_eq!(
+        app.trigger("limited", &billing, &json!({})).await?.status(),
+        StatusCode::ACCEPTED
+    );
+    let third = app.trigger("limited", &billing, &json!({})).await?;
+    assert_eq!(third.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(header(&third, "ratelimit").starts_with(r#""caller";r=0;"#));
+
+    assert_eq!(
+        app.trigger("limited", &reporting, &json!({}))
+            .await?
+            .status(),
+        StatusCode::ACCEPTED
+    );
+    let fourth = app.trigger("limited", &reporting, &json!({})).await?;
+    assert_eq!(fourth.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(
+        header(&fourth, "ratelimit").starts_with(r#""workflow";r=0;"#),
+        "the workflow's 3 are used up"
+    );
+    // A refused trigger counts nowhere: other workflows are unaffected.
+    assert_eq!(
+        app.trigger("orders", &billing, &json!({})).await?.status(),
+        StatusCode::ACCEPTED
+    );
+    let reasons: Vec<String> = app
+        .decision_records()
+        .await?
+        .iter()
+        .filter(|r| r["event"] == "rate_limited")
+        .filter_map(|r| r["reason"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(
+        reasons,
+        vec![
+            "rate limit caller exhausted",
+            "rate limit workflow exhausted"
+        ]
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_full_backlog_answers_503_and_keeps_every_queued_entry() -> TestResult {
+    let app = spawn_app_with(RedisServer::start(), settings("max_backlog = 3")).await?;
+    let token = partners().idp.billing_token().await?;
+    for i in 0..3 {
+        assert_eq!(
+            app.trigger("limited", &token, &json!({"input": {"i": i}}))
+                .await?
+                .status(),
+            StatusCode::ACCEPTED
+        );
+    }
+    let refused = app
+        .trigger("limited", &token, &json!({"input": {"i": 3}}))
+        .await?;
+    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(header(&refused, "retry-after"), "5");
+    assert_eq!(refused.json::<Value>().await?["code"], "unavailable");
+
+    let mut redis = app.redis.connection().await?;
+    let queued: u64 = redis::cmd("XLEN")
+        .arg("stepgate:{wf:limited}:queue")
+        .query_async(&mut redis)
+        .await?;
+    assert_eq!(queued, 3, "nothing trimmed, nothing added");
+    let records = app.decision_records().await?;
+    assert!(
+        records
+            .iter()
+            .any(|r| r["event"] == "rate_limited"
+                && r["reason"] == "the backlog of 3 entries is full")
+    );
+    Ok(())
+}
