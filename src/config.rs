@@ -51,6 +51,8 @@ pub struct ServerConfig {
     pub status_ttl_seconds: u64,
     /// How often the configuration file is checked for changes (0: only on SIGHUP).
     pub config_poll_ms: u64,
+    /// How long an `Idempotency-Key` is remembered.
+    pub idempotency_ttl_seconds: u64,
 }
 
 impl Default for ServerConfig {
@@ -60,6 +62,7 @@ impl Default for ServerConfig {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             status_ttl_seconds: 7 * 24 * 3600,
             config_poll_ms: 2_000,
+            idempotency_ttl_seconds: 24 * 3600,
         }
     }
 }

@@ -124,7 +124,7 @@ impl Application {
             redis,
             keys,
             audit,
-            config.server.max_body_bytes,
+            &config.server,
         ));
         Ok(Self {
             listener,

@@ -35,6 +35,7 @@ pub struct App {
     pub keys: Keys,
     pub audit: AuditLog,
     pub max_body_bytes: usize,
+    pub idempotency_ttl_seconds: u64,
 }
 
 impl App {
@@ -44,7 +45,7 @@ impl App {
         redis: ConnectionManager,
         keys: Keys,
         audit: AuditLog,
-        max_body_bytes: usize,
+        server: &crate::config::ServerConfig,
     ) -> Self {
         Self {
             runtime: RwLock::new(runtime),
@@ -52,7 +53,8 @@ impl App {
             redis,
             keys,
             audit,
-            max_body_bytes,
+            max_body_bytes: server.max_body_bytes,
+            idempotency_ttl_seconds: server.idempotency_ttl_seconds,
         }
     }
 

@@ -9,19 +9,67 @@ use crate::auth::{AuthError, Principal};
 use crate::config::Rate;
 use crate::domain::WorkflowName;
 use crate::http::error::{ApiError, RateLimitHeaders};
-use crate::queue::{Admission, Enqueued, Limit, LimitScope, OneTimeToken, Quota};
+use crate::queue::{Admission, Enqueued, IdempotencyKey, Limit, LimitScope, OneTimeToken, Quota};
 use crate::runtime::Runtime;
 use crate::state::{AppState, Workflow};
 
 /// Seconds a caller is told to wait when the backlog is full.
 const BACKLOG_RETRY_SECONDS: u64 = 5;
 
+/// The longest `Idempotency-Key` accepted.
+const MAX_IDEMPOTENCY_KEY: usize = 255;
+
+/// What the caller asked, for idempotency: the workflow, its `Idempotency-Key`, the body.
+pub struct Ask<'a> {
+    pub workflow: &'a WorkflowName,
+    pub idempotency_key: Option<&'a str>,
+    pub body: &'a [u8],
+}
+
+/// How an admitted trigger is answered.
+pub enum Admitted {
+    /// Newly queued; the quota headers of its rate limits.
+    New(RateLimitHeaders),
+    /// A retry with the same idempotency key and body: the request it queued before.
+    Duplicate(String),
+}
+
+/// The `Idempotency-Key` header, if one (valid) was sent.
+pub fn idempotency_key(headers: &axum::http::HeaderMap) -> Result<Option<&str>, ApiError> {
+    let mut values = headers.get_all("idempotency-key").iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(ApiError::InvalidBody(
+            "more than one Idempotency-Key header".into(),
+        ));
+    }
+    let valid = |k: &&str| {
+        !k.is_empty() && k.len() <= MAX_IDEMPOTENCY_KEY && k.bytes().all(|b| b.is_ascii_graphic())
+    };
+    match value.to_str().ok().filter(valid) {
+        Some(key) => Ok(Some(key)),
+        None => Err(ApiError::InvalidBody(format!(
+            "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters"
+        ))),
+    }
+}
+
 /// The checks `workflow` asks of a trigger by `caller`.
 pub fn admission(
     runtime: &Runtime,
     workflow: &Workflow,
     caller: &Principal,
+    ask: &Ask<'_>,
+    idempotency_ttl_seconds: u64,
 ) -> Result<Admission, ApiError> {
+    let idempotency_key = ask.idempotency_key.map(|key| IdempotencyKey {
+        // Digests: the caller's identity and key are caller-chosen text.
+        id: sha256_hex(format!("{}\n{key}", caller.owner()).as_bytes()),
+        fingerprint: sha256_hex(&[ask.workflow.as_str().as_bytes(), b"\n", ask.body].concat()),
+        ttl_seconds: idempotency_ttl_seconds,
+    });
     let one_time_token = if workflow.one_time_tokens {
         Some(one_time_token(runtime, caller)?)
     } else {
@@ -43,23 +91,27 @@ pub fn admission(
         limits.push(limit("caller", LimitScope::Caller(digest), rate));
     }
     Ok(Admission {
+        idempotency_key,
         one_time_token,
         limits,
         max_backlog: workflow.max_backlog,
     })
 }
 
-/// The quota headers of an accepted trigger (the tightest limit), or the error of a refused
-/// one, auditing the refusal.
+/// How an admitted trigger is answered, or the error of a refused one (audited).
 pub fn outcome(
     state: &AppState,
     caller: &Principal,
     workflow: &WorkflowName,
     admission: &Admission,
     enqueued: Enqueued,
-) -> Result<RateLimitHeaders, ApiError> {
+) -> Result<Admitted, ApiError> {
     match enqueued {
-        Enqueued::Queued { quotas, .. } => Ok(quota_headers(&admission.limits, &quotas)),
+        Enqueued::Queued { quotas, .. } => {
+            Ok(Admitted::New(quota_headers(&admission.limits, &quotas)))
+        }
+        Enqueued::Duplicate { request_id } => Ok(Admitted::Duplicate(request_id)),
+        Enqueued::KeyReused => Err(ApiError::IdempotencyKeyReused),
         Enqueued::Replayed => {
             audit(
                 state,

@@ -63,6 +63,8 @@ pub enum ApiError {
     InvalidBody(String),
     #[error("the input does not match the workflow's schema")]
     InvalidInput(Vec<InputViolation>),
+    #[error("the Idempotency-Key was used with another request")]
+    IdempotencyKeyReused,
     #[error("rate limit {policy} exhausted")]
     RateLimited {
         policy: &'static str,
@@ -123,7 +125,9 @@ impl ApiError {
             ApiError::MalformedAuthorization(_) | ApiError::InvalidBody(_) => {
                 StatusCode::BAD_REQUEST
             }
-            ApiError::InvalidInput(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::InvalidInput(_) | ApiError::IdempotencyKeyReused => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -145,6 +149,7 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::InvalidBody(_) => "invalid_body",
             ApiError::InvalidInput(_) => "invalid_input",
+            ApiError::IdempotencyKeyReused => "idempotency_key_reused",
             ApiError::RateLimited { .. } => "rate_limited",
             ApiError::Unavailable { .. } => "unavailable",
             ApiError::Internal(_) => "internal",
@@ -166,6 +171,9 @@ impl ApiError {
                 format!("the request body is larger than {limit} bytes")
             }
             ApiError::InvalidBody(why) => why.clone(),
+            ApiError::IdempotencyKeyReused => {
+                "this Idempotency-Key was used with another request (workflow or body)".into()
+            }
             ApiError::InvalidInput(violations) => {
                 format!(
                     "the input does not match the workflow's schema ({} violation(s))",

@@ -1,16 +1,28 @@
 -- Admission of one trigger: every check, then every write, in one atomic step.
 -- KEYS (all in the workflow's slot; unused ones are the never-written `unused` key):
 --   1 queue stream, 2 request status hash, 3 one-time token marker,
---   4 workflow rate window, 5 per-caller rate window
+--   4 workflow rate window, 5 per-caller rate window, 6 idempotency record
 -- ARGV[1]: JSON plan {request_id, owner, client_id, accepted_at, status_ttl,
---   jti_ttl (0: none), max_backlog (0: none), limits: [{key, requests, period_ms}]}
+--   jti_ttl (0: none), max_backlog (0: none), limits: [{key, requests, period_ms}],
+--   idempotency_fingerprint ('': no key), idempotency_ttl}
 -- ARGV[2]: the input, as received
 -- Returns {'queued', entry_id, remaining_1, reset_ms_1, ...} (one pair per limit),
+--   {'duplicate', request_id} (same key, same body), {'conflict'} (same key, other body),
 --   {'replayed'}, {'backlog'}, or {'limited', limit_index (1-based), retry_ms}.
 local plan = cjson.decode(ARGV[1])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
+-- A retry with the same idempotency key gets the first answer, before any other check.
+if plan.idempotency_fingerprint ~= '' then
+  local earlier = redis.call('HMGET', KEYS[6], 'request_id', 'fingerprint')
+  if earlier[1] then
+    if earlier[2] == plan.idempotency_fingerprint then
+      return {'duplicate', earlier[1]}
+    end
+    return {'conflict'}
+  end
+end
 if plan.jti_ttl > 0 and redis.call('EXISTS', KEYS[3]) == 1 then
   return {'replayed'}
 end
@@ -44,4 +56,8 @@ reply[2] = redis.call('XADD', KEYS[1], '*', 'request_id', plan.request_id, 'inpu
 redis.call('HSET', KEYS[2], 'status', 'queued', 'owner', plan.owner,
   'created_at', plan.accepted_at, 'updated_at', plan.accepted_at)
 redis.call('EXPIRE', KEYS[2], plan.status_ttl)
+if plan.idempotency_fingerprint ~= '' then
+  redis.call('HSET', KEYS[6], 'request_id', plan.request_id, 'fingerprint', plan.idempotency_fingerprint)
+  redis.call('EXPIRE', KEYS[6], plan.idempotency_ttl)
+end
 return reply

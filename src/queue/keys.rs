@@ -12,6 +12,7 @@
 //! | `<p>:{wf:<name>}:jti:<sha256>`        | string | a used one-time token (expires with it)|
 //! | `<p>:{wf:<name>}:rate:workflow`       | zset   | admissions in the workflow's window    |
 //! | `<p>:{wf:<name>}:rate:caller:<hash>`  | zset   | one caller's admissions in its window  |
+//! | `<p>:{wf:<name>}:idem:<sha256>`       | hash   | a caller's idempotency key (expires)   |
 //! | `<p>:{wf:<name>}:unused`              | —      | never written; fills unused script keys|
 //! | `<p>:{audit}:log`                     | stream | signed, hash-chained audit records     |
 //! | `<p>:{audit}:head`                    | hash   | `seq` and `hash` of the newest record  |
@@ -59,6 +60,11 @@ impl Keys {
     /// `caller:<digest>`.
     pub fn rate(&self, workflow: &WorkflowName, scope: &str) -> String {
         format!("{}:{{wf:{workflow}}}:rate:{scope}", self.prefix)
+    }
+
+    /// A caller's idempotency key; `digest` covers the caller and the key (both caller-chosen).
+    pub fn idempotency(&self, workflow: &WorkflowName, digest: &str) -> String {
+        format!("{}:{{wf:{workflow}}}:idem:{digest}", self.prefix)
     }
 
     /// A key of the workflow's slot that is never written: stands in for the optional keys a

@@ -6,5 +6,7 @@ pub mod producer;
 pub mod request;
 
 pub use keys::{Keys, WORKERS_GROUP};
-pub use producer::{Admission, Enqueued, Limit, LimitScope, OneTimeToken, Producer, Quota};
+pub use producer::{
+    Admission, Enqueued, IdempotencyKey, Limit, LimitScope, OneTimeToken, Producer, Quota,
+};
 pub use request::{QueuedRequest, RequestState, StoredStatus};

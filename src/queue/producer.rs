@@ -42,9 +42,20 @@ pub struct Limit {
     pub period: Duration,
 }
 
+/// A caller's `Idempotency-Key` for this trigger.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyKey {
+    /// Digest of the caller and the key.
+    pub id: String,
+    /// Digest of what was asked (the workflow and the body): a retry must ask the same.
+    pub fingerprint: String,
+    pub ttl_seconds: u64,
+}
+
 /// What a trigger must pass besides its authorization.
 #[derive(Debug, Clone, Default)]
 pub struct Admission {
+    pub idempotency_key: Option<IdempotencyKey>,
     pub one_time_token: Option<OneTimeToken>,
     pub limits: Vec<Limit>,
     pub max_backlog: Option<u64>,
@@ -66,6 +77,10 @@ pub enum Enqueued {
         entry_id: String,
         quotas: Vec<Quota>,
     },
+    /// Nothing written: this idempotency key already queued this request.
+    Duplicate { request_id: String },
+    /// Nothing written: this idempotency key was used with another body.
+    KeyReused,
     /// Nothing written: the one-time token was used before.
     Replayed,
     /// Nothing written: the queue holds `max_backlog` entries.
@@ -84,6 +99,8 @@ struct Plan<'a> {
     jti_ttl: u64,
     max_backlog: u64,
     limits: Vec<PlanLimit>,
+    idempotency_fingerprint: &'a str,
+    idempotency_ttl: u64,
 }
 
 #[derive(Serialize)]
@@ -164,7 +181,19 @@ impl Producer {
                     period_ms: limit.period.as_millis(),
                 })
                 .collect(),
+            idempotency_fingerprint: admission
+                .idempotency_key
+                .as_ref()
+                .map_or("", |k| k.fingerprint.as_str()),
+            idempotency_ttl: admission
+                .idempotency_key
+                .as_ref()
+                .map_or(0, |k| k.ttl_seconds.max(1)),
         };
+        let idempotency_key = admission
+            .idempotency_key
+            .as_ref()
+            .map(|k| self.keys.idempotency(workflow, &k.id));
         let plan = serde_json::to_string(&plan).map_err(|e| {
             redis::RedisError::from((
                 redis::ErrorKind::ClientError,
@@ -177,7 +206,8 @@ impl Producer {
             .key(self.keys.request(id))
             .key(once_key.unwrap_or_else(|| unused.clone()))
             .key(workflow_key.unwrap_or_else(|| unused.clone()))
-            .key(caller_key.unwrap_or(unused))
+            .key(caller_key.unwrap_or_else(|| unused.clone()))
+            .key(idempotency_key.unwrap_or(unused))
             .arg(plan)
             .arg(&request.input)
             .invoke_async(&mut self.redis.clone())
@@ -189,6 +219,10 @@ impl Producer {
 fn parse_reply(reply: &[String]) -> redis::RedisResult<Enqueued> {
     let number = |s: &String| s.parse::<u64>().unwrap_or(0);
     match reply {
+        [status, request_id] if status == "duplicate" => Ok(Enqueued::Duplicate {
+            request_id: request_id.clone(),
+        }),
+        [status] if status == "conflict" => Ok(Enqueued::KeyReused),
         [status] if status == "replayed" => Ok(Enqueued::Replayed),
         [status] if status == "backlog" => Ok(Enqueued::Backlogged),
         [status, index, retry_ms] if status == "limited" => Ok(Enqueued::Limited {

@@ -193,3 +193,69 @@ async fn a_full_backlog_answers_503_and_keeps_every_queued_entry() -> TestResult
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn a_retry_with_the_same_idempotency_key_gets_the_same_request_and_queues_nothing()
+-> TestResult {
+    let app = spawn_app_with(
+        RedisServer::start(),
+        settings("rate_limits = { per_caller = { requests = 1, per_seconds = 60 } }"),
+    )
+    .await?;
+    let token = partners().idp.billing_token().await?;
+    let send = |key: &str, body: Value, token: String| {
+        app.http
+            .post(app.url("/v1/workflows/limited/executions"))
+            .bearer_auth(token)
+            .header("idempotency-key", key)
+            .json(&body)
+            .send()
+    };
+    let body = json!({"input": {"order_id": "A-7"}});
+    let first = send("order-A-7", body.clone(), token.clone()).await?;
+    assert_eq!(first.status(), StatusCode::ACCEPTED);
+    let first: Value = first.json().await?;
+
+    // Not counted again (the quota is 1), not queued again: the same answer.
+    let retry = send("order-A-7", body.clone(), token.clone()).await?;
+    assert_eq!(retry.status(), StatusCode::ACCEPTED);
+    assert_eq!(retry.json::<Value>().await?, first);
+
+    let other_body = send(
+        "order-A-7",
+        json!({"input": {"order_id": "A-8"}}),
+        token.clone(),
+    )
+    .await?;
+    assert_eq!(other_body.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(
+        other_body.json::<Value>().await?["code"],
+        "idempotency_key_reused"
+    );
+
+    // Keys are per caller: another caller's same key is its own request.
+    let other_caller = send("order-A-7", body, partners().idp.denied_token().await?).await?;
+    assert_eq!(other_caller.status(), StatusCode::ACCEPTED);
+    assert_ne!(
+        other_caller.json::<Value>().await?["request_id"],
+        first["request_id"]
+    );
+
+    let too_long = send(&"k".repeat(256), json!({}), token).await?;
+    assert_eq!(too_long.status(), StatusCode::BAD_REQUEST);
+
+    let mut redis = app.redis.connection().await?;
+    let queued: u64 = redis::cmd("XLEN")
+        .arg("stepgate:{wf:limited}:queue")
+        .query_async(&mut redis)
+        .await?;
+    assert_eq!(queued, 2, "the first request and the other caller's");
+    let accepted = app
+        .decision_records()
+        .await?
+        .iter()
+        .filter(|r| r["event"] == "accepted")
+        .count();
+    assert_eq!(accepted, 2);
+    Ok(())
+}

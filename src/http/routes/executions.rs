@@ -60,7 +60,12 @@ pub struct ExecutionAccepted {
     path = "/v1/workflows/{workflow}/executions",
     operation_id = "create_execution",
     tag = "executions",
-    params(("workflow" = String, Path, description = "The workflow's configured name", example = "orders")),
+    params(
+        ("workflow" = String, Path, description = "The workflow's configured name", example = "orders"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe: a retry with the same key \
+            (per caller, for a day) and the same body gets the first answer, and queues nothing; the same key with \
+            another body gets 422. 1 to 255 visible ASCII characters."),
+    ),
     request_body(content = CreateExecution, content_type = "application/json"),
     responses(
         (status = 202, description = "Queued; the execution starts shortly", body = ExecutionAccepted,
@@ -76,8 +81,8 @@ pub struct ExecutionAccepted {
             content_type = "application/problem+json", headers(("WWW-Authenticate" = String, description = "RFC 6750 challenge"))),
         (status = 413, description = "Body (or the workflow's input) larger than the limit", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Body is not application/json", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "The input fails the workflow's JSON Schema; `errors` lists each failing path", body = Problem,
-            content_type = "application/problem+json"),
+        (status = 422, description = "The input fails the workflow's JSON Schema (`errors` lists each failing path), or the \
+            Idempotency-Key was used with another request", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "A rate limit of the workflow is exhausted; nothing was queued", body = Problem,
             content_type = "application/problem+json", headers(
                 ("Retry-After" = u64, description = "Seconds to wait"),
@@ -116,26 +121,46 @@ pub async fn create_execution(
         client_id: caller.client_id.clone(),
         accepted_at: now_rfc3339(),
     };
-    let checks = admission::admission(&runtime, rules, &caller)
-        .inspect_err(|e| admission::audit_refused_token(&state, &caller, &workflow, e))?;
+    let ask = admission::Ask {
+        workflow: &workflow,
+        idempotency_key: admission::idempotency_key(&headers)?,
+        body: &body,
+    };
+    let checks = admission::admission(
+        &runtime,
+        rules,
+        &caller,
+        &ask,
+        state.idempotency_ttl_seconds,
+    )
+    .inspect_err(|e| admission::audit_refused_token(&state, &caller, &workflow, e))?;
     let enqueued = state
         .producer
         .enqueue(&request, &checks)
         .await
         .map_err(|e| ApiError::redis_unavailable(&e))?;
-    let quota = admission::outcome(&state, &caller, &workflow, &checks, enqueued)?;
+    let (request_id, quota) = match admission::outcome(
+        &state, &caller, &workflow, &checks, enqueued,
+    )? {
+        admission::Admitted::New(quota) => {
+            let mut event = decision_event(EventKind::Accepted, &caller, Some(&workflow));
+            event.request_id = Some(request.request_id.to_string());
+            event.input_sha256 = Some(sha256_hex(request.input.as_bytes()));
+            state.audit.record(event);
+            tracing::info!(workflow = %workflow, request.id = %request.request_id, subject = %caller.subject, "trigger accepted");
+            (request.request_id.to_string(), Some(quota))
+        }
+        // A retry answered as the first time; it was audited then.
+        admission::Admitted::Duplicate(request_id) => {
+            tracing::info!(workflow = %workflow, request.id = %request_id, "idempotent retry answered with the earlier request");
+            (request_id, None)
+        }
+    };
 
-    let mut event = decision_event(EventKind::Accepted, &caller, Some(&workflow));
-    event.request_id = Some(request.request_id.to_string());
-    event.input_sha256 = Some(sha256_hex(request.input.as_bytes()));
-    state.audit.record(event);
-    tracing::info!(workflow = %workflow, request.id = %request.request_id, subject = %caller.subject, "trigger accepted");
-
-    let status_url = format!("/v1/requests/{}", request.request_id);
     let accepted = ExecutionAccepted {
-        request_id: request.request_id.to_string(),
+        status_url: format!("/v1/requests/{request_id}"),
+        request_id,
         status: RequestState::Queued,
-        status_url,
     };
     let mut response = (
         StatusCode::ACCEPTED,
@@ -143,7 +168,9 @@ pub async fn create_execution(
         Json(accepted),
     )
         .into_response();
-    quota.apply(response.headers_mut());
+    if let Some(quota) = quota {
+        quota.apply(response.headers_mut());
+    }
     Ok(response)
 }
 
