@@ -35,6 +35,9 @@ pub struct Config {
     pub log: LogConfig,
     #[serde(default)]
     pub auth: AuthConfig,
+    /// Limits over all workflows.
+    #[serde(default)]
+    pub rate_limits: GlobalRateLimits,
     pub issuers: Vec<IssuerConfig>,
     pub workflows: BTreeMap<String, WorkflowConfig>,
 }
@@ -303,6 +306,14 @@ pub struct WorkflowConfig {
     pub max_backlog: Option<u64>,
 }
 
+/// `[rate_limits]`: limits over all workflows.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct GlobalRateLimits {
+    /// Each caller (issuer and subject), over all workflows together.
+    pub per_caller: Option<Rate>,
+}
+
 /// `[workflows.<name>.rate_limits]`
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -480,6 +491,16 @@ impl Config {
                      or a slow delivery would be taken over while still running",
                     worker.longest_delivery_ms()
                 ),
+            );
+        }
+        if self
+            .rate_limits
+            .per_caller
+            .is_some_and(|r| r.requests == 0 || r.per_seconds == 0)
+        {
+            problem(
+                "rate_limits.per_caller".into(),
+                "requests and per_seconds must be at least 1".into(),
             );
         }
         if self.issuers.is_empty() {

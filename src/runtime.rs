@@ -28,6 +28,8 @@ pub struct Runtime {
     pub workflows: HashMap<WorkflowName, Workflow>,
     /// SHA-256 (hex) of the configuration file this came from.
     pub config_sha256: String,
+    /// Each caller's limit over all workflows.
+    pub caller_limit: Option<crate::config::Rate>,
 }
 
 impl Runtime {
@@ -58,6 +60,7 @@ impl Runtime {
             verifier,
             workflows: workflows(config)?.into_iter().collect(),
             config_sha256,
+            caller_limit: config.rate_limits.per_caller,
         })
     }
 

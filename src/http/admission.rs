@@ -85,10 +85,17 @@ pub fn admission(
     if let Some(rate) = workflow.rate_limits.workflow {
         limits.push(limit("workflow", LimitScope::Workflow, rate));
     }
+    // A digest: the identity is caller-chosen text and must not shape Redis keys.
+    let digest = || sha256_hex(caller.owner().as_bytes())[..32].to_owned();
     if let Some(rate) = workflow.rate_limits.per_caller {
-        // A digest: the identity is caller-chosen text and must not shape Redis keys.
-        let digest = sha256_hex(caller.owner().as_bytes())[..32].to_owned();
-        limits.push(limit("caller", LimitScope::Caller(digest), rate));
+        limits.push(limit("caller", LimitScope::Caller(digest()), rate));
+    }
+    if let Some(rate) = runtime.caller_limit {
+        limits.push(limit(
+            "caller-total",
+            LimitScope::CallerTotal(digest()),
+            rate,
+        ));
     }
     Ok(Admission {
         idempotency_key,

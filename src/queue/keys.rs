@@ -14,6 +14,7 @@
 //! | `<p>:{wf:<name>}:rate:caller:<hash>`  | zset   | one caller's admissions in its window  |
 //! | `<p>:{wf:<name>}:idem:<sha256>`       | hash   | a caller's idempotency key (expires)   |
 //! | `<p>:{wf:<name>}:unused`              | —      | never written; fills unused script keys|
+//! | `<p>:{caller:<hash>}:rate`            | zset   | one caller's admissions, all workflows |
 //! | `<p>:{audit}:log`                     | stream | signed, hash-chained audit records     |
 //! | `<p>:{audit}:head`                    | hash   | `seq` and `hash` of the newest record  |
 //! | `<p>:{meta}:schema`                   | hash   | global migrations applied              |
@@ -65,6 +66,11 @@ impl Keys {
     /// A caller's idempotency key; `digest` covers the caller and the key (both caller-chosen).
     pub fn idempotency(&self, workflow: &WorkflowName, digest: &str) -> String {
         format!("{}:{{wf:{workflow}}}:idem:{digest}", self.prefix)
+    }
+
+    /// Admission times of one caller over all workflows: in the caller's own slot.
+    pub fn caller_rate(&self, digest: &str) -> String {
+        format!("{}:{{caller:{digest}}}:rate", self.prefix)
     }
 
     /// A key of the workflow's slot that is never written: stands in for the optional keys a

@@ -1,6 +1,7 @@
 //! Admission: the checks a trigger must pass in Redis, and its write to the queue, as one
 //! atomic script in the workflow's hash slot — so limits are exact across replicas, and a
-//! refused trigger writes nothing.
+//! refused trigger writes nothing. A caller's limit over all workflows lives in the caller's
+//! own slot: it is reserved first and refunded when the workflow's script does not queue.
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -13,6 +14,7 @@ use super::keys::Keys;
 use super::request::QueuedRequest;
 
 static ENQUEUE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("enqueue.lua")));
+static RESERVE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("reserve.lua")));
 
 /// A one-time token to consume together with the write.
 #[derive(Debug, Clone)]
@@ -30,6 +32,8 @@ pub enum LimitScope {
     Workflow,
     /// One caller of the workflow (a digest of its identity).
     Caller(String),
+    /// One caller over all workflows (a digest of its identity).
+    CallerTotal(String),
 }
 
 /// A rate limit to check and count.
@@ -85,7 +89,7 @@ pub enum Enqueued {
     Replayed,
     /// Nothing written: the queue holds `max_backlog` entries.
     Backlogged,
-    /// Nothing written: the limit at this index is exhausted for `retry_after`.
+    /// Nothing written: the limit at this index (of `Admission::limits`) is exhausted.
     Limited { index: usize, retry_after: Duration },
 }
 
@@ -128,10 +132,81 @@ impl Producer {
         }
     }
 
-    /// Checks `admission` and, if it passes, queues `request` with its `queued` status, in
-    /// one atomic step; returns once Redis has executed it.
+    /// Checks `admission` and, if it passes, queues `request` with its `queued` status;
+    /// returns once Redis has executed it.
     #[tracing::instrument(skip_all, name = "enqueue", fields(request.id = %request.request_id))]
     pub async fn enqueue(
+        &self,
+        request: &QueuedRequest,
+        admission: &Admission,
+    ) -> redis::RedisResult<Enqueued> {
+        let total = admission
+            .limits
+            .iter()
+            .enumerate()
+            .find_map(|(i, limit)| match &limit.scope {
+                LimitScope::CallerTotal(digest) => Some((i, limit, self.keys.caller_rate(digest))),
+                _ => None,
+            });
+        let Some((total_index, total_limit, total_key)) = total else {
+            return self.admit(request, admission).await;
+        };
+        let member = request.request_id.to_string();
+        let reply: Vec<String> = RESERVE
+            .key(&total_key)
+            .arg(&member)
+            .arg(total_limit.requests)
+            .arg(total_limit.period.as_millis() as u64)
+            .invoke_async(&mut self.redis.clone())
+            .await?;
+        let total_quota = match reply.as_slice() {
+            [status, remaining, reset_ms] if status == "ok" => Quota {
+                remaining: remaining.parse().unwrap_or(0),
+                reset: Duration::from_millis(reset_ms.parse().unwrap_or(0)),
+            },
+            [status, retry_ms] if status == "limited" => {
+                let retry_after = Duration::from_millis(retry_ms.parse().unwrap_or(0));
+                return Ok(Enqueued::Limited {
+                    index: total_index,
+                    retry_after,
+                });
+            }
+            _ => return Err(unexpected_reply()),
+        };
+        match self.admit(request, admission).await {
+            Ok(Enqueued::Queued {
+                entry_id,
+                mut quotas,
+            }) => {
+                quotas.insert(total_index.min(quotas.len()), total_quota);
+                Ok(Enqueued::Queued { entry_id, quotas })
+            }
+            outcome => {
+                // Not queued (refused, a duplicate, or Redis failed): give the reservation back.
+                let refund: redis::RedisResult<i64> = redis::cmd("ZREM")
+                    .arg(&total_key)
+                    .arg(&member)
+                    .query_async(&mut self.redis.clone())
+                    .await;
+                if let Err(e) = refund {
+                    tracing::warn!(error = %e, "could not refund a caller rate-limit reservation");
+                }
+                // The workflow's script numbers its limits without the total one.
+                outcome.map(|enqueued| match enqueued {
+                    Enqueued::Limited { index, retry_after } if index >= total_index => {
+                        Enqueued::Limited {
+                            index: index + 1,
+                            retry_after,
+                        }
+                    }
+                    other => other,
+                })
+            }
+        }
+    }
+
+    /// The workflow-slot part of admission: one atomic script.
+    async fn admit(
         &self,
         request: &QueuedRequest,
         admission: &Admission,
@@ -139,24 +214,29 @@ impl Producer {
         let id = &request.request_id;
         let workflow = id.workflow();
         let unused = self.keys.unused(workflow);
+        let in_slot: Vec<&Limit> = admission
+            .limits
+            .iter()
+            .filter(|l| !matches!(l.scope, LimitScope::CallerTotal(_)))
+            .collect();
+        let workflow_key = in_slot
+            .iter()
+            .find(|l| l.scope == LimitScope::Workflow)
+            .map(|_| self.keys.rate(workflow, "workflow"));
+        let caller_key = in_slot.iter().find_map(|l| match &l.scope {
+            LimitScope::Caller(digest) => {
+                Some(self.keys.rate(workflow, &format!("caller:{digest}")))
+            }
+            _ => None,
+        });
         let once_key = admission
             .one_time_token
             .as_ref()
             .map(|once| self.keys.used_token(workflow, &once.id));
-        let key_of = |scope: &LimitScope| match scope {
-            LimitScope::Workflow => self.keys.rate(workflow, "workflow"),
-            LimitScope::Caller(digest) => self.keys.rate(workflow, &format!("caller:{digest}")),
-        };
-        let workflow_key = admission
-            .limits
-            .iter()
-            .find(|l| l.scope == LimitScope::Workflow)
-            .map(|l| key_of(&l.scope));
-        let caller_key = admission
-            .limits
-            .iter()
-            .find(|l| l.scope != LimitScope::Workflow)
-            .map(|l| key_of(&l.scope));
+        let idempotency_key = admission
+            .idempotency_key
+            .as_ref()
+            .map(|k| self.keys.idempotency(workflow, &k.id));
         let plan = Plan {
             request_id: id.to_string(),
             owner: &request.owner,
@@ -168,8 +248,7 @@ impl Producer {
                 .as_ref()
                 .map_or(0, |once| once.ttl_seconds.max(1)),
             max_backlog: admission.max_backlog.unwrap_or(0),
-            limits: admission
-                .limits
+            limits: in_slot
                 .iter()
                 .map(|limit| PlanLimit {
                     key: if limit.scope == LimitScope::Workflow {
@@ -190,10 +269,6 @@ impl Producer {
                 .as_ref()
                 .map_or(0, |k| k.ttl_seconds.max(1)),
         };
-        let idempotency_key = admission
-            .idempotency_key
-            .as_ref()
-            .map(|k| self.keys.idempotency(workflow, &k.id));
         let plan = serde_json::to_string(&plan).map_err(|e| {
             redis::RedisError::from((
                 redis::ErrorKind::ClientError,
@@ -239,9 +314,13 @@ fn parse_reply(reply: &[String]) -> redis::RedisResult<Enqueued> {
                 })
                 .collect(),
         }),
-        _ => Err(redis::RedisError::from((
-            redis::ErrorKind::TypeError,
-            "unexpected reply from the admission script",
-        ))),
+        _ => Err(unexpected_reply()),
     }
+}
+
+fn unexpected_reply() -> redis::RedisError {
+    redis::RedisError::from((
+        redis::ErrorKind::TypeError,
+        "unexpected reply from an admission script",
+    ))
 }

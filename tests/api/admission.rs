@@ -259,3 +259,50 @@ async fn a_retry_with_the_same_idempotency_key_gets_the_same_request_and_queues_
     assert_eq!(accepted, 2);
     Ok(())
 }
+
+#[tokio::test]
+async fn a_callers_total_limit_spans_workflows_and_refused_admissions_are_refunded() -> TestResult {
+    let mut settings = settings("max_backlog = 1");
+    settings.extra_toml = format!(
+        "{}\n[rate_limits]\nper_caller = {{ requests = 3, per_seconds = 60 }}\n",
+        settings.extra_toml
+    );
+    let app = spawn_app_with(RedisServer::start(), settings).await?;
+    let token = partners().idp.billing_token().await?;
+
+    let first = app.trigger("limited", &token, &json!({})).await?;
+    assert_eq!(first.status(), StatusCode::ACCEPTED);
+    assert_eq!(header(&first, "ratelimit"), r#""caller-total";r=2;t=60"#);
+    // Refused by the workflow's backlog: the total quota is given back.
+    assert_eq!(
+        app.trigger("limited", &token, &json!({})).await?.status(),
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_eq!(
+        app.trigger("orders", &token, &json!({})).await?.status(),
+        StatusCode::ACCEPTED
+    );
+    assert_eq!(
+        app.trigger("orders", &token, &json!({})).await?.status(),
+        StatusCode::ACCEPTED
+    );
+    let over = app.trigger("orders", &token, &json!({})).await?;
+    assert_eq!(over.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(
+        header(&over, "ratelimit").starts_with(r#""caller-total";r=0;"#),
+        "{}",
+        header(&over, "ratelimit")
+    );
+    assert_eq!(
+        header(&over, "ratelimit-policy"),
+        r#""caller-total";q=3;w=60"#
+    );
+    // Another caller is not affected.
+    let other = partners().idp.denied_token().await?;
+    assert_eq!(
+        app.trigger("limited", &other, &json!({})).await?.status(),
+        StatusCode::SERVICE_UNAVAILABLE,
+        "backlog"
+    );
+    Ok(())
+}
