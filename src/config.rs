@@ -56,6 +56,9 @@ pub struct ServerConfig {
     pub config_poll_ms: u64,
     /// How long an `Idempotency-Key` is remembered.
     pub idempotency_ttl_seconds: u64,
+    /// On SIGTERM, how long to keep answering (readiness false, triggers 503) before the
+    /// listener closes, so that load balancers stop sending traffic first.
+    pub shutdown_grace_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -66,6 +69,7 @@ impl Default for ServerConfig {
             status_ttl_seconds: 7 * 24 * 3600,
             config_poll_ms: 2_000,
             idempotency_ttl_seconds: 24 * 3600,
+            shutdown_grace_ms: 5_000,
         }
     }
 }

@@ -162,6 +162,7 @@ impl Application {
             source,
         } = self;
         let addr = listener.local_addr()?;
+        let config_grace_ms = config.server.shutdown_grace_ms;
         let writer = tokio::spawn(audit_writer.run());
         let mut loaded = AuditEvent::now(EventKind::ConfigLoaded);
         loaded.config_sha256 = source.as_ref().map(|(_, sha)| sha.clone());
@@ -188,9 +189,25 @@ impl Application {
             None => None,
         };
 
+        // Shutdown in two steps: first stop admitting (readiness false, triggers get 503) for
+        // the grace period, so load balancers move traffic away; then close the listener.
+        let grace = Duration::from_millis(config_grace_ms);
+        let close = CancellationToken::new();
+        {
+            let (state, shutdown, close) = (state.clone(), shutdown.clone(), close.clone());
+            tokio::spawn(async move {
+                shutdown.cancelled().await;
+                state.stop_admitting();
+                tracing::info!(
+                    grace_ms = grace.as_millis() as u64,
+                    "shutting down: admission stopped"
+                );
+                tokio::time::sleep(grace).await;
+                close.cancel();
+            });
+        }
         let app = crate::http::router(state).into_make_service_with_connect_info::<SocketAddr>();
-        let server =
-            axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        let server = axum::serve(listener, app).with_graceful_shutdown(close.cancelled_owned());
         tracing::info!(%addr, "stepgate listening");
         let drain = async {
             if let Some(drain) = drain {

@@ -1,6 +1,7 @@
 //! What request handlers share.
 
 use std::ops::Deref;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use redis::aio::ConnectionManager;
@@ -36,6 +37,8 @@ pub struct App {
     pub audit: AuditLog,
     pub max_body_bytes: usize,
     pub idempotency_ttl_seconds: u64,
+    /// False once shutdown began: readiness fails and triggers are refused.
+    admitting: AtomicBool,
 }
 
 impl App {
@@ -55,12 +58,23 @@ impl App {
             audit,
             max_body_bytes: server.max_body_bytes,
             idempotency_ttl_seconds: server.idempotency_ttl_seconds,
+            admitting: AtomicBool::new(true),
         }
     }
 
     /// The current issuers and workflows; a request uses one snapshot throughout.
     pub fn runtime(&self) -> Arc<Runtime> {
         Arc::clone(&self.runtime.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Whether new triggers are admitted (false once shutdown began).
+    pub fn is_admitting(&self) -> bool {
+        self.admitting.load(Ordering::Relaxed)
+    }
+
+    /// Shutdown began: refuse new triggers, report not ready.
+    pub fn stop_admitting(&self) {
+        self.admitting.store(false, Ordering::Relaxed);
     }
 
     /// Installs a new configuration's issuers and workflows, atomically for requests.

@@ -574,6 +574,7 @@ fn config_text(redis: &RedisServer, arn: &str, dir: &Path, settings: &TestSettin
 [server]
 listen = "127.0.0.1:0"
 config_poll_ms = 100
+shutdown_grace_ms = 0
 
 [redis]
 url = "{redis}"
@@ -664,6 +665,11 @@ impl TestApp {
             shutdown,
             _task: task,
         })
+    }
+
+    /// Begins a graceful shutdown (as SIGTERM does) without waiting for it.
+    pub fn begin_shutdown(&self) {
+        self.shutdown.cancel();
     }
 
     /// Stops stepgate gracefully and waits for it.

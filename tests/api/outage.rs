@@ -97,3 +97,43 @@ async fn a_frozen_redis_gets_503_within_the_command_timeout() -> TestResult {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn on_shutdown_readiness_fails_and_admission_stops_before_the_listener_closes() -> TestResult
+{
+    let mut app = crate::helpers::spawn_app_without_drain().await?;
+    app.stop().await;
+    let text = std::fs::read_to_string(&app.config_path)?
+        .replace("shutdown_grace_ms = 0", "shutdown_grace_ms = 1500");
+    std::fs::write(&app.config_path, text)?;
+    app.start().await?;
+    let token = partners().idp.billing_token().await?;
+    assert_eq!(
+        app.trigger("orders", &token, &json!({})).await?.status(),
+        StatusCode::ACCEPTED
+    );
+
+    app.begin_shutdown();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let ready = app.http.get(app.url("/readyz")).send().await?;
+    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        ready.json::<Value>().await?["checks"]["admission"],
+        "shutting down"
+    );
+    assert_unavailable(app.trigger("orders", &token, &json!({})).await?).await?;
+
+    // After the grace period the listener is closed.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while app.http.get(app.url("/healthz")).send().await.is_ok() {
+        assert!(Instant::now() < deadline, "the listener stayed open");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut redis = app.redis.connection().await?;
+    let queued: u64 = redis::cmd("XLEN")
+        .arg("stepgate:{wf:orders}:queue")
+        .query_async(&mut redis)
+        .await?;
+    assert_eq!(queued, 1, "only the trigger admitted before shutdown");
+    Ok(())
+}

@@ -101,6 +101,13 @@ pub async fn create_execution(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    if !state.is_admitting() {
+        return Err(ApiError::Unavailable {
+            what: "this instance",
+            detail: "shutting down".into(),
+            retry_after_seconds: 1,
+        });
+    }
     // Authorize before reading the body: an unauthorized caller cannot make us buffer it.
     let (workflow, rules) = authorize_trigger(&state, &runtime, &caller, &workflow)?;
     if !is_json(&headers) {

@@ -68,6 +68,9 @@ pub async fn get_readiness(State(state): State<AppState>) -> Response {
             status.to_owned(),
         );
     }
+    if !state.is_admitting() {
+        checks.insert("admission".to_owned(), "shutting down".to_owned());
+    }
     let ready = checks.values().all(|c| c == "ok");
     let body = Json(Health {
         status: if ready { "ready" } else { "not_ready" }.into(),
