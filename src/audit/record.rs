@@ -29,6 +29,8 @@ pub enum EventKind {
     RateLimited,
     /// A trigger was written to its queue.
     Accepted,
+    /// A trigger was accepted to start at a later time (held in Redis until then).
+    Deferred,
     /// Step Functions started the execution.
     Started,
     /// Step Functions refused the execution for good.

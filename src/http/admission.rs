@@ -22,14 +22,19 @@ const MAX_IDEMPOTENCY_KEY: usize = 255;
 /// What the caller asked, for idempotency: the workflow, its `Idempotency-Key`, the body.
 pub struct Ask<'a> {
     pub workflow: &'a WorkflowName,
+    /// When the trigger is due (Unix ms), if deferred.
+    pub due_ms: Option<u64>,
     pub idempotency_key: Option<&'a str>,
     pub body: &'a [u8],
 }
 
 /// How an admitted trigger is answered.
 pub enum Admitted {
-    /// Newly queued; the quota headers of its rate limits.
-    New(RateLimitHeaders),
+    /// Newly queued (or, `deferred`, held until due); the quota headers of its rate limits.
+    New {
+        quota: RateLimitHeaders,
+        deferred: bool,
+    },
     /// A retry with the same idempotency key and body: the request it queued before.
     Duplicate(String),
 }
@@ -98,6 +103,7 @@ pub fn admission(
         ));
     }
     Ok(Admission {
+        due_ms: ask.due_ms,
         idempotency_key,
         one_time_token,
         limits,
@@ -114,9 +120,10 @@ pub fn outcome(
     enqueued: Enqueued,
 ) -> Result<Admitted, ApiError> {
     match enqueued {
-        Enqueued::Queued { quotas, .. } => {
-            Ok(Admitted::New(quota_headers(&admission.limits, &quotas)))
-        }
+        Enqueued::Queued { quotas, entry_id } => Ok(Admitted::New {
+            quota: quota_headers(&admission.limits, &quotas),
+            deferred: entry_id == "deferred",
+        }),
         Enqueued::Duplicate { request_id } => Ok(Admitted::Duplicate(request_id)),
         Enqueued::KeyReused => Err(ApiError::IdempotencyKeyReused),
         Enqueued::Replayed => {

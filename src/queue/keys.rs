@@ -13,6 +13,8 @@
 //! | `<p>:{wf:<name>}:rate:workflow`       | zset   | admissions in the workflow's window    |
 //! | `<p>:{wf:<name>}:rate:caller:<hash>`  | zset   | one caller's admissions in its window  |
 //! | `<p>:{wf:<name>}:idem:<sha256>`       | hash   | a caller's idempotency key (expires)   |
+//! | `<p>:{wf:<name>}:deferred`            | zset   | deferred triggers by due time (ms)     |
+//! | `<p>:{wf:<name>}:deferred:entries`    | hash   | deferred triggers' queue fields        |
 //! | `<p>:{wf:<name>}:unused`              | —      | never written; fills unused script keys|
 //! | `<p>:{caller:<hash>}:rate`            | zset   | one caller's admissions, all workflows |
 //! | `<p>:{audit}:log`                     | stream | signed, hash-chained audit records     |
@@ -71,6 +73,16 @@ impl Keys {
     /// Admission times of one caller over all workflows: in the caller's own slot.
     pub fn caller_rate(&self, digest: &str) -> String {
         format!("{}:{{caller:{digest}}}:rate", self.prefix)
+    }
+
+    /// Deferred triggers by due time.
+    pub fn deferred(&self, workflow: &WorkflowName) -> String {
+        format!("{}:{{wf:{workflow}}}:deferred", self.prefix)
+    }
+
+    /// Deferred triggers' queue fields, by request id.
+    pub fn deferred_entries(&self, workflow: &WorkflowName) -> String {
+        format!("{}:{{wf:{workflow}}}:deferred:entries", self.prefix)
     }
 
     /// A key of the workflow's slot that is never written: stands in for the optional keys a

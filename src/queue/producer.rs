@@ -15,6 +15,23 @@ use super::request::QueuedRequest;
 
 static ENQUEUE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("enqueue.lua")));
 static RESERVE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("reserve.lua")));
+static PROMOTE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("promote.lua")));
+
+/// Moves up to `batch` due deferred triggers of `workflow` into its queue; returns how many.
+pub async fn promote_due(
+    redis: &mut ConnectionManager,
+    keys: &Keys,
+    workflow: &crate::domain::WorkflowName,
+    batch: usize,
+) -> redis::RedisResult<usize> {
+    PROMOTE
+        .key(keys.deferred(workflow))
+        .key(keys.deferred_entries(workflow))
+        .key(keys.queue(workflow))
+        .arg(batch)
+        .invoke_async(redis)
+        .await
+}
 
 /// A one-time token to consume together with the write.
 #[derive(Debug, Clone)]
@@ -59,6 +76,8 @@ pub struct IdempotencyKey {
 /// What a trigger must pass besides its authorization.
 #[derive(Debug, Clone, Default)]
 pub struct Admission {
+    /// Hold the trigger until then (Unix ms); `None` queues it now.
+    pub due_ms: Option<u64>,
     pub idempotency_key: Option<IdempotencyKey>,
     pub one_time_token: Option<OneTimeToken>,
     pub limits: Vec<Limit>,
@@ -105,6 +124,7 @@ struct Plan<'a> {
     limits: Vec<PlanLimit>,
     idempotency_fingerprint: &'a str,
     idempotency_ttl: u64,
+    due_ms: u64,
 }
 
 #[derive(Serialize)]
@@ -268,6 +288,7 @@ impl Producer {
                 .idempotency_key
                 .as_ref()
                 .map_or(0, |k| k.ttl_seconds.max(1)),
+            due_ms: admission.due_ms.unwrap_or(0),
         };
         let plan = serde_json::to_string(&plan).map_err(|e| {
             redis::RedisError::from((
@@ -283,6 +304,8 @@ impl Producer {
             .key(workflow_key.unwrap_or_else(|| unused.clone()))
             .key(caller_key.unwrap_or_else(|| unused.clone()))
             .key(idempotency_key.unwrap_or(unused))
+            .key(self.keys.deferred(workflow))
+            .key(self.keys.deferred_entries(workflow))
             .arg(plan)
             .arg(&request.input)
             .invoke_async(&mut self.redis.clone())

@@ -63,6 +63,8 @@ impl QueuedRequest {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RequestState {
+    /// In Redis, waiting for its `not_before` time.
+    Deferred,
     /// In Redis, waiting for the drain.
     Queued,
     /// Step Functions accepted `StartExecution`; `execution_arn` is set.
@@ -72,8 +74,17 @@ pub enum RequestState {
 }
 
 impl RequestState {
+    /// Every state, for parsing.
+    pub const ALL: [RequestState; 4] = [
+        RequestState::Deferred,
+        RequestState::Queued,
+        RequestState::Started,
+        RequestState::Failed,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
+            RequestState::Deferred => "deferred",
             RequestState::Queued => "queued",
             RequestState::Started => "started",
             RequestState::Failed => "failed",
@@ -81,13 +92,7 @@ impl RequestState {
     }
 
     pub fn parse(raw: &str) -> Option<Self> {
-        [
-            RequestState::Queued,
-            RequestState::Started,
-            RequestState::Failed,
-        ]
-        .into_iter()
-        .find(|s| s.as_str() == raw)
+        RequestState::ALL.into_iter().find(|s| s.as_str() == raw)
     }
 }
 
@@ -100,6 +105,8 @@ pub struct StoredStatus {
     pub updated_at: String,
     pub execution_arn: Option<String>,
     pub error: Option<String>,
+    /// When a deferred trigger is due (Unix ms; 0 for one queued at once).
+    pub not_before_ms: u64,
 }
 
 impl StoredStatus {
@@ -112,6 +119,27 @@ impl StoredStatus {
             updated_at: hash.remove(status_field::UPDATED_AT)?,
             execution_arn: hash.remove(status_field::EXECUTION_ARN),
             error: hash.remove(status_field::ERROR),
+            not_before_ms: hash
+                .get("not_before_ms")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_state_round_trips_and_matches_its_json_name() -> Result<(), serde_json::Error> {
+        for state in RequestState::ALL {
+            assert_eq!(RequestState::parse(state.as_str()), Some(state));
+            assert_eq!(
+                serde_json::to_value(state)?,
+                serde_json::Value::from(state.as_str())
+            );
+        }
+        Ok(())
     }
 }

@@ -24,10 +24,13 @@ use crate::clock::now_rfc3339;
 use crate::config::WorkerConfig;
 use crate::domain::WorkflowName;
 use crate::queue::consumer::{self, Delivery, Outcome};
+use crate::queue::producer::promote_due;
 use crate::queue::{Keys, QueuedRequest};
 
 /// Entries read or claimed in one call at most.
 const MAX_BATCH: usize = 64;
+/// How often due deferred triggers are moved into their queues (their start precision).
+const PROMOTE_EVERY: Duration = Duration::from_millis(250);
 /// Pause after a failed Redis read before the next, at most.
 const READ_RETRY_MAX: Duration = Duration::from_secs(5);
 
@@ -69,6 +72,10 @@ impl Drain {
                 shutdown.clone(),
             );
             loops.spawn(async move { drain.reclaim_loop(permits, tracker, shutdown).await });
+        }
+        {
+            let (drain, shutdown) = (Arc::clone(&drain), shutdown.clone());
+            loops.spawn(async move { drain.promote_loop(shutdown).await });
         }
         tracing::info!(consumer = %drain.consumer, "drain started");
         let mut readers: HashMap<WorkflowName, (DrainTarget, CancellationToken)> = HashMap::new();
@@ -153,6 +160,30 @@ impl Drain {
                         () = shutdown.cancelled() => return,
                     }
                     pause = (pause * 2).min(READ_RETRY_MAX);
+                }
+            }
+        }
+    }
+
+    /// Moves due deferred triggers into their queues, every [`PROMOTE_EVERY`].
+    async fn promote_loop(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut redis = self.redis.clone();
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(PROMOTE_EVERY) => {}
+                () = shutdown.cancelled() => return,
+            }
+            let targets = self.targets.borrow().clone();
+            for target in &targets {
+                loop {
+                    match promote_due(&mut redis, &self.keys, &target.workflow, MAX_BATCH).await {
+                        Ok(moved) if moved == MAX_BATCH => continue,
+                        Ok(_) => break,
+                        Err(e) => {
+                            tracing::warn!(workflow = %target.workflow, error = %e, "moving due deferred triggers failed");
+                            break;
+                        }
+                    }
                 }
             }
         }

@@ -160,3 +160,104 @@ async fn an_execution_name_taken_with_another_input_fails_the_request() -> TestR
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn a_deferred_trigger_waits_in_redis_and_starts_once_when_due() -> TestResult {
+    let app = crate::helpers::spawn_app().await?;
+    let token = partners().idp.billing_token().await?;
+    let response = app
+        .trigger(
+            "orders",
+            &token,
+            &json!({"input": {"later": true}, "delay_seconds": 2}),
+        )
+        .await?;
+    assert_eq!(response.status(), reqwest::StatusCode::ACCEPTED);
+    let accepted: Value = response.json().await?;
+    assert_eq!(accepted["status"], "deferred");
+    let request_id = accepted["request_id"].as_str().ok_or("no id")?;
+
+    let status: Value = app.request_status(request_id, &token).await?.json().await?;
+    assert_eq!(status["status"], "deferred");
+    assert!(
+        status["not_before"]
+            .as_str()
+            .is_some_and(|t| t.ends_with('Z')),
+        "{status}"
+    );
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    assert!(
+        executions(&app.sfn, &app.state_machine_arn)
+            .await?
+            .is_empty(),
+        "not before its time"
+    );
+
+    let status = app.settled_status(request_id, &token).await;
+    assert_eq!(status["status"], "started", "{status}");
+    assert_eq!(executions(&app.sfn, &app.state_machine_arn).await?.len(), 1);
+    let events: Vec<Value> = app
+        .decision_records()
+        .await?
+        .into_iter()
+        .map(|r| r["event"].clone())
+        .collect();
+    assert_eq!(events, vec![json!("deferred"), json!("started")]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_deferred_trigger_survives_a_restart() -> TestResult {
+    let mut app = crate::helpers::spawn_app().await?;
+    let token = partners().idp.billing_token().await?;
+    let response = app
+        .trigger(
+            "orders",
+            &token,
+            &json!({"input": {"n": 1}, "delay_seconds": 2}),
+        )
+        .await?;
+    let request_id = crate::helpers::request_id_of(response).await?;
+    app.stop().await;
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    assert!(
+        executions(&app.sfn, &app.state_machine_arn)
+            .await?
+            .is_empty(),
+        "nobody was running"
+    );
+
+    app.start().await?;
+    let status = app.settled_status(&request_id, &token).await;
+    assert_eq!(status["status"], "started", "{status}");
+    assert_eq!(executions(&app.sfn, &app.state_machine_arn).await?.len(), 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn deferral_times_are_checked() -> TestResult {
+    let app = crate::helpers::spawn_app_without_drain().await?;
+    let token = partners().idp.billing_token().await?;
+    let past = app
+        .trigger(
+            "orders",
+            &token,
+            &json!({"not_before": "2020-01-01T00:00:00Z"}),
+        )
+        .await?;
+    assert_eq!(
+        past.json::<Value>().await?["status"],
+        "queued",
+        "a time in the past is now"
+    );
+    for bad in [
+        json!({"not_before": "2030-01-01T00:00:00Z", "delay_seconds": 5}),
+        json!({"not_before": "tomorrow"}),
+        json!({"delay_seconds": 400 * 24 * 3600}),
+        json!({"delay_seconds": -1}),
+    ] {
+        let response = app.trigger("orders", &token, &bad).await?;
+        assert_eq!(response.status(), reqwest::StatusCode::BAD_REQUEST, "{bad}");
+    }
+    Ok(())
+}

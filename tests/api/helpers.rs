@@ -724,7 +724,7 @@ impl TestApp {
             .await?)
     }
 
-    /// Polls the status endpoint until the request is no longer queued.
+    /// Polls the status endpoint until the request no longer waits (queued or deferred).
     pub async fn settled_status(&self, request_id: &str, token: &str) -> Value {
         eventually(Duration::from_secs(20), "the request to settle", || async {
             let status: Value = self
@@ -734,7 +734,7 @@ impl TestApp {
                 .json()
                 .await
                 .ok()?;
-            (status["status"] != "queued").then_some(status)
+            (!matches!(status["status"].as_str(), Some("queued" | "deferred"))).then_some(status)
         })
         .await
     }

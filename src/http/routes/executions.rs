@@ -32,6 +32,46 @@ pub struct CreateExecution {
     /// Defaults to `{}`.
     #[schema(value_type = Option<serde_json::Value>)]
     pub input: Option<Box<RawValue>>,
+    /// Start no earlier than this time (RFC 3339); the trigger waits in Redis until then.
+    #[schema(example = "2026-11-25T18:00:00Z")]
+    pub not_before: Option<String>,
+    /// Start no earlier than this many seconds from now (instead of `not_before`).
+    pub delay_seconds: Option<u64>,
+}
+
+/// The furthest a trigger may be deferred.
+pub const MAX_DEFER: std::time::Duration = std::time::Duration::from_secs(90 * 24 * 3600);
+
+impl CreateExecution {
+    /// When the trigger is due (Unix ms), if it asks to be deferred into the future.
+    fn due_ms(&self, now_ms: u64) -> Result<Option<u64>, ApiError> {
+        let due = match (&self.not_before, self.delay_seconds) {
+            (Some(_), Some(_)) => {
+                return Err(ApiError::InvalidBody(
+                    "give not_before or delay_seconds, not both".into(),
+                ));
+            }
+            (Some(at), None) => {
+                let at =
+                    time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339)
+                        .map_err(|e| {
+                            ApiError::InvalidBody(format!(
+                                "not_before is not an RFC 3339 time: {e}"
+                            ))
+                        })?;
+                (at.unix_timestamp_nanos() / 1_000_000).max(0) as u64
+            }
+            (None, Some(seconds)) => now_ms.saturating_add(seconds.saturating_mul(1_000)),
+            (None, None) => return Ok(None),
+        };
+        if due > now_ms + MAX_DEFER.as_millis() as u64 {
+            return Err(ApiError::InvalidBody(format!(
+                "a trigger can be deferred by at most {} days",
+                MAX_DEFER.as_secs() / 86_400
+            )));
+        }
+        Ok((due > now_ms).then_some(due))
+    }
 }
 
 /// The answer to an accepted trigger: the request is safely queued.
@@ -116,6 +156,8 @@ pub async fn create_execution(
     let body = read_limited(body, state.max_body_bytes).await?;
     let trigger: CreateExecution = serde_json::from_slice(&body)
         .map_err(|e| ApiError::InvalidBody(format!("invalid JSON body: {e}")))?;
+    let now_ms = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000).max(0) as u64;
+    let due_ms = trigger.due_ms(now_ms)?;
     let input = trigger
         .input
         .map_or_else(|| "{}".to_owned(), |raw| raw.get().to_owned());
@@ -130,6 +172,7 @@ pub async fn create_execution(
     };
     let ask = admission::Ask {
         workflow: &workflow,
+        due_ms,
         idempotency_key: admission::idempotency_key(&headers)?,
         body: &body,
     };
@@ -146,28 +189,38 @@ pub async fn create_execution(
         .enqueue(&request, &checks)
         .await
         .map_err(|e| ApiError::redis_unavailable(&e))?;
-    let (request_id, quota) = match admission::outcome(
+    let (request_id, quota, status) = match admission::outcome(
         &state, &caller, &workflow, &checks, enqueued,
     )? {
-        admission::Admitted::New(quota) => {
-            let mut event = decision_event(EventKind::Accepted, &caller, Some(&workflow));
+        admission::Admitted::New { quota, deferred } => {
+            let kind = if deferred {
+                EventKind::Deferred
+            } else {
+                EventKind::Accepted
+            };
+            let mut event = decision_event(kind, &caller, Some(&workflow));
             event.request_id = Some(request.request_id.to_string());
             event.input_sha256 = Some(sha256_hex(request.input.as_bytes()));
             state.audit.record(event);
-            tracing::info!(workflow = %workflow, request.id = %request.request_id, subject = %caller.subject, "trigger accepted");
-            (request.request_id.to_string(), Some(quota))
+            tracing::info!(workflow = %workflow, request.id = %request.request_id, subject = %caller.subject, deferred, "trigger accepted");
+            let status = if deferred {
+                RequestState::Deferred
+            } else {
+                RequestState::Queued
+            };
+            (request.request_id.to_string(), Some(quota), status)
         }
         // A retry answered as the first time; it was audited then.
         admission::Admitted::Duplicate(request_id) => {
             tracing::info!(workflow = %workflow, request.id = %request_id, "idempotent retry answered with the earlier request");
-            (request_id, None)
+            (request_id, None, RequestState::Queued)
         }
     };
 
     let accepted = ExecutionAccepted {
         status_url: format!("/v1/requests/{request_id}"),
         request_id,
-        status: RequestState::Queued,
+        status,
     };
     let mut response = (
         StatusCode::ACCEPTED,

@@ -38,6 +38,9 @@ pub struct RequestStatus {
     pub created_at: String,
     /// When the status last changed (RFC 3339).
     pub updated_at: String,
+    /// For a deferred trigger: when it is due (RFC 3339).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub not_before: Option<String>,
 }
 
 /// Get the status of a request.
@@ -79,13 +82,28 @@ pub async fn get_request(
     if stored.owner != caller.owner() {
         return Err(ApiError::NotFound);
     }
+    let now_ms = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000).max(0) as u64;
+    let not_before = (stored.not_before_ms > 0).then(|| rfc3339_ms(stored.not_before_ms));
+    // A deferred trigger that is due waits in the queue, whether or not it has been moved yet.
+    let status = match stored.state {
+        RequestState::Deferred if stored.not_before_ms <= now_ms => RequestState::Queued,
+        state => state,
+    };
     Ok(Json(RequestStatus {
         request_id: id.to_string(),
         workflow: id.workflow().to_string(),
-        status: stored.state,
+        status,
+        not_before,
         execution_arn: stored.execution_arn,
         error: stored.error,
         created_at: stored.created_at,
         updated_at: stored.updated_at,
     }))
+}
+
+fn rfc3339_ms(unix_ms: u64) -> String {
+    let at = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(unix_ms) * 1_000_000)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    at.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
 }
