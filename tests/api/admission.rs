@@ -70,11 +70,7 @@ async fn a_caller_limit_admits_exactly_its_quota_across_two_replicas() -> TestRe
     }
     assert_eq!((accepted, limited), (100, 200));
 
-    let mut redis = app.redis.connection().await?;
-    let queued: u64 = redis::cmd("XLEN")
-        .arg("stepgate:{wf:limited}:queue")
-        .query_async(&mut redis)
-        .await?;
+    let queued = app.queue_len("limited").await?;
     assert_eq!(queued, 100);
     let records = app.decision_records().await?;
     let refused = records
@@ -178,11 +174,7 @@ async fn a_full_backlog_answers_503_and_keeps_every_queued_entry() -> TestResult
     assert_eq!(header(&refused, "retry-after"), "5");
     assert_eq!(refused.json::<Value>().await?["code"], "unavailable");
 
-    let mut redis = app.redis.connection().await?;
-    let queued: u64 = redis::cmd("XLEN")
-        .arg("stepgate:{wf:limited}:queue")
-        .query_async(&mut redis)
-        .await?;
+    let queued = app.queue_len("limited").await?;
     assert_eq!(queued, 3, "nothing trimmed, nothing added");
     let records = app.decision_records().await?;
     assert!(
@@ -244,11 +236,7 @@ async fn a_retry_with_the_same_idempotency_key_gets_the_same_request_and_queues_
     let too_long = send(&"k".repeat(256), json!({}), token).await?;
     assert_eq!(too_long.status(), StatusCode::BAD_REQUEST);
 
-    let mut redis = app.redis.connection().await?;
-    let queued: u64 = redis::cmd("XLEN")
-        .arg("stepgate:{wf:limited}:queue")
-        .query_async(&mut redis)
-        .await?;
+    let queued = app.queue_len("limited").await?;
     assert_eq!(queued, 2, "the first request and the other caller's");
     let accepted = app
         .decision_records()

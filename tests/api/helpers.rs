@@ -762,6 +762,15 @@ impl TestApp {
             .collect()
     }
 
+    /// How many entries wait in `workflow`'s queue stream.
+    pub async fn queue_len(&self, workflow: &str) -> TestResult<u64> {
+        let mut redis = self.redis.connection().await?;
+        Ok(redis::cmd("XLEN")
+            .arg(format!("stepgate:{{wf:{workflow}}}:queue"))
+            .query_async(&mut redis)
+            .await?)
+    }
+
     /// The audit records about requests (leaving out the configuration events).
     pub async fn decision_records(&self) -> TestResult<Vec<Value>> {
         let records = self.audit_records().await?;

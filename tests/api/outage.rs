@@ -46,11 +46,7 @@ async fn with_redis_stopped_triggers_get_503_and_nothing_is_queued() -> TestResu
 
     // Redis keeps everything it acknowledged (AOF, fsync always): nothing was taken.
     app.redis.restart();
-    let mut redis = app.redis.connection().await?;
-    let queued: u64 = redis::cmd("XLEN")
-        .arg("stepgate:{wf:orders}:queue")
-        .query_async(&mut redis)
-        .await?;
+    let queued = app.queue_len("orders").await?;
     assert_eq!(queued, 0);
 
     // And the gateway reconnects by itself.
@@ -69,10 +65,7 @@ async fn with_redis_stopped_triggers_get_503_and_nothing_is_queued() -> TestResu
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let queued: u64 = redis::cmd("XLEN")
-        .arg("stepgate:{wf:orders}:queue")
-        .query_async(&mut redis)
-        .await?;
+    let queued = app.queue_len("orders").await?;
     assert_eq!(queued, 1, "exactly the request that got 202");
     Ok(())
 }
@@ -129,11 +122,7 @@ async fn on_shutdown_readiness_fails_and_admission_stops_before_the_listener_clo
         assert!(Instant::now() < deadline, "the listener stayed open");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let mut redis = app.redis.connection().await?;
-    let queued: u64 = redis::cmd("XLEN")
-        .arg("stepgate:{wf:orders}:queue")
-        .query_async(&mut redis)
-        .await?;
+    let queued = app.queue_len("orders").await?;
     assert_eq!(queued, 1, "only the trigger admitted before shutdown");
     Ok(())
 }

@@ -109,11 +109,7 @@ async fn inputs_that_fail_the_schema_get_422_naming_each_failing_path() -> TestR
     let response = app.trigger("payments", &token, &oversized).await?;
     assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
 
-    let mut redis = app.redis.connection().await?;
-    let queued: u64 = redis::cmd("XLEN")
-        .arg("stepgate:{wf:payments}:queue")
-        .query_async(&mut redis)
-        .await?;
+    let queued = app.queue_len("payments").await?;
     assert_eq!(queued, 1, "only the valid input was queued");
     Ok(())
 }

@@ -131,11 +131,7 @@ async fn a_policy_denied_caller_gets_403_and_leaves_a_denied_record() -> TestRes
             .unwrap_or_default()
             .contains("client")
     );
-    let mut redis = app.redis.connection().await?;
-    let queued: u64 = redis::cmd("XLEN")
-        .arg("stepgate:{wf:orders}:queue")
-        .query_async(&mut redis)
-        .await?;
+    let queued = app.queue_len("orders").await?;
     assert_eq!(queued, 0, "nothing reaches the queue");
     Ok(())
 }
