@@ -105,6 +105,15 @@ pub struct AwsConfig {
     pub endpoint_url: Option<String>,
     /// Static credentials, only for emulators; production uses the standard credential chain.
     pub static_credentials: Option<StaticCredentials>,
+    /// `StartExecution` calls per second for the whole account in this region, over all
+    /// workflows and replicas. Default 150: Step Functions' documented refill rate for
+    /// StartExecution in most regions (300 in the largest); 0 turns it off.
+    #[serde(default = "default_account_starts")]
+    pub starts_per_second: u32,
+}
+
+fn default_account_starts() -> u32 {
+    150
 }
 
 /// `[aws.static_credentials]`
@@ -308,6 +317,19 @@ pub struct WorkflowConfig {
     pub rate_limits: WorkflowRateLimits,
     /// Entries waiting in the queue at most; beyond, admission answers 503 (backpressure).
     pub max_backlog: Option<u64>,
+    /// How fast the drain may start this workflow's executions.
+    #[serde(default)]
+    pub drain: DrainPacing,
+}
+
+/// `[workflows.<name>.drain]`: shared by every replica through Redis.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct DrainPacing {
+    /// `StartExecution` calls per second at most (any 1 s window).
+    pub starts_per_second: Option<u32>,
+    /// `StartExecution` calls in flight at once at most.
+    pub max_in_flight: Option<u32>,
 }
 
 /// `[rate_limits]`: limits over all workflows.
@@ -602,6 +624,14 @@ impl Config {
                         "requests and per_seconds must be at least 1".into(),
                     );
                 }
+            }
+            if workflow.drain.starts_per_second == Some(0)
+                || workflow.drain.max_in_flight == Some(0)
+            {
+                problem(
+                    key("drain"),
+                    "starts_per_second and max_in_flight must be at least 1".into(),
+                );
             }
             if workflow.max_backlog == Some(0) {
                 problem(key("max_backlog"), "must be at least 1".into());

@@ -72,6 +72,7 @@ impl Runtime {
             .map(|(name, w)| DrainTarget {
                 workflow: name.clone(),
                 state_machine_arn: w.state_machine_arn.clone(),
+                pacing: w.drain,
             })
             .collect();
         targets.sort_by(|a, b| a.workflow.cmp(&b.workflow));
@@ -98,6 +99,7 @@ pub fn workflows(config: &Config) -> anyhow::Result<Vec<(WorkflowName, Workflow)
                 one_time_tokens: w.one_time_tokens,
                 rate_limits: w.rate_limits.clone(),
                 max_backlog: w.max_backlog,
+                drain: w.drain,
             };
             Ok((name, workflow))
         })

@@ -108,6 +108,12 @@ impl Application {
                 .clone()
                 .unwrap_or_else(unique_consumer_name),
             config: config.worker.clone(),
+            account_pace: (config.aws.starts_per_second > 0).then(|| {
+                (
+                    keys.account_pace(&config.aws.region),
+                    config.aws.starts_per_second,
+                )
+            }),
         });
 
         let listener = TcpListener::bind(config.server.listen)

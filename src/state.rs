@@ -7,7 +7,7 @@ use std::sync::{Arc, RwLock};
 use redis::aio::ConnectionManager;
 
 use crate::audit::AuditLog;
-use crate::config::WorkflowRateLimits;
+use crate::config::{DrainPacing, WorkflowRateLimits};
 use crate::policy::{InputRules, Policy};
 use crate::queue::{Keys, Producer};
 use crate::runtime::Runtime;
@@ -21,6 +21,7 @@ pub struct Workflow {
     pub one_time_tokens: bool,
     pub rate_limits: WorkflowRateLimits,
     pub max_backlog: Option<u64>,
+    pub drain: DrainPacing,
 }
 
 /// The application state behind every handler; cheap to clone.

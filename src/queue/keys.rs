@@ -16,6 +16,9 @@
 //! | `<p>:{wf:<name>}:deferred`            | zset   | deferred triggers by due time (ms)     |
 //! | `<p>:{wf:<name>}:deferred:entries`    | hash   | deferred triggers' queue fields        |
 //! | `<p>:{wf:<name>}:unused`              | —      | never written; fills unused script keys|
+//! | `<p>:{wf:<name>}:pace`                | zset   | recent StartExecution permits          |
+//! | `<p>:{wf:<name>}:inflight`            | zset   | StartExecution calls in flight (leases)|
+//! | `<p>:{sfn:<region>}:pace`             | zset   | permits for the whole account/region   |
 //! | `<p>:{caller:<hash>}:rate`            | zset   | one caller's admissions, all workflows |
 //! | `<p>:{audit}:log`                     | stream | signed, hash-chained audit records     |
 //! | `<p>:{audit}:head`                    | hash   | `seq` and `hash` of the newest record  |
@@ -68,6 +71,21 @@ impl Keys {
     /// A caller's idempotency key; `digest` covers the caller and the key (both caller-chosen).
     pub fn idempotency(&self, workflow: &WorkflowName, digest: &str) -> String {
         format!("{}:{{wf:{workflow}}}:idem:{digest}", self.prefix)
+    }
+
+    /// Recent `StartExecution` permits of a workflow (drain pacing).
+    pub fn pace(&self, workflow: &WorkflowName) -> String {
+        format!("{}:{{wf:{workflow}}}:pace", self.prefix)
+    }
+
+    /// `StartExecution` calls of a workflow in flight, as expiring leases.
+    pub fn in_flight(&self, workflow: &WorkflowName) -> String {
+        format!("{}:{{wf:{workflow}}}:inflight", self.prefix)
+    }
+
+    /// Recent `StartExecution` permits of the whole account in `region`.
+    pub fn account_pace(&self, region: &str) -> String {
+        format!("{}:{{sfn:{region}}}:pace", self.prefix)
     }
 
     /// Admission times of one caller over all workflows: in the caller's own slot.

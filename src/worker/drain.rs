@@ -21,7 +21,7 @@ use tokio_util::task::TaskTracker;
 use super::sfn::{SfnError, StepFunctions, execution_arn};
 use crate::audit::{AuditEvent, AuditLog, EventKind};
 use crate::clock::now_rfc3339;
-use crate::config::WorkerConfig;
+use crate::config::{DrainPacing, WorkerConfig};
 use crate::domain::WorkflowName;
 use crate::queue::consumer::{self, Delivery, Outcome};
 use crate::queue::producer::promote_due;
@@ -29,6 +29,30 @@ use crate::queue::{Keys, QueuedRequest};
 
 /// Entries read or claimed in one call at most.
 const MAX_BATCH: usize = 64;
+/// Pacing windows are stretched by this share, so that jitter between a permit and the
+/// call's arrival cannot put N + 1 starts into one window at Step Functions.
+const PACING_JITTER_MARGIN_PERCENT: u64 = 5;
+/// Longest single wait while paced (re-checked after it).
+const PACING_POLL_MAX: Duration = Duration::from_millis(250);
+/// How often a full in-flight cap is re-checked.
+const IN_FLIGHT_POLL: Duration = Duration::from_millis(20);
+/// A lease outlives its call by this much before it expires on its own.
+const LEASE_MARGIN: Duration = Duration::from_secs(5);
+
+static LEASE: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(include_str!("../queue/lease.lua")));
+
+/// One permit of a pacing window of `starts_per_second`; `Some(wait)` when none is free.
+async fn reserve_start(
+    redis: &mut ConnectionManager,
+    key: &str,
+    starts_per_second: u32,
+) -> redis::RedisResult<Option<Duration>> {
+    let window_ms = 1_000 * (100 + PACING_JITTER_MARGIN_PERCENT) / 100;
+    let member = uuid::Uuid::new_v4().simple().to_string();
+    crate::queue::producer::reserve(redis, key, &member, starts_per_second, window_ms).await
+}
+
 /// How often due deferred triggers are moved into their queues (their start precision).
 const PROMOTE_EVERY: Duration = Duration::from_millis(250);
 /// Pause after a failed Redis read before the next, at most.
@@ -39,6 +63,7 @@ const READ_RETRY_MAX: Duration = Duration::from_secs(5);
 pub struct DrainTarget {
     pub workflow: WorkflowName,
     pub state_machine_arn: String,
+    pub pacing: DrainPacing,
 }
 
 /// Everything one drain needs; shared by its tasks.
@@ -53,6 +78,8 @@ pub struct Drain {
     pub audit: AuditLog,
     pub config: WorkerConfig,
     pub consumer: String,
+    /// The account/region-wide pacing window and its starts per second, if any.
+    pub account_pace: Option<(String, u32)>,
 }
 
 impl Drain {
@@ -278,10 +305,7 @@ impl Drain {
                     error: format!("unreadable queue entry: {problem}"),
                 })
             }
-            Ok(request) => {
-                self.start_with_retries(&target.state_machine_arn, request, shutdown)
-                    .await
-            }
+            Ok(request) => self.start_with_retries(target, request, shutdown).await,
         };
         let Some(outcome) = outcome else { return };
         let request = delivery.request.as_ref().ok();
@@ -318,13 +342,17 @@ impl Drain {
 
     async fn start_with_retries(
         &self,
-        state_machine_arn: &str,
+        target: &DrainTarget,
         request: &QueuedRequest,
         shutdown: &CancellationToken,
     ) -> Option<Outcome> {
         let mut pauses = self.config.retry_backoff_ms.iter();
         loop {
-            match start_once(self.sfn.as_ref(), state_machine_arn, request).await {
+            // `None`: shutting down; the entry stays pending for a later delivery.
+            let lease = self.pace(target, shutdown).await?;
+            let started = start_once(self.sfn.as_ref(), &target.state_machine_arn, request).await;
+            self.release(target, lease).await;
+            match started {
                 Ok(execution_arn) => return Some(Outcome::Started { execution_arn }),
                 Err(SfnError::Retryable(error)) => {
                     let Some(pause) = pauses.next() else {
@@ -343,6 +371,97 @@ impl Drain {
                     });
                 }
             }
+        }
+    }
+
+    /// Waits for permission to call `StartExecution` for `target`: first an in-flight lease
+    /// (if the workflow caps calls in flight), then a permit of the account/region window and
+    /// of the workflow's window (each: at most N starts in any window, shared by every
+    /// replica). Permits come last so that each is used at once: taken earlier, they would
+    /// pile up while the service is slow and leave together, in a burst. `None` on shutdown;
+    /// otherwise the lease to release after the call.
+    async fn pace(
+        &self,
+        target: &DrainTarget,
+        shutdown: &CancellationToken,
+    ) -> Option<Option<String>> {
+        let mut redis = self.redis.clone();
+        let lease = match target.pacing.max_in_flight {
+            Some(max) => Some(self.take_lease(&mut redis, target, max, shutdown).await?),
+            None => None,
+        };
+        let windows = [
+            self.account_pace.clone(),
+            target
+                .pacing
+                .starts_per_second
+                .map(|rate| (self.keys.pace(&target.workflow), rate)),
+        ];
+        for (key, starts_per_second) in windows.into_iter().flatten() {
+            loop {
+                let wait = match reserve_start(&mut redis, &key, starts_per_second).await {
+                    Ok(None) => break,
+                    Ok(Some(wait)) => wait,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "drain pacing unavailable; waiting");
+                        PACING_POLL_MAX
+                    }
+                };
+                tokio::select! {
+                    () = tokio::time::sleep(wait.min(PACING_POLL_MAX)) => {}
+                    () = shutdown.cancelled() => {
+                        self.release(target, lease).await;
+                        return None;
+                    }
+                }
+            }
+        }
+        Some(lease)
+    }
+
+    /// One of `max` in-flight leases of `target`, shared by every replica.
+    async fn take_lease(
+        &self,
+        redis: &mut ConnectionManager,
+        target: &DrainTarget,
+        max: u32,
+        shutdown: &CancellationToken,
+    ) -> Option<String> {
+        let lease = uuid::Uuid::new_v4().simple().to_string();
+        let ttl = Duration::from_millis(self.config.call_timeout_ms) + LEASE_MARGIN;
+        loop {
+            let taken: redis::RedisResult<u64> = LEASE
+                .key(self.keys.in_flight(&target.workflow))
+                .arg(&lease)
+                .arg(max)
+                .arg(ttl.as_millis() as u64)
+                .invoke_async(redis)
+                .await;
+            let wait = match taken {
+                Ok(0) => return Some(lease),
+                Ok(_) => IN_FLIGHT_POLL,
+                Err(e) => {
+                    tracing::warn!(error = %e, "in-flight lease unavailable; waiting");
+                    PACING_POLL_MAX
+                }
+            };
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = shutdown.cancelled() => return None,
+            }
+        }
+    }
+
+    /// Gives back an in-flight lease (one not given back expires by itself).
+    async fn release(&self, target: &DrainTarget, lease: Option<String>) {
+        let Some(lease) = lease else { return };
+        let released: redis::RedisResult<i64> = redis::cmd("ZREM")
+            .arg(self.keys.in_flight(&target.workflow))
+            .arg(lease)
+            .query_async(&mut self.redis.clone())
+            .await;
+        if let Err(e) = released {
+            tracing::debug!(error = %e, "could not release an in-flight lease; it will expire");
         }
     }
 

@@ -12,6 +12,7 @@ mod helpers;
 mod http;
 mod keys;
 mod outage;
+mod pacing;
 mod policy;
 mod reload;
 mod trigger;
