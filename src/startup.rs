@@ -52,12 +52,6 @@ impl Application {
         .await
     }
 
-    /// Builds from a configuration value (not reloadable).
-    pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let sfn = aws_step_functions(&config).await;
-        Self::build_with(config, sfn, None).await
-    }
-
     /// Connects to Redis, applies migrations, loads keys, binds the listener.
     pub async fn build_with(
         config: Config,

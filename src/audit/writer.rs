@@ -87,11 +87,6 @@ impl AuditLog {
             let _ = wait.await;
         }
     }
-
-    /// Events lost because the writer could not keep up.
-    pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
-    }
 }
 
 impl AuditWriter {

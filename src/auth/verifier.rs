@@ -169,7 +169,7 @@ impl Verifier {
             return Err(AuthError::TooLarge);
         }
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        let now = unix_now();
+        let now = crate::clock::unix_seconds();
         if let Some(hit) = self.cache.get(&digest, now) {
             let key_still_there = self
                 .issuers
@@ -334,12 +334,6 @@ fn rejection_reason(kind: &ErrorKind) -> String {
         ErrorKind::InvalidClaimFormat(claim) => format!("malformed claim {claim}"),
         other => format!("{other:?}"),
     }
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// SHA-256 of a token, hex: identifies a token in logs and audit records without revealing it.

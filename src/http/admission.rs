@@ -196,6 +196,21 @@ pub fn audit_refused_token(
     }
 }
 
+/// An audit event about `caller`'s request to `workflow` (if known).
+pub fn caller_event(
+    kind: EventKind,
+    caller: &Principal,
+    workflow: Option<&WorkflowName>,
+) -> AuditEvent {
+    let mut event = AuditEvent::now(kind);
+    event.workflow = workflow.map(ToString::to_string);
+    event.issuer = Some(caller.issuer.clone());
+    event.subject = Some(caller.subject.clone());
+    event.client_id.clone_from(&caller.client_id);
+    event.token_sha256 = Some(caller.token_sha256.clone());
+    event
+}
+
 fn audit(
     state: &AppState,
     caller: &Principal,
@@ -203,12 +218,7 @@ fn audit(
     kind: EventKind,
     reason: &str,
 ) {
-    let mut event = AuditEvent::now(kind);
-    event.workflow = Some(workflow.to_string());
-    event.issuer = Some(caller.issuer.clone());
-    event.subject = Some(caller.subject.clone());
-    event.client_id.clone_from(&caller.client_id);
-    event.token_sha256 = Some(caller.token_sha256.clone());
+    let mut event = caller_event(kind, caller, Some(workflow));
     event.reason = Some(reason.to_owned());
     state.audit.record(event);
 }
@@ -253,7 +263,7 @@ fn one_time_token(runtime: &Runtime, caller: &Principal) -> Result<OneTimeToken,
         .get("exp")
         .and_then(|v| v.as_u64())
         .unwrap_or(0);
-    let now = time::OffsetDateTime::now_utc().unix_timestamp().max(0) as u64;
+    let now = crate::clock::unix_seconds();
     Ok(OneTimeToken {
         id: sha256_hex(format!("{}\n{jti}", caller.issuer).as_bytes()),
         ttl_seconds: exp.saturating_sub(now) + runtime.verifier.leeway(&caller.issuer),

@@ -138,13 +138,7 @@ async fn a_workflow_limit_counts_all_callers_and_reports_the_quota() -> TestResu
         app.trigger("orders", &billing, &json!({})).await?.status(),
         StatusCode::ACCEPTED
     );
-    let reasons: Vec<String> = app
-        .decision_records()
-        .await?
-        .iter()
-        .filter(|r| r["event"] == "rate_limited")
-        .filter_map(|r| r["reason"].as_str().map(str::to_owned))
-        .collect();
+    let reasons = app.reasons("rate_limited").await?;
     assert_eq!(
         reasons,
         vec![

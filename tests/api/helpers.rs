@@ -784,6 +784,16 @@ impl TestApp {
             .collect())
     }
 
+    /// The `reason` of each audit record of `event`, in order.
+    pub async fn reasons(&self, event: &str) -> TestResult<Vec<String>> {
+        let records = self.decision_records().await?;
+        Ok(records
+            .iter()
+            .filter(|r| r["event"] == event)
+            .filter_map(|r| r["reason"].as_str().map(str::to_owned))
+            .collect())
+    }
+
     /// Runs the `stepgate` binary against this app's configuration.
     pub fn stepgate(&self, args: &[&str]) -> TestResult<std::process::Output> {
         Ok(Command::new(env!("CARGO_BIN_EXE_stepgate"))

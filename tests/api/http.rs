@@ -3,7 +3,7 @@
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{TestResult, partners, root, spawn_app};
+use crate::helpers::{TestResult, header, partners, root, spawn_app};
 
 #[tokio::test]
 async fn bodies_are_checked_after_authorization() -> TestResult {
@@ -27,11 +27,8 @@ async fn bodies_are_checked_after_authorization() -> TestResult {
     let response = post(b"{not json".to_vec(), "application/json").await?;
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
     assert_eq!(
-        response
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok()),
-        Some("application/problem+json")
+        header(&response, "content-type"),
+        "application/problem+json"
     );
     assert_eq!(response.json::<Value>().await?["code"], "invalid_body");
 

@@ -198,13 +198,7 @@ async fn an_issuer_may_require_the_access_token_type_and_more_claims() -> TestRe
         StatusCode::UNAUTHORIZED
     );
 
-    let reasons: Vec<String> = app
-        .decision_records()
-        .await?
-        .iter()
-        .filter(|r| r["event"] == "auth_failed")
-        .filter_map(|r| r["reason"].as_str().map(str::to_owned))
-        .collect();
+    let reasons = app.reasons("auth_failed").await?;
     assert_eq!(
         reasons,
         vec![
@@ -306,13 +300,7 @@ async fn opaque_tokens_are_verified_by_introspection_and_cached_while_they_live(
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(response.headers().contains_key("retry-after"));
 
-    let reasons: Vec<String> = app
-        .decision_records()
-        .await?
-        .iter()
-        .filter(|r| r["event"] == "auth_failed")
-        .filter_map(|r| r["reason"].as_str().map(str::to_owned))
-        .collect();
+    let reasons = app.reasons("auth_failed").await?;
     assert_eq!(
         reasons[..2],
         [

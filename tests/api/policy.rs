@@ -3,7 +3,7 @@
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{RedisServer, TestResult, TestSettings, partners, spawn_app_with};
+use crate::helpers::{RedisServer, TestResult, TestSettings, header, partners, spawn_app_with};
 
 #[tokio::test]
 async fn a_matching_deny_rule_wins_over_allow() -> TestResult {
@@ -83,11 +83,8 @@ async fn inputs_that_fail_the_schema_get_422_naming_each_failing_path() -> TestR
     let response = app.trigger("payments", &token, &invalid).await?;
     assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(
-        response
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok()),
-        Some("application/problem+json")
+        header(&response, "content-type"),
+        "application/problem+json"
     );
     let problem: Value = response.json().await?;
     assert_eq!(problem["code"], "invalid_input");

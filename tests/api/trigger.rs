@@ -110,11 +110,8 @@ async fn a_policy_denied_caller_gets_403_and_leaves_a_denied_record() -> TestRes
         "{challenge}"
     );
     assert_eq!(
-        response
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok()),
-        Some("application/problem+json")
+        header(&response, "content-type"),
+        "application/problem+json"
     );
     let problem: Value = response.json().await?;
     assert_eq!(problem["code"], "insufficient_scope");

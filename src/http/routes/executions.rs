@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use utoipa::ToSchema;
 
+use crate::audit::EventKind;
 use crate::audit::record::sha256_hex;
-use crate::audit::{AuditEvent, EventKind};
 use crate::auth::Principal;
 use crate::clock::now_rfc3339;
 use crate::domain::{RequestId, WorkflowName};
@@ -59,7 +59,7 @@ impl CreateExecution {
                                 "not_before is not an RFC 3339 time: {e}"
                             ))
                         })?;
-                (at.unix_timestamp_nanos() / 1_000_000).max(0) as u64
+                crate::clock::to_unix_ms(at)
             }
             (None, Some(seconds)) => now_ms.saturating_add(seconds.saturating_mul(1_000)),
             (None, None) => return Ok(None),
@@ -156,7 +156,7 @@ pub async fn create_execution(
     let body = read_limited(body, state.max_body_bytes).await?;
     let trigger: CreateExecution = serde_json::from_slice(&body)
         .map_err(|e| ApiError::InvalidBody(format!("invalid JSON body: {e}")))?;
-    let now_ms = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000).max(0) as u64;
+    let now_ms = crate::clock::unix_ms();
     let due_ms = trigger.due_ms(now_ms)?;
     let input = trigger
         .input
@@ -198,7 +198,7 @@ pub async fn create_execution(
             } else {
                 EventKind::Accepted
             };
-            let mut event = decision_event(kind, &caller, Some(&workflow));
+            let mut event = admission::caller_event(kind, &caller, Some(&workflow));
             event.request_id = Some(request.request_id.to_string());
             event.input_sha256 = Some(sha256_hex(request.input.as_bytes()));
             state.audit.record(event);
@@ -251,7 +251,7 @@ fn authorize_trigger<'r>(
         },
         None => "unknown workflow".to_owned(),
     };
-    let mut event = decision_event(
+    let mut event = admission::caller_event(
         EventKind::Denied,
         caller,
         known.as_ref().map(|(name, _)| name),
@@ -259,20 +259,6 @@ fn authorize_trigger<'r>(
     event.reason = Some(reason.clone());
     state.audit.record(event);
     Err(ApiError::Forbidden(reason))
-}
-
-fn decision_event(
-    kind: EventKind,
-    caller: &Principal,
-    workflow: Option<&WorkflowName>,
-) -> AuditEvent {
-    let mut event = AuditEvent::now(kind);
-    event.workflow = workflow.map(ToString::to_string);
-    event.issuer = Some(caller.issuer.clone());
-    event.subject = Some(caller.subject.clone());
-    event.client_id.clone_from(&caller.client_id);
-    event.token_sha256 = Some(caller.token_sha256.clone());
-    event
 }
 
 /// `application/json`, optionally with parameters; an absent Content-Type is accepted as JSON.

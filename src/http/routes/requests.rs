@@ -82,8 +82,9 @@ pub async fn get_request(
     if stored.owner != caller.owner() {
         return Err(ApiError::NotFound);
     }
-    let now_ms = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000).max(0) as u64;
-    let not_before = (stored.not_before_ms > 0).then(|| rfc3339_ms(stored.not_before_ms));
+    let now_ms = crate::clock::unix_ms();
+    let not_before = (stored.not_before_ms > 0)
+        .then(|| crate::clock::rfc3339_from_unix_ms(stored.not_before_ms));
     // A deferred trigger that is due waits in the queue, whether or not it has been moved yet.
     let status = match stored.state {
         RequestState::Deferred if stored.not_before_ms <= now_ms => RequestState::Queued,
@@ -99,11 +100,4 @@ pub async fn get_request(
         created_at: stored.created_at,
         updated_at: stored.updated_at,
     }))
-}
-
-fn rfc3339_ms(unix_ms: u64) -> String {
-    let at = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(unix_ms) * 1_000_000)
-        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-    at.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
 }
