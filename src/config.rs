@@ -38,6 +38,9 @@ pub struct Config {
     /// Limits over all workflows.
     #[serde(default)]
     pub rate_limits: GlobalRateLimits,
+    /// Who may use the admin API (dead letters); nobody by default.
+    #[serde(default)]
+    pub admin: AdminConfig,
     pub issuers: Vec<IssuerConfig>,
     pub workflows: BTreeMap<String, WorkflowConfig>,
 }
@@ -134,15 +137,20 @@ pub struct WorkerConfig {
     pub max_in_flight: usize,
     /// Bound on one `StartExecution` call.
     pub call_timeout_ms: u64,
-    /// Pauses between attempts of a retryable failure, before the entry is left for reclaim.
-    pub retry_backoff_ms: Vec<u64>,
-    /// An entry delivered but unacknowledged this long is taken over by another consumer.
-    /// Must exceed the longest a delivery can take, or a slow start would be run twice.
+    /// First pause after a retryable failure; each further one doubles (±20% jitter)...
+    pub retry_initial_backoff_ms: u64,
+    /// ...up to this.
+    pub retry_max_backoff_ms: u64,
+    /// An entry still failing this long after it entered the queue goes to the dead letters.
+    pub retry_max_age_seconds: u64,
+    /// A delivering consumer renews its claim on an entry every `claim_idle_ms / 5`; another
+    /// consumer takes over an entry left unrenewed this long (its consumer died).
     pub claim_idle_ms: u64,
     /// How long a blocking read waits for new entries.
     pub block_ms: u64,
     /// Consumer name in the group; default `<host>-<pid>-<random>`, unique per process.
     pub consumer_name: Option<String>,
+    pub breaker: BreakerConfig,
 }
 
 impl Default for WorkerConfig {
@@ -151,19 +159,49 @@ impl Default for WorkerConfig {
             enabled: true,
             max_in_flight: 32,
             call_timeout_ms: 10_000,
-            retry_backoff_ms: vec![200, 1_000, 5_000],
+            retry_initial_backoff_ms: 200,
+            retry_max_backoff_ms: 30_000,
+            retry_max_age_seconds: 24 * 3600,
             claim_idle_ms: 60_000,
             block_ms: 2_000,
             consumer_name: None,
+            breaker: BreakerConfig::default(),
+        }
+    }
+}
+
+/// `[worker.breaker]`: the circuit breaker of each state machine.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BreakerConfig {
+    /// Consecutive failed calls (5xx, timeouts, connection errors) that open it.
+    pub failure_threshold: u32,
+    /// How long it stays open before a probe call; doubles after a failed probe...
+    pub open_ms: u64,
+    /// ...up to this.
+    pub max_open_ms: u64,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        Self {
+            failure_threshold: 5,
+            open_ms: 5_000,
+            max_open_ms: 60_000,
         }
     }
 }
 
 impl WorkerConfig {
-    /// The longest one delivery can keep an entry: every attempt timing out, plus the pauses.
-    pub fn longest_delivery_ms(&self) -> u64 {
-        let attempts = self.retry_backoff_ms.len() as u64 + 1;
-        attempts * self.call_timeout_ms + self.retry_backoff_ms.iter().sum::<u64>()
+    /// The longest a delivering consumer can go without renewing its claim: a
+    /// `StartExecution` and a `DescribeExecution` timing out, and a Redis command.
+    pub fn longest_silence_ms(&self, redis_command_timeout_ms: u64) -> u64 {
+        2 * self.call_timeout_ms + redis_command_timeout_ms
+    }
+
+    /// How often a delivering consumer renews its claim on an entry.
+    pub fn claim_renewal_ms(&self) -> u64 {
+        self.claim_idle_ms / 5
     }
 }
 
@@ -198,6 +236,17 @@ impl Default for LogConfig {
 pub enum LogFormat {
     Json,
     Pretty,
+}
+
+/// `[admin]`: who may use the admin API, as rules over verified tokens (as for a
+/// workflow: any allow rule matches and no deny rule does). Empty: nobody.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    #[serde(default)]
+    pub allow: Vec<Rule>,
+    #[serde(default)]
+    pub deny: Vec<Rule>,
 }
 
 /// `[auth]`: settings common to all issuers.
@@ -509,14 +558,29 @@ impl Config {
         if worker.max_in_flight == 0 {
             problem("worker.max_in_flight".into(), "must be at least 1".into());
         }
-        if worker.claim_idle_ms <= worker.longest_delivery_ms() {
+        let silence = worker.longest_silence_ms(self.redis.command_timeout_ms);
+        if worker.claim_idle_ms <= worker.claim_renewal_ms() + silence {
             problem(
                 "worker.claim_idle_ms".into(),
                 format!(
-                    "must exceed the longest delivery ({} ms = attempts x call_timeout_ms + retry_backoff_ms), \
-                     or a slow delivery would be taken over while still running",
-                    worker.longest_delivery_ms()
+                    "must exceed claim_idle_ms / 5 + {silence} ms (2 x call_timeout_ms + \
+                     redis.command_timeout_ms), or a live delivery could be taken over"
                 ),
+            );
+        }
+        if worker.retry_initial_backoff_ms == 0
+            || worker.retry_max_backoff_ms < worker.retry_initial_backoff_ms
+        {
+            problem(
+                "worker.retry_max_backoff_ms".into(),
+                "retry_initial_backoff_ms must be at least 1 and at most retry_max_backoff_ms"
+                    .into(),
+            );
+        }
+        if worker.breaker.failure_threshold == 0 || worker.breaker.open_ms == 0 {
+            problem(
+                "worker.breaker".into(),
+                "failure_threshold and open_ms must be at least 1".into(),
             );
         }
         if self

@@ -30,6 +30,8 @@ pub struct Runtime {
     pub config_sha256: String,
     /// Each caller's limit over all workflows.
     pub caller_limit: Option<crate::config::Rate>,
+    /// Who may use the admin API.
+    pub admin: Policy,
 }
 
 impl Runtime {
@@ -61,6 +63,10 @@ impl Runtime {
             workflows: workflows(config)?.into_iter().collect(),
             config_sha256,
             caller_limit: config.rate_limits.per_caller,
+            admin: Policy {
+                allow: config.admin.allow.clone(),
+                deny: config.admin.deny.clone(),
+            },
         })
     }
 

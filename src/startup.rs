@@ -18,7 +18,7 @@ use crate::queue::{Keys, Producer};
 use crate::reload::Reloader;
 use crate::runtime::{KeyRefreshers, Runtime};
 use crate::state::{App, AppState};
-use crate::worker::{AwsStepFunctions, Drain, DrainTarget, StepFunctions};
+use crate::worker::{AwsStepFunctions, Breakers, Drain, DrainTarget, StepFunctions};
 
 /// How long the audit writer may take to write what is left at shutdown.
 const AUDIT_DRAIN: Duration = Duration::from_secs(10);
@@ -89,6 +89,7 @@ impl Application {
             .context("applying migrations")?;
 
         let (targets, targets_rx) = watch::channel(runtime.drain_targets());
+        let breakers = Arc::new(Breakers::new(config.worker.breaker));
         let drain = config.worker.enabled.then(|| Drain {
             redis_client,
             redis: redis.clone(),
@@ -108,6 +109,7 @@ impl Application {
                     config.aws.starts_per_second,
                 )
             }),
+            breakers: Arc::clone(&breakers),
         });
 
         let listener = TcpListener::bind(config.server.listen)
@@ -124,6 +126,7 @@ impl Application {
             redis,
             keys,
             audit,
+            breakers,
             &config.server,
         ));
         Ok(Self {

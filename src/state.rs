@@ -11,6 +11,7 @@ use crate::config::{DrainPacing, WorkflowRateLimits};
 use crate::policy::{InputRules, Policy};
 use crate::queue::{Keys, Producer};
 use crate::runtime::Runtime;
+use crate::worker::Breakers;
 
 /// A workflow as the request path needs it.
 #[derive(Debug, Clone)]
@@ -38,6 +39,8 @@ pub struct App {
     pub audit: AuditLog,
     pub max_body_bytes: usize,
     pub idempotency_ttl_seconds: u64,
+    /// The drain's circuit breakers (shown by `/readyz`).
+    pub breakers: Arc<Breakers>,
     /// False once shutdown began: readiness fails and triggers are refused.
     admitting: AtomicBool,
 }
@@ -49,6 +52,7 @@ impl App {
         redis: ConnectionManager,
         keys: Keys,
         audit: AuditLog,
+        breakers: Arc<Breakers>,
         server: &crate::config::ServerConfig,
     ) -> Self {
         Self {
@@ -59,6 +63,7 @@ impl App {
             audit,
             max_body_bytes: server.max_body_bytes,
             idempotency_ttl_seconds: server.idempotency_ttl_seconds,
+            breakers,
             admitting: AtomicBool::new(true),
         }
     }

@@ -33,7 +33,11 @@ pub enum EventKind {
     Deferred,
     /// Step Functions started the execution.
     Started,
-    /// Step Functions refused the execution for good.
+    /// A request could not start as it is and went to its workflow's dead letters.
+    DeadLettered,
+    /// An operator put a dead letter back into its queue (same request id).
+    Replayed,
+    /// A request was given up for good (an operator purged its dead letter).
     Failed,
     /// The process started with a configuration.
     ConfigLoaded,

@@ -61,6 +61,8 @@ pub enum ApiError {
     PayloadTooLarge { limit: usize },
     #[error("invalid request body: {0}")]
     InvalidBody(String),
+    #[error("invalid parameter: {0}")]
+    InvalidParameter(String),
     #[error("the input does not match the workflow's schema")]
     InvalidInput(Vec<InputViolation>),
     #[error("the Idempotency-Key was used with another request")]
@@ -122,9 +124,9 @@ impl ApiError {
     fn status(&self) -> StatusCode {
         match self {
             ApiError::MissingToken | ApiError::InvalidToken(_) => StatusCode::UNAUTHORIZED,
-            ApiError::MalformedAuthorization(_) | ApiError::InvalidBody(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            ApiError::MalformedAuthorization(_)
+            | ApiError::InvalidBody(_)
+            | ApiError::InvalidParameter(_) => StatusCode::BAD_REQUEST,
             ApiError::InvalidInput(_) | ApiError::IdempotencyKeyReused => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
@@ -148,6 +150,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::InvalidBody(_) => "invalid_body",
+            ApiError::InvalidParameter(_) => "invalid_parameter",
             ApiError::InvalidInput(_) => "invalid_input",
             ApiError::IdempotencyKeyReused => "idempotency_key_reused",
             ApiError::RateLimited { .. } => "rate_limited",
@@ -170,7 +173,7 @@ impl ApiError {
             ApiError::PayloadTooLarge { limit } => {
                 format!("the request body is larger than {limit} bytes")
             }
-            ApiError::InvalidBody(why) => why.clone(),
+            ApiError::InvalidBody(why) | ApiError::InvalidParameter(why) => why.clone(),
             ApiError::IdempotencyKeyReused => {
                 "this Idempotency-Key was used with another request (workflow or body)".into()
             }

@@ -10,7 +10,7 @@ use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::routes::{executions, health, requests, workflows};
+use super::routes::{dead_letters, executions, health, requests, workflows};
 use crate::state::AppState;
 
 /// Where the committed copy lives, relative to the repository root.
@@ -29,6 +29,7 @@ pub const COMMITTED_PATH: &str = "openapi/openapi.json";
         (name = "executions", description = "Trigger workflow executions"),
         (name = "requests", description = "Follow accepted triggers"),
         (name = "health", description = "Probes for orchestrators"),
+        (name = "admin", description = "Operate the gateway: dead letters (callers allowed by the `[admin]` policy)"),
     )
 )]
 struct ApiDoc;
@@ -61,6 +62,9 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(executions::create_execution))
         .routes(routes!(workflows::list_workflows))
         .routes(routes!(requests::get_request))
+        .routes(routes!(dead_letters::list_dead_letters))
+        .routes(routes!(dead_letters::replay_dead_letter))
+        .routes(routes!(dead_letters::purge_dead_letter))
         .routes(routes!(health::get_health))
         .routes(routes!(health::get_readiness))
 }

@@ -15,6 +15,7 @@ use redis::streams::{
 };
 use redis::{AsyncCommands, RedisResult, Script};
 
+use super::dead_letters;
 use super::keys::{Keys, WORKERS_GROUP};
 use super::request::{QueuedRequest, RequestState};
 use crate::domain::{RequestId, WorkflowName};
@@ -38,11 +39,13 @@ impl From<StreamId> for Delivery {
     }
 }
 
-/// How a delivery ended.
+/// How a delivery ended for good.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
+    /// Step Functions started the execution (now, or on an earlier delivery).
     Started { execution_arn: String },
-    Failed { error: String },
+    /// It can never start as it is: moved to the dead letters.
+    DeadLettered { reason: String },
 }
 
 /// Creates the workers' group on `queue` (and the stream), tolerating an existing group.
@@ -103,7 +106,9 @@ pub async fn claim_stale(
     ))
 }
 
-/// Records the outcome in the request's status and removes the entry (ack + delete).
+/// Records the outcome: the request's status, and the entry removed from the queue (into
+/// the dead letters, for a dead letter). `true` when this call recorded it; `false` when
+/// another delivery of the same entry already had (it must not be audited twice).
 pub async fn complete(
     redis: &mut ConnectionManager,
     keys: &Keys,
@@ -112,29 +117,29 @@ pub async fn complete(
     entry_id: &str,
     outcome: &Outcome,
     now: &str,
-) -> RedisResult<()> {
-    let (state, field, value) = match outcome {
-        Outcome::Started { execution_arn } => (
-            RequestState::Started,
-            "execution_arn",
-            execution_arn.as_str(),
-        ),
-        Outcome::Failed { error } => (RequestState::Failed, "error", error.as_str()),
-    };
-    // An unreadable entry has no status hash; a key that cannot exist keeps the script simple.
-    let status_key = match request_id {
-        Some(id) => keys.request(id),
-        None => format!("{}:unreadable", keys.queue(workflow)),
-    };
-    COMPLETE
-        .key(keys.queue(workflow))
-        .key(status_key)
-        .arg(WORKERS_GROUP)
-        .arg(entry_id)
-        .arg(state.as_str())
-        .arg(now)
-        .arg(field)
-        .arg(value)
-        .invoke_async(redis)
-        .await
+) -> RedisResult<bool> {
+    match outcome {
+        Outcome::DeadLettered { reason } => {
+            dead_letters::dead_letter(redis, keys, workflow, request_id, entry_id, reason, now)
+                .await
+        }
+        Outcome::Started { execution_arn } => {
+            // An unreadable entry cannot have started; any id keeps the script simple.
+            let status_key = match request_id {
+                Some(id) => keys.request(id),
+                None => keys.unused(workflow),
+            };
+            let acked: i64 = COMPLETE
+                .key(keys.queue(workflow))
+                .key(status_key)
+                .arg(WORKERS_GROUP)
+                .arg(entry_id)
+                .arg(RequestState::Started.as_str())
+                .arg(now)
+                .arg(execution_arn)
+                .invoke_async(redis)
+                .await?;
+            Ok(acked == 1)
+        }
+    }
 }

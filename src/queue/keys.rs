@@ -8,6 +8,8 @@
 //! |---------------------------------------|--------|----------------------------------------|
 //! | `<p>:{wf:<name>}:queue`               | stream | accepted triggers awaiting the drain   |
 //! | `<p>:{wf:<name>}:request:<32 hex>`    | hash   | one request's status (expires)         |
+//! | `<p>:{wf:<name>}:dead`                | stream | dead letters: entries that cannot start|
+//! | `<p>:{wf:<name>}:dead:index`          | hash   | request id → dead-letter entry id      |
 //! | `<p>:{wf:<name>}:schema`              | hash   | migrations applied to this workflow    |
 //! | `<p>:{wf:<name>}:jti:<sha256>`        | string | a used one-time token (expires with it)|
 //! | `<p>:{wf:<name>}:rate:workflow`       | zset   | admissions in the workflow's window    |
@@ -16,7 +18,7 @@
 //! | `<p>:{wf:<name>}:deferred`            | zset   | deferred triggers by due time (ms)     |
 //! | `<p>:{wf:<name>}:deferred:entries`    | hash   | deferred triggers' queue fields        |
 //! | `<p>:{wf:<name>}:unused`              | —      | never written; fills unused script keys|
-//! | `<p>:{wf:<name>}:pace`                | zset   | recent StartExecution permits          |
+//! | `<p>:{wf:<name>}:pace`                | zset   | StartExecution permits (pace.lua)      |
 //! | `<p>:{wf:<name>}:inflight`            | zset   | StartExecution calls in flight (leases)|
 //! | `<p>:{sfn:<region>}:pace`             | zset   | permits for the whole account/region   |
 //! | `<p>:{caller:<hash>}:rate`            | zset   | one caller's admissions, all workflows |
@@ -55,6 +57,17 @@ impl Keys {
             id.workflow(),
             id.local_part()
         )
+    }
+
+    /// Entries that can never start as they are, with the reason; kept until replayed or
+    /// purged.
+    pub fn dead_letters(&self, workflow: &WorkflowName) -> String {
+        format!("{}:{{wf:{workflow}}}:dead", self.prefix)
+    }
+
+    /// Request id (or `entry:<id>` for an unreadable entry) → its dead-letter entry id.
+    pub fn dead_letter_index(&self, workflow: &WorkflowName) -> String {
+        format!("{}:{{wf:{workflow}}}:dead:index", self.prefix)
     }
 
     /// Marks a one-time token as used; `token_id` is a digest, never the raw `jti`.

@@ -1,6 +1,7 @@
 //! The Redis queue between admission and the drain: one stream per workflow.
 
 pub mod consumer;
+pub mod dead_letters;
 pub mod keys;
 pub mod producer;
 pub mod request;

@@ -17,31 +17,6 @@ static ENQUEUE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("en
 static RESERVE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("reserve.lua")));
 static PROMOTE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("promote.lua")));
 
-/// One admission of a sliding window at `key` (at most `requests` in any `window_ms`);
-/// `Some(wait)` when the window is full.
-pub async fn reserve(
-    redis: &mut ConnectionManager,
-    key: &str,
-    member: &str,
-    requests: u32,
-    window_ms: u64,
-) -> redis::RedisResult<Option<Duration>> {
-    let reply: Vec<String> = RESERVE
-        .key(key)
-        .arg(member)
-        .arg(requests)
-        .arg(window_ms)
-        .invoke_async(redis)
-        .await?;
-    match reply.as_slice() {
-        [status, ..] if status == "ok" => Ok(None),
-        [status, retry_ms] if status == "limited" => {
-            Ok(Some(Duration::from_millis(retry_ms.parse().unwrap_or(1))))
-        }
-        _ => Err(unexpected_reply()),
-    }
-}
-
 /// Moves up to `batch` due deferred triggers of `workflow` into its queue; returns how many.
 pub async fn promote_due(
     redis: &mut ConnectionManager,

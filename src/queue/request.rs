@@ -69,16 +69,20 @@ pub enum RequestState {
     Queued,
     /// Step Functions accepted `StartExecution`; `execution_arn` is set.
     Started,
-    /// Step Functions refused it for good; `error` says why.
+    /// It cannot start as it is (`error` says why) and waits in the workflow's dead letters
+    /// for an operator to replay or purge it.
+    DeadLettered,
+    /// Given up for good (purged from the dead letters); `error` says why.
     Failed,
 }
 
 impl RequestState {
     /// Every state, for parsing.
-    pub const ALL: [RequestState; 4] = [
+    pub const ALL: [RequestState; 5] = [
         RequestState::Deferred,
         RequestState::Queued,
         RequestState::Started,
+        RequestState::DeadLettered,
         RequestState::Failed,
     ];
 
@@ -87,6 +91,7 @@ impl RequestState {
             RequestState::Deferred => "deferred",
             RequestState::Queued => "queued",
             RequestState::Started => "started",
+            RequestState::DeadLettered => "dead_lettered",
             RequestState::Failed => "failed",
         }
     }

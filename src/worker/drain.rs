@@ -5,19 +5,22 @@
 //! - the execution name is the request id, so a redelivered entry meets
 //!   `ExecutionAlreadyExists`, and the drain then compares the existing execution's input
 //!   with the request's to tell "already started by us" from a genuine name clash;
-//! - retryable failures are retried on a schedule, then left pending; any consumer takes them
-//!   over (`XAUTOCLAIM`) once idle for `claim_idle_ms`, which start-up checks is longer than a
-//!   delivery can take, so a slow delivery is never run twice at once.
+//! - a delivery keeps retrying retryable failures (backoff with jitter) and renews its claim
+//!   on the entry while it waits; entries of a consumer that died stop being renewed and any
+//!   consumer takes them over (`XAUTOCLAIM`) once idle for `claim_idle_ms`;
+//! - an entry that can never start as it is goes to the workflow's dead letters, atomically
+//!   with its removal from the queue.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::breaker::{Admit, Breakers};
 use super::sfn::{SfnError, StepFunctions, execution_arn};
 use crate::audit::{AuditEvent, AuditLog, EventKind};
 use crate::clock::now_rfc3339;
@@ -25,13 +28,10 @@ use crate::config::{DrainPacing, WorkerConfig};
 use crate::domain::WorkflowName;
 use crate::queue::consumer::{self, Delivery, Outcome};
 use crate::queue::producer::promote_due;
-use crate::queue::{Keys, QueuedRequest};
+use crate::queue::{Keys, QueuedRequest, WORKERS_GROUP};
 
 /// Entries read or claimed in one call at most.
 const MAX_BATCH: usize = 64;
-/// Pacing windows are stretched by this share, so that jitter between a permit and the
-/// call's arrival cannot put N + 1 starts into one window at Step Functions.
-const PACING_JITTER_MARGIN_PERCENT: u64 = 5;
 /// Longest single wait while paced (re-checked after it).
 const PACING_POLL_MAX: Duration = Duration::from_millis(250);
 /// How often a full in-flight cap is re-checked.
@@ -41,20 +41,25 @@ const LEASE_MARGIN: Duration = Duration::from_secs(5);
 
 static LEASE: std::sync::LazyLock<redis::Script> =
     std::sync::LazyLock::new(|| redis::Script::new(include_str!("../queue/lease.lua")));
+static PACE: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(include_str!("../queue/pace.lua")));
 
-/// One permit of a pacing window of `starts_per_second`; `Some(wait)` when none is free.
-async fn reserve_start(
-    redis: &mut ConnectionManager,
-    key: &str,
-    starts_per_second: u32,
-) -> redis::RedisResult<Option<Duration>> {
-    let window_ms = 1_000 * (100 + PACING_JITTER_MARGIN_PERCENT) / 100;
-    let member = uuid::Uuid::new_v4().simple().to_string();
-    crate::queue::producer::reserve(redis, key, &member, starts_per_second, window_ms).await
+/// The pacing window: at most N starts per second.
+const PACING_WINDOW_MS: u64 = 1_000;
+
+/// What a call holds while it runs: an in-flight lease, and one permit (`member`) in each
+/// pacing window; all given back by [`Drain::release`] once Step Functions answered.
+#[derive(Debug, Default)]
+struct Permits {
+    lease: Option<String>,
+    member: String,
+    windows: Vec<String>,
 }
 
 /// How often due deferred triggers are moved into their queues (their start precision).
 const PROMOTE_EVERY: Duration = Duration::from_millis(250);
+/// Longest pause of a reader held off by an open breaker (re-checked after it).
+const BREAKER_POLL_MAX: Duration = Duration::from_secs(1);
 /// Pause after a failed Redis read before the next, at most.
 const READ_RETRY_MAX: Duration = Duration::from_secs(5);
 
@@ -80,6 +85,8 @@ pub struct Drain {
     pub consumer: String,
     /// The account/region-wide pacing window and its starts per second, if any.
     pub account_pace: Option<(String, u32)>,
+    /// One circuit breaker per state machine (shared with `/readyz`).
+    pub breakers: Arc<Breakers>,
 }
 
 impl Drain {
@@ -159,6 +166,14 @@ impl Drain {
         let mut own_pending_cursor = Some("0".to_owned());
         let mut pause = Duration::from_millis(100);
         while !shutdown.is_cancelled() {
+            // While the breaker is open, new entries stay in Redis, unread.
+            if let Some(wait) = self.breakers.hold_off(&target.state_machine_arn) {
+                tokio::select! {
+                    () = tokio::time::sleep(wait.min(BREAKER_POLL_MAX)) => {}
+                    () = shutdown.cancelled() => return,
+                }
+                continue;
+            }
             let Some(mut held) = acquire_batch(&permits, &shutdown).await else {
                 return;
             };
@@ -232,6 +247,9 @@ impl Drain {
             }
             let targets = self.targets.borrow().clone();
             for target in &targets {
+                if self.breakers.hold_off(&target.state_machine_arn).is_some() {
+                    continue;
+                }
                 let queue = self.keys.queue(&target.workflow);
                 let mut cursor = "0-0".to_owned();
                 loop {
@@ -289,8 +307,8 @@ impl Drain {
         }
     }
 
-    /// Starts one entry's execution and records the outcome; on shutdown or when retries
-    /// run out, leaves the entry pending for a later delivery.
+    /// Starts one entry's execution and records the outcome; on shutdown, leaves the entry
+    /// pending for a later delivery.
     #[tracing::instrument(skip_all, fields(workflow = %target.workflow, entry = %delivery.entry_id))]
     async fn deliver(
         &self,
@@ -298,28 +316,44 @@ impl Drain {
         delivery: Delivery,
         shutdown: &CancellationToken,
     ) {
+        let mut claim = Claim {
+            queue: self.keys.queue(&target.workflow),
+            entry_id: delivery.entry_id.clone(),
+            renewed: Instant::now(),
+            every: Duration::from_millis(self.config.claim_renewal_ms().max(1)),
+        };
         let outcome = match &delivery.request {
             Err(problem) => {
                 tracing::error!(problem = %problem, "unreadable queue entry; it can never start");
-                Some(Outcome::Failed {
-                    error: format!("unreadable queue entry: {problem}"),
+                Some(Outcome::DeadLettered {
+                    reason: format!("unreadable queue entry: {problem}"),
                 })
             }
-            Ok(request) => self.start_with_retries(target, request, shutdown).await,
+            Ok(request) => {
+                self.start_with_retries(target, request, &mut claim, shutdown)
+                    .await
+            }
         };
         let Some(outcome) = outcome else { return };
         let request = delivery.request.as_ref().ok();
-        if let Err(e) = self
+        match self
             .complete_with_retries(target, request, &delivery.entry_id, &outcome)
             .await
         {
-            // Left pending: the redelivery meets ExecutionAlreadyExists and completes then.
-            tracing::warn!(error = %e, "could not record the outcome; the entry will be redelivered");
-            return;
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::debug!("another delivery of this entry already recorded it");
+                return;
+            }
+            Err(e) => {
+                // Left pending: the redelivery meets ExecutionAlreadyExists and completes then.
+                tracing::warn!(error = %e, "could not record the outcome; the entry will be redelivered");
+                return;
+            }
         }
         let mut event = AuditEvent::now(match outcome {
             Outcome::Started { .. } => EventKind::Started,
-            Outcome::Failed { .. } => EventKind::Failed,
+            Outcome::DeadLettered { .. } => EventKind::DeadLettered,
         });
         event.workflow = Some(target.workflow.to_string());
         if let Some(request) = request {
@@ -332,64 +366,161 @@ impl Drain {
                 tracing::info!(execution.arn = %execution_arn, "execution started");
                 event.execution_arn = Some(execution_arn);
             }
-            Outcome::Failed { error } => {
-                tracing::warn!(error = %error, "execution failed for good");
-                event.reason = Some(error);
+            Outcome::DeadLettered { reason } => {
+                tracing::warn!(reason = %reason, "entry dead-lettered");
+                event.reason = Some(reason);
             }
         }
         self.audit.record(event);
     }
 
+    /// Calls Step Functions until the request started or can never start as it is.
+    /// Retryable failures are retried with exponential backoff and jitter; once the entry is
+    /// older than `retry_max_age_seconds`, the next failure dead-letters it. While the state
+    /// machine's breaker is open, the entry waits (it stays pending, renewed, and nothing
+    /// counts against it). `None` on shutdown, or when another consumer holds the entry now.
     async fn start_with_retries(
         &self,
         target: &DrainTarget,
         request: &QueuedRequest,
+        claim: &mut Claim,
         shutdown: &CancellationToken,
     ) -> Option<Outcome> {
-        let mut pauses = self.config.retry_backoff_ms.iter();
+        let arn = target.state_machine_arn.as_str();
+        let mut backoff = Duration::from_millis(self.config.retry_initial_backoff_ms);
+        let max_backoff = Duration::from_millis(self.config.retry_max_backoff_ms);
+        let max_age = Duration::from_secs(self.config.retry_max_age_seconds);
         loop {
-            // `None`: shutting down; the entry stays pending for a later delivery.
-            let lease = self.pace(target, shutdown).await?;
-            let started = start_once(self.sfn.as_ref(), &target.state_machine_arn, request).await;
-            self.release(target, lease).await;
-            match started {
-                Ok(execution_arn) => return Some(Outcome::Started { execution_arn }),
-                Err(SfnError::Retryable(error)) => {
-                    let Some(pause) = pauses.next() else {
-                        tracing::warn!(%error, "start still failing; leaving the entry for a later delivery");
-                        return None;
-                    };
-                    tracing::info!(%error, pause_ms = pause, "start failed; retrying");
-                    tokio::select! {
-                        () = tokio::time::sleep(jittered(*pause)) => {}
-                        () = shutdown.cancelled() => return None,
-                    }
+            let probe = loop {
+                match self.breakers.admit(arn) {
+                    Admit::Call => break false,
+                    Admit::Probe => break true,
+                    Admit::Wait(wait) => self.wait(wait, claim, shutdown).await?,
                 }
-                Err(e) => {
-                    return Some(Outcome::Failed {
-                        error: e.to_string(),
+            };
+            let Some(permits) = self.pace(target, claim, shutdown).await else {
+                if probe {
+                    self.breakers.abandoned(arn);
+                }
+                return None;
+            };
+            let started = start_once(self.sfn.as_ref(), arn, request).await;
+            self.release(target, permits).await;
+            let error = match started {
+                Ok(execution_arn) => {
+                    self.breakers.succeeded(arn);
+                    return Some(Outcome::Started { execution_arn });
+                }
+                Err(e @ (SfnError::Terminal(_) | SfnError::AlreadyExists)) => {
+                    // The service answered; the request itself is the problem.
+                    self.breakers.succeeded(arn);
+                    return Some(Outcome::DeadLettered {
+                        reason: e.to_string(),
                     });
                 }
+                Err(SfnError::Throttled(error)) => {
+                    // Healthy but busy: slow down without judging the service.
+                    if probe {
+                        self.breakers.abandoned(arn);
+                    }
+                    error
+                }
+                Err(SfnError::Retryable(error)) => {
+                    self.breakers.failed(arn);
+                    error
+                }
+            };
+            let age = entry_age(&claim.entry_id);
+            if age > max_age {
+                return Some(Outcome::DeadLettered {
+                    reason: format!(
+                        "still failing {} s after it was queued (worker.retry_max_age_seconds = {}): {error}",
+                        age.as_secs(),
+                        max_age.as_secs()
+                    ),
+                });
+            }
+            tracing::info!(%error, pause_ms = backoff.as_millis() as u64, "start failed; retrying");
+            self.wait(jittered(backoff), claim, shutdown).await?;
+            backoff = (backoff * 2).min(max_backoff);
+        }
+    }
+
+    /// Waits `duration` while keeping the claim on the entry: renews it whenever due, so no
+    /// other consumer takes over a live delivery. `None` on shutdown, or when the entry is no
+    /// longer pending (another delivery of it finished).
+    async fn wait(
+        &self,
+        duration: Duration,
+        claim: &mut Claim,
+        shutdown: &CancellationToken,
+    ) -> Option<()> {
+        let until = Instant::now() + duration;
+        loop {
+            if claim.renewed.elapsed() >= claim.every && !self.renew(claim).await {
+                return None;
+            }
+            let now = Instant::now();
+            if now >= until {
+                return Some(());
+            }
+            let next_renewal = (claim.renewed + claim.every).max(now);
+            tokio::select! {
+                () = tokio::time::sleep_until(until.min(next_renewal).into()) => {}
+                () = shutdown.cancelled() => return None,
+            }
+        }
+    }
+
+    /// Resets the entry's idle time (`XCLAIM` to ourselves); `false` when it is no longer
+    /// pending. A failed renewal is only logged: the delivery goes on.
+    async fn renew(&self, claim: &mut Claim) -> bool {
+        let renewed: redis::RedisResult<Vec<String>> = redis::cmd("XCLAIM")
+            .arg(&claim.queue)
+            .arg(WORKERS_GROUP)
+            .arg(&self.consumer)
+            .arg(0)
+            .arg(&claim.entry_id)
+            .arg("JUSTID")
+            .query_async(&mut self.redis.clone())
+            .await;
+        claim.renewed = Instant::now();
+        match renewed {
+            Ok(ids) if ids.is_empty() => {
+                tracing::info!("the entry is no longer pending; another delivery finished it");
+                false
+            }
+            Ok(_) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not renew the claim on an entry");
+                true
             }
         }
     }
 
     /// Waits for permission to call `StartExecution` for `target`: first an in-flight lease
     /// (if the workflow caps calls in flight), then a permit of the account/region window and
-    /// of the workflow's window (each: at most N starts in any window, shared by every
-    /// replica). Permits come last so that each is used at once: taken earlier, they would
-    /// pile up while the service is slow and leave together, in a burst. `None` on shutdown;
-    /// otherwise the lease to release after the call.
+    /// of the workflow's window (each: at most N calls reach Step Functions in any second,
+    /// shared by every replica; see `pace.lua`). Permits come last so that each is used at
+    /// once: taken earlier, they would pile up while the service is slow and leave together,
+    /// in a burst. `None` on shutdown.
     async fn pace(
         &self,
         target: &DrainTarget,
+        claim: &mut Claim,
         shutdown: &CancellationToken,
-    ) -> Option<Option<String>> {
+    ) -> Option<Permits> {
         let mut redis = self.redis.clone();
-        let lease = match target.pacing.max_in_flight {
-            Some(max) => Some(self.take_lease(&mut redis, target, max, shutdown).await?),
-            None => None,
+        let mut permits = Permits {
+            member: uuid::Uuid::new_v4().simple().to_string(),
+            ..Permits::default()
         };
+        if let Some(max) = target.pacing.max_in_flight {
+            permits.lease = Some(
+                self.take_lease(&mut redis, target, max, claim, shutdown)
+                    .await?,
+            );
+        }
         let windows = [
             self.account_pace.clone(),
             target
@@ -397,26 +528,39 @@ impl Drain {
                 .starts_per_second
                 .map(|rate| (self.keys.pace(&target.workflow), rate)),
         ];
+        // A call may reach Step Functions until its bound has passed.
+        let bound_ms = self.config.call_timeout_ms;
         for (key, starts_per_second) in windows.into_iter().flatten() {
             loop {
-                let wait = match reserve_start(&mut redis, &key, starts_per_second).await {
-                    Ok(None) => break,
-                    Ok(Some(wait)) => wait,
+                let reserved: redis::RedisResult<u64> = PACE
+                    .key(&key)
+                    .arg("reserve")
+                    .arg(&permits.member)
+                    .arg(starts_per_second)
+                    .arg(PACING_WINDOW_MS)
+                    .arg(bound_ms)
+                    .invoke_async(&mut redis)
+                    .await;
+                let wait = match reserved {
+                    Ok(0) => break,
+                    Ok(wait_ms) => Duration::from_millis(wait_ms),
                     Err(e) => {
                         tracing::warn!(error = %e, "drain pacing unavailable; waiting");
                         PACING_POLL_MAX
                     }
                 };
-                tokio::select! {
-                    () = tokio::time::sleep(wait.min(PACING_POLL_MAX)) => {}
-                    () = shutdown.cancelled() => {
-                        self.release(target, lease).await;
-                        return None;
-                    }
+                if self
+                    .wait(wait.min(PACING_POLL_MAX), claim, shutdown)
+                    .await
+                    .is_none()
+                {
+                    self.release(target, permits).await;
+                    return None;
                 }
             }
+            permits.windows.push(key);
         }
-        Some(lease)
+        Some(permits)
     }
 
     /// One of `max` in-flight leases of `target`, shared by every replica.
@@ -425,6 +569,7 @@ impl Drain {
         redis: &mut ConnectionManager,
         target: &DrainTarget,
         max: u32,
+        claim: &mut Claim,
         shutdown: &CancellationToken,
     ) -> Option<String> {
         let lease = uuid::Uuid::new_v4().simple().to_string();
@@ -445,23 +590,35 @@ impl Drain {
                     PACING_POLL_MAX
                 }
             };
-            tokio::select! {
-                () = tokio::time::sleep(wait) => {}
-                () = shutdown.cancelled() => return None,
-            }
+            self.wait(wait, claim, shutdown).await?;
         }
     }
 
-    /// Gives back an in-flight lease (one not given back expires by itself).
-    async fn release(&self, target: &DrainTarget, lease: Option<String>) {
-        let Some(lease) = lease else { return };
-        let released: redis::RedisResult<i64> = redis::cmd("ZREM")
-            .arg(self.keys.in_flight(&target.workflow))
-            .arg(lease)
-            .query_async(&mut self.redis.clone())
-            .await;
-        if let Err(e) = released {
-            tracing::debug!(error = %e, "could not release an in-flight lease; it will expire");
+    /// Gives back what a call held: the in-flight lease (one not given back expires by
+    /// itself), and each pacing permit, settled at the time of the answer (one not settled
+    /// counts until its call's bound).
+    async fn release(&self, target: &DrainTarget, permits: Permits) {
+        let mut redis = self.redis.clone();
+        if let Some(lease) = permits.lease {
+            let released: redis::RedisResult<i64> = redis::cmd("ZREM")
+                .arg(self.keys.in_flight(&target.workflow))
+                .arg(lease)
+                .query_async(&mut redis)
+                .await;
+            if let Err(e) = released {
+                tracing::debug!(error = %e, "could not release an in-flight lease; it will expire");
+            }
+        }
+        for window in permits.windows {
+            let settled: redis::RedisResult<i64> = PACE
+                .key(window)
+                .arg("settle")
+                .arg(&permits.member)
+                .invoke_async(&mut redis)
+                .await;
+            if let Err(e) = settled {
+                tracing::debug!(error = %e, "could not settle a pacing permit; it counts until its bound");
+            }
         }
     }
 
@@ -471,7 +628,7 @@ impl Drain {
         request: Option<&QueuedRequest>,
         entry_id: &str,
         outcome: &Outcome,
-    ) -> redis::RedisResult<()> {
+    ) -> redis::RedisResult<bool> {
         let mut redis = self.redis.clone();
         let mut pause = Duration::from_millis(100);
         let mut attempts = 0;
@@ -576,8 +733,27 @@ async fn acquire_batch(
     Some(held)
 }
 
+/// A delivery's hold on its queue entry, renewed while it waits.
+struct Claim {
+    queue: String,
+    entry_id: String,
+    renewed: Instant,
+    every: Duration,
+}
+
+/// How long ago an entry entered its queue: a stream entry id starts with that time (ms).
+fn entry_age(entry_id: &str) -> Duration {
+    let queued_ms = entry_id
+        .split('-')
+        .next()
+        .and_then(|ms| ms.parse::<u64>().ok())
+        .unwrap_or(0);
+    Duration::from_millis(crate::clock::unix_ms().saturating_sub(queued_ms))
+}
+
 /// `pause` ± 20%, so retries of many entries do not fire in lockstep.
-fn jittered(pause_ms: u64) -> Duration {
+fn jittered(pause: Duration) -> Duration {
+    let pause_ms = pause.as_millis() as u64;
     let spread = pause_ms / 5;
     let offset = if spread == 0 {
         0
@@ -648,9 +824,9 @@ mod tests {
     #[test]
     fn jitter_stays_within_a_fifth() {
         for _ in 0..100 {
-            let d = jittered(1000).as_millis();
+            let d = jittered(Duration::from_secs(1)).as_millis();
             assert!((800..=1200).contains(&d), "{d}");
         }
-        assert_eq!(jittered(0), Duration::ZERO);
+        assert_eq!(jittered(Duration::ZERO), Duration::ZERO);
     }
 }

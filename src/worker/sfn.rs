@@ -18,7 +18,10 @@ pub enum SfnError {
     /// `ExecutionAlreadyExists`: this name was used before (by us, or by someone else).
     #[error("an execution with this name already exists")]
     AlreadyExists,
-    /// Worth trying again later: throttling, 5xx, timeouts, connection failures.
+    /// Step Functions is busy (throttling, quotas of open executions): slow down and retry.
+    #[error("{0}")]
+    Throttled(String),
+    /// Worth trying again later: 5xx, timeouts, connection failures.
     #[error("{0}")]
     Retryable(String),
     /// Will fail the same way every time: missing state machine, access denied, bad input.
@@ -54,12 +57,16 @@ pub struct AwsStepFunctions {
     client: aws_sdk_sfn::Client,
 }
 
-/// Error codes that mean "not now" rather than "never".
-const RETRYABLE_CODES: &[&str] = &[
+/// Error codes that mean "too much, slow down".
+const THROTTLING_CODES: &[&str] = &[
     "ThrottlingException",
     "Throttling",
     "TooManyRequestsException",
     "ExecutionLimitExceeded",
+];
+
+/// Error codes that mean "not now" rather than "never".
+const RETRYABLE_CODES: &[&str] = &[
     "ServiceUnavailable",
     "InternalServerError",
     "InternalFailure",
@@ -147,7 +154,9 @@ where
             let status = service.raw().status().as_u16();
             if code == "ExecutionAlreadyExists" {
                 SfnError::AlreadyExists
-            } else if RETRYABLE_CODES.contains(&code) || status >= 500 || status == 429 {
+            } else if THROTTLING_CODES.contains(&code) || status == 429 {
+                SfnError::Throttled(text)
+            } else if RETRYABLE_CODES.contains(&code) || status >= 500 {
                 SfnError::Retryable(text)
             } else {
                 SfnError::Terminal(text)

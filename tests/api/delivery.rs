@@ -130,7 +130,7 @@ async fn a_redelivered_entry_whose_execution_already_started_is_not_started_agai
 }
 
 #[tokio::test]
-async fn an_execution_name_taken_with_another_input_fails_the_request() -> TestResult {
+async fn an_execution_name_taken_with_another_input_dead_letters_the_request() -> TestResult {
     let settings = TestSettings {
         worker_enabled: false,
         ..TestSettings::default()
@@ -144,7 +144,7 @@ async fn an_execution_name_taken_with_another_input_fails_the_request() -> TestR
     app.reconfigure(&TestSettings::default())?;
     app.start().await?;
     let status = app.settled_status(&request_id, &token).await;
-    assert_eq!(status["status"], "failed", "{status}");
+    assert_eq!(status["status"], "dead_lettered", "{status}");
     assert!(
         status["error"]
             .as_str()
@@ -156,7 +156,7 @@ async fn an_execution_name_taken_with_another_input_fails_the_request() -> TestR
     assert!(
         records
             .iter()
-            .any(|r| r["event"] == "failed" && r["request_id"] == request_id.as_str())
+            .any(|r| r["event"] == "dead_lettered" && r["request_id"] == request_id.as_str())
     );
     Ok(())
 }

@@ -12,7 +12,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use aws_sdk_sfn::config::{BehaviorVersion, Credentials, Region};
@@ -440,10 +440,27 @@ pub async fn sfn_client() -> aws_sdk_sfn::Client {
 
 /// Creates a fresh state machine (a Pass state that echoes its input); returns its ARN.
 pub async fn create_state_machine(sfn: &aws_sdk_sfn::Client) -> TestResult<String> {
-    let name = format!(
-        "orders-{}",
+    create_named_state_machine(sfn, &unique_name("orders")).await
+}
+
+/// `<prefix>-<12 hex>`: a name no other test uses.
+pub fn unique_name(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}",
         &uuid::Uuid::new_v4().simple().to_string()[..12]
-    );
+    )
+}
+
+/// The ARN the emulator gives state machine `name` (before it exists).
+pub fn state_machine_arn(name: &str) -> String {
+    format!("arn:aws:states:{REGION}:123456789012:stateMachine:{name}")
+}
+
+/// Creates state machine `name` (a Pass state that echoes its input); returns its ARN.
+pub async fn create_named_state_machine(
+    sfn: &aws_sdk_sfn::Client,
+    name: &str,
+) -> TestResult<String> {
     let definition = r#"{"StartAt": "Echo", "States": {"Echo": {"Type": "Pass", "End": true}}}"#;
     let created = sfn
         .create_state_machine()
@@ -493,6 +510,8 @@ pub struct TestSettings {
     pub issuer_toml: String,
     /// Extra TOML appended to the configuration (`$STATE_MACHINE_ARN` is replaced).
     pub extra_toml: String,
+    /// Extra keys of the `[worker]` table.
+    pub worker_toml: String,
 }
 
 impl Default for TestSettings {
@@ -504,6 +523,7 @@ impl Default for TestSettings {
             audiences: vec![AUDIENCE.to_owned()],
             issuer_toml: String::new(),
             extra_toml: String::new(),
+            worker_toml: String::new(),
         }
     }
 }
@@ -578,6 +598,7 @@ shutdown_grace_ms = 0
 
 [redis]
 url = "{redis}"
+command_timeout_ms = 1000
 
 [aws]
 region = "{REGION}"
@@ -589,9 +610,11 @@ secret_access_key = "test"
 [worker]
 enabled = {worker}
 call_timeout_ms = 1000
-retry_backoff_ms = [100]
-claim_idle_ms = 2500
+retry_initial_backoff_ms = 100
+retry_max_backoff_ms = 1000
+claim_idle_ms = 4000
 block_ms = 500
+{worker_toml}
 
 [audit]
 signing_key = "{key}"
@@ -618,6 +641,7 @@ scopes = ["workflows:trigger"]
         issuer = settings.issuer.as_deref().unwrap_or(&partners.idp.issuer),
         audiences = serde_json::json!(settings.audiences),
         issuer_toml = settings.issuer_toml,
+        worker_toml = settings.worker_toml,
         extra = settings.extra_toml.replace("$STATE_MACHINE_ARN", arn),
     )
 }
@@ -849,5 +873,72 @@ pub fn header(response: &reqwest::Response, name: &str) -> String {
 impl Drop for TestApp {
     fn drop(&mut self) {
         self.shutdown.cancel();
+    }
+}
+
+/// A TCP proxy that can be cut: while down, it drops every connection (open ones too), as
+/// a network partition or a crashed service would look to a client.
+pub struct Proxy {
+    pub url: String,
+    up: Arc<std::sync::atomic::AtomicBool>,
+    cut: Arc<std::sync::Mutex<CancellationToken>>,
+    connections: Arc<std::sync::atomic::AtomicU64>,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    /// Forwards to `target` (`http://host:port`), up.
+    pub async fn start(target: &str) -> TestResult<Self> {
+        let target = target.trim_start_matches("http://").to_owned();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}", listener.local_addr()?);
+        let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let cut = Arc::new(std::sync::Mutex::new(CancellationToken::new()));
+        let connections = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (up2, cut2, connections2) = (up.clone(), cut.clone(), connections.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                connections2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                if !up2.load(std::sync::atomic::Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let cut = cut2.lock().unwrap().clone();
+                let target = target.clone();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        () = cut.cancelled() => {}
+                    }
+                });
+            }
+        });
+        Ok(Self {
+            url,
+            up,
+            cut,
+            connections,
+            _task: task,
+        })
+    }
+
+    /// Cuts every open connection and refuses new ones.
+    pub fn down(&self) {
+        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        let mut cut = self.cut.lock().unwrap();
+        cut.cancel();
+        *cut = CancellationToken::new();
+    }
+
+    pub fn up(&self) {
+        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Connections attempted so far.
+    pub fn connections(&self) -> u64 {
+        self.connections.load(std::sync::atomic::Ordering::SeqCst)
     }
 }

@@ -7,6 +7,8 @@
 mod admission;
 mod audit;
 mod auth;
+mod breaker;
+mod dead_letters;
 mod delivery;
 mod helpers;
 mod http;

@@ -11,19 +11,25 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::state::AppState;
+use crate::worker::breaker::CircuitStatus;
 
 /// Bound on the readiness check's Redis round trip.
 const REDIS_PING_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A probe's answer.
 #[derive(Debug, Serialize, ToSchema)]
-#[schema(example = json!({"status": "ready", "checks": {"redis": "ok", "issuer http://127.0.0.1:4444": "ok"}}))]
+#[schema(example = json!({"status": "ready", "checks": {"redis": "ok", "issuer http://127.0.0.1:4444": "ok"},
+    "circuits": [{"state_machine_arn": "arn:aws:states:us-east-1:123456789012:stateMachine:orders", "state": "closed", "consecutive_failures": 0}]}))]
 pub struct Health {
     /// `ok`, `ready` or `not_ready`.
     pub status: String,
     /// Each dependency: `ok`, or what is wrong.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub checks: BTreeMap<String, String>,
+    /// The drain's circuit breaker per state machine (an open one does not make the
+    /// gateway unready: triggers are still accepted and wait in Redis).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub circuits: Vec<CircuitStatus>,
 }
 
 /// Liveness: the process is up.
@@ -33,6 +39,7 @@ pub async fn get_health() -> Json<Health> {
     Json(Health {
         status: "ok".into(),
         checks: BTreeMap::new(),
+        circuits: Vec::new(),
     })
 }
 
@@ -75,6 +82,7 @@ pub async fn get_readiness(State(state): State<AppState>) -> Response {
     let body = Json(Health {
         status: if ready { "ready" } else { "not_ready" }.into(),
         checks,
+        circuits: state.breakers.statuses(),
     });
     if ready {
         (StatusCode::OK, body).into_response()

@@ -1,4 +1,7 @@
-//! The command line: `stepgate [serve] | migrate | check-config | openapi | keygen | audit verify`.
+//! The command line: `stepgate [serve] | migrate | check-config | openapi | keygen | audit |
+//! policy | dlq`.
+
+mod dlq;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -65,6 +68,9 @@ pub enum Command {
     /// Policy tools.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Dead letters: list, replay, purge.
+    #[command(subcommand)]
+    Dlq(dlq::DlqCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -174,6 +180,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             token,
             claims,
         }) => explain_policy(&config, &workflow, token.as_deref(), claims.as_deref()).await,
+        Command::Dlq(command) => dlq::run(command).await,
     }
 }
 
