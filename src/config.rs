@@ -89,6 +89,13 @@ pub struct RedisConfig {
     /// Bound on any single Redis command on the request path.
     #[serde(default = "default_redis_timeout_ms")]
     pub command_timeout_ms: u64,
+    /// Redis Cluster: `url` (and `cluster_seeds`) are seed nodes; the other nodes are
+    /// discovered from them.
+    #[serde(default)]
+    pub cluster: bool,
+    /// More seed nodes, so start-up does not depend on one node being up.
+    #[serde(default)]
+    pub cluster_seeds: Vec<Secret>,
 }
 
 fn default_key_prefix() -> String {

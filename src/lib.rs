@@ -12,6 +12,7 @@ pub mod http;
 pub mod migrations;
 pub mod policy;
 pub mod queue;
+pub mod redis_conn;
 pub mod reload;
 pub mod runtime;
 pub mod startup;

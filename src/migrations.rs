@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use crate::redis_conn::RedisConnection;
 use redis::{AsyncCommands, Script};
 
 use crate::domain::WorkflowName;
@@ -52,7 +52,7 @@ pub enum MigrationError {
 
 /// Applies every step not yet applied, for every workflow; returns how many ran.
 pub async fn apply(
-    redis: &mut ConnectionManager,
+    redis: &mut RedisConnection,
     keys: &Keys,
     workflows: &[WorkflowName],
 ) -> Result<usize, MigrationError> {
@@ -71,7 +71,7 @@ pub async fn apply(
 }
 
 async fn acquire_lock(
-    redis: &mut ConnectionManager,
+    redis: &mut RedisConnection,
     keys: &Keys,
     token: &str,
 ) -> Result<(), MigrationError> {
@@ -96,7 +96,7 @@ async fn acquire_lock(
 }
 
 async fn apply_locked(
-    redis: &mut ConnectionManager,
+    redis: &mut RedisConnection,
     keys: &Keys,
     workflows: &[WorkflowName],
 ) -> Result<usize, MigrationError> {

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use crate::redis_conn::RedisConnection;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -28,7 +28,7 @@ pub struct Reloader {
     pub path: PathBuf,
     pub state: AppState,
     pub http: reqwest::Client,
-    pub redis: ConnectionManager,
+    pub redis: RedisConnection,
     pub keys: Keys,
     pub targets: watch::Sender<Vec<DrainTarget>>,
     pub refreshers: KeyRefreshers,

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -15,6 +14,7 @@ use crate::audit::record::sha256_hex;
 use crate::audit::{AuditEvent, AuditLog, AuditSigner, AuditWriter, EventKind};
 use crate::config::Config;
 use crate::queue::{Keys, Producer};
+use crate::redis_conn::{RedisConnection, RedisEndpoint};
 use crate::reload::Reloader;
 use crate::runtime::{KeyRefreshers, Runtime};
 use crate::state::{App, AppState};
@@ -59,10 +59,10 @@ impl Application {
         source: Option<(PathBuf, String)>,
     ) -> anyhow::Result<Self> {
         let keys = Keys::new(&config.redis.key_prefix);
-        let redis_client =
-            redis::Client::open(config.redis.url.expose()).context("invalid redis.url")?;
+        let redis_endpoint =
+            RedisEndpoint::from_config(&config.redis).context("invalid redis.url")?;
         let redis = connect_redis(
-            &redis_client,
+            &redis_endpoint,
             Duration::from_millis(config.redis.command_timeout_ms),
         )
         .await?;
@@ -91,7 +91,7 @@ impl Application {
         let (targets, targets_rx) = watch::channel(runtime.drain_targets());
         let breakers = Arc::new(Breakers::new(config.worker.breaker));
         let drain = config.worker.enabled.then(|| Drain {
-            redis_client,
+            redis_endpoint,
             redis: redis.clone(),
             keys: keys.clone(),
             targets: targets_rx,
@@ -240,18 +240,14 @@ async fn aws_step_functions(config: &Config) -> Arc<dyn StepFunctions> {
     )
 }
 
-/// A multiplexed connection with bounded connect and response times: a request must never
-/// hang on an unreachable Redis (it answers 503 instead).
+/// A connection with bounded connect and response times: a request must never hang on an
+/// unreachable Redis (it answers 503 instead).
 pub async fn connect_redis(
-    client: &redis::Client,
+    endpoint: &RedisEndpoint,
     timeout: Duration,
-) -> anyhow::Result<ConnectionManager> {
-    let config = ConnectionManagerConfig::new()
-        .set_connection_timeout(timeout)
-        .set_response_timeout(timeout)
-        .set_number_of_retries(2)
-        .set_max_delay(1_000);
-    ConnectionManager::new_with_config(client.clone(), config)
+) -> anyhow::Result<RedisConnection> {
+    endpoint
+        .connect(timeout)
         .await
         .context("connecting to Redis")
 }

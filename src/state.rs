@@ -4,7 +4,7 @@ use std::ops::Deref;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
-use redis::aio::ConnectionManager;
+use crate::redis_conn::RedisConnection;
 
 use crate::audit::AuditLog;
 use crate::config::{DrainPacing, WorkflowRateLimits};
@@ -34,7 +34,7 @@ pub struct App {
     runtime: RwLock<Arc<Runtime>>,
     pub producer: Producer,
     /// Multiplexed; never used for blocking commands.
-    pub redis: ConnectionManager,
+    pub redis: RedisConnection,
     pub keys: Keys,
     pub audit: AuditLog,
     pub max_body_bytes: usize,
@@ -49,7 +49,7 @@ impl App {
     pub fn new(
         runtime: Arc<Runtime>,
         producer: Producer,
-        redis: ConnectionManager,
+        redis: RedisConnection,
         keys: Keys,
         audit: AuditLog,
         breakers: Arc<Breakers>,

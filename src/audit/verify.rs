@@ -7,10 +7,10 @@
 
 use std::collections::HashMap;
 
+use crate::redis_conn::RedisConnection;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use ed25519_dalek::{Signature, Verifier as _, VerifyingKey};
-use redis::aio::ConnectionManager;
 use serde_json::Value;
 
 use super::record::{GENESIS_HASH, SCHEMA_VERSION, canonical_json, sha256_hex};
@@ -115,7 +115,7 @@ pub fn verify_records(
 
 /// Reads the whole trail and its head from Redis.
 pub async fn read_trail(
-    redis: &mut ConnectionManager,
+    redis: &mut RedisConnection,
     keys: &Keys,
 ) -> redis::RedisResult<(Vec<StoredRecord>, Option<(u64, String)>)> {
     const PAGE: usize = 1_000;

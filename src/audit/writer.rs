@@ -10,10 +10,10 @@ use std::sync::LazyLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::redis_conn::RedisConnection;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use redis::Script;
-use redis::aio::ConnectionManager;
 use tokio::sync::{mpsc, oneshot};
 
 use super::record::{AuditEvent, GENESIS_HASH, sha256_hex};
@@ -43,7 +43,7 @@ pub struct AuditLog {
 /// The task that owns the chain's head for this process.
 pub struct AuditWriter {
     rx: mpsc::Receiver<Message>,
-    redis: ConnectionManager,
+    redis: RedisConnection,
     keys: Keys,
     signer: AuditSigner,
     /// `(seq, hash)` of the newest record as last seen; `None` until read from Redis.
@@ -51,7 +51,7 @@ pub struct AuditWriter {
 }
 
 impl AuditLog {
-    pub fn new(redis: ConnectionManager, keys: Keys, signer: AuditSigner) -> (Self, AuditWriter) {
+    pub fn new(redis: RedisConnection, keys: Keys, signer: AuditSigner) -> (Self, AuditWriter) {
         let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
         let log = Self {
             tx,

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::Subcommand;
 
-use super::{ConfigArg, load, redis_client};
+use super::{ConfigArg, load, redis_endpoint};
 use crate::audit::{AuditEvent, AuditLog, AuditSigner, EventKind};
 use crate::clock::now_rfc3339;
 use crate::domain::WorkflowName;
@@ -76,7 +76,7 @@ async fn list(
     let config = load(arg)?;
     let workflow = WorkflowName::parse(workflow)?;
     let keys = Keys::new(&config.redis.key_prefix);
-    let mut redis = connect_redis(&redis_client(&config)?, Duration::from_secs(5)).await?;
+    let mut redis = connect_redis(&redis_endpoint(&config)?, Duration::from_secs(5)).await?;
     let total = dead_letters::count(&mut redis, &keys, &workflow).await?;
     let listed = dead_letters::list(
         &mut redis,
@@ -112,7 +112,7 @@ async fn operate(selection: Selection, operation: Operation) -> anyhow::Result<E
     let config = load(&selection.config)?;
     let workflow = WorkflowName::parse(&selection.workflow)?;
     let keys = Keys::new(&config.redis.key_prefix);
-    let mut redis = connect_redis(&redis_client(&config)?, Duration::from_secs(5)).await?;
+    let mut redis = connect_redis(&redis_endpoint(&config)?, Duration::from_secs(5)).await?;
     let signer = AuditSigner::load(&config.audit.signing_key)?;
     let (audit, writer) = AuditLog::new(redis.clone(), keys.clone(), signer);
     let writing = tokio::spawn(writer.run());

@@ -18,6 +18,7 @@ use crate::config::Config;
 use crate::http::openapi;
 use crate::policy::Decision;
 use crate::queue::Keys;
+use crate::redis_conn::RedisEndpoint;
 use crate::startup::{Application, connect_redis};
 
 #[derive(Debug, Parser)]
@@ -118,7 +119,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Migrate(arg) => {
             let config = load(&arg)?;
             let redis =
-                connect_redis(&redis_client(&config)?, std::time::Duration::from_secs(5)).await?;
+                connect_redis(&redis_endpoint(&config)?, std::time::Duration::from_secs(5)).await?;
             let names: Vec<_> = config.workflow_names().map(|(name, _)| name).collect();
             let ran = crate::migrations::apply(
                 &mut redis.clone(),
@@ -205,7 +206,7 @@ async fn verify_audit(arg: &ConfigArg, public_keys: &[PathBuf]) -> anyhow::Resul
             .collect::<Result<_, _>>()?
     };
     let mut redis =
-        connect_redis(&redis_client(&config)?, std::time::Duration::from_secs(5)).await?;
+        connect_redis(&redis_endpoint(&config)?, std::time::Duration::from_secs(5)).await?;
     let (records, head) = read_trail(&mut redis, &Keys::new(&config.redis.key_prefix)).await?;
     match verify_records(&records, &keys, head) {
         Ok(trail) => {
@@ -293,8 +294,8 @@ fn load(arg: &ConfigArg) -> anyhow::Result<Config> {
     Config::load(&arg.config).map_err(|e| anyhow::anyhow!("{}: {e}", arg.config.display()))
 }
 
-fn redis_client(config: &Config) -> anyhow::Result<redis::Client> {
-    redis::Client::open(config.redis.url.expose()).context("invalid redis.url")
+fn redis_endpoint(config: &Config) -> anyhow::Result<RedisEndpoint> {
+    RedisEndpoint::from_config(&config.redis).context("invalid redis.url")
 }
 
 /// Cancels `shutdown` on SIGINT or SIGTERM.

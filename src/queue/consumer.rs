@@ -9,7 +9,7 @@
 
 use std::sync::LazyLock;
 
-use redis::aio::ConnectionManager;
+use crate::redis_conn::RedisConnection;
 use redis::streams::{
     StreamAutoClaimOptions, StreamAutoClaimReply, StreamId, StreamReadOptions, StreamReadReply,
 };
@@ -49,7 +49,7 @@ pub enum Outcome {
 }
 
 /// Creates the workers' group on `queue` (and the stream), tolerating an existing group.
-pub async fn ensure_group(redis: &mut ConnectionManager, queue: &str) -> RedisResult<()> {
+pub async fn ensure_group(redis: &mut RedisConnection, queue: &str) -> RedisResult<()> {
     let created: RedisResult<()> = redis
         .xgroup_create_mkstream(queue, WORKERS_GROUP, "0")
         .await;
@@ -63,7 +63,7 @@ pub async fn ensure_group(redis: &mut ConnectionManager, queue: &str) -> RedisRe
 /// otherwise those already delivered to this consumer name and not yet acknowledged, with
 /// ids after `pending_after` (`"0"` for all).
 pub async fn read_from(
-    redis: &mut ConnectionManager,
+    redis: &mut RedisConnection,
     queue: &str,
     consumer: &str,
     count: usize,
@@ -89,7 +89,7 @@ pub async fn read_from(
 /// Takes over entries pending longer than `min_idle_ms` on any consumer (a crashed one, or
 /// this one after retries ran out). Returns the cursor for the next call (`0-0` = done).
 pub async fn claim_stale(
-    redis: &mut ConnectionManager,
+    redis: &mut RedisConnection,
     queue: &str,
     consumer: &str,
     min_idle_ms: u64,
@@ -110,7 +110,7 @@ pub async fn claim_stale(
 /// the dead letters, for a dead letter). `true` when this call recorded it; `false` when
 /// another delivery of the same entry already had (it must not be audited twice).
 pub async fn complete(
-    redis: &mut ConnectionManager,
+    redis: &mut RedisConnection,
     keys: &Keys,
     workflow: &WorkflowName,
     request_id: Option<&RequestId>,

@@ -10,7 +10,7 @@
 
 use std::sync::LazyLock;
 
-use redis::aio::ConnectionManager;
+use crate::redis_conn::RedisConnection;
 use redis::streams::{StreamId, StreamRangeReply};
 use redis::{AsyncCommands, FromRedisValue, RedisResult, Script, Value};
 use serde::Serialize;
@@ -102,7 +102,7 @@ pub fn index_field(request_id: Option<&RequestId>, entry_id: &str) -> String {
 /// Moves queue entry `entry_id` into the dead letters with `reason` (the drain's side).
 /// `true` when this call moved it; `false` when another delivery of it already had.
 pub async fn dead_letter(
-    redis: &mut ConnectionManager,
+    redis: &mut RedisConnection,
     keys: &Keys,
     workflow: &WorkflowName,
     request_id: Option<&RequestId>,
@@ -128,7 +128,7 @@ pub async fn dead_letter(
 /// Up to `limit` dead letters of `workflow`, oldest first, after entry `after` (exclusive;
 /// `None` from the start).
 pub async fn list(
-    redis: &mut ConnectionManager,
+    redis: &mut RedisConnection,
     keys: &Keys,
     workflow: &WorkflowName,
     after: Option<&str>,
@@ -148,7 +148,7 @@ pub async fn list(
 
 /// How many dead letters `workflow` holds.
 pub async fn count(
-    redis: &mut ConnectionManager,
+    redis: &mut RedisConnection,
     keys: &Keys,
     workflow: &WorkflowName,
 ) -> RedisResult<u64> {
@@ -158,7 +158,7 @@ pub async fn count(
 /// Puts dead letter `id` back into the queue; the new queue entry id, or `None` when there
 /// is no such dead letter.
 pub async fn replay(
-    redis: &mut ConnectionManager,
+    redis: &mut RedisConnection,
     keys: &Keys,
     workflow: &WorkflowName,
     id: &str,
@@ -179,7 +179,7 @@ pub async fn replay(
 
 /// Drops dead letter `id` for good; `false` when there is no such dead letter.
 pub async fn purge(
-    redis: &mut ConnectionManager,
+    redis: &mut RedisConnection,
     keys: &Keys,
     workflow: &WorkflowName,
     id: &str,
@@ -200,7 +200,7 @@ pub async fn purge(
 /// The dead letters' ids per workflow, for `--all` operations: every id at the time of the
 /// call, read page by page.
 pub async fn all_ids(
-    redis: &mut ConnectionManager,
+    redis: &mut RedisConnection,
     keys: &Keys,
     workflow: &WorkflowName,
 ) -> RedisResult<Vec<String>> {

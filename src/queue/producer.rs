@@ -6,8 +6,8 @@
 use std::sync::LazyLock;
 use std::time::Duration;
 
+use crate::redis_conn::RedisConnection;
 use redis::Script;
-use redis::aio::ConnectionManager;
 use serde::Serialize;
 
 use super::keys::Keys;
@@ -19,7 +19,7 @@ static PROMOTE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("pr
 
 /// Moves up to `batch` due deferred triggers of `workflow` into its queue; returns how many.
 pub async fn promote_due(
-    redis: &mut ConnectionManager,
+    redis: &mut RedisConnection,
     keys: &Keys,
     workflow: &crate::domain::WorkflowName,
     batch: usize,
@@ -138,13 +138,13 @@ struct PlanLimit {
 /// Appends accepted triggers to the workflow queues.
 #[derive(Clone)]
 pub struct Producer {
-    redis: ConnectionManager,
+    redis: RedisConnection,
     keys: Keys,
     status_ttl_seconds: u64,
 }
 
 impl Producer {
-    pub fn new(redis: ConnectionManager, keys: Keys, status_ttl_seconds: u64) -> Self {
+    pub fn new(redis: RedisConnection, keys: Keys, status_ttl_seconds: u64) -> Self {
         Self {
             redis,
             keys,

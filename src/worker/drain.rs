@@ -15,7 +15,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -29,6 +28,7 @@ use crate::domain::WorkflowName;
 use crate::queue::consumer::{self, Delivery, Outcome};
 use crate::queue::producer::promote_due;
 use crate::queue::{Keys, QueuedRequest, WORKERS_GROUP};
+use crate::redis_conn::{RedisConnection, RedisEndpoint};
 
 /// Entries read or claimed in one call at most.
 const MAX_BATCH: usize = 64;
@@ -73,9 +73,9 @@ pub struct DrainTarget {
 
 /// Everything one drain needs; shared by its tasks.
 pub struct Drain {
-    pub redis_client: redis::Client,
+    pub redis_endpoint: RedisEndpoint,
     /// For completions and reclaim (non-blocking commands).
-    pub redis: ConnectionManager,
+    pub redis: RedisConnection,
     pub keys: Keys,
     /// The workflows to serve; a configuration reload sends new ones.
     pub targets: watch::Receiver<Vec<DrainTarget>>,
@@ -566,7 +566,7 @@ impl Drain {
     /// One of `max` in-flight leases of `target`, shared by every replica.
     async fn take_lease(
         &self,
-        redis: &mut ConnectionManager,
+        redis: &mut RedisConnection,
         target: &DrainTarget,
         max: u32,
         claim: &mut Claim,
@@ -658,17 +658,11 @@ impl Drain {
 
     /// A connection of its own for blocking reads: a blocking XREADGROUP on a shared
     /// multiplexed connection would stall every other command on it (redis-rs #643).
-    async fn blocking_connection(&self, shutdown: &CancellationToken) -> Option<ConnectionManager> {
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Duration::from_secs(3))
-            .set_response_timeout(
-                Duration::from_millis(self.config.block_ms) + Duration::from_secs(3),
-            );
+    async fn blocking_connection(&self, shutdown: &CancellationToken) -> Option<RedisConnection> {
+        let timeout = Duration::from_millis(self.config.block_ms) + Duration::from_secs(3);
         let mut pause = Duration::from_millis(100);
         loop {
-            match ConnectionManager::new_with_config(self.redis_client.clone(), config.clone())
-                .await
-            {
+            match self.redis_endpoint.connect(timeout).await {
                 Ok(connection) => return Some(connection),
                 Err(e) => tracing::warn!(error = %e, "cannot connect the queue reader to Redis"),
             }

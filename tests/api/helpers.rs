@@ -80,6 +80,8 @@ pub struct RedisServer {
     pub port: u16,
     dir: tempfile::TempDir,
     aof: bool,
+    /// A Redis Cluster node (see [`RedisCluster`]).
+    cluster: bool,
     child: Option<Child>,
 }
 
@@ -95,11 +97,25 @@ impl RedisServer {
     }
 
     fn start_with(aof: bool) -> Self {
+        Self::start_node(aof, false)
+    }
+
+    fn start_node(aof: bool, cluster: bool) -> Self {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        // A cluster node also listens on port + 10000 (the cluster bus).
+        let port = loop {
+            let port = free_port();
+            if !cluster
+                || (port < 55_000 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok())
+            {
+                break port;
+            }
+        };
         let mut server = Self {
-            port: free_port(),
+            port,
             dir,
             aof,
+            cluster,
             child: None,
         };
         server.restart();
@@ -134,6 +150,16 @@ impl RedisServer {
             command.args(["--appendonly", "yes", "--appendfsync", "always"]);
         } else {
             command.args(["--appendonly", "no"]);
+        }
+        if self.cluster {
+            command.args([
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                "2000",
+            ]);
         }
         let child = command.spawn().unwrap_or_else(|e| {
             panic!("cannot start redis-server (run scripts/setup-partners): {e}")
@@ -197,6 +223,63 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// A Redis Cluster of our own on loopback: masters only, AOF with `appendfsync always`.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    pub fn start(size: usize) -> Self {
+        let nodes: Vec<RedisServer> = (0..size)
+            .map(|_| RedisServer::start_node(true, true))
+            .collect();
+        let addresses: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let created = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addresses)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .status();
+        assert!(
+            created.is_ok_and(|s| s.success()),
+            "redis-cli --cluster create failed"
+        );
+        let cluster = Self { nodes };
+        cluster.wait_until_ok();
+        cluster
+    }
+
+    /// Seed URLs, for `redis.url` and `redis.cluster_seeds`.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(RedisServer::url).collect()
+    }
+
+    /// Waits until every node reports `cluster_state:ok`.
+    pub fn wait_until_ok(&self) {
+        let start = Instant::now();
+        for node in &self.nodes {
+            loop {
+                let info = Command::new("redis-cli")
+                    .args(["-p", &node.port.to_string(), "cluster", "info"])
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                    .unwrap_or_default();
+                if info.contains("cluster_state:ok") {
+                    break;
+                }
+                assert!(
+                    start.elapsed() < Duration::from_secs(30),
+                    "the cluster did not become ok: {info}"
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
     }
 }
 
@@ -512,6 +595,8 @@ pub struct TestSettings {
     pub extra_toml: String,
     /// Extra keys of the `[worker]` table.
     pub worker_toml: String,
+    /// Where Redis is, as `[redis]` keys (default: the app's own server's `url`).
+    pub redis_toml: Option<String>,
 }
 
 impl Default for TestSettings {
@@ -524,6 +609,7 @@ impl Default for TestSettings {
             issuer_toml: String::new(),
             extra_toml: String::new(),
             worker_toml: String::new(),
+            redis_toml: None,
         }
     }
 }
@@ -597,7 +683,7 @@ config_poll_ms = 100
 shutdown_grace_ms = 0
 
 [redis]
-url = "{redis}"
+{redis}
 command_timeout_ms = 1000
 
 [aws]
@@ -635,7 +721,10 @@ clients = ["billing-service"]
 scopes = ["workflows:trigger"]
 {extra}
 "#,
-        redis = redis.url(),
+        redis = settings
+            .redis_toml
+            .clone()
+            .unwrap_or_else(|| format!("url = \"{}\"", redis.url())),
         worker = settings.worker_enabled,
         key = dir.join("audit.key").display(),
         issuer = settings.issuer.as_deref().unwrap_or(&partners.idp.issuer),

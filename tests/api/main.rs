@@ -8,6 +8,7 @@ mod admission;
 mod audit;
 mod auth;
 mod breaker;
+mod cluster;
 mod dead_letters;
 mod delivery;
 mod helpers;
