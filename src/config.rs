@@ -352,6 +352,11 @@ fn default_refetch_cooldown() -> u64 {
 #[serde(deny_unknown_fields)]
 pub struct WorkflowConfig {
     pub state_machine_arn: String,
+    /// An IAM role to start this workflow's executions with (assumed through STS, its
+    /// credentials cached and refreshed before they expire); default: the process's own
+    /// credentials. Least privilege: one role per workflow, allowed `states:StartExecution`
+    /// on its state machine only.
+    pub role_arn: Option<String>,
     /// Deny by default: a caller is allowed when any one allow rule matches...
     #[serde(default)]
     pub allow: Vec<Rule>,
@@ -673,6 +678,16 @@ impl Config {
                     "expected arn:<partition>:states:<region>:<account>:stateMachine:<name>".into(),
                 );
             }
+            if workflow
+                .role_arn
+                .as_deref()
+                .is_some_and(|arn| !is_role_arn(arn))
+            {
+                problem(
+                    key("role_arn"),
+                    "expected arn:<partition>:iam::<account>:role/<name>".into(),
+                );
+            }
             let known_issuer = |iss: &str| self.issuers.iter().any(|known| known.issuer == iss);
             for (list, rules) in [("allow", &workflow.allow), ("deny", &workflow.deny)] {
                 for (i, rule) in rules.iter().enumerate() {
@@ -731,6 +746,15 @@ fn is_state_machine_arn(arn: &str) -> bool {
             && !region.is_empty()
             && account.len() == 12 && account.bytes().all(|b| b.is_ascii_digit())
             && !name.is_empty() && name.len() <= 80)
+}
+
+fn is_role_arn(arn: &str) -> bool {
+    let parts: Vec<&str> = arn.splitn(6, ':').collect();
+    matches!(parts.as_slice(),
+        ["arn", partition, "iam", "", account, resource]
+            if partition.starts_with("aws")
+            && account.len() == 12 && account.bytes().all(|b| b.is_ascii_digit())
+            && resource.strip_prefix("role/").is_some_and(|name| !name.is_empty()))
 }
 
 #[cfg(test)]
@@ -806,6 +830,34 @@ mod tests {
             .replace("[workflows.orders]", "[workflows.\"../x\"]")
             .replace("workflows.orders.allow", "workflows.\"../x\".allow");
         assert_eq!(keys(&text), vec!["workflows.../x"]);
+    }
+
+    #[test]
+    fn a_role_must_be_an_iam_role_arn() {
+        let with_role = |arn: &str| {
+            VALID.replace(
+                "state_machine_arn = \"arn:aws:states:us-east-1:123456789012:stateMachine:orders\"",
+                &format!(
+                    "state_machine_arn = \"arn:aws:states:us-east-1:123456789012:stateMachine:orders\"\nrole_arn = \"{arn}\""
+                ),
+            )
+        };
+        assert!(
+            Config::from_toml(&with_role("arn:aws:iam::123456789012:role/stepgate-orders")).is_ok()
+        );
+        assert!(Config::from_toml(&with_role("arn:aws:iam::123456789012:role/path/to/r")).is_ok());
+        for bad in [
+            "arn:aws:iam::123456789012:user/someone",
+            "arn:aws:iam::12345:role/r",
+            "arn:aws:iam::123456789012:role/",
+            "stepgate-orders",
+        ] {
+            assert_eq!(
+                keys(&with_role(bad)),
+                vec!["workflows.orders.role_arn"],
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -78,6 +78,7 @@ impl Runtime {
             .map(|(name, w)| DrainTarget {
                 workflow: name.clone(),
                 state_machine_arn: w.state_machine_arn.clone(),
+                role_arn: w.role_arn.clone(),
                 pacing: w.drain,
             })
             .collect();
@@ -100,6 +101,7 @@ pub fn workflows(config: &Config) -> anyhow::Result<Vec<(WorkflowName, Workflow)
             };
             let workflow = Workflow {
                 state_machine_arn: w.state_machine_arn.clone(),
+                role_arn: w.role_arn.clone(),
                 policy,
                 input,
                 one_time_tokens: w.one_time_tokens,

@@ -17,6 +17,7 @@ use crate::worker::Breakers;
 #[derive(Debug, Clone)]
 pub struct Workflow {
     pub state_machine_arn: String,
+    pub role_arn: Option<String>,
     pub policy: Policy,
     pub input: InputRules,
     pub one_time_tokens: bool,

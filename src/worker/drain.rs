@@ -68,6 +68,8 @@ const READ_RETRY_MAX: Duration = Duration::from_secs(5);
 pub struct DrainTarget {
     pub workflow: WorkflowName,
     pub state_machine_arn: String,
+    /// The role to start executions with, if not the process's own.
+    pub role_arn: Option<String>,
     pub pacing: DrainPacing,
 }
 
@@ -404,7 +406,7 @@ impl Drain {
                 }
                 return None;
             };
-            let started = start_once(self.sfn.as_ref(), arn, request).await;
+            let started = start_once(self.sfn.as_ref(), target, request).await;
             self.release(target, permits).await;
             let error = match started {
                 Ok(execution_arn) => {
@@ -678,17 +680,18 @@ impl Drain {
 /// One `StartExecution`, treating "already exists with the same input" as started.
 pub async fn start_once(
     sfn: &dyn StepFunctions,
-    state_machine_arn: &str,
+    target: &DrainTarget,
     request: &QueuedRequest,
 ) -> Result<String, SfnError> {
     let name = request.request_id.execution_name();
+    let role = target.role_arn.as_deref();
     match sfn
-        .start_execution(state_machine_arn, &name, &request.input)
+        .start_execution(role, &target.state_machine_arn, &name, &request.input)
         .await
     {
         Err(SfnError::AlreadyExists) => {
-            let arn = execution_arn(state_machine_arn, &name);
-            let existing = sfn.execution_input(&arn).await?;
+            let arn = execution_arn(&target.state_machine_arn, &name);
+            let existing = sfn.execution_input(role, &arn).await?;
             if same_json(&existing, &request.input) {
                 tracing::info!(execution.arn = %arn, "execution was already started for this request");
                 Ok(arn)
@@ -765,6 +768,15 @@ mod tests {
 
     const ARN: &str = "arn:aws:states:us-east-1:123456789012:stateMachine:orders";
 
+    fn target() -> DrainTarget {
+        DrainTarget {
+            workflow: WorkflowName::parse("orders").unwrap_or_else(|e| panic!("{e}")),
+            state_machine_arn: ARN.into(),
+            role_arn: None,
+            pacing: DrainPacing::default(),
+        }
+    }
+
     fn request(input: &str) -> Result<QueuedRequest, Box<dyn std::error::Error>> {
         Ok(QueuedRequest {
             request_id: RequestId::generate(WorkflowName::parse("orders")?),
@@ -783,7 +795,7 @@ mod tests {
         let sfn =
             FakeStepFunctions::scripted([Err(SfnError::AlreadyExists), Ok(r#"{"a": 1}"#.into())]);
         assert_eq!(
-            start_once(&sfn, ARN, &request).await,
+            start_once(&sfn, &target(), &request).await,
             Ok(execution_arn(ARN, &name))
         );
         assert_eq!(
@@ -809,7 +821,7 @@ mod tests {
         let sfn =
             FakeStepFunctions::scripted([Err(SfnError::AlreadyExists), Ok(r#"{"a":2}"#.into())]);
         assert!(matches!(
-            start_once(&sfn, ARN, &request(r#"{"a":1}"#)?).await,
+            start_once(&sfn, &target(), &request(r#"{"a":1}"#)?).await,
             Err(SfnError::Terminal(_))
         ));
         Ok(())

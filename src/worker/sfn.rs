@@ -1,14 +1,18 @@
 //! The seam to AWS Step Functions: one trait, the `aws-sdk-sfn` implementation, and a
 //! scripted fake for unit tests of the drain's decisions (integration tests use moto).
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use aws_config::BehaviorVersion;
 use aws_config::retry::RetryConfig;
+use aws_config::sts::AssumeRoleProvider;
 use aws_config::timeout::TimeoutConfig;
+use aws_config::{BehaviorVersion, SdkConfig};
 use aws_sdk_sfn::config::{Credentials, Region};
 use aws_sdk_sfn::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+
+use tokio::sync::Mutex;
 
 use crate::config::AwsConfig;
 
@@ -29,19 +33,25 @@ pub enum SfnError {
     Terminal(String),
 }
 
-/// The Step Functions calls the drain makes.
+/// The Step Functions calls the drain makes, each as `role` (an IAM role ARN) when given,
+/// else with the process's own credentials.
 #[async_trait]
 pub trait StepFunctions: Send + Sync {
     /// Starts an execution named `name`; returns its ARN.
     async fn start_execution(
         &self,
+        role: Option<&str>,
         state_machine_arn: &str,
         name: &str,
         input: &str,
     ) -> Result<String, SfnError>;
 
     /// The input an existing execution was started with.
-    async fn execution_input(&self, execution_arn: &str) -> Result<String, SfnError>;
+    async fn execution_input(
+        &self,
+        role: Option<&str>,
+        execution_arn: &str,
+    ) -> Result<String, SfnError>;
 }
 
 /// The ARN of execution `name` of `state_machine_arn` (what `StartExecution` would return).
@@ -52,10 +62,17 @@ pub fn execution_arn(state_machine_arn: &str, name: &str) -> String {
     )
 }
 
-/// Step Functions through `aws-sdk-sfn`.
+/// Step Functions through `aws-sdk-sfn`: one client with the process's credentials, and one
+/// per workflow role, made on first use.
 pub struct AwsStepFunctions {
-    client: aws_sdk_sfn::Client,
+    shared: SdkConfig,
+    call_timeout: Duration,
+    own: aws_sdk_sfn::Client,
+    by_role: Mutex<HashMap<String, aws_sdk_sfn::Client>>,
 }
+
+/// Shown in CloudTrail as the session of every assumed role.
+const ROLE_SESSION_NAME: &str = "stepgate";
 
 /// Error codes that mean "too much, slow down".
 const THROTTLING_CODES: &[&str] = &[
@@ -74,7 +91,7 @@ const RETRYABLE_CODES: &[&str] = &[
 ];
 
 impl AwsStepFunctions {
-    /// A client for `aws`, each call bounded by `call_timeout`. The SDK's own retries are
+    /// Clients for `aws`, each call bounded by `call_timeout`. The SDK's own retries are
     /// off: the drain owns the retry schedule, so a failing call never blocks a slot longer
     /// than the configured bound and work is never dropped after "3 attempts".
     pub async fn new(aws: &AwsConfig, call_timeout: Duration) -> Self {
@@ -94,31 +111,68 @@ impl AwsStepFunctions {
             loader = loader.credentials_provider(creds);
         }
         let shared = loader.load().await;
-        let config = aws_sdk_sfn::config::Builder::from(&shared)
-            .retry_config(RetryConfig::disabled())
-            .timeout_config(
-                TimeoutConfig::builder()
-                    .connect_timeout(call_timeout.min(Duration::from_secs(3)))
-                    .operation_timeout(call_timeout)
-                    .build(),
-            )
-            .build();
+        let own = client(&shared, call_timeout, None);
         Self {
-            client: aws_sdk_sfn::Client::from_conf(config),
+            shared,
+            call_timeout,
+            own,
+            by_role: Mutex::default(),
         }
     }
+
+    /// The client that acts as `role`. A role's client assumes it through STS with the
+    /// process's credentials; the client's identity cache keeps the assumed credentials and
+    /// refreshes them before they expire.
+    async fn client(&self, role: Option<&str>) -> aws_sdk_sfn::Client {
+        let Some(role) = role else {
+            return self.own.clone();
+        };
+        let mut by_role = self.by_role.lock().await;
+        if let Some(client) = by_role.get(role) {
+            return client.clone();
+        }
+        let assume = AssumeRoleProvider::builder(role)
+            .configure(&self.shared)
+            .session_name(ROLE_SESSION_NAME)
+            .build()
+            .await;
+        let client = client(&self.shared, self.call_timeout, Some(assume));
+        by_role.insert(role.to_owned(), client.clone());
+        client
+    }
+}
+
+fn client(
+    shared: &SdkConfig,
+    call_timeout: Duration,
+    role: Option<AssumeRoleProvider>,
+) -> aws_sdk_sfn::Client {
+    let mut config = aws_sdk_sfn::config::Builder::from(shared)
+        .retry_config(RetryConfig::disabled())
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(call_timeout.min(Duration::from_secs(3)))
+                .operation_timeout(call_timeout)
+                .build(),
+        );
+    if let Some(role) = role {
+        config = config.credentials_provider(role);
+    }
+    aws_sdk_sfn::Client::from_conf(config.build())
 }
 
 #[async_trait]
 impl StepFunctions for AwsStepFunctions {
     async fn start_execution(
         &self,
+        role: Option<&str>,
         state_machine_arn: &str,
         name: &str,
         input: &str,
     ) -> Result<String, SfnError> {
         let reply = self
-            .client
+            .client(role)
+            .await
             .start_execution()
             .state_machine_arn(state_machine_arn)
             .name(name)
@@ -129,9 +183,14 @@ impl StepFunctions for AwsStepFunctions {
         Ok(reply.execution_arn)
     }
 
-    async fn execution_input(&self, execution_arn: &str) -> Result<String, SfnError> {
+    async fn execution_input(
+        &self,
+        role: Option<&str>,
+        execution_arn: &str,
+    ) -> Result<String, SfnError> {
         let reply = self
-            .client
+            .client(role)
+            .await
             .describe_execution()
             .execution_arn(execution_arn)
             .send()
@@ -216,6 +275,7 @@ pub mod fake {
     impl StepFunctions for FakeStepFunctions {
         async fn start_execution(
             &self,
+            _role: Option<&str>,
             _arn: &str,
             name: &str,
             input: &str,
@@ -226,7 +286,11 @@ pub mod fake {
             })
         }
 
-        async fn execution_input(&self, execution_arn: &str) -> Result<String, SfnError> {
+        async fn execution_input(
+            &self,
+            _role: Option<&str>,
+            execution_arn: &str,
+        ) -> Result<String, SfnError> {
             self.answer(Call::Describe {
                 execution_arn: execution_arn.into(),
             })

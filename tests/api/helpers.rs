@@ -966,40 +966,64 @@ impl Drop for TestApp {
 }
 
 /// A TCP proxy that can be cut: while down, it drops every connection (open ones too), as
-/// a network partition or a crashed service would look to a client.
+/// a network partition or a crashed service would look to a client. It also keeps what
+/// clients sent, to check requests on the wire.
 pub struct Proxy {
     pub url: String,
     up: Arc<std::sync::atomic::AtomicBool>,
     cut: Arc<std::sync::Mutex<CancellationToken>>,
     connections: Arc<std::sync::atomic::AtomicU64>,
+    sent: Arc<std::sync::Mutex<Vec<u8>>>,
     _task: tokio::task::JoinHandle<()>,
 }
 
 impl Proxy {
     /// Forwards to `target` (`http://host:port`), up.
     pub async fn start(target: &str) -> TestResult<Self> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let target = target.trim_start_matches("http://").to_owned();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let url = format!("http://{}", listener.local_addr()?);
         let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let cut = Arc::new(std::sync::Mutex::new(CancellationToken::new()));
         let connections = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let (up2, cut2, connections2) = (up.clone(), cut.clone(), connections.clone());
+        let sent = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (up2, cut2, connections2, sent2) =
+            (up.clone(), cut.clone(), connections.clone(), sent.clone());
         let task = tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
+            while let Ok((inbound, _)) = listener.accept().await {
                 connections2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 if !up2.load(std::sync::atomic::Ordering::SeqCst) {
                     drop(inbound);
                     continue;
                 }
                 let cut = cut2.lock().unwrap().clone();
-                let target = target.clone();
+                let (target, sent) = (target.clone(), sent2.clone());
                 tokio::spawn(async move {
-                    let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await else {
+                    let Ok(outbound) = tokio::net::TcpStream::connect(&target).await else {
                         return;
                     };
+                    let (mut from_client, mut to_client) = inbound.into_split();
+                    let (mut from_server, mut to_server) = outbound.into_split();
+                    let upstream = async {
+                        let mut buf = vec![0u8; 16 * 1024];
+                        while let Ok(n) = from_client.read(&mut buf).await {
+                            if n == 0 {
+                                break;
+                            }
+                            sent.lock().unwrap().extend_from_slice(&buf[..n]);
+                            if to_server.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                        let _ = to_server.shutdown().await;
+                    };
+                    let downstream = async {
+                        let _ = tokio::io::copy(&mut from_server, &mut to_client).await;
+                        let _ = to_client.shutdown().await;
+                    };
                     tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = futures_util::future::join(upstream, downstream) => {}
                         () = cut.cancelled() => {}
                     }
                 });
@@ -1010,6 +1034,7 @@ impl Proxy {
             up,
             cut,
             connections,
+            sent,
             _task: task,
         })
     }
@@ -1029,5 +1054,10 @@ impl Proxy {
     /// Connections attempted so far.
     pub fn connections(&self) -> u64 {
         self.connections.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Everything clients sent so far, as text.
+    pub fn sent(&self) -> String {
+        String::from_utf8_lossy(&self.sent.lock().unwrap()).into_owned()
     }
 }

@@ -18,4 +18,5 @@ mod outage;
 mod pacing;
 mod policy;
 mod reload;
+mod roles;
 mod trigger;
