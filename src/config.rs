@@ -218,6 +218,62 @@ impl WorkerConfig {
 pub struct AuditConfig {
     /// Ed25519 private key (PKCS#8 PEM) written by `stepgate keygen`.
     pub signing_key: PathBuf,
+    /// Keys that signed the trail before `signing_key`. The first write with a new key, by a
+    /// process that also holds the trail's active key here, appends a `key_rotated` record
+    /// signed by the old key that introduces the new one.
+    #[serde(default)]
+    pub retired_keys: Vec<PathBuf>,
+    /// A signed checkpoint (size and Merkle root) at least every this many records…
+    #[serde(default = "default_checkpoint_every")]
+    pub checkpoint_every: u64,
+    /// …and at least this often while records arrive.
+    #[serde(default = "default_checkpoint_interval")]
+    pub checkpoint_interval_seconds: u64,
+    /// Refuse a trigger (503) when its `accepted` record cannot be written within
+    /// `write_timeout_ms`: no workflow starts unaudited. Off, the record is buffered and
+    /// retried while the trigger goes ahead.
+    #[serde(default)]
+    pub fail_closed: bool,
+    #[serde(default = "default_audit_write_timeout")]
+    pub write_timeout_ms: u64,
+}
+
+fn default_checkpoint_every() -> u64 {
+    1_000
+}
+
+fn default_checkpoint_interval() -> u64 {
+    60
+}
+
+fn default_audit_write_timeout() -> u64 {
+    2_000
+}
+
+impl AuditConfig {
+    /// The trail's handle and writer, with this configuration's keys and checkpoints.
+    pub fn open_log(
+        &self,
+        redis: crate::redis_conn::RedisConnection,
+        keys: crate::queue::Keys,
+    ) -> Result<(crate::audit::AuditLog, crate::audit::AuditWriter), crate::audit::signer::KeyError>
+    {
+        let signer = crate::audit::AuditSigner::load(&self.signing_key)?;
+        let retired = self
+            .retired_keys
+            .iter()
+            .map(|path| crate::audit::AuditSigner::load(path))
+            .collect::<Result<_, _>>()?;
+        tracing::info!(audit.kid = signer.kid(), "audit signing key loaded");
+        let settings = crate::audit::WriterSettings {
+            checkpoint_every: self.checkpoint_every,
+            checkpoint_interval: std::time::Duration::from_secs(self.checkpoint_interval_seconds),
+            ..Default::default()
+        };
+        Ok(crate::audit::AuditLog::new(
+            redis, keys, signer, retired, settings,
+        ))
+    }
 }
 
 /// `[log]`
@@ -565,6 +621,18 @@ impl Config {
             && reqwest::Url::parse(url).is_err()
         {
             problem("aws.endpoint_url".into(), format!("{url:?} is not a URL"));
+        }
+        if self.audit.checkpoint_every == 0 {
+            problem("audit.checkpoint_every".into(), "must be at least 1".into());
+        }
+        if self.audit.checkpoint_interval_seconds == 0 {
+            problem(
+                "audit.checkpoint_interval_seconds".into(),
+                "must be at least 1".into(),
+            );
+        }
+        if self.audit.write_timeout_ms == 0 {
+            problem("audit.write_timeout_ms".into(), "must be at least 1".into());
         }
         let worker = &self.worker;
         if worker.max_in_flight == 0 {

@@ -62,7 +62,8 @@ impl Reloader {
             Ok(text) => text,
             Err(e) => {
                 if forced {
-                    self.refused(None, format!("cannot read {}: {e}", self.path.display()));
+                    self.refused(None, format!("cannot read {}: {e}", self.path.display()))
+                        .await;
                 }
                 return;
             }
@@ -77,9 +78,9 @@ impl Reloader {
                 tracing::info!(config.sha256 = %sha256, workflows, "configuration reloaded");
                 let mut event = AuditEvent::now(EventKind::ConfigReloaded);
                 event.config_sha256 = Some(sha256);
-                self.state.audit.record(event);
+                self.state.audit.record(event).await;
             }
-            Err(reason) => self.refused(Some(sha256), reason),
+            Err(reason) => self.refused(Some(sha256), reason).await,
         }
     }
 
@@ -113,12 +114,12 @@ impl Reloader {
         Ok(runtime.workflows.len())
     }
 
-    fn refused(&self, sha256: Option<String>, reason: String) {
+    async fn refused(&self, sha256: Option<String>, reason: String) {
         tracing::error!(config.sha256 = sha256.as_deref().unwrap_or("-"), %reason, "configuration reload refused; the running configuration stays");
         let mut event = AuditEvent::now(EventKind::ConfigRefused);
         event.config_sha256 = sha256;
         event.reason = Some(reason);
-        self.state.audit.record(event);
+        self.state.audit.record(event).await;
     }
 }
 

@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::audit::record::sha256_hex;
-use crate::audit::{AuditEvent, AuditLog, AuditSigner, AuditWriter, EventKind};
+use crate::audit::{AuditEvent, AuditLog, AuditWriter, EventKind};
 use crate::config::Config;
 use crate::queue::{Keys, Producer};
 use crate::redis_conn::{RedisConnection, RedisEndpoint};
@@ -67,10 +67,10 @@ impl Application {
         )
         .await?;
 
-        let signer = AuditSigner::load(&config.audit.signing_key)
-            .context("loading the audit signing key")?;
-        tracing::info!(audit.kid = signer.kid(), "audit signing key loaded");
-        let (audit, audit_writer) = AuditLog::new(redis.clone(), keys.clone(), signer);
+        let (audit, audit_writer) = config
+            .audit
+            .open_log(redis.clone(), keys.clone())
+            .context("loading the audit signing keys")?;
 
         let http = reqwest::Client::builder()
             // Discovery and JWKS must come from the configured issuer, not wherever it redirects.
@@ -169,7 +169,7 @@ impl Application {
         let writer = tokio::spawn(audit_writer.run());
         let mut loaded = AuditEvent::now(EventKind::ConfigLoaded);
         loaded.config_sha256 = source.as_ref().map(|(_, sha)| sha.clone());
-        state.audit.record(loaded);
+        state.audit.record(loaded).await;
 
         let mut refreshers = KeyRefreshers::default();
         refreshers.follow(&state.runtime(), &shutdown);

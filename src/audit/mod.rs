@@ -1,10 +1,17 @@
-//! The audit trail: every decision, signed and hash-chained in Redis.
+//! The audit trail: every decision, signed, hash-chained and checkpointed in Redis.
 
+pub mod canonical;
+pub mod checkpoint;
+pub mod files;
+pub mod merkle;
+pub mod proof;
 pub mod record;
 pub mod signer;
+pub mod store;
+pub mod trail;
 pub mod verify;
 pub mod writer;
 
 pub use record::{AuditEvent, EventKind};
 pub use signer::AuditSigner;
-pub use writer::{AuditLog, AuditWriter};
+pub use writer::{AuditLog, AuditWriter, WriterSettings};

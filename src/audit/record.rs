@@ -1,29 +1,30 @@
 //! Audit records: what happened (an [`AuditEvent`]) and its chained, signed form.
 //!
-//! A record's body is canonical JSON (object keys sorted, no whitespace — RFC 8785 for the
-//! strings and integers these records hold) over the event's fields plus `v` (schema
+//! A record's body is the RFC 8785 canonical JSON of the event's fields plus `v` (schema
 //! version), `seq` (1, 2, …), `prev` (hex SHA-256 of the previous body; 64 zeros for the
 //! first) and `kid` (the signing key's id). The record's hash is SHA-256 of the body bytes;
-//! its signature is Ed25519 over the same bytes. No record holds a token or an input: only
-//! their SHA-256.
+//! its signature is Ed25519 over the same bytes. No record holds a token: only its SHA-256;
+//! a trigger's input only as its SHA-256 unless the workflow stores it, redacted.
 
 use serde::Serialize;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-/// The record schema version.
-pub const SCHEMA_VERSION: u64 = 1;
+pub use super::canonical::canonical_json;
+
+/// The record schema version written now. Version 1 (no `id`) still verifies.
+pub const SCHEMA_VERSION: u64 = 2;
 
 /// `prev` of the first record.
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 /// The kind of decision or lifecycle event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum EventKind {
     /// A token was missing, malformed or did not verify.
     AuthFailed,
-    /// A verified caller was refused by the workflow's policy (or the workflow is unknown).
+    /// A verified caller was refused by a policy (or the workflow is unknown).
     Denied,
     /// A trigger was refused by a rate limit or the backlog bound.
     RateLimited,
@@ -33,6 +34,8 @@ pub enum EventKind {
     Deferred,
     /// Step Functions started the execution.
     Started,
+    /// A start failed in a way worth retrying; the request waits and is tried again.
+    Retried,
     /// A request could not start as it is and went to its workflow's dead letters.
     DeadLettered,
     /// An operator put a dead letter back into its queue (same request id).
@@ -45,11 +48,16 @@ pub enum EventKind {
     ConfigReloaded,
     /// A new configuration was refused; the running one stays.
     ConfigRefused,
+    /// The trail's signing key changed: this record, signed by the old key, introduces the
+    /// new one (`new_kid`, `public_key`); the old key signs nothing after it.
+    KeyRotated,
 }
 
 /// One event, before chaining. Absent fields are left out of the record.
 #[derive(Debug, Clone, Serialize)]
 pub struct AuditEvent {
+    /// Unique per event (UUIDv7): lets readers and SIEMs recognise a record they already hold.
+    pub id: String,
     pub event: EventKind,
     /// RFC 3339, UTC.
     pub time: String,
@@ -69,19 +77,32 @@ pub struct AuditEvent {
     pub token_sha256: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub input_sha256: Option<String>,
+    /// The input itself, with the workflow's redactions applied, where the workflow asks
+    /// for it (`audit_input = "redacted"`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub input: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub execution_arn: Option<String>,
+    /// Which attempt failed, for `retried`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     /// SHA-256 of the configuration file, for configuration events.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub config_sha256: Option<String>,
+    /// The key introduced by `key_rotated`: its id and raw 32 bytes in base64.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub new_kid: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<String>,
 }
 
 impl AuditEvent {
     /// An event of `kind` happening now, with no other field set.
     pub fn now(kind: EventKind) -> Self {
         Self {
+            id: uuid::Uuid::now_v7().to_string(),
             event: kind,
             time: crate::clock::now_rfc3339(),
             workflow: None,
@@ -92,9 +113,13 @@ impl AuditEvent {
             client_addr: None,
             token_sha256: None,
             input_sha256: None,
+            input: None,
             execution_arn: None,
+            attempt: None,
             reason: None,
             config_sha256: None,
+            new_kid: None,
+            public_key: None,
         }
     }
 
@@ -102,7 +127,7 @@ impl AuditEvent {
     pub fn body(&self, seq: u64, prev: &str, kid: &str) -> Vec<u8> {
         let mut fields = match serde_json::to_value(self) {
             Ok(Value::Object(fields)) => fields,
-            // A struct of strings always serializes to an object.
+            // A struct always serializes to an object.
             _ => Map::new(),
         };
         fields.insert("v".into(), SCHEMA_VERSION.into());
@@ -118,59 +143,9 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
-/// Serializes with object keys sorted and no insignificant whitespace, independent of how
-/// `serde_json` orders maps; strings are escaped as `serde_json` does (as RFC 8785 asks).
-pub fn canonical_json(value: &Value) -> Vec<u8> {
-    let mut out = Vec::new();
-    write_canonical(value, &mut out);
-    out
-}
-
-fn write_canonical(value: &Value, out: &mut Vec<u8>) {
-    match value {
-        Value::Object(map) => {
-            let mut entries: Vec<_> = map.iter().collect();
-            // RFC 8785 orders by UTF-16 code units; identical to byte order for our ASCII keys.
-            entries.sort_by(|a, b| a.0.encode_utf16().cmp(b.0.encode_utf16()));
-            out.push(b'{');
-            for (i, (key, item)) in entries.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_canonical(&Value::String(key.clone()), out);
-                out.push(b':');
-                write_canonical(item, out);
-            }
-            out.push(b'}');
-        }
-        Value::Array(items) => {
-            out.push(b'[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_canonical(item, out);
-            }
-            out.push(b']');
-        }
-        scalar => out.extend_from_slice(scalar.to_string().as_bytes()),
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
-
     use super::*;
-
-    #[test]
-    fn canonical_json_sorts_keys_at_every_level() {
-        let value = json!({"b": 1, "a": {"z": [true, null, "x\"y"], "c": -2}});
-        assert_eq!(
-            canonical_json(&value),
-            br#"{"a":{"c":-2,"z":[true,null,"x\"y"]},"b":1}"#.to_vec()
-        );
-    }
 
     #[test]
     fn body_carries_the_chain_fields_and_leaves_out_absent_ones() -> Result<(), serde_json::Error> {

@@ -1,83 +1,165 @@
-//! Appends audit events to the chain in Redis, in order, in batches.
+//! Appends audit events to the shared chain in Redis, in order, in batches.
 //!
-//! Request handlers and the drain hand events to [`AuditLog::record`], which never blocks
-//! them; one writer task per process chains, signs and appends them. Batching keeps the
-//! chain (inherently sequential) off the request path's critical section. While Redis is
-//! unreachable the writer retries, holding events in its bounded channel.
+//! Request handlers and the drain hand events to [`AuditLog`]; one writer task per process
+//! chains, signs and appends them. Batching keeps the chain (inherently sequential) off the
+//! request path's critical section. Nothing is dropped while the writer keeps up: a full
+//! buffer makes callers wait (backpressure) instead. While Redis is unreachable the writer
+//! retries the same batch, which the append script applies at most once.
+//!
+//! Key rotation: a writer holding the key the trail was signed with until now (one of
+//! `retired`) first appends a `key_rotated` record signed by that key, introducing its own.
+//! A writer that holds neither the active key nor a retired one cannot write (its records
+//! would not verify) and says so.
 
-use std::sync::Arc;
 use std::sync::LazyLock;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::redis_conn::RedisConnection;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use redis::Script;
 use tokio::sync::{mpsc, oneshot};
 
-use super::record::{AuditEvent, GENESIS_HASH, sha256_hex};
+use super::checkpoint::Checkpoint;
+use super::merkle::leaf_hash;
+use super::record::{AuditEvent, EventKind, sha256_hex};
 use super::signer::AuditSigner;
+use super::store::{self, ChainHead};
 use crate::queue::Keys;
+use crate::redis_conn::RedisConnection;
 
 static APPEND: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("append.lua")));
 
-/// Events waiting for the writer at most; beyond this, new events are dropped and counted.
+/// Events waiting for the writer at most; beyond this, callers wait.
 const CHANNEL_CAPACITY: usize = 16_384;
 /// Events appended by one script call at most.
 const MAX_BATCH: usize = 512;
 const RETRY_MAX: Duration = Duration::from_secs(5);
 
+/// How the writer checkpoints, and how long a caller waits for room in a full buffer.
+#[derive(Debug, Clone, Copy)]
+pub struct WriterSettings {
+    /// A checkpoint at least every this many records…
+    pub checkpoint_every: u64,
+    /// …and, when records arrived since the last one, at least this often.
+    pub checkpoint_interval: Duration,
+    /// The longest [`AuditLog::record`] waits for room before it gives the event up (and
+    /// logs an error): a stuck writer must not hang request handling forever.
+    pub buffer_wait: Duration,
+}
+
+impl Default for WriterSettings {
+    fn default() -> Self {
+        Self {
+            checkpoint_every: 1_000,
+            checkpoint_interval: Duration::from_secs(60),
+            buffer_wait: Duration::from_secs(5),
+        }
+    }
+}
+
 enum Message {
-    Event(Box<AuditEvent>),
+    /// An event, and who waits to hear it is in Redis.
+    Event(Box<AuditEvent>, Option<oneshot::Sender<()>>),
     Flush(oneshot::Sender<()>),
 }
+
+/// The event's record could not be written in time.
+#[derive(Debug, thiserror::Error)]
+#[error("the audit trail could not record the event in time")]
+pub struct NotRecorded;
 
 /// A handle to the audit trail; cheap to clone.
 #[derive(Clone)]
 pub struct AuditLog {
     tx: mpsc::Sender<Message>,
-    dropped: Arc<AtomicU64>,
+    buffer_wait: Duration,
 }
 
-/// The task that owns the chain's head for this process.
+/// The task that appends this process's events.
 pub struct AuditWriter {
     rx: mpsc::Receiver<Message>,
     redis: RedisConnection,
     keys: Keys,
     signer: AuditSigner,
-    /// `(seq, hash)` of the newest record as last seen; `None` until read from Redis.
-    head: Option<(u64, String)>,
+    /// Keys that signed the trail before `signer`; used only to sign the rotation record.
+    retired: Vec<AuditSigner>,
+    settings: WriterSettings,
+    /// Names this process's last appended batch in Redis.
+    writer_key: String,
+    batch: u64,
+    /// The head as last seen; `None` until read from Redis (or after an ambiguous write).
+    head: Option<ChainHead>,
+}
+
+/// Why a batch could not be appended (it is retried).
+#[derive(Debug, thiserror::Error)]
+enum AppendError {
+    #[error(transparent)]
+    Redis(#[from] redis::RedisError),
+    #[error(
+        "the trail is signed with key {active}, which this process does not hold (it signs with \
+         {ours}); configure {active}'s private key under audit.retired_keys to rotate to {ours}"
+    )]
+    ForeignKey { active: String, ours: String },
 }
 
 impl AuditLog {
-    pub fn new(redis: RedisConnection, keys: Keys, signer: AuditSigner) -> (Self, AuditWriter) {
+    pub fn new(
+        redis: RedisConnection,
+        keys: Keys,
+        signer: AuditSigner,
+        retired: Vec<AuditSigner>,
+        settings: WriterSettings,
+    ) -> (Self, AuditWriter) {
         let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
-        let log = Self {
-            tx,
-            dropped: Arc::new(AtomicU64::new(0)),
-        };
+        let writer_key = keys.audit_writer(&uuid::Uuid::new_v4().simple().to_string());
         (
-            log,
+            Self {
+                tx,
+                buffer_wait: settings.buffer_wait,
+            },
             AuditWriter {
                 rx,
                 redis,
                 keys,
                 signer,
+                retired,
+                settings,
+                writer_key,
+                batch: 0,
                 head: None,
             },
         )
     }
 
-    /// Queues `event` for the trail without waiting.
-    pub fn record(&self, event: AuditEvent) {
-        if self.tx.try_send(Message::Event(Box::new(event))).is_err() {
-            let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-            tracing::error!(
-                audit.dropped = dropped,
-                "audit event dropped: the writer is behind or stopped"
-            );
+    /// Hands `event` to the writer, waiting for room while its buffer is full.
+    pub async fn record(&self, event: AuditEvent) {
+        let send = self.tx.send(Message::Event(Box::new(event), None));
+        if !matches!(
+            tokio::time::timeout(self.buffer_wait, send).await,
+            Ok(Ok(()))
+        ) {
+            tracing::error!("audit event lost: the audit writer is stuck or stopped");
         }
+    }
+
+    /// Records `event` and waits until it is in Redis, at most `deadline`.
+    pub async fn record_durably(
+        &self,
+        event: AuditEvent,
+        deadline: Duration,
+    ) -> Result<(), NotRecorded> {
+        let (done, written) = oneshot::channel();
+        let wait = async {
+            self.tx
+                .send(Message::Event(Box::new(event), Some(done)))
+                .await
+                .map_err(|_| NotRecorded)?;
+            written.await.map_err(|_| NotRecorded)
+        };
+        tokio::time::timeout(deadline, wait)
+            .await
+            .map_err(|_| NotRecorded)?
     }
 
     /// Waits until every event recorded before this call is in Redis.
@@ -90,40 +172,69 @@ impl AuditLog {
 }
 
 impl AuditWriter {
-    /// Runs until every [`AuditLog`] handle is dropped and all queued events are written.
+    /// Runs until every [`AuditLog`] handle is dropped and all queued events are written;
+    /// checkpoints on time while idle.
     pub async fn run(mut self) {
-        let mut batch = Vec::with_capacity(MAX_BATCH);
-        let mut waiting = Vec::new();
-        while let Some(first) = self.rx.recv().await {
+        let mut events = Vec::with_capacity(MAX_BATCH);
+        let mut durable = Vec::new();
+        let mut flushes = Vec::new();
+        let mut tick = tokio::time::interval(self.settings.checkpoint_interval / 4);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let first = tokio::select! {
+                message = self.rx.recv() => match message {
+                    Some(message) => message,
+                    None => return,
+                },
+                _ = tick.tick() => {
+                    if self.checkpoint_due() {
+                        self.append_until_written(&[]).await;
+                    }
+                    continue;
+                }
+            };
             let mut next = Some(first);
             while let Some(message) = next {
                 match message {
-                    Message::Event(event) => batch.push(*event),
-                    Message::Flush(done) => waiting.push(done),
+                    Message::Event(event, done) => {
+                        events.push(*event);
+                        durable.extend(done);
+                    }
+                    Message::Flush(done) => flushes.push(done),
                 }
-                next = if batch.len() < MAX_BATCH {
+                next = if events.len() < MAX_BATCH {
                     self.rx.try_recv().ok()
                 } else {
                     None
                 };
             }
-            if !batch.is_empty() {
-                self.append_until_written(&batch).await;
-                batch.clear();
+            if !events.is_empty() {
+                self.append_until_written(&events).await;
+                events.clear();
             }
-            for done in waiting.drain(..) {
+            for done in durable.drain(..).chain(flushes.drain(..)) {
                 let _ = done.send(());
             }
         }
     }
 
+    /// Whether the time-based checkpoint is due, as far as this process knows.
+    fn checkpoint_due(&self) -> bool {
+        self.head.as_ref().is_some_and(|head| {
+            head.seq > head.checkpoint_size
+                && crate::clock::unix_ms().saturating_sub(head.checkpoint_ms)
+                    >= self.settings.checkpoint_interval.as_millis() as u64
+        })
+    }
+
     async fn append_until_written(&mut self, events: &[AuditEvent]) {
+        self.batch += 1;
         let mut pause = Duration::from_millis(50);
         loop {
             match self.append(events).await {
                 Ok(()) => return,
                 Err(e) => {
-                    tracing::warn!(error = %e, events = events.len(), "audit append failed; retrying");
+                    tracing::error!(error = %e, events = events.len(), "audit append failed; retrying");
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(RETRY_MAX);
                 }
@@ -133,64 +244,163 @@ impl AuditWriter {
 
     /// Chains `events` after the head, signs them and appends them with compare-and-set;
     /// when another writer moved the head first, re-chains on the new head.
-    async fn append(&mut self, events: &[AuditEvent]) -> redis::RedisResult<()> {
+    async fn append(&mut self, events: &[AuditEvent]) -> Result<(), AppendError> {
         loop {
-            let (seq, hash) = match self.head.clone() {
+            let head = match self.head.take() {
                 Some(head) => head,
                 None => self.read_head().await?,
+            };
+            let Some(plan) = self.chain(&head, events)? else {
+                self.head = Some(head);
+                return Ok(());
             };
             let mut invocation = APPEND.prepare_invoke();
             invocation
                 .key(self.keys.audit_head())
-                .key(self.keys.audit_log());
-            let mut prev = hash.clone();
-            let mut pairs = Vec::with_capacity(events.len());
-            for (i, event) in events.iter().enumerate() {
-                let body = event.body(seq + 1 + i as u64, &prev, self.signer.kid());
-                prev = sha256_hex(&body);
-                let sig = BASE64.encode(self.signer.sign(&body));
-                pairs.push((body, sig));
-            }
-            let new_seq = seq + events.len() as u64;
-            invocation.arg(seq).arg(&hash).arg(new_seq).arg(&prev);
-            for (body, sig) in &pairs {
+                .key(self.keys.audit_log())
+                .key(self.keys.audit_checkpoints())
+                .key(&self.writer_key)
+                .arg(head.seq)
+                .arg(&head.hash)
+                .arg(self.batch)
+                .arg(plan.head.seq)
+                .arg(&plan.head.hash)
+                .arg(plan.head.kid.as_deref().unwrap_or_default())
+                .arg(plan.head.frontier.encode())
+                .arg(plan.checkpoint.as_ref().map_or("", |c| c.0.as_str()))
+                .arg(plan.checkpoint.as_ref().map_or("", |c| c.1.as_str()))
+                .arg(plan.head.checkpoint_ms);
+            for (body, sig) in &plan.records {
                 invocation.arg(body.as_slice()).arg(sig);
             }
-            let reply: Vec<String> = invocation.invoke_async(&mut self.redis).await?;
-            match reply.as_slice() {
-                [ok] if ok == "ok" => {
-                    self.head = Some((new_seq, prev));
+            let reply: Vec<Option<String>> = invocation.invoke_async(&mut self.redis).await?;
+            match reply.first().cloned().flatten().as_deref() {
+                Some("ok") => {
+                    self.head = Some(plan.head);
                     return Ok(());
                 }
-                [_, seq, hash] => {
-                    let seq = seq.parse().unwrap_or(0);
-                    let hash = if seq == 0 {
-                        GENESIS_HASH.to_owned()
-                    } else {
-                        hash.clone()
+                // An earlier attempt of this batch went through; the head is unknown now.
+                Some("done") => return Ok(()),
+                Some("conflict") => {
+                    self.head = match ChainHead::from_fields(&reply[1..]) {
+                        Some(head) => Some(head),
+                        None => Some(self.rebuild_head().await?),
                     };
-                    self.head = Some((seq, hash));
                 }
                 _ => {
-                    return Err(redis::RedisError::from((
+                    return Err(AppendError::Redis(redis::RedisError::from((
                         redis::ErrorKind::TypeError,
                         "unexpected reply from the audit append script",
-                    )));
+                    ))));
                 }
             }
         }
     }
 
-    async fn read_head(&mut self) -> redis::RedisResult<(u64, String)> {
-        let (seq, hash): (Option<u64>, Option<String>) = redis::cmd("HMGET")
-            .arg(self.keys.audit_head())
-            .arg("seq")
-            .arg("hash")
-            .query_async(&mut self.redis)
-            .await?;
-        Ok(match (seq, hash) {
-            (Some(seq), Some(hash)) if seq > 0 => (seq, hash),
-            _ => (0, GENESIS_HASH.to_owned()),
-        })
+    /// The records (and checkpoint, if due) that put `events` after `head`; `None` when
+    /// there is nothing to write.
+    fn chain(&self, head: &ChainHead, events: &[AuditEvent]) -> Result<Option<Plan>, AppendError> {
+        let ours = self.signer.kid();
+        let rotating_from = match head.kid.as_deref() {
+            None => None,
+            Some(kid) if kid == ours => None,
+            Some(kid) => match self.retired.iter().find(|r| r.kid() == kid) {
+                Some(old) => Some(old),
+                None => {
+                    return Err(AppendError::ForeignKey {
+                        active: kid.to_owned(),
+                        ours: ours.to_owned(),
+                    });
+                }
+            },
+        };
+        let mut next = head.clone();
+        let mut records = Vec::with_capacity(events.len() + 1);
+        let mut push = |event: &AuditEvent, signer: &AuditSigner| {
+            let body = event.body(next.seq + 1, &next.hash, signer.kid());
+            next.seq += 1;
+            next.hash = sha256_hex(&body);
+            next.frontier.push(leaf_hash(&body));
+            let sig = BASE64.encode(signer.sign(&body));
+            records.push((body, sig));
+        };
+        if let (Some(old), false) = (rotating_from, events.is_empty()) {
+            let mut rotation = AuditEvent::now(EventKind::KeyRotated);
+            rotation.new_kid = Some(ours.to_owned());
+            rotation.public_key = Some(BASE64.encode(self.signer.verifying_key().as_bytes()));
+            rotation.reason = Some(format!("signing key {} retired", old.kid()));
+            push(&rotation, old);
+        }
+        for event in events {
+            push(event, &self.signer);
+        }
+        if !records.is_empty() {
+            next.kid = Some(ours.to_owned());
+        }
+        let now_ms = crate::clock::unix_ms();
+        let due = next.seq > head.checkpoint_size
+            && (next.seq - head.checkpoint_size >= self.settings.checkpoint_every
+                || now_ms.saturating_sub(head.checkpoint_ms)
+                    >= self.settings.checkpoint_interval.as_millis() as u64);
+        // A checkpoint is signed by the key active after its last record.
+        let checkpoint_signer = match (&next.kid, rotating_from) {
+            (Some(kid), Some(old)) if kid == old.kid() => old,
+            _ => &self.signer,
+        };
+        let checkpoint = due.then(|| {
+            next.checkpoint_size = next.seq;
+            next.checkpoint_ms = now_ms;
+            let signed = Checkpoint::new(
+                next.seq,
+                &next.frontier.root(),
+                &next.hash,
+                checkpoint_signer.kid(),
+            )
+            .sign(checkpoint_signer);
+            (signed.body, signed.signature)
+        });
+        if records.is_empty() && checkpoint.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(Plan {
+            records,
+            checkpoint,
+            head: next,
+        }))
     }
+
+    async fn read_head(&mut self) -> Result<ChainHead, AppendError> {
+        let fields = store::read_head_fields(&mut self.redis, &self.keys).await?;
+        match ChainHead::from_fields(&fields) {
+            Some(head) => Ok(head),
+            None => self.rebuild_head().await,
+        }
+    }
+
+    /// A trail written before heads held the Merkle frontier: derives it (and the active
+    /// key) from the records, once.
+    async fn rebuild_head(&mut self) -> Result<ChainHead, AppendError> {
+        let records = store::read_all_records(&mut self.redis, &self.keys).await?;
+        let mut head = ChainHead::empty();
+        for record in &records {
+            head.seq += 1;
+            head.hash = sha256_hex(record.body.as_bytes());
+            head.frontier.push(leaf_hash(record.body.as_bytes()));
+            head.kid = serde_json::from_str::<serde_json::Value>(&record.body)
+                .ok()
+                .and_then(|body| body["kid"].as_str().map(str::to_owned));
+        }
+        tracing::info!(
+            records = head.seq,
+            "audit head rebuilt from the trail (written by an earlier version)"
+        );
+        Ok(head)
+    }
+}
+
+/// What one append writes.
+struct Plan {
+    records: Vec<(Vec<u8>, String)>,
+    checkpoint: Option<(String, String)>,
+    head: ChainHead,
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::Subcommand;
 
 use super::{ConfigArg, load, redis_endpoint};
-use crate::audit::{AuditEvent, AuditLog, AuditSigner, EventKind};
+use crate::audit::{AuditEvent, EventKind};
 use crate::clock::now_rfc3339;
 use crate::domain::WorkflowName;
 use crate::queue::Keys;
@@ -113,8 +113,7 @@ async fn operate(selection: Selection, operation: Operation) -> anyhow::Result<E
     let workflow = WorkflowName::parse(&selection.workflow)?;
     let keys = Keys::new(&config.redis.key_prefix);
     let mut redis = connect_redis(&redis_endpoint(&config)?, Duration::from_secs(5)).await?;
-    let signer = AuditSigner::load(&config.audit.signing_key)?;
-    let (audit, writer) = AuditLog::new(redis.clone(), keys.clone(), signer);
+    let (audit, writer) = config.audit.open_log(redis.clone(), keys.clone())?;
     let writing = tokio::spawn(writer.run());
 
     let ids = if selection.all {
@@ -149,7 +148,7 @@ async fn operate(selection: Selection, operation: Operation) -> anyhow::Result<E
         event.request_id = Some(id.clone());
         event.subject = Some(operator.clone());
         event.reason = Some(format!("dead letter {verb} with the stepgate CLI"));
-        audit.record(event);
+        audit.record(event).await;
         println!("{id}: {verb}");
     }
     // Every record is in the trail before the command reports success.

@@ -1,6 +1,7 @@
 //! The command line: `stepgate [serve] | migrate | check-config | openapi | keygen | audit |
 //! policy | dlq`.
 
+mod audit;
 mod dlq;
 
 use std::path::PathBuf;
@@ -11,8 +12,6 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use crate::audit::AuditSigner;
-use crate::audit::signer::load_public_key;
-use crate::audit::verify::{read_trail, verify_records};
 use crate::auth::{Principal, Verifier};
 use crate::config::Config;
 use crate::http::openapi;
@@ -65,7 +64,7 @@ pub enum Command {
     },
     /// Audit trail tools.
     #[command(subcommand)]
-    Audit(AuditCommand),
+    Audit(audit::AuditCommand),
     /// Policy tools.
     #[command(subcommand)]
     Policy(PolicyCommand),
@@ -90,18 +89,6 @@ pub enum PolicyCommand {
         /// A JSON file of claims to evaluate as they are (no verification).
         #[arg(long, group = "caller", required = true)]
         claims: Option<PathBuf>,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-pub enum AuditCommand {
-    /// Check the trail's chain and signatures; exits 1 naming the first bad record.
-    Verify {
-        #[command(flatten)]
-        config: ConfigArg,
-        /// Public key(s) to verify with (SPKI PEM); default: the configured signing key's.
-        #[arg(long = "public-key")]
-        public_keys: Vec<PathBuf>,
     },
 }
 
@@ -171,10 +158,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Audit(AuditCommand::Verify {
-            config,
-            public_keys,
-        }) => verify_audit(&config, &public_keys).await,
+        Command::Audit(command) => audit::run(command).await,
         Command::Policy(PolicyCommand::Explain {
             config,
             workflow,
@@ -193,34 +177,6 @@ async fn serve(arg: &ConfigArg) -> anyhow::Result<ExitCode> {
     tokio::spawn(stop_on_signal(shutdown.clone()));
     app.run_until_stopped(shutdown).await?;
     Ok(ExitCode::SUCCESS)
-}
-
-async fn verify_audit(arg: &ConfigArg, public_keys: &[PathBuf]) -> anyhow::Result<ExitCode> {
-    let config = load(arg)?;
-    let keys = if public_keys.is_empty() {
-        vec![AuditSigner::load(&config.audit.signing_key)?.verifying_key()]
-    } else {
-        public_keys
-            .iter()
-            .map(|path| load_public_key(path))
-            .collect::<Result<_, _>>()?
-    };
-    let mut redis =
-        connect_redis(&redis_endpoint(&config)?, std::time::Duration::from_secs(5)).await?;
-    let (records, head) = read_trail(&mut redis, &Keys::new(&config.redis.key_prefix)).await?;
-    match verify_records(&records, &keys, head) {
-        Ok(trail) => {
-            println!(
-                "audit trail verified: {} records, chain head {}",
-                trail.records, trail.head
-            );
-            Ok(ExitCode::SUCCESS)
-        }
-        Err(broken) => {
-            println!("audit trail BROKEN at {broken}");
-            Ok(ExitCode::FAILURE)
-        }
-    }
 }
 
 async fn explain_policy(

@@ -112,7 +112,7 @@ pub fn admission(
 }
 
 /// How an admitted trigger is answered, or the error of a refused one (audited).
-pub fn outcome(
+pub async fn outcome(
     state: &AppState,
     caller: &Principal,
     workflow: &WorkflowName,
@@ -133,7 +133,8 @@ pub fn outcome(
                 workflow,
                 EventKind::AuthFailed,
                 &AuthError::Replayed.to_string(),
-            );
+            )
+            .await;
             Err(ApiError::InvalidToken(AuthError::Replayed))
         }
         Enqueued::Backlogged => {
@@ -144,7 +145,8 @@ pub fn outcome(
                 workflow,
                 EventKind::RateLimited,
                 &format!("the backlog of {backlog} entries is full"),
-            );
+            )
+            .await;
             Err(ApiError::Unavailable {
                 what: "the workflow's queue",
                 detail: format!("the backlog of {backlog} entries is full"),
@@ -164,7 +166,8 @@ pub fn outcome(
                 workflow,
                 EventKind::RateLimited,
                 &format!("rate limit {} exhausted", limit.name),
-            );
+            )
+            .await;
             let headers = RateLimitHeaders {
                 policy: policy_header(&admission.limits),
                 current: format!("\"{}\";r=0;t={retry_after_seconds}", limit.name),
@@ -179,7 +182,7 @@ pub fn outcome(
 }
 
 /// Refusals of the token itself on this workflow are audited as authentication failures.
-pub fn audit_refused_token(
+pub async fn audit_refused_token(
     state: &AppState,
     caller: &Principal,
     workflow: &WorkflowName,
@@ -192,7 +195,8 @@ pub fn audit_refused_token(
             workflow,
             EventKind::AuthFailed,
             &reason.to_string(),
-        );
+        )
+        .await;
     }
 }
 
@@ -211,7 +215,7 @@ pub fn caller_event(
     event
 }
 
-fn audit(
+async fn audit(
     state: &AppState,
     caller: &Principal,
     workflow: &WorkflowName,
@@ -220,7 +224,7 @@ fn audit(
 ) {
     let mut event = caller_event(kind, caller, Some(workflow));
     event.reason = Some(reason.to_owned());
-    state.audit.record(event);
+    state.audit.record(event).await;
 }
 
 fn policy_header(limits: &[Limit]) -> String {

@@ -30,7 +30,7 @@ impl FromRequestParts<AppState> for Caller {
         let token = match bearer_token(parts.headers.get_all(AUTHORIZATION).iter()) {
             Ok(token) => token,
             Err(e) => {
-                audit_refusal(state, parts, None, &e.to_string());
+                audit_refusal(state, parts, None, &e.to_string()).await;
                 return Err(e);
             }
         };
@@ -39,7 +39,7 @@ impl FromRequestParts<AppState> for Caller {
             Ok(principal) => Ok(Caller(principal, runtime)),
             Err(e) => {
                 tracing::info!(token.sha256 = %token_sha256(token), reason = %e, "access token refused");
-                audit_refusal(state, parts, Some(token), &e.to_string());
+                audit_refusal(state, parts, Some(token), &e.to_string()).await;
                 Err(e.into())
             }
         }
@@ -78,7 +78,7 @@ pub fn bearer_token<'a>(
     Ok(token)
 }
 
-fn audit_refusal(state: &AppState, parts: &Parts, token: Option<&str>, reason: &str) {
+async fn audit_refusal(state: &AppState, parts: &Parts, token: Option<&str>, reason: &str) {
     let mut event = AuditEvent::now(EventKind::AuthFailed);
     event.reason = Some(reason.to_owned());
     event.token_sha256 = token.map(token_sha256);
@@ -97,5 +97,5 @@ fn audit_refusal(state: &AppState, parts: &Parts, token: Option<&str>, reason: &
         .and_then(|rest| rest.split('/').next())
         .and_then(|name| crate::domain::WorkflowName::parse(name).ok())
         .map(|name| name.to_string());
-    state.audit.record(event);
+    state.audit.record(event).await;
 }

@@ -134,6 +134,27 @@ impl Keys {
         format!("{}:{{audit}}:head", self.prefix)
     }
 
+    /// Signed checkpoints (size and Merkle root of the trail), oldest first.
+    pub fn audit_checkpoints(&self) -> String {
+        format!("{}:{{audit}}:checkpoints", self.prefix)
+    }
+
+    /// Where the record stream starts after retention trimmed its front: the last trimmed
+    /// record's seq, hash and Merkle frontier, and the key active after it.
+    pub fn audit_trimmed(&self) -> String {
+        format!("{}:{{audit}}:trimmed", self.prefix)
+    }
+
+    /// The file exporter's lease (one exporter at a time) and how far it has written.
+    pub fn audit_export(&self) -> String {
+        format!("{}:{{audit}}:export", self.prefix)
+    }
+
+    /// The last batch a writer appended: makes a retried append happen once.
+    pub fn audit_writer(&self, writer: &str) -> String {
+        format!("{}:{{audit}}:writer:{writer}", self.prefix)
+    }
+
     pub fn global_schema(&self) -> String {
         format!("{}:{{meta}}:schema", self.prefix)
     }

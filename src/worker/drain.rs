@@ -373,7 +373,7 @@ impl Drain {
                 event.reason = Some(reason);
             }
         }
-        self.audit.record(event);
+        self.audit.record(event).await;
     }
 
     /// Calls Step Functions until the request started or can never start as it is.

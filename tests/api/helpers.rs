@@ -597,6 +597,8 @@ pub struct TestSettings {
     pub worker_toml: String,
     /// Where Redis is, as `[redis]` keys (default: the app's own server's `url`).
     pub redis_toml: Option<String>,
+    /// Extra keys of the `[audit]` table.
+    pub audit_toml: String,
 }
 
 impl Default for TestSettings {
@@ -610,6 +612,7 @@ impl Default for TestSettings {
             extra_toml: String::new(),
             worker_toml: String::new(),
             redis_toml: None,
+            audit_toml: String::new(),
         }
     }
 }
@@ -704,6 +707,7 @@ block_ms = 500
 
 [audit]
 signing_key = "{key}"
+{audit_toml}
 
 [log]
 format = "pretty"
@@ -731,6 +735,7 @@ scopes = ["workflows:trigger"]
         audiences = serde_json::json!(settings.audiences),
         issuer_toml = settings.issuer_toml,
         worker_toml = settings.worker_toml,
+        audit_toml = settings.audit_toml,
         extra = settings.extra_toml.replace("$STATE_MACHINE_ARN", arn),
     )
 }

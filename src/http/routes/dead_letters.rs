@@ -93,7 +93,7 @@ pub async fn list_dead_letters(
     Path(workflow): Path<String>,
     page: Result<Query<PageQuery>, QueryRejection>,
 ) -> Result<Json<DeadLetterPage>, ApiError> {
-    let workflow = authorize_admin(&state, &runtime, &caller, &workflow)?;
+    let workflow = authorize_admin(&state, &runtime, &caller, &workflow).await?;
     let Query(page) = page.map_err(|e| ApiError::InvalidParameter(e.body_text()))?;
     if page
         .after
@@ -165,7 +165,7 @@ pub async fn replay_dead_letter(
     Caller(caller, runtime): Caller,
     Path((workflow, id)): Path<(String, String)>,
 ) -> Result<Json<Replayed>, ApiError> {
-    let workflow = authorize_admin(&state, &runtime, &caller, &workflow)?;
+    let workflow = authorize_admin(&state, &runtime, &caller, &workflow).await?;
     dead_letters::replay(
         &mut state.redis.clone(),
         &state.keys,
@@ -176,7 +176,7 @@ pub async fn replay_dead_letter(
     .await
     .map_err(|e| ApiError::redis_unavailable(&e))?
     .ok_or(ApiError::NotFound)?;
-    audit_operation(&state, &caller, &workflow, EventKind::Replayed, &id);
+    audit_operation(&state, &caller, &workflow, EventKind::Replayed, &id).await;
     tracing::info!(workflow = %workflow, dead_letter = %id, subject = %caller.subject, "dead letter replayed");
     let is_request = id.starts_with(&format!("{workflow}_"));
     Ok(Json(Replayed {
@@ -215,7 +215,7 @@ pub async fn purge_dead_letter(
     Caller(caller, runtime): Caller,
     Path((workflow, id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    let workflow = authorize_admin(&state, &runtime, &caller, &workflow)?;
+    let workflow = authorize_admin(&state, &runtime, &caller, &workflow).await?;
     let purged = dead_letters::purge(
         &mut state.redis.clone(),
         &state.keys,
@@ -228,14 +228,14 @@ pub async fn purge_dead_letter(
     if !purged {
         return Err(ApiError::NotFound);
     }
-    audit_operation(&state, &caller, &workflow, EventKind::Failed, &id);
+    audit_operation(&state, &caller, &workflow, EventKind::Failed, &id).await;
     tracing::info!(workflow = %workflow, dead_letter = %id, subject = %caller.subject, "dead letter purged");
     Ok(StatusCode::NO_CONTENT)
 }
 
 /// The workflow, if the `[admin]` policy allows `caller` (a refusal is audited). Unlike
 /// triggers, an admin may learn that a workflow does not exist (404).
-fn authorize_admin(
+async fn authorize_admin(
     state: &AppState,
     runtime: &Runtime,
     caller: &Principal,
@@ -244,7 +244,7 @@ fn authorize_admin(
     if let Decision::Denied { reason } = authorize(caller, &runtime.admin) {
         let mut event = caller_event(EventKind::Denied, caller, None);
         event.reason = Some(format!("admin API: {reason}"));
-        state.audit.record(event);
+        state.audit.record(event).await;
         return Err(ApiError::Forbidden(reason));
     }
     WorkflowName::parse(raw)
@@ -253,7 +253,7 @@ fn authorize_admin(
         .ok_or(ApiError::NotFound)
 }
 
-fn audit_operation(
+async fn audit_operation(
     state: &AppState,
     caller: &Principal,
     workflow: &WorkflowName,
@@ -266,7 +266,7 @@ fn audit_operation(
         EventKind::Replayed => "dead letter replayed through the admin API".into(),
         _ => "dead letter purged through the admin API".into(),
     });
-    state.audit.record(event);
+    state.audit.record(event).await;
 }
 
 /// `<ms>-<seq>`: a Redis stream entry id.

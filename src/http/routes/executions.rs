@@ -149,7 +149,7 @@ pub async fn create_execution(
         });
     }
     // Authorize before reading the body: an unauthorized caller cannot make us buffer it.
-    let (workflow, rules) = authorize_trigger(&state, &runtime, &caller, &workflow)?;
+    let (workflow, rules) = authorize_trigger(&state, &runtime, &caller, &workflow).await?;
     if !is_json(&headers) {
         return Err(ApiError::UnsupportedMediaType);
     }
@@ -176,14 +176,19 @@ pub async fn create_execution(
         idempotency_key: admission::idempotency_key(&headers)?,
         body: &body,
     };
-    let checks = admission::admission(
+    let checks = match admission::admission(
         &runtime,
         rules,
         &caller,
         &ask,
         state.idempotency_ttl_seconds,
-    )
-    .inspect_err(|e| admission::audit_refused_token(&state, &caller, &workflow, e))?;
+    ) {
+        Ok(checks) => checks,
+        Err(e) => {
+            admission::audit_refused_token(&state, &caller, &workflow, &e).await;
+            return Err(e);
+        }
+    };
     let enqueued = state
         .producer
         .enqueue(&request, &checks)
@@ -191,7 +196,9 @@ pub async fn create_execution(
         .map_err(|e| ApiError::redis_unavailable(&e))?;
     let (request_id, quota, status) = match admission::outcome(
         &state, &caller, &workflow, &checks, enqueued,
-    )? {
+    )
+    .await?
+    {
         admission::Admitted::New { quota, deferred } => {
             let kind = if deferred {
                 EventKind::Deferred
@@ -201,7 +208,7 @@ pub async fn create_execution(
             let mut event = admission::caller_event(kind, &caller, Some(&workflow));
             event.request_id = Some(request.request_id.to_string());
             event.input_sha256 = Some(sha256_hex(request.input.as_bytes()));
-            state.audit.record(event);
+            state.audit.record(event).await;
             tracing::info!(workflow = %workflow, request.id = %request.request_id, subject = %caller.subject, deferred, "trigger accepted");
             let status = if deferred {
                 RequestState::Deferred
@@ -235,7 +242,7 @@ pub async fn create_execution(
 }
 
 /// The workflow, if `caller` may trigger it. Unknown and forbidden look the same to callers.
-fn authorize_trigger<'r>(
+async fn authorize_trigger<'r>(
     state: &AppState,
     runtime: &'r Runtime,
     caller: &Principal,
@@ -257,7 +264,7 @@ fn authorize_trigger<'r>(
         known.as_ref().map(|(name, _)| name),
     );
     event.reason = Some(reason.clone());
-    state.audit.record(event);
+    state.audit.record(event).await;
     Err(ApiError::Forbidden(reason))
 }
 

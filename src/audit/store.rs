@@ -1,0 +1,153 @@
+//! The trail's place in Redis, all in the `{audit}` hash slot: the record stream, the
+//! checkpoint stream, and the head — `seq`, `hash` (of the newest body), `kid` (the key
+//! signing now), `frontier` (the Merkle frontier, so any replica can checkpoint), `cp` and
+//! `cpt` (size and time of the newest checkpoint).
+
+use redis::streams::StreamRangeReply;
+
+use super::checkpoint::SignedCheckpoint;
+use super::merkle::Frontier;
+use super::record::GENESIS_HASH;
+use crate::queue::Keys;
+use crate::redis_conn::RedisConnection;
+
+/// One stored record.
+#[derive(Debug, Clone)]
+pub struct StoredRecord {
+    /// Where it is, to say where a problem is: a stream entry id or a file and line.
+    pub location: String,
+    pub body: String,
+    pub signature: String,
+}
+
+/// The chain head as Redis holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainHead {
+    pub seq: u64,
+    pub hash: String,
+    /// `None` for an empty trail.
+    pub kid: Option<String>,
+    pub frontier: Frontier,
+    pub checkpoint_size: u64,
+    pub checkpoint_ms: u64,
+}
+
+impl ChainHead {
+    pub fn empty() -> Self {
+        Self {
+            seq: 0,
+            hash: GENESIS_HASH.to_owned(),
+            kid: None,
+            frontier: Frontier::default(),
+            checkpoint_size: 0,
+            checkpoint_ms: 0,
+        }
+    }
+
+    /// From the head's fields `seq, hash, kid, frontier, cp, cpt`; `None` when the head
+    /// predates the frontier (a trail written by an earlier version) and must be rebuilt.
+    pub fn from_fields(fields: &[Option<String>]) -> Option<Self> {
+        let field = |i: usize| fields.get(i).cloned().flatten().filter(|f| !f.is_empty());
+        let seq: u64 = field(0).and_then(|s| s.parse().ok()).unwrap_or(0);
+        if seq == 0 {
+            return Some(Self::empty());
+        }
+        let frontier = Frontier::decode(&field(3)?)?;
+        (frontier.size() == seq).then(|| Self {
+            seq,
+            hash: field(1).unwrap_or_default(),
+            kid: field(2),
+            frontier,
+            checkpoint_size: field(4).and_then(|s| s.parse().ok()).unwrap_or(0),
+            checkpoint_ms: field(5).and_then(|s| s.parse().ok()).unwrap_or(0),
+        })
+    }
+}
+
+const HEAD_FIELDS: [&str; 6] = ["seq", "hash", "kid", "frontier", "cp", "cpt"];
+
+/// The head's raw fields (see [`ChainHead::from_fields`]).
+pub async fn read_head_fields(
+    redis: &mut RedisConnection,
+    keys: &Keys,
+) -> redis::RedisResult<Vec<Option<String>>> {
+    redis::cmd("HMGET")
+        .arg(keys.audit_head())
+        .arg(&HEAD_FIELDS[..])
+        .query_async(redis)
+        .await
+}
+
+/// Records after stream entry `after` (`None`: from the start), at most `count`.
+pub async fn read_records(
+    redis: &mut RedisConnection,
+    keys: &Keys,
+    after: Option<&str>,
+    count: usize,
+) -> redis::RedisResult<Vec<StoredRecord>> {
+    let page = read_stream(redis, &keys.audit_log(), after, count).await?;
+    Ok(page
+        .ids
+        .into_iter()
+        .map(|entry| StoredRecord {
+            body: entry.get("body").unwrap_or_default(),
+            signature: entry.get("sig").unwrap_or_default(),
+            location: format!("stream entry {}", entry.id),
+        })
+        .collect())
+}
+
+/// Every record, in stream order.
+pub async fn read_all_records(
+    redis: &mut RedisConnection,
+    keys: &Keys,
+) -> redis::RedisResult<Vec<StoredRecord>> {
+    const PAGE: usize = 2_000;
+    let mut records: Vec<StoredRecord> = Vec::new();
+    loop {
+        let after = records
+            .last()
+            .and_then(|r| r.location.strip_prefix("stream entry "));
+        let page = read_records(redis, keys, after, PAGE).await?;
+        let full = page.len() == PAGE;
+        records.extend(page);
+        if !full {
+            return Ok(records);
+        }
+    }
+}
+
+/// Every checkpoint, oldest first.
+pub async fn read_checkpoints(
+    redis: &mut RedisConnection,
+    keys: &Keys,
+) -> redis::RedisResult<Vec<SignedCheckpoint>> {
+    let reply = read_stream(redis, &keys.audit_checkpoints(), None, usize::MAX).await?;
+    Ok(reply
+        .ids
+        .into_iter()
+        .map(|entry| SignedCheckpoint {
+            body: entry.get("body").unwrap_or_default(),
+            signature: entry.get("sig").unwrap_or_default(),
+        })
+        .collect())
+}
+
+async fn read_stream(
+    redis: &mut RedisConnection,
+    key: &str,
+    after: Option<&str>,
+    count: usize,
+) -> redis::RedisResult<StreamRangeReply> {
+    let mut cmd = redis::cmd("XRANGE");
+    cmd.arg(key);
+    match after {
+        Some(id) => cmd.arg(format!("({id}")),
+        None => cmd.arg("-"),
+    };
+    cmd.arg("+");
+    if count != usize::MAX {
+        cmd.arg("COUNT").arg(count);
+    }
+    cmd.query_async(redis).await
+}

@@ -1,0 +1,125 @@
+//! A whole trail as its sources hold it: the Redis stream (live, possibly trimmed at the
+//! front), the exported JSON Lines files (complete from record 1), or both joined — the
+//! records both hold must be byte-identical.
+
+use std::path::Path;
+
+use super::checkpoint::SignedCheckpoint;
+use super::files;
+use super::merkle::Frontier;
+use super::store::{self, ChainHead, StoredRecord};
+use super::verify::{Problem, ProblemKind, StartPoint};
+use crate::queue::Keys;
+use crate::redis_conn::RedisConnection;
+
+/// Records in order from `start`, the checkpoints over them, and Redis' head (if read).
+#[derive(Debug, Clone)]
+pub struct Trail {
+    pub start: StartPoint,
+    pub records: Vec<StoredRecord>,
+    pub checkpoints: Vec<SignedCheckpoint>,
+    pub head: Option<ChainHead>,
+}
+
+/// Why a source could not be read (as opposed to read and found wrong).
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("cannot read the trail from Redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error(transparent)]
+    Files(#[from] files::FilesError),
+}
+
+pub async fn from_redis(redis: &mut RedisConnection, keys: &Keys) -> Result<Trail, ReadError> {
+    let start = read_trim_point(redis, keys).await?;
+    let records = store::read_all_records(redis, keys).await?;
+    let checkpoints = store::read_checkpoints(redis, keys).await?;
+    let head_fields = store::read_head_fields(redis, keys).await?;
+    Ok(Trail {
+        start,
+        records,
+        checkpoints,
+        // A head from before frontiers still has seq and hash.
+        head: ChainHead::from_fields(&head_fields).or_else(|| {
+            let seq = head_fields.first().cloned().flatten()?.parse().ok()?;
+            let hash = head_fields.get(1).cloned().flatten()?;
+            Some(ChainHead {
+                seq,
+                hash,
+                ..ChainHead::empty()
+            })
+        }),
+    })
+}
+
+pub fn from_files(dir: &Path) -> Result<Trail, ReadError> {
+    let (records, checkpoints) = files::read_dir(dir)?;
+    Ok(Trail {
+        start: StartPoint::genesis(),
+        records,
+        checkpoints,
+        head: None,
+    })
+}
+
+/// The files' trail continued by the records Redis holds beyond it; where both hold a
+/// record, the bytes must agree.
+pub fn join(files: Trail, redis: Trail) -> Result<Trail, Problem> {
+    let mut joined = files;
+    let last_in_files = joined.records.len() as u64;
+    for record in redis.records {
+        let seq = record_seq(&record);
+        match seq {
+            Some(seq) if seq >= 1 && seq <= last_in_files => {
+                let in_files = &joined.records[(seq - 1) as usize];
+                if in_files.body != record.body || in_files.signature != record.signature {
+                    return Err(Problem {
+                        kind: ProblemKind::Diverged,
+                        seq,
+                        location: format!("{} and {}", in_files.location, record.location),
+                        detail: "the files and Redis hold different records under this seq".into(),
+                    });
+                }
+            }
+            _ => joined.records.push(record),
+        }
+    }
+    for checkpoint in redis.checkpoints {
+        if !joined.checkpoints.contains(&checkpoint) {
+            joined.checkpoints.push(checkpoint);
+        }
+    }
+    joined.head = redis.head;
+    Ok(joined)
+}
+
+fn record_seq(record: &StoredRecord) -> Option<u64> {
+    serde_json::from_str::<serde_json::Value>(&record.body)
+        .ok()?
+        .get("seq")?
+        .as_u64()
+}
+
+/// Where the Redis stream starts when its front was trimmed (see retention).
+async fn read_trim_point(
+    redis: &mut RedisConnection,
+    keys: &Keys,
+) -> redis::RedisResult<StartPoint> {
+    let (seq, hash, frontier, kid): (Option<u64>, Option<String>, Option<String>, Option<String>) =
+        redis::cmd("HMGET")
+            .arg(keys.audit_trimmed())
+            .arg(&["seq", "hash", "frontier", "kid"][..])
+            .query_async(redis)
+            .await?;
+    Ok(
+        match (seq, hash, frontier.as_deref().and_then(Frontier::decode)) {
+            (Some(seq), Some(hash), Some(frontier)) if seq > 0 => StartPoint {
+                seq,
+                hash,
+                frontier,
+                kid,
+            },
+            _ => StartPoint::genesis(),
+        },
+    )
+}

@@ -1,0 +1,328 @@
+//! `stepgate audit verify | prove | verify-proof | checkpoints`.
+//!
+//! Exit codes of `verify`: 0 verified; 1 a record was altered, inserted, removed or moved
+//! (or a checkpoint does not match); 2 usage or configuration error; 3 the trail could not
+//! be read; 4 records were cut off the end; 5 a record is signed by an unknown or retired
+//! key. `verify-proof`: 0 valid, 1 invalid.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Subcommand;
+use ed25519_dalek::VerifyingKey;
+use serde_json::json;
+
+use super::{ConfigArg, load, redis_endpoint};
+use crate::audit::AuditSigner;
+use crate::audit::checkpoint::Checkpoint;
+use crate::audit::proof::{self, Proof};
+use crate::audit::signer::load_public_key;
+use crate::audit::trail::{self, ReadError, Trail};
+use crate::audit::verify::{Problem, verify_records};
+use crate::config::Config;
+use crate::queue::Keys;
+use crate::startup::connect_redis;
+
+const EXIT_UNREADABLE: u8 = 3;
+
+#[derive(Debug, clap::Args)]
+pub struct Sources {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Read the exported JSON Lines files in this directory (from record 1), continued by
+    /// what Redis holds beyond them unless `--no-redis`.
+    #[arg(long)]
+    files: Option<PathBuf>,
+    /// Leave Redis out (with `--files`).
+    #[arg(long, requires = "files")]
+    no_redis: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check records, chain, signatures, key rotations and checkpoints; names the first
+    /// problem. Exit codes: 0 verified, 1 altered, 3 unreadable, 4 truncated, 5 bad key.
+    Verify {
+        #[command(flatten)]
+        sources: Sources,
+        /// The trail's first public key(s) (SPKI PEM); later keys come from its rotation
+        /// records. Default: the configured signing key's public half.
+        #[arg(long = "public-key")]
+        public_keys: Vec<PathBuf>,
+        /// One JSON object on standard output instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print an inclusion proof (`--record N`) or a consistency proof (`--consistency OLD
+    /// NEW`, two checkpoint sizes) as JSON, for `verify-proof` or any RFC 9162 checker.
+    Prove {
+        #[command(flatten)]
+        sources: Sources,
+        #[arg(
+            long,
+            conflicts_with = "consistency",
+            required_unless_present = "consistency"
+        )]
+        record: Option<u64>,
+        /// Prove under the checkpoint of this size instead of the newest.
+        #[arg(long, requires = "record")]
+        checkpoint: Option<u64>,
+        #[arg(long, num_args = 2, value_names = ["OLD", "NEW"])]
+        consistency: Option<Vec<u64>>,
+    },
+    /// Check a proof document with public keys alone (no Redis, no configuration).
+    VerifyProof {
+        /// SPKI PEM public keys; the checkpoint's must be among them.
+        #[arg(long = "public-key", required = true)]
+        public_keys: Vec<PathBuf>,
+        /// The proof (JSON); `-` reads standard input.
+        proof: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the signed checkpoints.
+    Checkpoints {
+        #[command(flatten)]
+        sources: Sources,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub async fn run(command: AuditCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        AuditCommand::Verify {
+            sources,
+            public_keys,
+            json,
+        } => verify(&sources, &public_keys, json).await,
+        AuditCommand::Prove {
+            sources,
+            record,
+            checkpoint,
+            consistency,
+        } => {
+            let trail = match read(&sources).await? {
+                Ok(trail) => trail,
+                Err(code) => return Ok(code),
+            };
+            if trail.start.seq > 0 {
+                anyhow::bail!(
+                    "Redis holds records from {} on (earlier ones were trimmed); add --files",
+                    trail.start.seq + 1
+                );
+            }
+            let proof = match (record, consistency.as_deref()) {
+                (Some(seq), _) => {
+                    proof::prove_inclusion(&trail.records, &trail.checkpoints, seq, checkpoint)
+                }
+                (None, Some([old, new])) => {
+                    proof::prove_consistency(&trail.records, &trail.checkpoints, *old, *new)
+                }
+                _ => anyhow::bail!("give --record N or --consistency OLD NEW"),
+            }?;
+            println!("{}", serde_json::to_string_pretty(&proof)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        AuditCommand::VerifyProof {
+            public_keys,
+            proof,
+            json,
+        } => {
+            let keys = public_keys_from(&public_keys)?;
+            let text = if proof == Path::new("-") {
+                std::io::read_to_string(std::io::stdin())?
+            } else {
+                std::fs::read_to_string(&proof)
+                    .with_context(|| format!("reading {}", proof.display()))?
+            };
+            let proof: Proof = serde_json::from_str(&text).context("not a proof document")?;
+            let checked = proof::verify_proof(&proof, &keys);
+            if json {
+                println!(
+                    "{}",
+                    match &checked {
+                        Ok(ok) =>
+                            json!({"valid": true, "statement": ok.statement, "kids": ok.kids}),
+                        Err(e) => json!({"valid": false, "problem": e}),
+                    }
+                );
+            } else {
+                match &checked {
+                    Ok(ok) => println!("proof valid: {}", ok.statement),
+                    Err(e) => println!("proof INVALID: {e}"),
+                }
+            }
+            Ok(if checked.is_ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        AuditCommand::Checkpoints { sources, json } => {
+            let trail = match read(&sources).await? {
+                Ok(trail) => trail,
+                Err(code) => return Ok(code),
+            };
+            let mut listed: Vec<Checkpoint> = trail
+                .checkpoints
+                .iter()
+                .filter_map(|c| serde_json::from_str(&c.body).ok())
+                .collect();
+            listed.sort_by_key(|c| c.size);
+            for checkpoint in &listed {
+                if json {
+                    println!("{}", serde_json::to_string(checkpoint)?);
+                } else {
+                    println!(
+                        "size {:>10}  root {}  {}  key {}",
+                        checkpoint.size, checkpoint.root, checkpoint.time, checkpoint.kid
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn verify(
+    sources: &Sources,
+    public_keys: &[PathBuf],
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let config = load(&sources.config)?;
+    let keys = if public_keys.is_empty() {
+        vec![AuditSigner::load(&config.audit.signing_key)?.verifying_key()]
+    } else {
+        public_keys_from(public_keys)?
+    };
+    let trail = match read_with(&config, sources).await {
+        Ok(Ok(trail)) => trail,
+        Ok(Err(problem)) => return Ok(report(Err(problem), json)),
+        Err(e) => {
+            if json {
+                println!(
+                    "{}",
+                    json!({"ok": false, "problem": {"kind": "unreadable", "detail": e.to_string()}})
+                );
+            } else {
+                println!("audit trail UNREADABLE: {e}");
+            }
+            return Ok(ExitCode::from(EXIT_UNREADABLE));
+        }
+    };
+    let checked = verify_records(
+        &trail.records,
+        &keys,
+        trail.start.clone(),
+        &trail.checkpoints,
+        trail.head.as_ref(),
+    );
+    let trimmed = trail.start.seq;
+    Ok(report(checked.map(|v| (v, trimmed)), json))
+}
+
+fn report(checked: Result<(crate::audit::verify::Verified, u64), Problem>, json: bool) -> ExitCode {
+    match checked {
+        Ok((verified, trimmed)) => {
+            if json {
+                println!(
+                    "{}",
+                    json!({"ok": true, "verified": verified, "trimmed_before": trimmed})
+                );
+            } else {
+                println!(
+                    "audit trail verified: {} records{}, {} checkpoint(s), chain head {}{}",
+                    verified.records,
+                    if trimmed > 0 {
+                        format!(
+                            " ({}..={}; records up to {trimmed} were trimmed from Redis)",
+                            trimmed + 1,
+                            verified.last_seq
+                        )
+                    } else {
+                        String::new()
+                    },
+                    verified.checkpoints,
+                    verified.head,
+                    if verified.rotations.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", key rotated to {}", verified.rotations.join(" then "))
+                    }
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(problem) => {
+            if json {
+                println!("{}", json!({"ok": false, "problem": problem}));
+            } else {
+                println!("audit trail BROKEN at {problem}");
+            }
+            ExitCode::from(problem.kind.exit_code())
+        }
+    }
+}
+
+/// The trail, or the exit code already reported.
+async fn read(sources: &Sources) -> anyhow::Result<Result<Trail, ExitCode>> {
+    let config = load(&sources.config)?;
+    match read_with(&config, sources).await {
+        Ok(Ok(trail)) => Ok(Ok(trail)),
+        Ok(Err(problem)) => {
+            println!("audit trail BROKEN at {problem}");
+            Ok(Err(ExitCode::from(problem.kind.exit_code())))
+        }
+        Err(e) => {
+            println!("audit trail UNREADABLE: {e}");
+            Ok(Err(ExitCode::from(EXIT_UNREADABLE)))
+        }
+    }
+}
+
+async fn read_with(
+    config: &Config,
+    sources: &Sources,
+) -> Result<Result<Trail, Problem>, ReadError> {
+    let files = sources
+        .files
+        .as_deref()
+        .map(trail::from_files)
+        .transpose()?;
+    if sources.no_redis
+        && let Some(files) = files
+    {
+        return Ok(Ok(files));
+    }
+    let endpoint = redis_endpoint(config).map_err(|e| {
+        ReadError::Redis(redis::RedisError::from((
+            redis::ErrorKind::InvalidClientConfig,
+            "invalid redis.url",
+            e.to_string(),
+        )))
+    })?;
+    let mut redis = connect_redis(&endpoint, Duration::from_secs(5))
+        .await
+        .map_err(|e| {
+            ReadError::Redis(redis::RedisError::from((
+                redis::ErrorKind::IoError,
+                "cannot connect",
+                format!("{e:#}"),
+            )))
+        })?;
+    let from_redis = trail::from_redis(&mut redis, &Keys::new(&config.redis.key_prefix)).await?;
+    Ok(match files {
+        Some(files) => trail::join(files, from_redis),
+        None => Ok(from_redis),
+    })
+}
+
+fn public_keys_from(paths: &[PathBuf]) -> anyhow::Result<Vec<VerifyingKey>> {
+    Ok(paths
+        .iter()
+        .map(|path| load_public_key(path))
+        .collect::<Result<_, _>>()?)
+}
