@@ -251,6 +251,18 @@ fn default_audit_write_timeout() -> u64 {
 }
 
 impl AuditConfig {
+    pub fn write_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.write_timeout_ms)
+    }
+
+    /// Failing closed, how long an admitted trigger stays invisible to the drain for its
+    /// admitting process to write the audit record and release it; after that, the drain
+    /// takes the process for dead and recovers the trigger (auditing it first).
+    pub fn admission_hold(&self) -> Option<std::time::Duration> {
+        self.fail_closed
+            .then(|| self.write_timeout() + std::time::Duration::from_secs(10))
+    }
+
     /// The trail's handle and writer, with this configuration's keys and checkpoints.
     pub fn open_log(
         &self,

@@ -110,6 +110,10 @@ impl Application {
                 )
             }),
             breakers: Arc::clone(&breakers),
+            held_recovery: config
+                .audit
+                .fail_closed
+                .then(|| config.audit.write_timeout()),
         });
 
         let listener = TcpListener::bind(config.server.listen)
@@ -119,16 +123,25 @@ impl Application {
             redis.clone(),
             keys.clone(),
             config.server.status_ttl_seconds,
+            config.audit.admission_hold(),
         );
-        let state = AppState::new(App::new(
-            Arc::new(runtime),
-            producer,
-            redis,
-            keys,
-            audit,
-            breakers,
-            &config.server,
-        ));
+        let state = AppState::new(
+            App::new(
+                Arc::new(runtime),
+                producer,
+                redis,
+                keys,
+                audit,
+                breakers,
+                &config.server,
+            )
+            .failing_closed(
+                config
+                    .audit
+                    .fail_closed
+                    .then(|| config.audit.write_timeout()),
+            ),
+        );
         Ok(Self {
             listener,
             state,

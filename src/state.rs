@@ -42,6 +42,8 @@ pub struct App {
     pub idempotency_ttl_seconds: u64,
     /// The drain's circuit breakers (shown by `/readyz`).
     pub breakers: Arc<Breakers>,
+    /// `audit.fail_closed`: how long admission waits for a trigger's record to be written.
+    pub audit_fail_closed: Option<std::time::Duration>,
     /// False once shutdown began: readiness fails and triggers are refused.
     admitting: AtomicBool,
 }
@@ -65,8 +67,15 @@ impl App {
             max_body_bytes: server.max_body_bytes,
             idempotency_ttl_seconds: server.idempotency_ttl_seconds,
             breakers,
+            audit_fail_closed: None,
             admitting: AtomicBool::new(true),
         }
+    }
+
+    /// Triggers are refused unless their audit record is written within `deadline`.
+    pub fn failing_closed(mut self, deadline: Option<std::time::Duration>) -> Self {
+        self.audit_fail_closed = deadline;
+        self
     }
 
     /// The current issuers and workflows; a request uses one snapshot throughout.

@@ -32,6 +32,9 @@ pub enum EventKind {
     Accepted,
     /// A trigger was accepted to start at a later time (held in Redis until then).
     Deferred,
+    /// An accepted trigger was taken back before it could start: its `accepted` record
+    /// could not be written in time (`audit.fail_closed`), and the caller was answered 503.
+    Withdrawn,
     /// Step Functions started the execution.
     Started,
     /// A start failed in a way worth retrying; the request waits and is tried again.

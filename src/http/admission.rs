@@ -30,10 +30,12 @@ pub struct Ask<'a> {
 
 /// How an admitted trigger is answered.
 pub enum Admitted {
-    /// Newly queued (or, `deferred`, held until due); the quota headers of its rate limits.
+    /// Newly queued (or, `deferred`, held until due; or, `held`, held until its audit
+    /// record is written); the quota headers of its rate limits.
     New {
         quota: RateLimitHeaders,
         deferred: bool,
+        held: bool,
     },
     /// A retry with the same idempotency key and body: the request it queued before.
     Duplicate(String),
@@ -123,6 +125,7 @@ pub async fn outcome(
         Enqueued::Queued { quotas, entry_id } => Ok(Admitted::New {
             quota: quota_headers(&admission.limits, &quotas),
             deferred: entry_id == "deferred",
+            held: entry_id == "held",
         }),
         Enqueued::Duplicate { request_id } => Ok(Admitted::Duplicate(request_id)),
         Enqueued::KeyReused => Err(ApiError::IdempotencyKeyReused),

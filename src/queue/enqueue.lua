@@ -2,13 +2,15 @@
 -- KEYS (all in the workflow's slot; unused ones are the never-written `unused` key):
 --   1 queue stream, 2 request status hash, 3 one-time token marker,
 --   4 workflow rate window, 5 per-caller rate window, 6 idempotency record,
---   7 deferred set, 8 deferred entries
+--   7 deferred set, 8 deferred entries, 9 held set
 -- ARGV[1]: JSON plan {request_id, owner, client_id, accepted_at, status_ttl,
 --   jti_ttl (0: none), max_backlog (0: none), limits: [{key, requests, period_ms}],
---   idempotency_fingerprint ('': no key), idempotency_ttl, due_ms (0: now)}
+--   idempotency_fingerprint ('': no key), idempotency_ttl, due_ms (0: now),
+--   hold_ms (0: none; else an immediate trigger is held, invisible to the drain, until the
+--   admitting process releases it once its audit record is written, or withdraws it)}
 -- ARGV[2]: the input, as received
 -- Returns {'queued', entry_id, remaining_1, reset_ms_1, ...} (one pair per limit; entry_id is
---   'deferred' for a trigger held until its due time),
+--   'deferred' for a trigger held until its due time, 'held' for one held for release),
 --   {'duplicate', request_id} (same key, same body), {'conflict'} (same key, other body),
 --   {'replayed'}, {'backlog'}, or {'limited', limit_index (1-based), retry_ms}.
 local plan = cjson.decode(ARGV[1])
@@ -29,7 +31,7 @@ if plan.jti_ttl > 0 and redis.call('EXISTS', KEYS[3]) == 1 then
   return {'replayed'}
 end
 -- The backlog counts what waits in the queue and what waits for its time.
-if plan.max_backlog > 0 and redis.call('XLEN', KEYS[1]) + redis.call('ZCARD', KEYS[7]) >= plan.max_backlog then
+if plan.max_backlog > 0 and redis.call('XLEN', KEYS[1]) + redis.call('ZCARD', KEYS[7]) + redis.call('ZCARD', KEYS[9]) >= plan.max_backlog then
   return {'backlog'}
 end
 -- Sliding-window log: at most `requests` admissions in any `period_ms`, exactly.
@@ -55,13 +57,19 @@ for _, limit in ipairs(plan.limits) do
   table.insert(reply, tostring(tonumber(oldest[2]) + limit.period_ms - now))
 end
 local status = 'queued'
+local fields = cjson.encode({input = ARGV[2], owner = plan.owner, client_id = plan.client_id,
+  accepted_at = plan.accepted_at})
 if plan.due_ms > now then
   -- Held in Redis until due; the drain's promote step moves it into the queue.
   status = 'deferred'
   reply[2] = 'deferred'
   redis.call('ZADD', KEYS[7], plan.due_ms, plan.request_id)
-  redis.call('HSET', KEYS[8], plan.request_id, cjson.encode({input = ARGV[2], owner = plan.owner,
-    client_id = plan.client_id, accepted_at = plan.accepted_at}))
+  redis.call('HSET', KEYS[8], plan.request_id, fields)
+elseif plan.hold_ms > 0 then
+  -- Scored by when the drain may assume the admitting process died and recover it.
+  reply[2] = 'held'
+  redis.call('ZADD', KEYS[9], now + plan.hold_ms, plan.request_id)
+  redis.call('HSET', KEYS[8], plan.request_id, fields)
 else
   reply[2] = redis.call('XADD', KEYS[1], '*', 'request_id', plan.request_id, 'input', ARGV[2],
     'owner', plan.owner, 'client_id', plan.client_id, 'accepted_at', plan.accepted_at)

@@ -111,7 +111,13 @@ impl Keys {
         format!("{}:{{wf:{workflow}}}:deferred", self.prefix)
     }
 
-    /// Deferred triggers' queue fields, by request id.
+    /// Triggers held until their audit record is written (`audit.fail_closed`), scored by
+    /// when recovery may take them over.
+    pub fn held(&self, workflow: &WorkflowName) -> String {
+        format!("{}:{{wf:{workflow}}}:held", self.prefix)
+    }
+
+    /// Deferred (and held) triggers' queue fields, by request id.
     pub fn deferred_entries(&self, workflow: &WorkflowName) -> String {
         format!("{}:{{wf:{workflow}}}:deferred:entries", self.prefix)
     }

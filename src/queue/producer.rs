@@ -16,6 +16,8 @@ use super::request::QueuedRequest;
 static ENQUEUE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("enqueue.lua")));
 static RESERVE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("reserve.lua")));
 static PROMOTE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("promote.lua")));
+static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("release.lua")));
+static WITHDRAW: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("withdraw.lua")));
 
 /// Moves up to `batch` due deferred triggers of `workflow` into its queue; returns how many.
 pub async fn promote_due(
@@ -31,6 +33,54 @@ pub async fn promote_due(
         .arg(batch)
         .invoke_async(redis)
         .await
+}
+
+/// Moves held triggers of `workflow` into its queue, each only if still held; returns how
+/// many moved.
+pub async fn release_held(
+    redis: &mut RedisConnection,
+    keys: &Keys,
+    workflow: &crate::domain::WorkflowName,
+    request_ids: &[String],
+) -> redis::RedisResult<usize> {
+    if request_ids.is_empty() {
+        return Ok(0);
+    }
+    RELEASE
+        .key(keys.held(workflow))
+        .key(keys.deferred_entries(workflow))
+        .key(keys.queue(workflow))
+        .arg(request_ids)
+        .invoke_async(redis)
+        .await
+}
+
+/// Held triggers whose admitting process should have released them by now (it stopped in
+/// between): up to `batch`, with their queue fields as JSON.
+pub async fn stranded_held(
+    redis: &mut RedisConnection,
+    keys: &Keys,
+    workflow: &crate::domain::WorkflowName,
+    batch: usize,
+) -> redis::RedisResult<Vec<(String, Option<String>)>> {
+    let ids: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+        .arg(keys.held(workflow))
+        .arg("-inf")
+        .arg(crate::clock::unix_ms())
+        .arg("LIMIT")
+        .arg(0)
+        .arg(batch)
+        .query_async(redis)
+        .await?;
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let fields: Vec<Option<String>> = redis::cmd("HMGET")
+        .arg(keys.deferred_entries(workflow))
+        .arg(&ids)
+        .query_async(redis)
+        .await?;
+    Ok(ids.into_iter().zip(fields).collect())
 }
 
 /// A one-time token to consume together with the write.
@@ -125,6 +175,7 @@ struct Plan<'a> {
     idempotency_fingerprint: &'a str,
     idempotency_ttl: u64,
     due_ms: u64,
+    hold_ms: u64,
 }
 
 #[derive(Serialize)]
@@ -141,15 +192,108 @@ pub struct Producer {
     redis: RedisConnection,
     keys: Keys,
     status_ttl_seconds: u64,
+    /// With the audit failing closed: how long an immediate trigger is held for its
+    /// admitting process to release it before the drain recovers it.
+    hold: Option<Duration>,
 }
 
 impl Producer {
-    pub fn new(redis: RedisConnection, keys: Keys, status_ttl_seconds: u64) -> Self {
+    pub fn new(
+        redis: RedisConnection,
+        keys: Keys,
+        status_ttl_seconds: u64,
+        hold: Option<Duration>,
+    ) -> Self {
         Self {
             redis,
             keys,
             status_ttl_seconds,
+            hold,
         }
+    }
+
+    /// Queues a trigger admitted held, once its audit record is written.
+    pub async fn release(&self, request: &QueuedRequest) -> redis::RedisResult<bool> {
+        let id = &request.request_id;
+        let moved = release_held(
+            &mut self.redis.clone(),
+            &self.keys,
+            id.workflow(),
+            &[id.to_string()],
+        )
+        .await?;
+        Ok(moved == 1)
+    }
+
+    /// Takes back a held or deferred trigger (and its quota) whose audit record could not
+    /// be written; `false` if it was already released.
+    pub async fn withdraw(
+        &self,
+        request: &QueuedRequest,
+        admission: &Admission,
+    ) -> redis::RedisResult<bool> {
+        let mut invocation = WITHDRAW.prepare_invoke();
+        for key in self.script_keys(request, admission) {
+            invocation.key(key);
+        }
+        let withdrawn: i64 = invocation
+            .arg(request.request_id.to_string())
+            .invoke_async(&mut self.redis.clone())
+            .await?;
+        if withdrawn == 1
+            && let Some(LimitScope::CallerTotal(digest)) = admission
+                .limits
+                .iter()
+                .map(|l| &l.scope)
+                .find(|scope| matches!(scope, LimitScope::CallerTotal(_)))
+        {
+            let _: i64 = redis::cmd("ZREM")
+                .arg(self.keys.caller_rate(digest))
+                .arg(request.request_id.to_string())
+                .query_async(&mut self.redis.clone())
+                .await?;
+        }
+        Ok(withdrawn == 1)
+    }
+
+    /// The admission scripts' keys, all in the workflow's slot (see enqueue.lua).
+    fn script_keys(&self, request: &QueuedRequest, admission: &Admission) -> [String; 9] {
+        let id = &request.request_id;
+        let workflow = id.workflow();
+        let unused = self.keys.unused(workflow);
+        let has = |scope: fn(&LimitScope) -> bool| admission.limits.iter().any(|l| scope(&l.scope));
+        let caller_digest = admission.limits.iter().find_map(|l| match &l.scope {
+            LimitScope::Caller(digest) => Some(digest),
+            _ => None,
+        });
+        [
+            self.keys.queue(workflow),
+            self.keys.request(id),
+            admission.one_time_token.as_ref().map_or_else(
+                || unused.clone(),
+                |once| self.keys.used_token(workflow, &once.id),
+            ),
+            if has(|s| *s == LimitScope::Workflow) {
+                self.keys.rate(workflow, "workflow")
+            } else {
+                unused.clone()
+            },
+            caller_digest.map_or_else(
+                || unused.clone(),
+                |digest| self.keys.rate(workflow, &format!("caller:{digest}")),
+            ),
+            admission.idempotency_key.as_ref().map_or_else(
+                || unused.clone(),
+                |k| self.keys.idempotency(workflow, &k.id),
+            ),
+            self.keys.deferred(workflow),
+            self.keys.deferred_entries(workflow),
+            if self.hold.is_some() {
+                self.keys.held(workflow)
+            } else {
+                unused
+            },
+        ]
     }
 
     /// Checks `admission` and, if it passes, queues `request` with its `queued` status;
@@ -232,31 +376,11 @@ impl Producer {
         admission: &Admission,
     ) -> redis::RedisResult<Enqueued> {
         let id = &request.request_id;
-        let workflow = id.workflow();
-        let unused = self.keys.unused(workflow);
         let in_slot: Vec<&Limit> = admission
             .limits
             .iter()
             .filter(|l| !matches!(l.scope, LimitScope::CallerTotal(_)))
             .collect();
-        let workflow_key = in_slot
-            .iter()
-            .find(|l| l.scope == LimitScope::Workflow)
-            .map(|_| self.keys.rate(workflow, "workflow"));
-        let caller_key = in_slot.iter().find_map(|l| match &l.scope {
-            LimitScope::Caller(digest) => {
-                Some(self.keys.rate(workflow, &format!("caller:{digest}")))
-            }
-            _ => None,
-        });
-        let once_key = admission
-            .one_time_token
-            .as_ref()
-            .map(|once| self.keys.used_token(workflow, &once.id));
-        let idempotency_key = admission
-            .idempotency_key
-            .as_ref()
-            .map(|k| self.keys.idempotency(workflow, &k.id));
         let plan = Plan {
             request_id: id.to_string(),
             owner: &request.owner,
@@ -289,6 +413,7 @@ impl Producer {
                 .as_ref()
                 .map_or(0, |k| k.ttl_seconds.max(1)),
             due_ms: admission.due_ms.unwrap_or(0),
+            hold_ms: self.hold.map_or(0, |hold| hold.as_millis() as u64),
         };
         let plan = serde_json::to_string(&plan).map_err(|e| {
             redis::RedisError::from((
@@ -297,15 +422,11 @@ impl Producer {
                 e.to_string(),
             ))
         })?;
-        let reply: Vec<String> = ENQUEUE
-            .key(self.keys.queue(workflow))
-            .key(self.keys.request(id))
-            .key(once_key.unwrap_or_else(|| unused.clone()))
-            .key(workflow_key.unwrap_or_else(|| unused.clone()))
-            .key(caller_key.unwrap_or_else(|| unused.clone()))
-            .key(idempotency_key.unwrap_or(unused))
-            .key(self.keys.deferred(workflow))
-            .key(self.keys.deferred_entries(workflow))
+        let mut invocation = ENQUEUE.prepare_invoke();
+        for key in self.script_keys(request, admission) {
+            invocation.key(key);
+        }
+        let reply: Vec<String> = invocation
             .arg(plan)
             .arg(&request.input)
             .invoke_async(&mut self.redis.clone())

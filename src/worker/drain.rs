@@ -26,7 +26,7 @@ use crate::clock::now_rfc3339;
 use crate::config::{DrainPacing, WorkerConfig};
 use crate::domain::WorkflowName;
 use crate::queue::consumer::{self, Delivery, Outcome};
-use crate::queue::producer::promote_due;
+use crate::queue::producer::{promote_due, release_held, stranded_held};
 use crate::queue::{Keys, QueuedRequest, WORKERS_GROUP};
 use crate::redis_conn::{RedisConnection, RedisEndpoint};
 
@@ -89,6 +89,9 @@ pub struct Drain {
     pub account_pace: Option<(String, u32)>,
     /// One circuit breaker per state machine (shared with `/readyz`).
     pub breakers: Arc<Breakers>,
+    /// `audit.fail_closed`: the write timeout for recovering held triggers whose admitting
+    /// process stopped before releasing them.
+    pub held_recovery: Option<Duration>,
 }
 
 impl Drain {
@@ -209,6 +212,53 @@ impl Drain {
         }
     }
 
+    /// Held triggers whose admitting process stopped before releasing them: each gets its
+    /// `accepted` record (written, not just buffered) and only then goes to the queue, so
+    /// nothing starts unaudited. Replicas may race; the release moves each once.
+    async fn recover_held(
+        &self,
+        redis: &mut RedisConnection,
+        target: &DrainTarget,
+        deadline: Duration,
+    ) {
+        let stranded = match stranded_held(redis, &self.keys, &target.workflow, MAX_BATCH).await {
+            Ok(stranded) => stranded,
+            Err(e) => {
+                tracing::warn!(workflow = %target.workflow, error = %e, "reading held triggers failed");
+                return;
+            }
+        };
+        let mut audited = Vec::with_capacity(stranded.len());
+        for (request_id, fields) in stranded {
+            let fields: serde_json::Value = fields
+                .and_then(|f| serde_json::from_str(&f).ok())
+                .unwrap_or_default();
+            let mut event = AuditEvent::now(EventKind::Accepted);
+            event.workflow = Some(target.workflow.to_string());
+            event.request_id = Some(request_id.clone());
+            event.subject = fields["owner"].as_str().map(str::to_owned);
+            event.client_id = fields["client_id"]
+                .as_str()
+                .filter(|c| !c.is_empty())
+                .map(str::to_owned);
+            event.input_sha256 = fields["input"]
+                .as_str()
+                .map(|input| crate::audit::record::sha256_hex(input.as_bytes()));
+            event.reason = Some(
+                "recovered: the admitting process stopped before releasing it (audit.fail_closed)"
+                    .into(),
+            );
+            if self.audit.record_durably(event, deadline).await.is_err() {
+                tracing::warn!(workflow = %target.workflow, "audit unavailable; held triggers stay held");
+                break;
+            }
+            audited.push(request_id);
+        }
+        if let Err(e) = release_held(redis, &self.keys, &target.workflow, &audited).await {
+            tracing::warn!(workflow = %target.workflow, error = %e, "releasing recovered triggers failed");
+        }
+    }
+
     /// Moves due deferred triggers into their queues, every [`PROMOTE_EVERY`].
     async fn promote_loop(self: Arc<Self>, shutdown: CancellationToken) {
         let mut redis = self.redis.clone();
@@ -228,6 +278,9 @@ impl Drain {
                             break;
                         }
                     }
+                }
+                if let Some(deadline) = self.held_recovery {
+                    self.recover_held(&mut redis, target, deadline).await;
                 }
             }
         }
@@ -353,16 +406,11 @@ impl Drain {
                 return;
             }
         }
-        let mut event = AuditEvent::now(match outcome {
+        let kind = match outcome {
             Outcome::Started { .. } => EventKind::Started,
             Outcome::DeadLettered { .. } => EventKind::DeadLettered,
-        });
-        event.workflow = Some(target.workflow.to_string());
-        if let Some(request) = request {
-            event.request_id = Some(request.request_id.to_string());
-            event.subject = Some(request.owner.clone());
-            event.client_id.clone_from(&request.client_id);
-        }
+        };
+        let mut event = request_event(kind, target, request);
         match outcome {
             Outcome::Started { execution_arn } => {
                 tracing::info!(execution.arn = %execution_arn, "execution started");
@@ -392,6 +440,7 @@ impl Drain {
         let mut backoff = Duration::from_millis(self.config.retry_initial_backoff_ms);
         let max_backoff = Duration::from_millis(self.config.retry_max_backoff_ms);
         let max_age = Duration::from_secs(self.config.retry_max_age_seconds);
+        let mut attempt = 0u32;
         loop {
             let probe = loop {
                 match self.breakers.admit(arn) {
@@ -442,7 +491,12 @@ impl Drain {
                     ),
                 });
             }
-            tracing::info!(%error, pause_ms = backoff.as_millis() as u64, "start failed; retrying");
+            attempt += 1;
+            tracing::info!(%error, attempt, pause_ms = backoff.as_millis() as u64, "start failed; retrying");
+            let mut event = request_event(EventKind::Retried, target, Some(request));
+            event.attempt = Some(attempt);
+            event.reason = Some(error.to_string());
+            self.audit.record(event).await;
             self.wait(jittered(backoff), claim, shutdown).await?;
             backoff = (backoff * 2).min(max_backoff);
         }
@@ -758,6 +812,22 @@ fn jittered(pause: Duration) -> Duration {
         u64::from(rand_core::RngCore::next_u32(&mut rand_core::OsRng)) % (2 * spread + 1)
     };
     Duration::from_millis(pause_ms - spread + offset)
+}
+
+/// An event about `request` (when its entry could be read) of `target`'s workflow.
+fn request_event(
+    kind: EventKind,
+    target: &DrainTarget,
+    request: Option<&QueuedRequest>,
+) -> AuditEvent {
+    let mut event = AuditEvent::now(kind);
+    event.workflow = Some(target.workflow.to_string());
+    if let Some(request) = request {
+        event.request_id = Some(request.request_id.to_string());
+        event.subject = Some(request.owner.clone());
+        event.client_id.clone_from(&request.client_id);
+    }
+    event
 }
 
 #[cfg(test)]

@@ -520,3 +520,174 @@ async fn a_trail_without_checkpoints_yet_verifies() -> TestResult {
     assert_eq!(code, 0, "{report}");
     Ok(())
 }
+
+/// `fail_closed`: a trigger whose `accepted` record cannot be written is refused (503 with
+/// Retry-After) and taken back, so it never starts; the trail says so once it can.
+#[tokio::test]
+async fn failing_closed_refuses_triggers_the_trail_cannot_record() -> TestResult {
+    let app = spawn_app_with(
+        RedisServer::start(),
+        TestSettings {
+            audit_toml: "fail_closed = true\nwrite_timeout_ms = 500".into(),
+            ..TestSettings::default()
+        },
+    )
+    .await?;
+    let token = partners().idp.billing_token().await?;
+    let first = request_id_of(
+        app.trigger("orders", &token, &json!({"input": {"n": 1}}))
+            .await?,
+    )
+    .await?;
+    assert_eq!(
+        app.settled_status(&first, &token).await["status"],
+        "started"
+    );
+
+    // Every append fails while the record stream is not a stream.
+    let mut redis = app.redis.connection().await?;
+    let _: () = redis::cmd("RENAME")
+        .arg(LOG)
+        .arg("aside")
+        .query_async(&mut redis)
+        .await?;
+    let _: () = redis::cmd("SET")
+        .arg(LOG)
+        .arg("broken")
+        .query_async(&mut redis)
+        .await?;
+    let refused = app
+        .trigger("orders", &token, &json!({"input": {"n": 2}}))
+        .await?;
+    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(crate::helpers::header(&refused, "retry-after"), "5");
+    assert_eq!(app.queue_len("orders").await?, 0, "nothing queued");
+    let held: u64 = redis::cmd("ZCARD")
+        .arg("stepgate:{wf:orders}:held")
+        .query_async(&mut redis)
+        .await?;
+    assert_eq!(held, 0, "nothing held");
+
+    let _: () = redis::cmd("DEL").arg(LOG).query_async(&mut redis).await?;
+    let _: () = redis::cmd("RENAME")
+        .arg("aside")
+        .arg(LOG)
+        .query_async(&mut redis)
+        .await?;
+    crate::helpers::eventually(
+        std::time::Duration::from_secs(15),
+        "the trail to catch up",
+        || async {
+            let records = app.decision_records().await.ok()?;
+            records
+                .iter()
+                .any(|r| r["event"] == "withdrawn")
+                .then_some(())
+        },
+    )
+    .await;
+    let third = request_id_of(
+        app.trigger("orders", &token, &json!({"input": {"n": 3}}))
+            .await?,
+    )
+    .await?;
+    assert_eq!(
+        app.settled_status(&third, &token).await["status"],
+        "started"
+    );
+
+    let records = app.decision_records().await?;
+    let events: Vec<(&str, &str)> = records
+        .iter()
+        .map(|r| {
+            (
+                r["event"].as_str().unwrap_or(""),
+                r["request_id"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    let second = events[2].1;
+    assert_eq!(
+        events,
+        vec![
+            ("accepted", first.as_str()),
+            ("started", first.as_str()),
+            ("accepted", second),
+            ("withdrawn", second),
+            ("accepted", third.as_str()),
+            ("started", third.as_str()),
+        ]
+    );
+    let started = crate::helpers::executions(&app.sfn, &app.state_machine_arn).await?;
+    assert_eq!(started.len(), 2, "the refused trigger never started");
+    assert_eq!(verify_json(&app, &[])?.0, 0);
+    Ok(())
+}
+
+/// A held trigger whose admitting process died before releasing it: the drain audits it
+/// (a written `accepted` record, marked recovered) and only then queues it; it starts once.
+#[tokio::test]
+async fn held_triggers_of_a_stopped_process_are_audited_then_started() -> TestResult {
+    use stepgate::domain::{RequestId, WorkflowName};
+    let app = spawn_app_with(
+        RedisServer::start(),
+        TestSettings {
+            audit_toml: "fail_closed = true\nwrite_timeout_ms = 500".into(),
+            ..TestSettings::default()
+        },
+    )
+    .await?;
+    let keys = stepgate::queue::Keys::new("stepgate");
+    let workflow = WorkflowName::parse("orders")?;
+    let id = RequestId::generate(workflow.clone());
+    let mut redis = app.redis.connection().await?;
+    // What enqueue.lua leaves when its process dies before release; the hold has passed.
+    let now_ms = stepgate::clock::unix_ms();
+    let owner = format!("{} billing-service", partners().idp.issuer);
+    let _: () = redis::pipe()
+        .cmd("ZADD")
+        .arg(keys.held(&workflow))
+        .arg(now_ms - 1)
+        .arg(id.to_string())
+        .cmd("HSET")
+        .arg(keys.deferred_entries(&workflow))
+        .arg(id.to_string())
+        .arg(
+            json!({"input": "{\"n\":7}", "owner": owner, "client_id": "billing-service",
+            "accepted_at": stepgate::clock::now_rfc3339()})
+            .to_string(),
+        )
+        .cmd("HSET")
+        .arg(keys.request(&id))
+        .arg("status")
+        .arg("queued")
+        .arg("owner")
+        .arg(&owner)
+        .arg("created_at")
+        .arg("2026-01-01T00:00:00Z")
+        .arg("updated_at")
+        .arg("2026-01-01T00:00:00Z")
+        .query_async(&mut redis)
+        .await?;
+    let token = partners().idp.billing_token().await?;
+    assert_eq!(
+        app.settled_status(&id.to_string(), &token).await["status"],
+        "started"
+    );
+    let records = app.decision_records().await?;
+    let events: Vec<_> = records
+        .iter()
+        .map(|r| r["event"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(events, vec!["accepted", "started"]);
+    assert!(
+        records[0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("recovered"))
+    );
+    assert_eq!(records[0]["request_id"], id.to_string());
+    let started = crate::helpers::executions(&app.sfn, &app.state_machine_arn).await?;
+    assert_eq!(started.len(), 1);
+    assert_eq!(started[0].1, "{\"n\":7}");
+    Ok(())
+}

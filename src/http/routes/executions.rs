@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use utoipa::ToSchema;
 
-use crate::audit::EventKind;
 use crate::audit::record::sha256_hex;
+use crate::audit::{AuditEvent, EventKind};
 use crate::auth::Principal;
 use crate::clock::now_rfc3339;
 use crate::domain::{RequestId, WorkflowName};
@@ -19,7 +19,7 @@ use crate::http::admission;
 use crate::http::error::{ApiError, Problem};
 use crate::http::extract::Caller;
 use crate::policy::{Decision, authorize};
-use crate::queue::{QueuedRequest, RequestState};
+use crate::queue::{Admission, QueuedRequest, RequestState};
 use crate::runtime::Runtime;
 use crate::state::{AppState, Workflow};
 
@@ -199,7 +199,11 @@ pub async fn create_execution(
     )
     .await?
     {
-        admission::Admitted::New { quota, deferred } => {
+        admission::Admitted::New {
+            quota,
+            deferred,
+            held,
+        } => {
             let kind = if deferred {
                 EventKind::Deferred
             } else {
@@ -208,7 +212,13 @@ pub async fn create_execution(
             let mut event = admission::caller_event(kind, &caller, Some(&workflow));
             event.request_id = Some(request.request_id.to_string());
             event.input_sha256 = Some(sha256_hex(request.input.as_bytes()));
-            state.audit.record(event).await;
+            match state.audit_fail_closed {
+                None => state.audit.record(event).await,
+                Some(deadline) => {
+                    audit_before_answering(&state, &request, &checks, event, held, deadline)
+                        .await?;
+                }
+            }
             tracing::info!(workflow = %workflow, request.id = %request.request_id, subject = %caller.subject, deferred, "trigger accepted");
             let status = if deferred {
                 RequestState::Deferred
@@ -240,6 +250,61 @@ pub async fn create_execution(
     }
     Ok(response)
 }
+
+/// `audit.fail_closed`: the trigger's record must be in the trail before the 202; a held
+/// trigger is released to the drain only then. If the record cannot be written in time, the
+/// trigger is taken back and the caller told 503.
+async fn audit_before_answering(
+    state: &AppState,
+    request: &QueuedRequest,
+    checks: &Admission,
+    event: AuditEvent,
+    held: bool,
+    deadline: std::time::Duration,
+) -> Result<(), ApiError> {
+    let mut withdrawn = event.clone();
+    if state.audit.record_durably(event, deadline).await.is_ok() {
+        if held && let Err(e) = state.producer.release(request).await {
+            // Audited and in Redis: the drain recovers it once the hold expires.
+            tracing::warn!(request.id = %request.request_id, error = %e, "could not release a held trigger; the drain will recover it");
+        }
+        return Ok(());
+    }
+    let unavailable = |detail: &str| ApiError::Unavailable {
+        what: "the audit trail",
+        detail: detail.to_owned(),
+        retry_after_seconds: AUDIT_RETRY_SECONDS,
+    };
+    match state.producer.withdraw(request, checks).await {
+        Ok(true) => {
+            tracing::error!(request.id = %request.request_id, "audit record not written in time; trigger withdrawn");
+            withdrawn.event = EventKind::Withdrawn;
+            withdrawn.id = uuid::Uuid::now_v7().to_string();
+            withdrawn.time = now_rfc3339();
+            withdrawn.reason = Some(
+                "its audit record could not be written in time (audit.fail_closed); answered 503"
+                    .into(),
+            );
+            state.audit.record(withdrawn).await;
+            Err(unavailable(
+                "the trigger's audit record could not be written, so it was not queued",
+            ))
+        }
+        // Released already (this process stalled past the hold): it is queued, audited by
+        // the recovery that released it.
+        Ok(false) => Ok(()),
+        Err(e) => {
+            tracing::error!(request.id = %request.request_id, error = %e, "audit record not written and the trigger could not be withdrawn");
+            Err(unavailable(
+                "the trigger's audit record could not be written and Redis could not take the trigger back: \
+                 it starts once its record is written; retry with the same Idempotency-Key to learn its request id",
+            ))
+        }
+    }
+}
+
+/// Retry-After when the audit trail cannot take a trigger's record.
+const AUDIT_RETRY_SECONDS: u64 = 5;
 
 /// The workflow, if `caller` may trigger it. Unknown and forbidden look the same to callers.
 async fn authorize_trigger<'r>(
