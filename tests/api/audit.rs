@@ -521,18 +521,22 @@ async fn a_trail_without_checkpoints_yet_verifies() -> TestResult {
     Ok(())
 }
 
-/// `fail_closed`: a trigger whose `accepted` record cannot be written is refused (503 with
-/// Retry-After) and taken back, so it never starts; the trail says so once it can.
-#[tokio::test]
-async fn failing_closed_refuses_triggers_the_trail_cannot_record() -> TestResult {
-    let app = spawn_app_with(
+async fn spawn_app_failing_closed() -> TestResult<TestApp> {
+    spawn_app_with(
         RedisServer::start(),
         TestSettings {
             audit_toml: "fail_closed = true\nwrite_timeout_ms = 500".into(),
             ..TestSettings::default()
         },
     )
-    .await?;
+    .await
+}
+
+/// `fail_closed`: a trigger whose `accepted` record cannot be written is refused (503 with
+/// Retry-After) and taken back, so it never starts; the trail says so once it can.
+#[tokio::test]
+async fn failing_closed_refuses_triggers_the_trail_cannot_record() -> TestResult {
+    let app = spawn_app_failing_closed().await?;
     let token = partners().idp.billing_token().await?;
     let first = request_id_of(
         app.trigger("orders", &token, &json!({"input": {"n": 1}}))
@@ -629,14 +633,7 @@ async fn failing_closed_refuses_triggers_the_trail_cannot_record() -> TestResult
 #[tokio::test]
 async fn held_triggers_of_a_stopped_process_are_audited_then_started() -> TestResult {
     use stepgate::domain::{RequestId, WorkflowName};
-    let app = spawn_app_with(
-        RedisServer::start(),
-        TestSettings {
-            audit_toml: "fail_closed = true\nwrite_timeout_ms = 500".into(),
-            ..TestSettings::default()
-        },
-    )
-    .await?;
+    let app = spawn_app_failing_closed().await?;
     let keys = stepgate::queue::Keys::new("stepgate");
     let workflow = WorkflowName::parse("orders")?;
     let id = RequestId::generate(workflow.clone());
