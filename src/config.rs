@@ -236,6 +236,28 @@ pub struct AuditConfig {
     pub fail_closed: bool,
     #[serde(default = "default_audit_write_timeout")]
     pub write_timeout_ms: u64,
+    /// Export to rotated JSON Lines files (and trim Redis behind the export).
+    #[serde(default)]
+    pub files: Option<AuditFilesConfig>,
+}
+
+/// `[audit.files]`
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AuditFilesConfig {
+    /// The same durable directory for every process that exports (one exports at a time).
+    pub dir: PathBuf,
+    /// A new file once the current one holds this many bytes.
+    #[serde(default = "default_rotate_bytes")]
+    pub rotate_bytes: u64,
+    /// Keep only this many newest records in Redis; older ones are deleted once exported
+    /// and covered by a checkpoint (0: keep everything).
+    #[serde(default)]
+    pub redis_keep_records: u64,
+}
+
+fn default_rotate_bytes() -> u64 {
+    64 * 1024 * 1024
 }
 
 fn default_checkpoint_every() -> u64 {
@@ -640,6 +662,17 @@ impl Config {
         if self.audit.checkpoint_interval_seconds == 0 {
             problem(
                 "audit.checkpoint_interval_seconds".into(),
+                "must be at least 1".into(),
+            );
+        }
+        if self
+            .audit
+            .files
+            .as_ref()
+            .is_some_and(|f| f.rotate_bytes == 0)
+        {
+            problem(
+                "audit.files.rotate_bytes".into(),
                 "must be at least 1".into(),
             );
         }

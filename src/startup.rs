@@ -180,6 +180,18 @@ impl Application {
         let addr = listener.local_addr()?;
         let config_grace_ms = config.server.shutdown_grace_ms;
         let writer = tokio::spawn(audit_writer.run());
+        if let Some(files) = &config.audit.files {
+            let exporter = crate::audit::export::Exporter::new(
+                state.redis.clone(),
+                state.keys.clone(),
+                crate::audit::export::ExportSettings {
+                    dir: files.dir.clone(),
+                    rotate_bytes: files.rotate_bytes,
+                    keep_records: files.redis_keep_records,
+                },
+            );
+            tokio::spawn(exporter.run(shutdown.clone()));
+        }
         let mut loaded = AuditEvent::now(EventKind::ConfigLoaded);
         loaded.config_sha256 = source.as_ref().map(|(_, sha)| sha.clone());
         state.audit.record(loaded).await;

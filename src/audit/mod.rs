@@ -2,6 +2,7 @@
 
 pub mod canonical;
 pub mod checkpoint;
+pub mod export;
 pub mod files;
 pub mod merkle;
 pub mod proof;

@@ -151,9 +151,14 @@ impl Keys {
         format!("{}:{{audit}}:trimmed", self.prefix)
     }
 
-    /// The file exporter's lease (one exporter at a time) and how far it has written.
+    /// How far the file exporter has written (`seq`).
     pub fn audit_export(&self) -> String {
         format!("{}:{{audit}}:export", self.prefix)
+    }
+
+    /// The file exporter's lease: one exporter at a time.
+    pub fn audit_export_lease(&self) -> String {
+        format!("{}:{{audit}}:export:lease", self.prefix)
     }
 
     /// The last batch a writer appended: makes a retried append happen once.

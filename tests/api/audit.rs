@@ -688,3 +688,99 @@ async fn held_triggers_of_a_stopped_process_are_audited_then_started() -> TestRe
     assert_eq!(started[0].1, "{\"n\":7}");
     Ok(())
 }
+
+/// The file export: rotated JSON Lines that verify on their own, Redis trimmed behind them
+/// (only what is exported and checkpointed), and both together verifying as one trail;
+/// proofs still come from the files; an edited line is named by file and line.
+#[tokio::test]
+async fn exported_files_and_a_trimmed_stream_keep_verifying() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let trail_dir = dir.path().join("trail");
+    let app = spawn_app_with(
+        RedisServer::start(),
+        TestSettings {
+            audit_toml: format!(
+                "checkpoint_every = 2\n[audit.files]\ndir = \"{}\"\nrotate_bytes = 2000\nredis_keep_records = 3",
+                trail_dir.display()
+            ),
+            ..TestSettings::default()
+        },
+    )
+    .await?;
+    for _ in 0..3 {
+        add_records(&app).await?;
+    }
+    let total = app.audit_records().await?.len() as u64 + trimmed_through(&app).await?;
+    assert_eq!(total, 13);
+    // Exported, checkpointed and trimmed down to what retention keeps.
+    crate::helpers::eventually(
+        std::time::Duration::from_secs(20),
+        "export and trimming",
+        || async {
+            let trimmed = trimmed_through(&app).await.ok()?;
+            let in_files = stepgate::audit::files::read_dir(&trail_dir).ok()?.0.len() as u64;
+            (in_files == total && trimmed >= total - 4).then_some(())
+        },
+    )
+    .await;
+    let files = stepgate::audit::files::record_files(&trail_dir)?;
+    assert!(files.len() >= 2, "rotated: {files:?}");
+    let in_redis = entries(&app).await?.len() as u64;
+    assert!(in_redis <= 4, "{in_redis} records left in Redis");
+
+    let trail = trail_dir.display().to_string();
+    let (code, report) = verify_json(&app, &["--files", &trail, "--no-redis"])?;
+    assert_eq!(
+        (code, &report["verified"]["records"]),
+        (0, &json!(total)),
+        "{report}"
+    );
+    let (code, report) = verify_json(&app, &[])?;
+    assert_eq!(code, 0, "Redis alone, from the trim point: {report}");
+    assert_eq!(report["verified"]["records"], in_redis);
+    assert!(report["trimmed_before"].as_u64() > Some(0), "{report}");
+    let (code, report) = verify_json(&app, &["--files", &trail])?;
+    assert_eq!(
+        (code, &report["verified"]["records"]),
+        (0, &json!(total)),
+        "{report}"
+    );
+
+    let proof = prove(&app, &["--record", "2", "--files", &trail])?;
+    assert_eq!(check_proof(&app, &proof)?, (true, true));
+
+    // An edited line in the first file.
+    let (_, first) = &files[0];
+    let text = std::fs::read_to_string(first)?;
+    let edited = text.replacen("\"event\":\"denied\"", "\"event\":\"accepted\"", 1);
+    assert_ne!(text, edited);
+    let line = text
+        .lines()
+        .position(|l| l.contains("\"event\":\"denied\""))
+        .ok_or("no denied record")?
+        + 1;
+    std::fs::write(first, edited)?;
+    let (code, report) = verify_json(&app, &["--files", &trail, "--no-redis"])?;
+    assert_eq!(
+        (code, report["problem"]["kind"].as_str()),
+        (1, Some("modified")),
+        "{report}"
+    );
+    let location = report["problem"]["location"].as_str().unwrap_or_default();
+    assert!(
+        location.ends_with(&format!("{} line {line}", first.display())),
+        "{report}"
+    );
+    Ok(())
+}
+
+/// The seq of the last record trimmed from Redis (0: none).
+async fn trimmed_through(app: &TestApp) -> TestResult<u64> {
+    let mut redis = app.redis.connection().await?;
+    let seq: Option<u64> = redis::cmd("HGET")
+        .arg("stepgate:{audit}:trimmed")
+        .arg("seq")
+        .query_async(&mut redis)
+        .await?;
+    Ok(seq.unwrap_or(0))
+}
