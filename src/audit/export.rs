@@ -19,9 +19,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::checkpoint::Checkpoint;
 use super::files::{self, CHECKPOINTS_FILE, FilesError};
-use super::merkle::{Frontier, leaf_hash};
+use super::merkle::leaf_hash;
 use super::record::sha256_hex;
 use super::store::{self, StoredRecord};
+use super::verify::StartPoint;
 use crate::queue::Keys;
 use crate::redis_conn::RedisConnection;
 
@@ -296,8 +297,12 @@ impl Exporter {
         let limit = exported
             .min(head.checkpoint_size)
             .min(head.seq.saturating_sub(self.settings.keep_records));
-        let (mut trimmed_seq, mut hash, mut frontier, mut kid) =
-            read_trimmed(&mut self.redis, &self.keys).await?;
+        let StartPoint {
+            seq: mut trimmed_seq,
+            mut hash,
+            mut frontier,
+            mut kid,
+        } = store::read_start_point(&mut self.redis, &self.keys).await?;
         if limit <= trimmed_seq {
             return Ok(());
         }
@@ -364,28 +369,7 @@ fn entry_id(record: &StoredRecord) -> Option<String> {
 }
 
 async fn read_trimmed_seq(redis: &mut RedisConnection, keys: &Keys) -> redis::RedisResult<u64> {
-    Ok(read_trimmed(redis, keys).await?.0)
-}
-
-async fn read_trimmed(
-    redis: &mut RedisConnection,
-    keys: &Keys,
-) -> redis::RedisResult<(u64, String, Frontier, Option<String>)> {
-    let (seq, hash, frontier, kid): (Option<u64>, Option<String>, Option<String>, Option<String>) =
-        redis::cmd("HMGET")
-            .arg(keys.audit_trimmed())
-            .arg(&["seq", "hash", "frontier", "kid"][..])
-            .query_async(redis)
-            .await?;
-    Ok((
-        seq.unwrap_or(0),
-        hash.unwrap_or_else(|| super::record::GENESIS_HASH.to_owned()),
-        frontier
-            .as_deref()
-            .and_then(Frontier::decode)
-            .unwrap_or_default(),
-        kid,
-    ))
+    Ok(store::read_start_point(redis, keys).await?.seq)
 }
 
 /// The last record in `dir` (seq and body hash), cutting off a torn last line first (a

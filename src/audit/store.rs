@@ -8,6 +8,7 @@ use redis::streams::StreamRangeReply;
 use super::checkpoint::SignedCheckpoint;
 use super::merkle::Frontier;
 use super::record::GENESIS_HASH;
+use super::verify::StartPoint;
 use crate::queue::Keys;
 use crate::redis_conn::RedisConnection;
 
@@ -150,4 +151,28 @@ async fn read_stream(
         cmd.arg("COUNT").arg(count);
     }
     cmd.query_async(redis).await
+}
+
+/// Where the Redis stream starts when its front was trimmed (see retention).
+pub async fn read_start_point(
+    redis: &mut RedisConnection,
+    keys: &Keys,
+) -> redis::RedisResult<StartPoint> {
+    let (seq, hash, frontier, kid): (Option<u64>, Option<String>, Option<String>, Option<String>) =
+        redis::cmd("HMGET")
+            .arg(keys.audit_trimmed())
+            .arg(&["seq", "hash", "frontier", "kid"][..])
+            .query_async(redis)
+            .await?;
+    Ok(
+        match (seq, hash, frontier.as_deref().and_then(Frontier::decode)) {
+            (Some(seq), Some(hash), Some(frontier)) if seq > 0 => StartPoint {
+                seq,
+                hash,
+                frontier,
+                kid: kid.filter(|kid| !kid.is_empty()),
+            },
+            _ => StartPoint::genesis(),
+        },
+    )
 }

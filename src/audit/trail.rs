@@ -6,7 +6,6 @@ use std::path::Path;
 
 use super::checkpoint::SignedCheckpoint;
 use super::files;
-use super::merkle::Frontier;
 use super::store::{self, ChainHead, StoredRecord};
 use super::verify::{Problem, ProblemKind, StartPoint};
 use crate::queue::Keys;
@@ -31,7 +30,7 @@ pub enum ReadError {
 }
 
 pub async fn from_redis(redis: &mut RedisConnection, keys: &Keys) -> Result<Trail, ReadError> {
-    let start = read_trim_point(redis, keys).await?;
+    let start = store::read_start_point(redis, keys).await?;
     let records = store::read_all_records(redis, keys).await?;
     let checkpoints = store::read_checkpoints(redis, keys).await?;
     let head_fields = store::read_head_fields(redis, keys).await?;
@@ -98,28 +97,4 @@ fn record_seq(record: &StoredRecord) -> Option<u64> {
         .ok()?
         .get("seq")?
         .as_u64()
-}
-
-/// Where the Redis stream starts when its front was trimmed (see retention).
-async fn read_trim_point(
-    redis: &mut RedisConnection,
-    keys: &Keys,
-) -> redis::RedisResult<StartPoint> {
-    let (seq, hash, frontier, kid): (Option<u64>, Option<String>, Option<String>, Option<String>) =
-        redis::cmd("HMGET")
-            .arg(keys.audit_trimmed())
-            .arg(&["seq", "hash", "frontier", "kid"][..])
-            .query_async(redis)
-            .await?;
-    Ok(
-        match (seq, hash, frontier.as_deref().and_then(Frontier::decode)) {
-            (Some(seq), Some(hash), Some(frontier)) if seq > 0 => StartPoint {
-                seq,
-                hash,
-                frontier,
-                kid,
-            },
-            _ => StartPoint::genesis(),
-        },
-    )
 }
