@@ -40,7 +40,10 @@ pub struct Config {
     pub rate_limits: GlobalRateLimits,
     /// Who may use the admin API (dead letters); nobody by default.
     #[serde(default)]
-    pub admin: AdminConfig,
+    pub admin: AccessConfig,
+    /// Who may read the audit trail through `GET /v1/audit`; nobody by default.
+    #[serde(default)]
+    pub audit_readers: AccessConfig,
     pub issuers: Vec<IssuerConfig>,
     pub workflows: BTreeMap<String, WorkflowConfig>,
 }
@@ -335,11 +338,11 @@ pub enum LogFormat {
     Pretty,
 }
 
-/// `[admin]`: who may use the admin API, as rules over verified tokens (as for a
-/// workflow: any allow rule matches and no deny rule does). Empty: nobody.
+/// `[admin]`, `[audit_readers]`: who may use an operator API, as rules over verified tokens
+/// (as for a workflow: any allow rule matches and no deny rule does). Empty: nobody.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
-pub struct AdminConfig {
+pub struct AccessConfig {
     #[serde(default)]
     pub allow: Vec<Rule>,
     #[serde(default)]
@@ -463,6 +466,9 @@ pub struct WorkflowConfig {
     /// until the token expires. Tokens without `jti` are refused.
     #[serde(default)]
     pub one_time_tokens: bool,
+    /// What the audit trail keeps of inputs: their hash (default) or the input, redacted.
+    #[serde(default)]
+    pub audit: crate::audit::redact::InputAudit,
     /// Admission limits of this workflow.
     #[serde(default)]
     pub rate_limits: WorkflowRateLimits,
@@ -811,6 +817,12 @@ impl Config {
             }
             if let Err(message) = workflow.input_rules() {
                 problem(key("input_schema"), message);
+            }
+            for pointer in workflow.audit.invalid_pointers() {
+                problem(
+                    key("audit.redact"),
+                    format!("{pointer:?} is not a JSON Pointer (it starts with '/')"),
+                );
             }
             let limits = [
                 ("workflow", workflow.rate_limits.workflow),

@@ -32,6 +32,8 @@ pub struct Runtime {
     pub caller_limit: Option<crate::config::Rate>,
     /// Who may use the admin API.
     pub admin: Policy,
+    /// Who may read the audit trail.
+    pub audit_readers: Policy,
 }
 
 impl Runtime {
@@ -66,6 +68,10 @@ impl Runtime {
             admin: Policy {
                 allow: config.admin.allow.clone(),
                 deny: config.admin.deny.clone(),
+            },
+            audit_readers: Policy {
+                allow: config.audit_readers.allow.clone(),
+                deny: config.audit_readers.deny.clone(),
             },
         })
     }
@@ -108,6 +114,7 @@ pub fn workflows(config: &Config) -> anyhow::Result<Vec<(WorkflowName, Workflow)
                 rate_limits: w.rate_limits.clone(),
                 max_backlog: w.max_backlog,
                 drain: w.drain,
+                audit_input: w.audit.clone(),
             };
             Ok((name, workflow))
         })

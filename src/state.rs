@@ -24,6 +24,7 @@ pub struct Workflow {
     pub rate_limits: WorkflowRateLimits,
     pub max_backlog: Option<u64>,
     pub drain: DrainPacing,
+    pub audit_input: crate::audit::redact::InputAudit,
 }
 
 /// The application state behind every handler; cheap to clone.

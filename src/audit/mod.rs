@@ -7,6 +7,7 @@ pub mod files;
 pub mod merkle;
 pub mod proof;
 pub mod record;
+pub mod redact;
 pub mod signer;
 pub mod store;
 pub mod trail;

@@ -10,7 +10,7 @@ use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::routes::{dead_letters, executions, health, requests, workflows};
+use super::routes::{audit, dead_letters, executions, health, requests, workflows};
 use crate::state::AppState;
 
 /// Where the committed copy lives, relative to the repository root.
@@ -30,6 +30,7 @@ pub const COMMITTED_PATH: &str = "openapi/openapi.json";
         (name = "requests", description = "Follow accepted triggers"),
         (name = "health", description = "Probes for orchestrators"),
         (name = "admin", description = "Operate the gateway: dead letters (callers allowed by the `[admin]` policy)"),
+        (name = "audit", description = "Read the signed audit trail (callers allowed by the `[audit_readers]` policy)"),
     )
 )]
 struct ApiDoc;
@@ -65,6 +66,7 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(dead_letters::list_dead_letters))
         .routes(routes!(dead_letters::replay_dead_letter))
         .routes(routes!(dead_letters::purge_dead_letter))
+        .routes(routes!(audit::list_audit_records))
         .routes(routes!(health::get_health))
         .routes(routes!(health::get_readiness))
 }

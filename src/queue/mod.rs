@@ -11,3 +11,12 @@ pub use producer::{
     Admission, Enqueued, IdempotencyKey, Limit, LimitScope, OneTimeToken, Producer, Quota,
 };
 pub use request::{QueuedRequest, RequestState, StoredStatus};
+
+/// `<ms>-<seq>`: a Redis stream entry id.
+pub fn is_stream_id(raw: &str) -> bool {
+    raw.split_once('-').is_some_and(|(ms, seq)| {
+        [ms, seq]
+            .iter()
+            .all(|part| (1..=20).contains(&part.len()) && part.bytes().all(|b| b.is_ascii_digit()))
+    })
+}

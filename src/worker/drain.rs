@@ -236,7 +236,7 @@ impl Drain {
             let mut event = AuditEvent::now(EventKind::Accepted);
             event.workflow = Some(target.workflow.to_string());
             event.request_id = Some(request_id.clone());
-            event.subject = fields["owner"].as_str().map(str::to_owned);
+            set_owner(&mut event, fields["owner"].as_str().unwrap_or_default());
             event.client_id = fields["client_id"]
                 .as_str()
                 .filter(|c| !c.is_empty())
@@ -824,10 +824,22 @@ fn request_event(
     event.workflow = Some(target.workflow.to_string());
     if let Some(request) = request {
         event.request_id = Some(request.request_id.to_string());
-        event.subject = Some(request.owner.clone());
+        set_owner(&mut event, &request.owner);
         event.client_id.clone_from(&request.client_id);
     }
     event
+}
+
+/// Issuer and subject from a request's owner, `"<issuer> <subject>"` (issuers are URLs,
+/// without spaces).
+fn set_owner(event: &mut AuditEvent, owner: &str) {
+    match owner.split_once(' ') {
+        Some((issuer, subject)) => {
+            event.issuer = Some(issuer.to_owned());
+            event.subject = Some(subject.to_owned());
+        }
+        None => event.subject = Some(owner.to_owned()),
+    }
 }
 
 #[cfg(test)]

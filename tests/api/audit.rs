@@ -784,3 +784,187 @@ async fn trimmed_through(app: &TestApp) -> TestResult<u64> {
         .await?;
     Ok(seq.unwrap_or(0))
 }
+
+/// `GET /v1/audit`: only for `[audit_readers]`, filtered, paged by cursor, and each record
+/// with a signature that checks out with the public key.
+#[tokio::test]
+async fn the_audit_api_filters_and_pages_for_audit_readers_only() -> TestResult {
+    use ed25519_dalek::Verifier as _;
+    let app = spawn_app_with(
+        RedisServer::start(),
+        TestSettings {
+            extra_toml: "[[audit_readers.allow]]\nclients = [\"reporting-service\"]\n".into(),
+            ..TestSettings::default()
+        },
+    )
+    .await?;
+    add_records(&app).await?;
+    add_records(&app).await?;
+    let idp = &partners().idp;
+    let (reader, billing) = (idp.denied_token().await?, idp.billing_token().await?);
+    let get = |query: &str, token: &str| {
+        app.http
+            .get(app.url(&format!("/v1/audit{query}")))
+            .bearer_auth(token)
+            .send()
+    };
+    let refused = get("", &billing).await?;
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    assert!(crate::helpers::header(&refused, "www-authenticate").starts_with("Bearer"));
+    assert!(
+        app.reasons("denied")
+            .await?
+            .iter()
+            .any(|r| r.starts_with("audit API:"))
+    );
+
+    // Every record, four at a time.
+    let mut all = Vec::new();
+    let mut query = "?limit=4".to_owned();
+    loop {
+        let page: Value = get(&query, &reader).await?.json().await?;
+        let records = page["records"].as_array().cloned().unwrap_or_default();
+        assert!(records.len() <= 4);
+        all.extend(records);
+        match page["next_after"].as_str() {
+            Some(next) => query = format!("?limit=4&after={next}"),
+            None => break,
+        }
+    }
+    let seqs: Vec<u64> = all
+        .iter()
+        .filter_map(|r| r["record"]["seq"].as_u64())
+        .collect();
+    assert_eq!(
+        seqs,
+        (1..=10).collect::<Vec<_>>(),
+        "config, 2 x 4 decisions, the refusal"
+    );
+
+    let key = AuditSigner::load(&app.config_path.with_file_name("audit.key"))?.verifying_key();
+    for entry in &all {
+        let body = stepgate::audit::canonical::canonical_json(&entry["record"]);
+        let signature = BASE64.decode(entry["signature"].as_str().unwrap_or_default())?;
+        key.verify(&body, &ed25519_dalek::Signature::from_slice(&signature)?)?;
+    }
+
+    let started: Value = get("?event=started&workflow=orders", &reader)
+        .await?
+        .json()
+        .await?;
+    let started = started["records"].as_array().cloned().unwrap_or_default();
+    assert_eq!(started.len(), 2);
+    assert!(
+        started
+            .iter()
+            .all(|r| r["record"]["subject"] == "billing-service"
+                && r["record"]["execution_arn"].as_str().is_some())
+    );
+    let by_subject: Value = get("?subject=reporting-service", &reader)
+        .await?
+        .json()
+        .await?;
+    let events: Vec<_> = by_subject["records"]
+        .as_array()
+        .map(|r| r.iter().map(|r| r["record"]["event"].clone()).collect())
+        .unwrap_or_default();
+    assert_eq!(
+        events,
+        vec![json!("denied"), json!("denied")],
+        "the reader's two refused triggers"
+    );
+
+    let sixth = all[5]["record"]["time"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let since: Value = get(&format!("?since={}", sixth.replace('+', "%2B")), &reader)
+        .await?
+        .json()
+        .await?;
+    let since = since["records"].as_array().cloned().unwrap_or_default();
+    assert!(
+        since
+            .iter()
+            .all(|r| r["record"]["time"].as_str() >= Some(sixth.as_str()))
+            && since.len() >= 5,
+        "{since:?}"
+    );
+    let until: Value = get(
+        &format!(
+            "?until={}",
+            all[0]["record"]["time"].as_str().unwrap_or_default()
+        ),
+        &reader,
+    )
+    .await?
+    .json()
+    .await?;
+    assert!(
+        until["records"]
+            .as_array()
+            .is_some_and(|r| r.len() == 1 && r[0]["record"]["seq"] == 1)
+    );
+
+    for bad in [
+        "?event=exploded",
+        "?since=yesterday",
+        "?limit=0",
+        "?after=nope",
+    ] {
+        let response = get(bad, &reader).await?;
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{bad}");
+    }
+    Ok(())
+}
+
+/// Inputs are kept as a hash by default; a workflow that stores them gets them redacted at
+/// its JSON Pointers, and the secret never reaches the trail.
+#[tokio::test]
+async fn inputs_are_hashed_or_stored_redacted() -> TestResult {
+    let app = spawn_app_with(
+        RedisServer::start(),
+        TestSettings {
+            extra_toml: "[workflows.orders.audit]\ninput = \"redacted\"\nredact = [\"/card/number\", \"/items/*/secret\"]\n".into(),
+            ..TestSettings::default()
+        },
+    )
+    .await?;
+    let token = partners().idp.billing_token().await?;
+    let input = r#"{"card":{"number":"4111111111111111","brand":"visa"},"items":[{"secret":"s1","n":1},{"secret":"s2"}],"amount":12.5}"#;
+    let response = app
+        .http
+        .post(app.url("/v1/workflows/orders/executions"))
+        .bearer_auth(&token)
+        .header("content-type", "application/json")
+        .body(format!(r#"{{"input":{input}}}"#))
+        .send()
+        .await?;
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let records = app.decision_records().await?;
+    let accepted = records
+        .iter()
+        .find(|r| r["event"] == "accepted")
+        .ok_or("no accepted record")?;
+    assert_eq!(
+        accepted["input"],
+        json!({"card": {"number": "[redacted]", "brand": "visa"},
+               "items": [{"secret": "[redacted]", "n": 1}, {"secret": "[redacted]"}], "amount": 12.5})
+    );
+    assert_eq!(accepted["input_sha256"], sha256_hex(input.as_bytes()));
+    let trail: Vec<String> = entries(&app).await?.into_iter().map(|e| e.body).collect();
+    assert!(!trail.concat().contains("4111111111111111") && !trail.concat().contains("\"s1\""));
+    assert_eq!(verify_json(&app, &[])?.0, 0);
+
+    // The default keeps only the hash.
+    let plain = spawn_app().await?;
+    plain
+        .accept(&token, &json!({"card": "4111111111111111"}))
+        .await?;
+    let records = plain.decision_records().await?;
+    assert!(
+        records.iter().all(|r| r.get("input").is_none()),
+        "{records:?}"
+    );
+    Ok(())
+}

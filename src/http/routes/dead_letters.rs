@@ -16,8 +16,8 @@ use crate::http::admission::caller_event;
 use crate::http::error::{ApiError, Problem};
 use crate::http::extract::Caller;
 use crate::policy::{Decision, authorize};
-use crate::queue::RequestState;
 use crate::queue::dead_letters::{self, DeadLetter, MAX_PAGE};
+use crate::queue::{RequestState, is_stream_id};
 use crate::runtime::Runtime;
 use crate::state::AppState;
 
@@ -267,13 +267,4 @@ async fn audit_operation(
         _ => "dead letter purged through the admin API".into(),
     });
     state.audit.record(event).await;
-}
-
-/// `<ms>-<seq>`: a Redis stream entry id.
-fn is_stream_id(raw: &str) -> bool {
-    raw.split_once('-').is_some_and(|(ms, seq)| {
-        [ms, seq]
-            .iter()
-            .all(|part| (1..=20).contains(&part.len()) && part.bytes().all(|b| b.is_ascii_digit()))
-    })
 }

@@ -212,6 +212,7 @@ pub async fn create_execution(
             let mut event = admission::caller_event(kind, &caller, Some(&workflow));
             event.request_id = Some(request.request_id.to_string());
             event.input_sha256 = Some(sha256_hex(request.input.as_bytes()));
+            event.input = rules.audit_input.stored(&request.input);
             match state.audit_fail_closed {
                 None => state.audit.record(event).await,
                 Some(deadline) => {
