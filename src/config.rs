@@ -219,6 +219,9 @@ impl WorkerConfig {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct AuditConfig {
+    /// Off, nothing is recorded: for measuring the audit's cost, never for production.
+    #[serde(default = "enabled")]
+    pub enabled: bool,
     /// Ed25519 private key (PKCS#8 PEM) written by `stepgate keygen`.
     pub signing_key: PathBuf,
     /// Keys that signed the trail before `signing_key`. The first write with a new key, by a
@@ -263,6 +266,10 @@ fn default_rotate_bytes() -> u64 {
     64 * 1024 * 1024
 }
 
+fn enabled() -> bool {
+    true
+}
+
 fn default_checkpoint_every() -> u64 {
     1_000
 }
@@ -288,13 +295,20 @@ impl AuditConfig {
             .then(|| self.write_timeout() + std::time::Duration::from_secs(10))
     }
 
-    /// The trail's handle and writer, with this configuration's keys and checkpoints.
+    /// The trail's handle and writer, with this configuration's keys and checkpoints; no
+    /// writer when the audit is off.
     pub fn open_log(
         &self,
         redis: crate::redis_conn::RedisConnection,
         keys: crate::queue::Keys,
-    ) -> Result<(crate::audit::AuditLog, crate::audit::AuditWriter), crate::audit::signer::KeyError>
-    {
+    ) -> Result<
+        (crate::audit::AuditLog, Option<crate::audit::AuditWriter>),
+        crate::audit::signer::KeyError,
+    > {
+        if !self.enabled {
+            tracing::warn!("the audit trail is OFF (audit.enabled = false): nothing is recorded");
+            return Ok((crate::audit::AuditLog::disabled(), None));
+        }
         let signer = crate::audit::AuditSigner::load(&self.signing_key)?;
         let retired = self
             .retired_keys
@@ -307,9 +321,8 @@ impl AuditConfig {
             checkpoint_interval: std::time::Duration::from_secs(self.checkpoint_interval_seconds),
             ..Default::default()
         };
-        Ok(crate::audit::AuditLog::new(
-            redis, keys, signer, retired, settings,
-        ))
+        let (log, writer) = crate::audit::AuditLog::new(redis, keys, signer, retired, settings);
+        Ok((log, Some(writer)))
     }
 }
 
@@ -661,6 +674,12 @@ impl Config {
             && reqwest::Url::parse(url).is_err()
         {
             problem("aws.endpoint_url".into(), format!("{url:?} is not a URL"));
+        }
+        if self.audit.fail_closed && !self.audit.enabled {
+            problem(
+                "audit.fail_closed".into(),
+                "needs the audit enabled (audit.enabled = true)".into(),
+            );
         }
         if self.audit.checkpoint_every == 0 {
             problem("audit.checkpoint_every".into(), "must be at least 1".into());

@@ -28,7 +28,7 @@ pub struct Application {
     listener: TcpListener,
     state: AppState,
     drain: Option<Drain>,
-    audit_writer: AuditWriter,
+    audit_writer: Option<AuditWriter>,
     http: reqwest::Client,
     targets: watch::Sender<Vec<DrainTarget>>,
     config: Config,
@@ -179,7 +179,7 @@ impl Application {
         } = self;
         let addr = listener.local_addr()?;
         let config_grace_ms = config.server.shutdown_grace_ms;
-        let writer = tokio::spawn(audit_writer.run());
+        let writer = audit_writer.map(|writer| tokio::spawn(writer.run()));
         if let Some(files) = &config.audit.files {
             let exporter = crate::audit::export::Exporter::new(
                 state.redis.clone(),
@@ -248,7 +248,9 @@ impl Application {
             let _ = reloader.await;
         }
         // Every AuditLog handle is gone with the router, the drain and the reloader.
-        if tokio::time::timeout(AUDIT_DRAIN, writer).await.is_err() {
+        if let Some(writer) = writer
+            && tokio::time::timeout(AUDIT_DRAIN, writer).await.is_err()
+        {
             tracing::error!("audit writer did not finish in time; unwritten audit events are lost");
         }
         served.context("serving HTTP")

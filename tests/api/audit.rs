@@ -968,3 +968,56 @@ async fn inputs_are_hashed_or_stored_redacted() -> TestResult {
     );
     Ok(())
 }
+
+/// The file sink down (its directory gone): records keep going to Redis, the export retries,
+/// and once the directory is back the files catch up with nothing lost or doubled.
+#[tokio::test]
+async fn a_file_sink_outage_is_retried_without_loss() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let trail_dir = dir.path().join("trail");
+    let app = spawn_app_with(
+        RedisServer::start(),
+        TestSettings {
+            audit_toml: format!("[audit.files]\ndir = \"{}\"", trail_dir.display()),
+            ..TestSettings::default()
+        },
+    )
+    .await?;
+    let in_files = || {
+        stepgate::audit::files::read_dir(&trail_dir)
+            .map(|(records, _)| records.len())
+            .unwrap_or(0)
+    };
+    add_records(&app).await?;
+    crate::helpers::eventually(
+        std::time::Duration::from_secs(10),
+        "the first export",
+        || async { (in_files() == 5).then_some(()) },
+    )
+    .await;
+
+    let away = dir.path().join("away");
+    std::fs::rename(&trail_dir, &away)?;
+    std::fs::write(&trail_dir, "not a directory")?;
+    add_records(&app).await?;
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let (records, _) = stepgate::audit::files::read_dir(&away)?;
+    assert_eq!(records.len(), 5, "nothing exported during the outage");
+
+    std::fs::remove_file(&trail_dir)?;
+    std::fs::rename(&away, &trail_dir)?;
+    crate::helpers::eventually(
+        std::time::Duration::from_secs(10),
+        "the export to catch up",
+        || async { (in_files() == 9).then_some(()) },
+    )
+    .await;
+    let trail = trail_dir.display().to_string();
+    let (code, report) = verify_json(&app, &["--files", &trail, "--no-redis"])?;
+    assert_eq!(
+        (code, &report["verified"]["records"]),
+        (0, &json!(9)),
+        "{report}"
+    );
+    Ok(())
+}

@@ -1,0 +1,141 @@
+//! What the audit trail costs the trigger path: the same load against two stepgates, one
+//! with the audit on, one with it off (`audit.enabled = false`), alternating in one run.
+//!
+//! `scripts/bench-audit` runs it (release build). Each stepgate has its own Redis; the
+//! drain is off, so only admission is measured: a real RS256 token from the real identity
+//! provider (verified once, then a cache hit, as for a service reusing its token), the
+//! policy, the admission script in Redis, and — with the audit on — the `accepted` record
+//! chained, signed and appended. Load: `CONCURRENCY` keep-alive connections posting
+//! triggers as fast as answered for `ROUND` each, `ROUNDS` times per configuration.
+
+#![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "../api/helpers.rs"]
+#[allow(dead_code)]
+mod helpers;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use helpers::{RedisServer, TestApp, TestResult, TestSettings, partners, spawn_app_with};
+use serde_json::json;
+
+const CONCURRENCY: usize = 32;
+const ROUND: Duration = Duration::from_secs(5);
+const ROUNDS: usize = 3;
+
+struct Round {
+    rate: f64,
+    latencies_us: Vec<u64>,
+}
+
+#[tokio::main]
+async fn main() -> TestResult {
+    let settings = |audit: &str| TestSettings {
+        worker_enabled: false,
+        audit_toml: audit.to_owned(),
+        ..TestSettings::default()
+    };
+    let on = spawn_app_with(RedisServer::start(), settings("")).await?;
+    let off = spawn_app_with(RedisServer::start(), settings("enabled = false")).await?;
+    let token = partners().idp.billing_token().await?;
+
+    // Warm both up (connections, token cache, scripts loaded).
+    for app in [&on, &off] {
+        load(app, &token, Duration::from_secs(1)).await?;
+    }
+    let mut results: [Vec<Round>; 2] = [Vec::new(), Vec::new()];
+    for _ in 0..ROUNDS {
+        for (i, app) in [&off, &on].into_iter().enumerate() {
+            results[i].push(load(app, &token, ROUND).await?);
+        }
+    }
+    let records = on.audit_records().await?.len();
+
+    println!(
+        "trigger path, {CONCURRENCY} connections, {ROUNDS} x {} s per configuration, alternating (release build)",
+        ROUND.as_secs()
+    );
+    println!(
+        "{:<10} {:>12} {:>10} {:>10}   (requests/s per round)",
+        "audit", "requests/s", "p50", "p99"
+    );
+    let mut medians = [0.0; 2];
+    for (i, name) in ["off", "on"].into_iter().enumerate() {
+        let mut rates: Vec<f64> = results[i].iter().map(|r| r.rate).collect();
+        rates.sort_by(f64::total_cmp);
+        medians[i] = rates[rates.len() / 2];
+        let mut latencies: Vec<u64> = results[i]
+            .iter()
+            .flat_map(|r| r.latencies_us.iter().copied())
+            .collect();
+        latencies.sort_unstable();
+        let pick = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize] as f64 / 1000.0;
+        println!(
+            "{name:<10} {:>12.0} {:>8.2}ms {:>8.2}ms   ({})",
+            medians[i],
+            pick(0.50),
+            pick(0.99),
+            rates
+                .iter()
+                .map(|r| format!("{r:.0}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    let cost = (1.0 - medians[1] / medians[0]) * 100.0;
+    println!(
+        "audit cost: {cost:.1}% of throughput (target: at most 15%); {records} records written"
+    );
+    Ok(())
+}
+
+/// Posts triggers from `CONCURRENCY` tasks for `length`; the rate and every latency.
+async fn load(app: &TestApp, token: &str, length: Duration) -> TestResult<Round> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let url = app.url("/v1/workflows/orders/executions");
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(CONCURRENCY)
+        .build()?;
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..CONCURRENCY)
+        .map(|task| {
+            let (client, url, token, stop) = (
+                client.clone(),
+                url.clone(),
+                token.to_owned(),
+                Arc::clone(&stop),
+            );
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let sent = Instant::now();
+                    let response = client
+                        .post(&url)
+                        .bearer_auth(&token)
+                        .json(&json!({"input": {"task": task, "n": n}}))
+                        .send()
+                        .await
+                        .expect("stepgate answers");
+                    assert_eq!(response.status(), 202, "every trigger is accepted");
+                    latencies.push(sent.elapsed().as_micros() as u64);
+                    n += 1;
+                }
+                latencies
+            })
+        })
+        .collect();
+    tokio::time::sleep(length).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut latencies_us = Vec::new();
+    for task in tasks {
+        latencies_us.extend(task.await?);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    Ok(Round {
+        rate: latencies_us.len() as f64 / elapsed,
+        latencies_us,
+    })
+}
