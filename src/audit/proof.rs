@@ -203,7 +203,11 @@ pub fn verify_proof(proof: &Proof, keys: &[VerifyingKey]) -> Result<ProofChecked
             // The record's own signature, where its key is among those given (a record
             // from before a rotation is signed by an older key).
             let record_kid = body["kid"].as_str().unwrap_or_default();
-            if let Some(key) = keys.iter().find(|k| key_id(k) == record_kid) {
+            if let Some(key) = keys
+                .iter()
+                .find(|k| key_id(k) == record_kid)
+                .filter(|_| !record.signature.is_empty())
+            {
                 let signature = BASE64
                     .decode(&record.signature)
                     .ok()

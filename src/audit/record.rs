@@ -7,7 +7,8 @@
 //! a trigger's input only as its SHA-256 unless the workflow stores it, redacted.
 
 use serde::Serialize;
-use serde_json::{Map, Value};
+use serde_json::Value;
+use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
 pub use super::canonical::canonical_json;
@@ -126,19 +127,84 @@ impl AuditEvent {
         }
     }
 
-    /// The canonical body of this event as record `seq`, chained after `prev`.
+    /// The canonical body of this event as record `seq`, chained after `prev`: serialized
+    /// straight into RFC 8785 form (members in sorted order, see [`Body`]).
     pub fn body(&self, seq: u64, prev: &str, kid: &str) -> Vec<u8> {
-        let mut fields = match serde_json::to_value(self) {
-            Ok(Value::Object(fields)) => fields,
-            // A struct always serializes to an object.
-            _ => Map::new(),
+        let body = Body {
+            attempt: self.attempt,
+            client_addr: self.client_addr.as_deref(),
+            client_id: self.client_id.as_deref(),
+            config_sha256: self.config_sha256.as_deref(),
+            event: self.event,
+            execution_arn: self.execution_arn.as_deref(),
+            id: &self.id,
+            input: self.input.as_ref().and_then(|input| {
+                let canonical = String::from_utf8(canonical_json(input)).ok()?;
+                RawValue::from_string(canonical).ok()
+            }),
+            input_sha256: self.input_sha256.as_deref(),
+            issuer: self.issuer.as_deref(),
+            kid,
+            new_kid: self.new_kid.as_deref(),
+            prev,
+            public_key: self.public_key.as_deref(),
+            reason: self.reason.as_deref(),
+            request_id: self.request_id.as_deref(),
+            seq,
+            subject: self.subject.as_deref(),
+            time: &self.time,
+            token_sha256: self.token_sha256.as_deref(),
+            v: SCHEMA_VERSION,
+            workflow: self.workflow.as_deref(),
         };
-        fields.insert("v".into(), SCHEMA_VERSION.into());
-        fields.insert("seq".into(), seq.into());
-        fields.insert("prev".into(), prev.into());
-        fields.insert("kid".into(), kid.into());
-        canonical_json(&Value::Object(fields))
+        // Serializing borrowed strings and integers cannot fail.
+        serde_json::to_vec(&body).unwrap_or_default()
     }
+}
+
+/// A record body with its members declared in RFC 8785 order (sorted by name), so that
+/// `serde_json` writes the canonical form directly: its string escapes and integers are
+/// JCS's, and `input` is canonicalized on its own. A unit test holds it to
+/// [`canonical_json`].
+#[derive(Serialize)]
+struct Body<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    attempt: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client_addr: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    config_sha256: Option<&'a str>,
+    event: EventKind,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    execution_arn: Option<&'a str>,
+    id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    input: Option<Box<RawValue>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    input_sha256: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    issuer: Option<&'a str>,
+    kid: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    new_kid: Option<&'a str>,
+    prev: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    public_key: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request_id: Option<&'a str>,
+    seq: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    subject: Option<&'a str>,
+    time: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    token_sha256: Option<&'a str>,
+    v: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    workflow: Option<&'a str>,
 }
 
 /// Hex SHA-256.
@@ -149,6 +215,41 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_body_is_already_canonical_with_every_field_set() -> Result<(), serde_json::Error> {
+        let mut event = AuditEvent::now(EventKind::KeyRotated);
+        let text = "a \"quoted\" \\ back\u{1}slash\ttab\u{7f} \u{e9}\u{1f600}\u{2028}".to_owned();
+        event.workflow = Some(text.clone());
+        event.request_id = Some(text.clone());
+        event.issuer = Some(text.clone());
+        event.subject = Some(text.clone());
+        event.client_id = Some(text.clone());
+        event.client_addr = Some(text.clone());
+        event.token_sha256 = Some(text.clone());
+        event.input_sha256 = Some(text.clone());
+        event.input = Some(
+            serde_json::json!({"z": [1.5, 1e21, -0.0, 9007199254740993u64], "a": {"\u{e9}": null, "b": true}}),
+        );
+        event.execution_arn = Some(text.clone());
+        event.attempt = Some(3);
+        event.reason = Some(text.clone());
+        event.config_sha256 = Some(text.clone());
+        event.new_kid = Some(text.clone());
+        event.public_key = Some(text);
+        let body = event.body(u64::from(u32::MAX) + 7, GENESIS_HASH, "k1");
+        let parsed: Value = serde_json::from_slice(&body)?;
+        assert_eq!(
+            String::from_utf8_lossy(&canonical_json(&parsed)),
+            String::from_utf8_lossy(&body)
+        );
+        assert_eq!(
+            parsed.as_object().map(|o| o.len()),
+            Some(22),
+            "every member present"
+        );
+        Ok(())
+    }
 
     #[test]
     fn body_carries_the_chain_fields_and_leaves_out_absent_ones() -> Result<(), serde_json::Error> {

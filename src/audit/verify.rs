@@ -1,8 +1,9 @@
 //! Checks an audit trail with nothing but the public key it started with.
 //!
-//! For each record, in order: the body is canonical JSON of a known schema version, signed
-//! by the active key; its `seq` follows the previous one and its `prev` is the previous
-//! body's SHA-256. A `key_rotated` record, signed by the active key, makes the key it
+//! For each record, in order: the body is canonical JSON of a known schema version, names
+//! the active key; its `seq` follows the previous one and its `prev` is the previous body's
+//! SHA-256. The last record of every append is signed by that key, which covers the records
+//! before it through their chained hashes; every record must be covered. A `key_rotated` record, signed by the active key, makes the key it
 //! introduces active and retires the old one. Every checkpoint must be signed by the key
 //! active at its size and match the Merkle root of the records up to it; a trail shorter
 //! than a checkpoint (or than the head Redis keeps) was cut off.
@@ -115,6 +116,10 @@ pub struct ChainVerifier {
     seq: u64,
     first_seq: u64,
     prev: String,
+    /// Where the previous record is, to name it when the next one's `prev` disagrees.
+    prev_location: String,
+    /// The first record not yet covered by a signature, and where it is.
+    unsigned_from: Option<(u64, String)>,
     frontier: Frontier,
     checkpoints: BTreeMap<u64, Vec<SignedCheckpoint>>,
     checked: u64,
@@ -130,6 +135,8 @@ impl ChainVerifier {
             seq: start.seq,
             first_seq: start.seq,
             prev: start.hash,
+            prev_location: "the trim point".into(),
+            unsigned_from: None,
             frontier: start.frontier,
             checkpoints: BTreeMap::new(),
             checked: 0,
@@ -205,18 +212,6 @@ impl ChainVerifier {
                 ),
             ));
         }
-        let signature = BASE64
-            .decode(&record.signature)
-            .ok()
-            .and_then(|bytes| Signature::from_slice(&bytes).ok())
-            .ok_or_else(|| problem(ProblemKind::Modified, "signature is malformed".into()))?;
-        key.verify(record.body.as_bytes(), &signature)
-            .map_err(|_| {
-                problem(
-                    ProblemKind::Modified,
-                    "signature does not verify (record edited)".into(),
-                )
-            })?;
         let seq = body["seq"].as_u64().unwrap_or(0);
         if seq != expected {
             let detail = if seq > expected {
@@ -231,8 +226,35 @@ impl ChainVerifier {
         if body["prev"] != self.prev.as_str() {
             return Err(problem(
                 ProblemKind::ChainBroken,
-                "previous-record hash does not match (chain broken)".into(),
+                format!(
+                    "`prev` is not the hash of record {} ({}): that record or this one was edited",
+                    self.seq, self.prev_location
+                ),
             ));
+        }
+        if record.signature.is_empty() {
+            if body["event"] == "key_rotated" {
+                return Err(problem(
+                    ProblemKind::Malformed,
+                    "a key_rotated record must be signed (by the key it retires)".into(),
+                ));
+            }
+            self.unsigned_from
+                .get_or_insert_with(|| (expected, record.location.clone()));
+        } else {
+            let signature = BASE64
+                .decode(&record.signature)
+                .ok()
+                .and_then(|bytes| Signature::from_slice(&bytes).ok())
+                .ok_or_else(|| problem(ProblemKind::Modified, "signature is malformed".into()))?;
+            key.verify(record.body.as_bytes(), &signature)
+                .map_err(|_| {
+                    problem(
+                        ProblemKind::Modified,
+                        "signature does not verify (record edited)".into(),
+                    )
+                })?;
+            self.unsigned_from = None;
         }
         if body["event"] == "key_rotated" {
             self.rotate(kid, &body, seq)
@@ -242,6 +264,7 @@ impl ChainVerifier {
         }
         self.seq = seq;
         self.prev = sha256_hex(record.body.as_bytes());
+        self.prev_location.clone_from(&record.location);
         self.frontier.push(leaf_hash(record.body.as_bytes()));
         self.check_checkpoints(&record.location)
     }
@@ -313,6 +336,17 @@ impl ChainVerifier {
                 self.seq,
                 self.seq + 1
             )));
+        }
+        if let Some((from, location)) = &self.unsigned_from {
+            return Err(Problem {
+                kind: ProblemKind::Truncated,
+                seq: *from,
+                location: location.clone(),
+                detail: format!(
+                    "records {from}..={} are not covered by a signature: the signed record that closed their append was cut off",
+                    self.seq
+                ),
+            });
         }
         if let Some(head) = head
             && (head.seq != self.seq || head.hash != self.prev)
@@ -514,6 +548,44 @@ mod tests {
             .err()
             .map(|p| (p.kind, p.seq)),
             Some((ProblemKind::CheckpointMismatch, 8))
+        );
+    }
+
+    #[test]
+    fn records_between_signatures_are_covered_by_the_next_one() {
+        let (first, second) = (AuditSigner::generate(), AuditSigner::generate());
+        let mut trail = trail(&first, &second, 9, 100);
+        // Appended in three batches: only each batch's last record is signed.
+        for (i, record) in trail.records.iter_mut().enumerate() {
+            if (i + 1) % 3 != 0 {
+                record.signature.clear();
+            }
+        }
+        assert!(check(&trail, &trail.records, &first).is_ok());
+
+        let mut edited = trail.records.clone();
+        edited[4].body = edited[4].body.replace("accepted", "denied");
+        let found = check(&trail, &edited, &first).err();
+        assert_eq!(
+            found.as_ref().map(|p| (p.kind, p.seq)),
+            Some((ProblemKind::ChainBroken, 6))
+        );
+        assert!(found.is_some_and(|p| p.detail.contains("record 5 (entry 5)")));
+
+        // The signed record closing the last batch cut off (the head rewritten to match).
+        let mut head = trail.head.clone();
+        head.seq = 8;
+        head.hash = sha256_hex(trail.records[7].body.as_bytes());
+        let cut = verify_records(
+            &trail.records[..8],
+            &[first.verifying_key()],
+            StartPoint::genesis(),
+            &trail.checkpoints,
+            Some(&head),
+        );
+        assert_eq!(
+            cut.err().map(|p| (p.kind, p.seq)),
+            Some((ProblemKind::Truncated, 7))
         );
     }
 

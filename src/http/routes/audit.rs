@@ -57,8 +57,11 @@ pub struct AuditEntry {
     /// The record (schema in the README): `seq`, `prev`, `kid`, `id`, `time`, `event`, …
     #[schema(value_type = Object)]
     pub record: Value,
-    /// Base64 Ed25519 signature over the record's RFC 8785 canonical JSON.
-    pub signature: String,
+    /// Base64 Ed25519 signature over the record's RFC 8785 canonical JSON. Only the last
+    /// record of each append is signed; the records before it are covered by its signature
+    /// through their chained hashes (`prev`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -161,7 +164,7 @@ pub async fn list_audit_records(
             if filter.matches(&record) {
                 records.push(AuditEntry {
                     record,
-                    signature: stored.signature,
+                    signature: Some(stored.signature).filter(|s| !s.is_empty()),
                 });
                 if records.len() == limit {
                     break;
