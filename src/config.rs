@@ -58,6 +58,9 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// How long an accepted request's status stays readable.
     pub status_ttl_seconds: u64,
+    /// How long a running execution's state (from `DescribeExecution`) is reused for status
+    /// requests; an ended execution's state is kept as long as the status.
+    pub live_status_ttl_ms: u64,
     /// How often the configuration file is checked for changes (0: only on SIGHUP).
     pub config_poll_ms: u64,
     /// How long an `Idempotency-Key` is remembered.
@@ -73,6 +76,7 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             status_ttl_seconds: 7 * 24 * 3600,
+            live_status_ttl_ms: 2_000,
             config_poll_ms: 2_000,
             idempotency_ttl_seconds: 24 * 3600,
             shutdown_grace_ms: 5_000,

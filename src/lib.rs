@@ -9,6 +9,7 @@ pub mod clock;
 pub mod config;
 pub mod domain;
 pub mod http;
+pub mod live_status;
 pub mod migrations;
 pub mod policy;
 pub mod queue;

@@ -17,7 +17,7 @@ use crate::queue::{Keys, Producer};
 use crate::redis_conn::{RedisConnection, RedisEndpoint};
 use crate::reload::Reloader;
 use crate::runtime::{KeyRefreshers, Runtime};
-use crate::state::{App, AppState};
+use crate::state::{App, AppState, StepFunctionsView};
 use crate::worker::{AwsStepFunctions, Breakers, Drain, DrainTarget, StepFunctions};
 
 /// How long the audit writer may take to write what is left at shutdown.
@@ -90,6 +90,7 @@ impl Application {
 
         let (targets, targets_rx) = watch::channel(runtime.drain_targets());
         let breakers = Arc::new(Breakers::new(config.worker.breaker));
+        let sfn_for_api = Arc::clone(&sfn);
         let drain = config.worker.enabled.then(|| Drain {
             redis_endpoint,
             redis: redis.clone(),
@@ -132,7 +133,10 @@ impl Application {
                 redis,
                 keys,
                 audit,
-                breakers,
+                StepFunctionsView {
+                    client: sfn_for_api,
+                    breakers,
+                },
                 &config.server,
             )
             .failing_closed(

@@ -31,6 +31,12 @@ pub struct Workflow {
 #[derive(Clone)]
 pub struct AppState(Arc<App>);
 
+/// What the API holds of the drain's Step Functions side.
+pub struct StepFunctionsView {
+    pub client: Arc<dyn crate::worker::sfn::StepFunctions>,
+    pub breakers: Arc<Breakers>,
+}
+
 pub struct App {
     /// Issuers and workflows: replaced whole by a configuration reload.
     runtime: RwLock<Arc<Runtime>>,
@@ -41,8 +47,10 @@ pub struct App {
     pub audit: AuditLog,
     pub max_body_bytes: usize,
     pub idempotency_ttl_seconds: u64,
-    /// The drain's circuit breakers (shown by `/readyz`).
-    pub breakers: Arc<Breakers>,
+    /// Step Functions as the API sees it: the drain's breakers (for `/readyz`) and a
+    /// client for started requests' live state.
+    pub step_functions: StepFunctionsView,
+    pub live_status_ttl: crate::live_status::LiveStatusTtl,
     /// `audit.fail_closed`: how long admission waits for a trigger's record to be written.
     pub audit_fail_closed: Option<std::time::Duration>,
     /// False once shutdown began: readiness fails and triggers are refused.
@@ -56,7 +64,7 @@ impl App {
         redis: RedisConnection,
         keys: Keys,
         audit: AuditLog,
-        breakers: Arc<Breakers>,
+        step_functions: StepFunctionsView,
         server: &crate::config::ServerConfig,
     ) -> Self {
         Self {
@@ -67,7 +75,11 @@ impl App {
             audit,
             max_body_bytes: server.max_body_bytes,
             idempotency_ttl_seconds: server.idempotency_ttl_seconds,
-            breakers,
+            step_functions,
+            live_status_ttl: crate::live_status::LiveStatusTtl {
+                changing: std::time::Duration::from_millis(server.live_status_ttl_ms),
+                ended: std::time::Duration::from_secs(server.status_ttl_seconds),
+            },
             audit_fail_closed: None,
             admitting: AtomicBool::new(true),
         }

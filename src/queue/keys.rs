@@ -50,6 +50,11 @@ impl Keys {
         format!("{}:{{wf:{workflow}}}:queue", self.prefix)
     }
 
+    /// An execution's live state, cached briefly (see `live_status`).
+    pub fn live_status(&self, id: &RequestId) -> String {
+        format!("{}:live", self.request(id))
+    }
+
     pub fn request(&self, id: &RequestId) -> String {
         format!(
             "{}:{{wf:{}}}:request:{}",

@@ -52,6 +52,14 @@ pub trait StepFunctions: Send + Sync {
         role: Option<&str>,
         execution_arn: &str,
     ) -> Result<String, SfnError>;
+
+    /// An execution's state now: `RUNNING`, `SUCCEEDED`, `FAILED`, `TIMED_OUT`, `ABORTED`,
+    /// `PENDING_REDRIVE`.
+    async fn execution_status(
+        &self,
+        role: Option<&str>,
+        execution_arn: &str,
+    ) -> Result<String, SfnError>;
 }
 
 /// The ARN of execution `name` of `state_machine_arn` (what `StartExecution` would return).
@@ -200,6 +208,22 @@ impl StepFunctions for AwsStepFunctions {
             .input
             .ok_or_else(|| SfnError::Terminal("the execution's input is not readable".into()))
     }
+
+    async fn execution_status(
+        &self,
+        role: Option<&str>,
+        execution_arn: &str,
+    ) -> Result<String, SfnError> {
+        let reply = self
+            .client(role)
+            .await
+            .describe_execution()
+            .execution_arn(execution_arn)
+            .send()
+            .await
+            .map_err(classify)?;
+        Ok(reply.status.as_str().to_owned())
+    }
 }
 
 fn classify<E>(err: SdkError<E>) -> SfnError
@@ -287,6 +311,16 @@ pub mod fake {
         }
 
         async fn execution_input(
+            &self,
+            _role: Option<&str>,
+            execution_arn: &str,
+        ) -> Result<String, SfnError> {
+            self.answer(Call::Describe {
+                execution_arn: execution_arn.into(),
+            })
+        }
+
+        async fn execution_status(
             &self,
             _role: Option<&str>,
             execution_arn: &str,

@@ -545,6 +545,15 @@ pub async fn create_named_state_machine(
     name: &str,
 ) -> TestResult<String> {
     let definition = r#"{"StartAt": "Echo", "States": {"Echo": {"Type": "Pass", "End": true}}}"#;
+    create_state_machine_from(sfn, name, definition).await
+}
+
+/// Creates state machine `name` from an Amazon States Language `definition`.
+pub async fn create_state_machine_from(
+    sfn: &aws_sdk_sfn::Client,
+    name: &str,
+    definition: &str,
+) -> TestResult<String> {
     let created = sfn
         .create_state_machine()
         .name(name)
@@ -599,6 +608,8 @@ pub struct TestSettings {
     pub redis_toml: Option<String>,
     /// Extra keys of the `[audit]` table.
     pub audit_toml: String,
+    /// Extra keys of the `[server]` table.
+    pub server_toml: String,
 }
 
 impl Default for TestSettings {
@@ -613,6 +624,7 @@ impl Default for TestSettings {
             worker_toml: String::new(),
             redis_toml: None,
             audit_toml: String::new(),
+            server_toml: String::new(),
         }
     }
 }
@@ -684,6 +696,7 @@ fn config_text(redis: &RedisServer, arn: &str, dir: &Path, settings: &TestSettin
 listen = "127.0.0.1:0"
 config_poll_ms = 100
 shutdown_grace_ms = 0
+{server_toml}
 
 [redis]
 {redis}
@@ -736,6 +749,7 @@ scopes = ["workflows:trigger"]
         issuer_toml = settings.issuer_toml,
         worker_toml = settings.worker_toml,
         audit_toml = settings.audit_toml,
+        server_toml = settings.server_toml,
         extra = settings.extra_toml.replace("$STATE_MACHINE_ARN", arn),
     )
 }

@@ -14,6 +14,7 @@ mod delivery;
 mod helpers;
 mod http;
 mod keys;
+mod live_status;
 mod outage;
 mod pacing;
 mod policy;

@@ -82,7 +82,7 @@ pub async fn get_readiness(State(state): State<AppState>) -> Response {
     let body = Json(Health {
         status: if ready { "ready" } else { "not_ready" }.into(),
         checks,
-        circuits: state.breakers.statuses(),
+        circuits: state.step_functions.breakers.statuses(),
     });
     if ready {
         (StatusCode::OK, body).into_response()

@@ -11,6 +11,7 @@ use utoipa::ToSchema;
 use crate::domain::RequestId;
 use crate::http::error::{ApiError, Problem};
 use crate::http::extract::Caller;
+use crate::live_status::{ExecutionStatus, live_status};
 use crate::queue::{RequestState, StoredStatus};
 use crate::state::AppState;
 
@@ -21,6 +22,7 @@ use crate::state::AppState;
     "workflow": "orders",
     "status": "started",
     "execution_arn": "arn:aws:states:us-east-1:123456789012:execution:orders:orders_0192f5c4e3b87d8e9a6b1c2d3e4f5a6b",
+    "execution_status": "RUNNING",
     "created_at": "2026-11-25T04:33:32.123Z",
     "updated_at": "2026-11-25T04:33:32.140Z"
 }))]
@@ -41,6 +43,10 @@ pub struct RequestStatus {
     /// For a deferred trigger: when it is due (RFC 3339).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub not_before: Option<String>,
+    /// Once started: the execution's state as Step Functions reports it (reused for up to
+    /// `server.live_status_ttl_ms`; absent when Step Functions cannot be asked right now).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub execution_status: Option<ExecutionStatus>,
 }
 
 /// Get the status of a request.
@@ -90,7 +96,27 @@ pub async fn get_request(
         RequestState::Deferred if stored.not_before_ms <= now_ms => RequestState::Queued,
         state => state,
     };
+    let execution_status = match (&status, &stored.execution_arn) {
+        (RequestState::Started, Some(arn)) => {
+            let role = runtime
+                .workflows
+                .get(id.workflow())
+                .and_then(|w| w.role_arn.as_deref());
+            live_status(
+                &mut state.redis.clone(),
+                &state.keys,
+                state.step_functions.client.as_ref(),
+                &id,
+                role,
+                arn,
+                state.live_status_ttl,
+            )
+            .await
+        }
+        _ => None,
+    };
     Ok(Json(RequestStatus {
+        execution_status,
         request_id: id.to_string(),
         workflow: id.workflow().to_string(),
         status,
