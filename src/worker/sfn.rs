@@ -196,15 +196,8 @@ impl StepFunctions for AwsStepFunctions {
         role: Option<&str>,
         execution_arn: &str,
     ) -> Result<String, SfnError> {
-        let reply = self
-            .client(role)
-            .await
-            .describe_execution()
-            .execution_arn(execution_arn)
-            .send()
-            .await
-            .map_err(classify)?;
-        reply
+        self.describe(role, execution_arn)
+            .await?
             .input
             .ok_or_else(|| SfnError::Terminal("the execution's input is not readable".into()))
     }
@@ -214,15 +207,24 @@ impl StepFunctions for AwsStepFunctions {
         role: Option<&str>,
         execution_arn: &str,
     ) -> Result<String, SfnError> {
-        let reply = self
-            .client(role)
+        let reply = self.describe(role, execution_arn).await?;
+        Ok(reply.status.as_str().to_owned())
+    }
+}
+
+impl AwsStepFunctions {
+    async fn describe(
+        &self,
+        role: Option<&str>,
+        execution_arn: &str,
+    ) -> Result<aws_sdk_sfn::operation::describe_execution::DescribeExecutionOutput, SfnError> {
+        self.client(role)
             .await
             .describe_execution()
             .execution_arn(execution_arn)
             .send()
             .await
-            .map_err(classify)?;
-        Ok(reply.status.as_str().to_owned())
+            .map_err(classify)
     }
 }
 
