@@ -290,9 +290,15 @@ impl AuditWriter {
             for (body, sig) in &plan.records {
                 invocation.arg(body.as_slice()).arg(sig);
             }
+            let started = std::time::Instant::now();
             let reply: Vec<Option<String>> = invocation.invoke_async(&mut self.redis).await?;
             match reply.first().cloned().flatten().as_deref() {
                 Some("ok") => {
+                    let registry = crate::metrics::metrics();
+                    registry
+                        .audit_append_duration
+                        .observe(started.elapsed().as_secs_f64());
+                    registry.audit_records.inc_by(plan.records.len() as u64);
                     self.head = Some(plan.head);
                     return Ok(());
                 }

@@ -268,8 +268,20 @@ impl KeyCache {
         self.fetch().await
     }
 
-    /// Discovery, then the JWKS it names.
+    /// Discovery, then the JWKS it names; counted by outcome.
     async fn fetch(&self) -> Result<usize, FetchError> {
+        let fetched = self.fetch_keys().await;
+        crate::metrics::metrics()
+            .jwks_fetches
+            .get_or_create(&crate::metrics::JwksLabels {
+                issuer: self.issuer.clone(),
+                outcome: if fetched.is_ok() { "ok" } else { "error" },
+            })
+            .inc();
+        fetched
+    }
+
+    async fn fetch_keys(&self) -> Result<usize, FetchError> {
         let jwks_uri = self.discover_jwks_uri().await?;
         let response = self.http.get(jwks_uri).send().await?.error_for_status()?;
         let refresh_after = refresh_interval(response.headers(), &self.policy);

@@ -31,11 +31,55 @@ pub fn router(state: AppState) -> Router {
         .layer(TraceLayer::new_for_http())
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(axum::middleware::from_fn(error::log_errors))
+        .layer(axum::middleware::from_fn(record_metrics))
         .layer(CatchPanicLayer::custom(panic_response));
     api.merge(SwaggerUi::new("/docs").url("/openapi.json", document))
         .layer(middleware)
         .with_state(state)
 }
+
+/// Counts each request by its route template (bounded: never the raw path), method, status
+/// and, for triggers, the decision the status stands for; times it per route.
+async fn record_metrics(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
+    let method = request.method().as_str().to_owned();
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    let status = response.status().as_u16();
+    let decision = if route == TRIGGER_ROUTE {
+        match status {
+            202 => "accepted",
+            401 => "auth_failed",
+            403 => "denied",
+            429 => "rate_limited",
+            503 => "unavailable",
+            400..=499 => "invalid",
+            _ => "error",
+        }
+    } else {
+        ""
+    };
+    let registry = crate::metrics::metrics();
+    registry
+        .http_requests
+        .get_or_create(&crate::metrics::HttpLabels {
+            route: route.clone(),
+            method,
+            status: status.to_string(),
+            decision: decision.to_owned(),
+        })
+        .inc();
+    registry
+        .http_duration
+        .get_or_create(&crate::metrics::RouteLabels { route })
+        .observe(started.elapsed().as_secs_f64());
+    response
+}
+
+const TRIGGER_ROUTE: &str = "/v1/workflows/{workflow}/executions";
 
 fn panic_response(_: Box<dyn Any + Send + 'static>) -> Response {
     ApiError::Internal("a handler panicked".into()).into_response()

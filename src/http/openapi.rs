@@ -10,7 +10,7 @@ use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::routes::{audit, dead_letters, executions, health, requests, workflows};
+use super::routes::{audit, dead_letters, executions, health, metrics, requests, workflows};
 use crate::state::AppState;
 
 /// Where the committed copy lives, relative to the repository root.
@@ -69,6 +69,7 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(audit::list_audit_records))
         .routes(routes!(health::get_health))
         .routes(routes!(health::get_readiness))
+        .routes(routes!(metrics::get_metrics))
 }
 
 /// The document, as served at `/openapi.json`.

@@ -413,6 +413,12 @@ impl Drain {
         let mut event = request_event(kind, target, request);
         match outcome {
             Outcome::Started { execution_arn } => {
+                crate::metrics::metrics()
+                    .executions_started
+                    .get_or_create(&crate::metrics::WorkflowLabels {
+                        workflow: target.workflow.to_string(),
+                    })
+                    .inc();
                 tracing::info!(execution.arn = %execution_arn, "execution started");
                 event.execution_arn = Some(execution_arn);
             }

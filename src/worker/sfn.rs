@@ -178,17 +178,18 @@ impl StepFunctions for AwsStepFunctions {
         name: &str,
         input: &str,
     ) -> Result<String, SfnError> {
-        let reply = self
-            .client(role)
-            .await
+        let client = self.client(role).await;
+        let started = std::time::Instant::now();
+        let reply = client
             .start_execution()
             .state_machine_arn(state_machine_arn)
             .name(name)
             .input(input)
             .send()
             .await
-            .map_err(classify)?;
-        Ok(reply.execution_arn)
+            .map_err(classify);
+        record_call("StartExecution", &reply, started.elapsed());
+        Ok(reply?.execution_arn)
     }
 
     async fn execution_input(
@@ -218,14 +219,28 @@ impl AwsStepFunctions {
         role: Option<&str>,
         execution_arn: &str,
     ) -> Result<aws_sdk_sfn::operation::describe_execution::DescribeExecutionOutput, SfnError> {
-        self.client(role)
-            .await
+        let client = self.client(role).await;
+        let started = std::time::Instant::now();
+        let reply = client
             .describe_execution()
             .execution_arn(execution_arn)
             .send()
             .await
-            .map_err(classify)
+            .map_err(classify);
+        record_call("DescribeExecution", &reply, started.elapsed());
+        reply
     }
+}
+
+fn record_call<T>(operation: &'static str, reply: &Result<T, SfnError>, took: Duration) {
+    let outcome = match reply {
+        Ok(_) => "ok",
+        Err(SfnError::AlreadyExists) => "already_exists",
+        Err(SfnError::Throttled(_)) => "throttled",
+        Err(SfnError::Retryable(_)) => "retryable",
+        Err(SfnError::Terminal(_)) => "terminal",
+    };
+    crate::metrics::metrics().sfn_call(operation, outcome, took);
 }
 
 fn classify<E>(err: SdkError<E>) -> SfnError

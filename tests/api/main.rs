@@ -15,6 +15,7 @@ mod helpers;
 mod http;
 mod keys;
 mod live_status;
+mod metrics;
 mod outage;
 mod pacing;
 mod policy;

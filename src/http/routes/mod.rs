@@ -4,5 +4,6 @@ pub mod audit;
 pub mod dead_letters;
 pub mod executions;
 pub mod health;
+pub mod metrics;
 pub mod requests;
 pub mod workflows;
