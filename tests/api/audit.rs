@@ -53,31 +53,7 @@ async fn app_with_a_trail(audit_toml: &str) -> TestResult<(TestApp, String)> {
 
 /// accepted + started + denied + auth_failed; returns the allowed caller's token.
 async fn add_records(app: &TestApp) -> TestResult<String> {
-    let idp = &partners().idp;
-    let token = idp.billing_token().await?;
-    let response = app
-        .trigger("orders", &token, &json!({"input": {"n": 1}}))
-        .await?;
-    let request_id = request_id_of(response).await?;
-    assert_eq!(
-        app.settled_status(&request_id, &token).await["status"],
-        "started"
-    );
-    let denied = idp.denied_token().await?;
-    assert_eq!(
-        app.trigger("orders", &denied, &json!({})).await?.status(),
-        StatusCode::FORBIDDEN
-    );
-    assert_eq!(
-        app.trigger("orders", "not.a.token", &json!({}))
-            .await?
-            .status(),
-        StatusCode::UNAUTHORIZED
-    );
-    if let Some(audit) = &app.audit {
-        audit.flush().await;
-    }
-    Ok(token)
+    app.one_of_each_decision().await
 }
 
 /// `stepgate audit verify --json`: exit code and the report.

@@ -926,6 +926,37 @@ impl TestApp {
             .collect())
     }
 
+    /// A trigger that starts, one the policy denies and one with a bad token (audit:
+    /// accepted, started, denied, auth_failed), all recorded; returns the allowed token.
+    pub async fn one_of_each_decision(&self) -> TestResult<String> {
+        let idp = &partners().idp;
+        let token = idp.billing_token().await?;
+        let response = self
+            .trigger("orders", &token, &serde_json::json!({"input": {"n": 1}}))
+            .await?;
+        let request_id = request_id_of(response).await?;
+        assert_eq!(
+            self.settled_status(&request_id, &token).await["status"],
+            "started"
+        );
+        let denied = idp.denied_token().await?;
+        let empty = serde_json::json!({});
+        assert_eq!(
+            self.trigger("orders", &denied, &empty).await?.status(),
+            reqwest::StatusCode::FORBIDDEN
+        );
+        assert_eq!(
+            self.trigger("orders", "not.a.token", &empty)
+                .await?
+                .status(),
+            reqwest::StatusCode::UNAUTHORIZED
+        );
+        if let Some(audit) = &self.audit {
+            audit.flush().await;
+        }
+        Ok(token)
+    }
+
     /// Runs the `stepgate` binary against this app's configuration.
     pub fn stepgate(&self, args: &[&str]) -> TestResult<std::process::Output> {
         Ok(Command::new(env!("CARGO_BIN_EXE_stepgate"))

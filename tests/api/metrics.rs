@@ -2,38 +2,14 @@
 //! there, with the values that traffic produced.
 
 use reqwest::StatusCode;
-use serde_json::json;
 
-use crate::helpers::{TestResult, header, partners, request_id_of, spawn_app};
+use crate::helpers::{TestResult, header, partners, spawn_app};
 
 #[tokio::test]
 async fn metrics_name_and_label_what_happened() -> TestResult {
     let app = spawn_app().await?;
     let idp = &partners().idp;
-    let token = idp.billing_token().await?;
-    let request_id = request_id_of(
-        app.trigger("orders", &token, &json!({"input": {"n": 1}}))
-            .await?,
-    )
-    .await?;
-    assert_eq!(
-        app.settled_status(&request_id, &token).await["status"],
-        "started"
-    );
-    let denied = idp.denied_token().await?;
-    assert_eq!(
-        app.trigger("orders", &denied, &json!({})).await?.status(),
-        StatusCode::FORBIDDEN
-    );
-    assert_eq!(
-        app.trigger("orders", "not.a.token", &json!({}))
-            .await?
-            .status(),
-        StatusCode::UNAUTHORIZED
-    );
-    if let Some(audit) = &app.audit {
-        audit.flush().await;
-    }
+    app.one_of_each_decision().await?;
 
     let response = app.http.get(app.url("/metrics")).send().await?;
     assert_eq!(response.status(), StatusCode::OK);
