@@ -25,5 +25,8 @@ USER 10001:10001
 ENV STEPGATE_SERVER__LISTEN=0.0.0.0:8080 \
     STEPGATE_CONFIG=/etc/stepgate/stepgate.toml
 EXPOSE 8080
+# The binary probes itself (no curl in the image): liveness of the server on this container.
+HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
+  CMD ["stepgate", "healthcheck"]
 ENTRYPOINT ["stepgate"]
 CMD ["serve"]

@@ -46,6 +46,18 @@ pub enum Command {
     Migrate(ConfigArg),
     /// Validate the configuration and exit.
     CheckConfig(ConfigArg),
+    /// Probe the running server on this machine (a container HEALTHCHECK): exit 0 when
+    /// `/healthz` (or, with `--ready`, `/readyz`) answers 200 within 2 s, else 1.
+    Healthcheck {
+        /// Probe this URL instead of `http://<server.listen>/healthz` from the configuration.
+        #[arg(long)]
+        url: Option<String>,
+        /// Probe readiness instead of liveness.
+        #[arg(long)]
+        ready: bool,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
     /// Print the OpenAPI document, or compare it with the committed one.
     Openapi {
         /// Exit non-zero when `--path` differs from the generated document.
@@ -117,6 +129,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("migrations applied: {ran} step(s) ran");
             Ok(ExitCode::SUCCESS)
         }
+        Command::Healthcheck { url, ready, config } => healthcheck(url, ready, &config).await,
         Command::CheckConfig(arg) => {
             let config = load(&arg)?;
             println!(
@@ -244,6 +257,47 @@ async fn explain_policy(
     } else {
         ExitCode::FAILURE
     })
+}
+
+async fn healthcheck(
+    url: Option<String>,
+    ready: bool,
+    arg: &ConfigArg,
+) -> anyhow::Result<ExitCode> {
+    let path = if ready { "/readyz" } else { "/healthz" };
+    let url = match url {
+        Some(url) => url,
+        None => {
+            let listen = load(arg)?.server.listen;
+            // A server listening on every interface answers on loopback.
+            let host = if listen.ip().is_unspecified() {
+                std::net::IpAddr::from([127, 0, 0, 1])
+            } else {
+                listen.ip()
+            };
+            format!(
+                "http://{}{path}",
+                std::net::SocketAddr::new(host, listen.port())
+            )
+        }
+    };
+    let answer = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(2))
+        .build()?
+        .get(&url)
+        .send()
+        .await;
+    match answer {
+        Ok(response) if response.status().is_success() => Ok(ExitCode::SUCCESS),
+        Ok(response) => {
+            eprintln!("{url}: {}", response.status());
+            Ok(ExitCode::FAILURE)
+        }
+        Err(e) => {
+            eprintln!("{url}: {e}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
 }
 
 fn load(arg: &ConfigArg) -> anyhow::Result<Config> {

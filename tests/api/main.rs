@@ -11,6 +11,7 @@ mod breaker;
 mod cluster;
 mod dead_letters;
 mod delivery;
+mod deploy;
 mod helpers;
 mod http;
 mod keys;
