@@ -87,6 +87,9 @@ pub struct AuditEvent {
     pub input: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub execution_arn: Option<String>,
+    /// The `x-request-id` of the HTTP request the event is about.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_request_id: Option<String>,
     /// Which attempt failed, for `retried`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub attempt: Option<u32>,
@@ -119,6 +122,7 @@ impl AuditEvent {
             input_sha256: None,
             input: None,
             execution_arn: None,
+            http_request_id: current_http_request_id(),
             attempt: None,
             reason: None,
             config_sha256: None,
@@ -137,6 +141,7 @@ impl AuditEvent {
             config_sha256: self.config_sha256.as_deref(),
             event: self.event,
             execution_arn: self.execution_arn.as_deref(),
+            http_request_id: self.http_request_id.as_deref(),
             id: &self.id,
             input: self.input.as_ref().and_then(|input| {
                 let canonical = String::from_utf8(canonical_json(input)).ok()?;
@@ -179,6 +184,8 @@ struct Body<'a> {
     event: EventKind,
     #[serde(skip_serializing_if = "Option::is_none")]
     execution_arn: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    http_request_id: Option<&'a str>,
     id: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     input: Option<Box<RawValue>>,
@@ -205,6 +212,20 @@ struct Body<'a> {
     v: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     workflow: Option<&'a str>,
+}
+
+tokio::task_local! {
+    /// The HTTP request being handled, for the events it causes.
+    static HTTP_REQUEST_ID: Option<String>;
+}
+
+/// Runs `handling` with `id` as the request id of every event created in it.
+pub async fn in_http_request<F: std::future::Future>(id: Option<String>, handling: F) -> F::Output {
+    HTTP_REQUEST_ID.scope(id, handling).await
+}
+
+fn current_http_request_id() -> Option<String> {
+    HTTP_REQUEST_ID.try_with(Clone::clone).ok().flatten()
 }
 
 /// Hex SHA-256.
@@ -236,6 +257,7 @@ mod tests {
         event.reason = Some(text.clone());
         event.config_sha256 = Some(text.clone());
         event.new_kid = Some(text.clone());
+        event.http_request_id = Some(text.clone());
         event.public_key = Some(text);
         let body = event.body(u64::from(u32::MAX) + 7, GENESIS_HASH, "k1");
         let parsed: Value = serde_json::from_slice(&body)?;
@@ -245,7 +267,7 @@ mod tests {
         );
         assert_eq!(
             parsed.as_object().map(|o| o.len()),
-            Some(22),
+            Some(23),
             "every member present"
         );
         Ok(())

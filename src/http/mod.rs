@@ -1,6 +1,7 @@
 //! The HTTP API: routes, errors, extractors and the OpenAPI document.
 
 pub mod admission;
+pub mod correlation;
 pub mod error;
 pub mod extract;
 pub mod openapi;
@@ -32,6 +33,7 @@ pub fn router(state: AppState) -> Router {
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(axum::middleware::from_fn(error::log_errors))
         .layer(axum::middleware::from_fn(record_metrics))
+        .layer(axum::middleware::from_fn(correlation::scope_request_id))
         .layer(CatchPanicLayer::custom(panic_response));
     api.merge(SwaggerUi::new("/docs").url("/openapi.json", document))
         .layer(middleware)

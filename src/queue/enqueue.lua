@@ -3,7 +3,8 @@
 --   1 queue stream, 2 request status hash, 3 one-time token marker,
 --   4 workflow rate window, 5 per-caller rate window, 6 idempotency record,
 --   7 deferred set, 8 deferred entries, 9 held set
--- ARGV[1]: JSON plan {request_id, owner, client_id, accepted_at, status_ttl,
+-- ARGV[1]: JSON plan {request_id, owner, client_id, accepted_at, http_request_id,
+--   trace_header ('' when absent), status_ttl,
 --   jti_ttl (0: none), max_backlog (0: none), limits: [{key, requests, period_ms}],
 --   idempotency_fingerprint ('': no key), idempotency_ttl, due_ms (0: now),
 --   hold_ms (0: none; else an immediate trigger is held, invisible to the drain, until the
@@ -58,7 +59,8 @@ for _, limit in ipairs(plan.limits) do
 end
 local status = 'queued'
 local fields = cjson.encode({input = ARGV[2], owner = plan.owner, client_id = plan.client_id,
-  accepted_at = plan.accepted_at})
+  accepted_at = plan.accepted_at, http_request_id = plan.http_request_id,
+  trace_header = plan.trace_header})
 if plan.due_ms > now then
   -- Held in Redis until due; the drain's promote step moves it into the queue.
   status = 'deferred'
@@ -72,7 +74,8 @@ elseif plan.hold_ms > 0 then
   redis.call('HSET', KEYS[8], plan.request_id, fields)
 else
   reply[2] = redis.call('XADD', KEYS[1], '*', 'request_id', plan.request_id, 'input', ARGV[2],
-    'owner', plan.owner, 'client_id', plan.client_id, 'accepted_at', plan.accepted_at)
+    'owner', plan.owner, 'client_id', plan.client_id, 'accepted_at', plan.accepted_at,
+    'http_request_id', plan.http_request_id, 'trace_header', plan.trace_header)
 end
 redis.call('HSET', KEYS[2], 'status', status, 'owner', plan.owner,
   'created_at', plan.accepted_at, 'updated_at', plan.accepted_at, 'not_before_ms', tostring(plan.due_ms))

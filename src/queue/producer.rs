@@ -168,6 +168,8 @@ struct Plan<'a> {
     owner: &'a str,
     client_id: &'a str,
     accepted_at: &'a str,
+    http_request_id: &'a str,
+    trace_header: &'a str,
     status_ttl: u64,
     jti_ttl: u64,
     max_backlog: u64,
@@ -386,6 +388,8 @@ impl Producer {
             owner: &request.owner,
             client_id: request.client_id.as_deref().unwrap_or(""),
             accepted_at: &request.accepted_at,
+            http_request_id: request.http_request_id.as_deref().unwrap_or(""),
+            trace_header: request.trace_header.as_deref().unwrap_or(""),
             status_ttl: self.status_ttl_seconds,
             jti_ttl: admission
                 .one_time_token

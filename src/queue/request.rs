@@ -15,6 +15,8 @@ pub mod field {
     pub const OWNER: &str = "owner";
     pub const CLIENT_ID: &str = "client_id";
     pub const ACCEPTED_AT: &str = "accepted_at";
+    pub const HTTP_REQUEST_ID: &str = "http_request_id";
+    pub const TRACE_HEADER: &str = "trace_header";
 }
 
 /// Fields of a request's status hash.
@@ -36,6 +38,10 @@ pub struct QueuedRequest {
     pub owner: String,
     pub client_id: Option<String>,
     pub accepted_at: String,
+    /// The `x-request-id` of the HTTP request that accepted it (carried into the audit).
+    pub http_request_id: Option<String>,
+    /// The caller's X-Ray `X-Amzn-Trace-Id`, passed to `StartExecution`.
+    pub trace_header: Option<String>,
 }
 
 impl QueuedRequest {
@@ -48,13 +54,16 @@ impl QueuedRequest {
             String::from_redis_value(value).map_err(|_| format!("entry field {name} is not text"))
         };
         let request_id = RequestId::parse(&text(field::REQUEST_ID)?).map_err(|e| e.to_string())?;
-        let client_id = text(field::CLIENT_ID).ok().filter(|c| !c.is_empty());
+        let optional = |name: &str| text(name).ok().filter(|v| !v.is_empty());
+        let client_id = optional(field::CLIENT_ID);
         Ok(Self {
             request_id,
             input: text(field::INPUT)?,
             owner: text(field::OWNER)?,
             client_id,
             accepted_at: text(field::ACCEPTED_AT)?,
+            http_request_id: optional(field::HTTP_REQUEST_ID),
+            trace_header: optional(field::TRACE_HEADER),
         })
     }
 }

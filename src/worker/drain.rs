@@ -237,6 +237,10 @@ impl Drain {
             event.workflow = Some(target.workflow.to_string());
             event.request_id = Some(request_id.clone());
             set_owner(&mut event, fields["owner"].as_str().unwrap_or_default());
+            event.http_request_id = fields["http_request_id"]
+                .as_str()
+                .filter(|id| !id.is_empty())
+                .map(str::to_owned);
             event.client_id = fields["client_id"]
                 .as_str()
                 .filter(|c| !c.is_empty())
@@ -746,7 +750,13 @@ pub async fn start_once(
     let name = request.request_id.execution_name();
     let role = target.role_arn.as_deref();
     match sfn
-        .start_execution(role, &target.state_machine_arn, &name, &request.input)
+        .start_execution(
+            role,
+            &target.state_machine_arn,
+            &name,
+            &request.input,
+            request.trace_header.as_deref(),
+        )
         .await
     {
         Err(SfnError::AlreadyExists) => {
@@ -832,6 +842,7 @@ fn request_event(
         event.request_id = Some(request.request_id.to_string());
         set_owner(&mut event, &request.owner);
         event.client_id.clone_from(&request.client_id);
+        event.http_request_id.clone_from(&request.http_request_id);
     }
     event
 }
@@ -872,6 +883,8 @@ mod tests {
             owner: "iss sub".into(),
             client_id: None,
             accepted_at: now_rfc3339(),
+            http_request_id: None,
+            trace_header: None,
         })
     }
 

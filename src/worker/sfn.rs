@@ -37,13 +37,15 @@ pub enum SfnError {
 /// else with the process's own credentials.
 #[async_trait]
 pub trait StepFunctions: Send + Sync {
-    /// Starts an execution named `name`; returns its ARN.
+    /// Starts an execution named `name`, in the caller's X-Ray trace when `trace_header`
+    /// is given; returns its ARN.
     async fn start_execution(
         &self,
         role: Option<&str>,
         state_machine_arn: &str,
         name: &str,
         input: &str,
+        trace_header: Option<&str>,
     ) -> Result<String, SfnError>;
 
     /// The input an existing execution was started with.
@@ -177,6 +179,7 @@ impl StepFunctions for AwsStepFunctions {
         state_machine_arn: &str,
         name: &str,
         input: &str,
+        trace_header: Option<&str>,
     ) -> Result<String, SfnError> {
         let client = self.client(role).await;
         let started = std::time::Instant::now();
@@ -185,6 +188,7 @@ impl StepFunctions for AwsStepFunctions {
             .state_machine_arn(state_machine_arn)
             .name(name)
             .input(input)
+            .set_trace_header(trace_header.map(str::to_owned))
             .send()
             .await
             .map_err(classify);
@@ -320,6 +324,7 @@ pub mod fake {
             _arn: &str,
             name: &str,
             input: &str,
+            _trace_header: Option<&str>,
         ) -> Result<String, SfnError> {
             self.answer(Call::Start {
                 name: name.into(),

@@ -9,6 +9,7 @@ mod audit;
 mod auth;
 mod breaker;
 mod cluster;
+mod correlation;
 mod dead_letters;
 mod delivery;
 mod deploy;

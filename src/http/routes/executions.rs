@@ -169,6 +169,8 @@ pub async fn create_execution(
         owner: caller.owner(),
         client_id: caller.client_id.clone(),
         accepted_at: now_rfc3339(),
+        http_request_id: crate::http::correlation::request_id(&headers),
+        trace_header: crate::http::correlation::trace_header(&headers),
     };
     let ask = admission::Ask {
         workflow: &workflow,
