@@ -138,6 +138,8 @@ pub struct KeyCache {
     keys: RwLock<Arc<KeySet>>,
     /// Held across a fetch: the single flight. Holds the time of the last fetch.
     refetch: tokio::sync::Mutex<Option<Instant>>,
+    /// The issuer's token endpoint, from its discovery document (for the API docs).
+    token_endpoint: RwLock<Option<String>>,
 }
 
 impl KeyCache {
@@ -177,6 +179,7 @@ impl KeyCache {
             policy,
             keys: RwLock::new(Arc::new(set)),
             refetch: tokio::sync::Mutex::new(None),
+            token_endpoint: RwLock::new(None),
         }
     }
 
@@ -324,7 +327,20 @@ impl KeyCache {
                 self.issuer
             )));
         }
+        *self
+            .token_endpoint
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) =
+            metadata.token_endpoint().map(|url| url.url().to_string());
         Ok(metadata.jwks_uri().url().to_string())
+    }
+
+    /// The token endpoint discovery announced, once keys were fetched by discovery.
+    pub fn token_endpoint(&self) -> Option<String> {
+        self.token_endpoint
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }
 

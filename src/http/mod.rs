@@ -6,6 +6,7 @@ pub mod error;
 pub mod extract;
 pub mod openapi;
 pub mod routes;
+pub mod served_document;
 
 use std::any::Any;
 
@@ -35,7 +36,22 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn(record_metrics))
         .layer(axum::middleware::from_fn(correlation::scope_request_id))
         .layer(CatchPanicLayer::custom(panic_response));
-    api.merge(SwaggerUi::new("/docs").url("/openapi.json", document))
+    // The document is served by our own route (it adds the configured identity providers);
+    // the UI only points at it.
+    let document = std::sync::Arc::new(serde_json::to_value(&document).unwrap_or_default());
+    let served = axum::routing::get(
+        move |axum::extract::State(state): axum::extract::State<AppState>| {
+            let document = std::sync::Arc::clone(&document);
+            async move {
+                axum::Json(served_document::with_identity_providers(
+                    &document,
+                    &state.runtime(),
+                ))
+            }
+        },
+    );
+    api.route("/openapi.json", served)
+        .merge(SwaggerUi::new("/docs").config(utoipa_swagger_ui::Config::new(["/openapi.json"])))
         .layer(middleware)
         .with_state(state)
 }

@@ -133,7 +133,48 @@ async fn the_served_document_and_the_docs_page() -> TestResult {
         .json()
         .await?;
     let generated: Value = serde_json::from_str(&stepgate::http::openapi::document_json()?)?;
-    assert_eq!(served, generated);
+
+    // The configured issuer's client-credentials flow, for the docs' "Authorize" dialog.
+    let discovery: Value = app
+        .http
+        .get(format!(
+            "{}/.well-known/openid-configuration",
+            crate::helpers::partners().idp.issuer
+        ))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let scheme = &served["components"]["securitySchemes"]["client_credentials"];
+    assert_eq!(scheme["type"], "oauth2");
+    let flow = &scheme["flows"]["clientCredentials"];
+    assert_eq!(flow["tokenUrl"], discovery["token_endpoint"]);
+    assert!(
+        flow["scopes"].get("workflows:trigger").is_some(),
+        "{scheme}"
+    );
+    let trigger = &served["paths"]["/v1/workflows/{workflow}/executions"]["post"];
+    assert!(
+        trigger["security"]
+            .as_array()
+            .is_some_and(|s| s.contains(&serde_json::json!({"client_credentials": []}))),
+        "{trigger}"
+    );
+    // Apart from that, the served document is the generated (and committed) one.
+    let mut stripped = served.clone();
+    if let Some(schemes) = stripped["components"]["securitySchemes"].as_object_mut() {
+        schemes.remove("client_credentials");
+    }
+    if let Some(paths) = stripped["paths"].as_object_mut() {
+        for operation in paths.values_mut().filter_map(Value::as_object_mut) {
+            for op in operation.values_mut() {
+                if let Some(security) = op.get_mut("security").and_then(Value::as_array_mut) {
+                    security.retain(|s| s.get("client_credentials").is_none());
+                }
+            }
+        }
+    }
+    assert_eq!(stripped, generated);
     let docs = app.http.get(app.url("/docs/")).send().await?;
     assert_eq!(docs.status(), StatusCode::OK);
     assert!(docs.text().await?.contains("swagger-ui"));
