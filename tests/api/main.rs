@@ -13,6 +13,7 @@ mod correlation;
 mod dead_letters;
 mod delivery;
 mod deploy;
+mod docs;
 mod helpers;
 mod http;
 mod keys;
