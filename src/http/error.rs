@@ -238,22 +238,28 @@ impl From<AuthError> for ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
+impl ApiError {
+    /// The body the caller gets (also the documentation's examples, [`super::examples`]).
+    pub(crate) fn problem(&self) -> Problem {
         let status = self.status();
         let code = self.code();
-        let problem = Problem {
+        Problem {
             problem_type: format!("urn:stepgate:problem:{code}"),
             title: status.canonical_reason().unwrap_or("Error").to_owned(),
             status: status.as_u16(),
             detail: self.detail(),
             code: code.to_owned(),
-            errors: match &self {
+            errors: match self {
                 ApiError::InvalidInput(violations) => Some(violations.clone()),
                 _ => None,
             },
-        };
-        let mut response = (status, Json(problem)).into_response();
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.status(), Json(self.problem())).into_response();
         let headers = response.headers_mut();
         headers.insert(
             header::CONTENT_TYPE,

@@ -3,6 +3,7 @@
 pub mod admission;
 pub mod correlation;
 pub mod error;
+mod examples;
 pub mod extract;
 pub mod openapi;
 pub mod routes;
@@ -24,7 +25,7 @@ use error::ApiError;
 
 /// The whole application router: the API, `/openapi.json` and the Swagger UI at `/docs`.
 pub fn router(state: AppState) -> Router {
-    let (api, document) = openapi::api_router().split_for_parts();
+    let (api, document) = openapi::router_and_document();
     // ServiceBuilder applies top to bottom, outermost first: the request id is set before
     // the trace span opens (so the span can show it) and is copied to the response last;
     // panics become a problem response inside, where they are logged like any 500.

@@ -10,6 +10,7 @@ use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::examples::OperationExamples;
 use super::routes::{audit, dead_letters, executions, health, metrics, requests, workflows};
 use crate::state::AppState;
 
@@ -72,9 +73,17 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(metrics::get_metrics))
 }
 
+/// The API's routes and their document, with every operation's examples filled in (after
+/// the routes are registered: `#[openapi(modifiers)]` runs before there are any paths).
+pub fn router_and_document() -> (axum::Router<AppState>, Document) {
+    let (router, mut document) = api_router().split_for_parts();
+    OperationExamples.modify(&mut document);
+    (router, document)
+}
+
 /// The document, as served at `/openapi.json`.
 pub fn document() -> Document {
-    api_router().split_for_parts().1
+    router_and_document().1
 }
 
 /// The document as committed: pretty JSON with a final newline.

@@ -38,6 +38,16 @@ pub struct PageQuery {
 
 /// One page of a workflow's dead letters, oldest first.
 #[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({
+    "workflow": "orders",
+    "total": 1,
+    "dead_letters": [{
+        "id": "orders_0192f5c4e3b87d8e9a6b1c2d3e4f5a6b",
+        "entry_id": "1764045212140-0",
+        "reason": "AccessDeniedException: not authorized to perform states:StartExecution",
+        "dead_lettered_at": "2026-11-25T04:33:32.140Z"
+    }]
+}))]
 pub struct DeadLetterPage {
     pub workflow: String,
     /// How many dead letters the workflow holds in all.

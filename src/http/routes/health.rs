@@ -34,7 +34,7 @@ pub struct Health {
 
 /// Liveness: the process is up.
 #[utoipa::path(get, path = "/healthz", operation_id = "get_health", tag = "health",
-    responses((status = 200, description = "Alive", body = Health)))]
+    responses((status = 200, description = "Alive", body = Health, example = json!({"status": "ok"}))))]
 pub async fn get_health() -> Json<Health> {
     Json(Health {
         status: "ok".into(),
@@ -48,7 +48,9 @@ pub async fn get_health() -> Json<Health> {
     responses(
         (status = 200, description = "Ready to take traffic", body = Health),
         (status = 503, description = "A dependency is not ready", body = Health,
-            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+            headers(("Retry-After" = u64, description = "Seconds to wait")),
+            example = json!({"status": "not_ready", "checks": {"redis": "unreachable: timed out",
+                "issuer http://127.0.0.1:4444": "ok"}})),
     ))]
 pub async fn get_readiness(State(state): State<AppState>) -> Response {
     let mut checks = BTreeMap::new();

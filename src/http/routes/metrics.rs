@@ -19,7 +19,11 @@ const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=
 /// expose it to the monitoring network only.
 #[utoipa::path(get, path = "/metrics", operation_id = "get_metrics", tag = "health",
     responses((status = 200, description = "OpenMetrics text", body = String,
-        content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8")))]
+        content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        example = json!("# HELP stepgate_http_requests HTTP requests by route, method, status and (for triggers) decision.\n# TYPE stepgate_http_requests counter\n\
+stepgate_http_requests_total{route=\"/v1/workflows/{workflow}/executions\",method=\"POST\",status=\"202\",decision=\"accepted\"} 1042\n\
+# HELP stepgate_queue_backlog Entries in the workflow's queue stream (waiting or in flight).\n# TYPE stepgate_queue_backlog gauge\n\
+stepgate_queue_backlog{workflow=\"orders\"} 3\n# EOF\n"))))]
 pub async fn get_metrics(State(state): State<AppState>) -> impl IntoResponse {
     let registry = metrics();
     let runtime = state.runtime();

@@ -11,6 +11,12 @@ use crate::policy::{Decision, authorize};
 
 /// The workflows a caller may trigger.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({"workflows": [{
+    "name": "orders",
+    "trigger_url": "/v1/workflows/orders/executions",
+    "input_schema": {"type": "object", "required": ["order_id"]},
+    "max_input_bytes": 65536
+}]}))]
 pub struct WorkflowList {
     pub workflows: Vec<WorkflowSummary>,
 }
