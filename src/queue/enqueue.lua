@@ -35,43 +35,53 @@ end
 if plan.max_backlog > 0 and redis.call('XLEN', KEYS[1]) + redis.call('ZCARD', KEYS[7]) + redis.call('ZCARD', KEYS[9]) >= plan.max_backlog then
   return {'backlog'}
 end
--- Sliding-window log: at most `requests` admissions in any `period_ms`, exactly.
+-- Sliding-window log: at most `requests` admissions in any `period_ms`, exactly. What the
+-- check reads (the count and the oldest admission) also gives the quota left afterwards.
+local counts, resets = {}, {}
 for i, limit in ipairs(plan.limits) do
   local key = KEYS[limit.key]
   redis.call('ZREMRANGEBYSCORE', key, '-inf', now - limit.period_ms)
-  if redis.call('ZCARD', key) >= limit.requests then
-    local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
-    return {'limited', tostring(i), tostring(tonumber(oldest[2]) + limit.period_ms - now)}
+  local count = redis.call('ZCARD', key)
+  local oldest = now
+  if count > 0 then
+    oldest = tonumber(redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')[2])
   end
+  resets[i] = tostring(oldest + limit.period_ms - now)
+  if count >= limit.requests then
+    return {'limited', tostring(i), resets[i]}
+  end
+  counts[i] = count
 end
 
 if plan.jti_ttl > 0 then
   redis.call('SET', KEYS[3], plan.request_id, 'EX', plan.jti_ttl)
 end
 local reply = {'queued', ''}
-for _, limit in ipairs(plan.limits) do
+for i, limit in ipairs(plan.limits) do
   local key = KEYS[limit.key]
   redis.call('ZADD', key, now, plan.request_id)
   redis.call('PEXPIRE', key, limit.period_ms)
-  local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
-  table.insert(reply, tostring(limit.requests - redis.call('ZCARD', key)))
-  table.insert(reply, tostring(tonumber(oldest[2]) + limit.period_ms - now))
+  -- Limits have distinct keys (KEYS[4], KEYS[5]): each count grew by this admission only.
+  table.insert(reply, tostring(limit.requests - counts[i] - 1))
+  table.insert(reply, resets[i])
 end
 local status = 'queued'
-local fields = cjson.encode({input = ARGV[2], owner = plan.owner, client_id = plan.client_id,
-  accepted_at = plan.accepted_at, http_request_id = plan.http_request_id,
-  trace_header = plan.trace_header})
+local function fields()
+  return cjson.encode({input = ARGV[2], owner = plan.owner, client_id = plan.client_id,
+    accepted_at = plan.accepted_at, http_request_id = plan.http_request_id,
+    trace_header = plan.trace_header})
+end
 if plan.due_ms > now then
   -- Held in Redis until due; the drain's promote step moves it into the queue.
   status = 'deferred'
   reply[2] = 'deferred'
   redis.call('ZADD', KEYS[7], plan.due_ms, plan.request_id)
-  redis.call('HSET', KEYS[8], plan.request_id, fields)
+  redis.call('HSET', KEYS[8], plan.request_id, fields())
 elseif plan.hold_ms > 0 then
   -- Scored by when the drain may assume the admitting process died and recover it.
   reply[2] = 'held'
   redis.call('ZADD', KEYS[9], now + plan.hold_ms, plan.request_id)
-  redis.call('HSET', KEYS[8], plan.request_id, fields)
+  redis.call('HSET', KEYS[8], plan.request_id, fields())
 else
   reply[2] = redis.call('XADD', KEYS[1], '*', 'request_id', plan.request_id, 'input', ARGV[2],
     'owner', plan.owner, 'client_id', plan.client_id, 'accepted_at', plan.accepted_at,
