@@ -218,6 +218,15 @@ impl RedisServer {
             .get_multiplexed_async_connection()
             .await?)
     }
+
+    /// How many entries wait in `workflow`'s queue stream.
+    pub async fn queue_len(&self, workflow: &str) -> TestResult<u64> {
+        let mut redis = self.connection().await?;
+        Ok(redis::cmd("XLEN")
+            .arg(format!("stepgate:{{wf:{workflow}}}:queue"))
+            .query_async(&mut redis)
+            .await?)
+    }
 }
 
 impl Drop for RedisServer {
@@ -512,9 +521,14 @@ impl Idp {
 
 /// A Step Functions client for the emulator.
 pub async fn sfn_client() -> aws_sdk_sfn::Client {
+    sfn_client_at(&partners().sfn_endpoint).await
+}
+
+/// A Step Functions client for `endpoint` (the emulator, or a proxy in front of it).
+pub async fn sfn_client_at(endpoint: &str) -> aws_sdk_sfn::Client {
     let config = aws_config::defaults(BehaviorVersion::latest())
         .region(Region::new(REGION))
-        .endpoint_url(&partners().sfn_endpoint)
+        .endpoint_url(endpoint)
         .credentials_provider(Credentials::new("test", "test", None, None, "test"))
         .load()
         .await;
@@ -896,11 +910,7 @@ impl TestApp {
 
     /// How many entries wait in `workflow`'s queue stream.
     pub async fn queue_len(&self, workflow: &str) -> TestResult<u64> {
-        let mut redis = self.redis.connection().await?;
-        Ok(redis::cmd("XLEN")
-            .arg(format!("stepgate:{{wf:{workflow}}}:queue"))
-            .query_async(&mut redis)
-            .await?)
+        self.redis.queue_len(workflow).await
     }
 
     /// The audit records about requests (leaving out the configuration events).

@@ -38,7 +38,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use helpers::{
     KillOnDrop, RedisServer, TestResult, create_state_machine, eventually, free_port, partners,
-    root, sfn_client,
+    root, sfn_client, sfn_client_at,
 };
 use serde_json::{Value, json};
 
@@ -61,9 +61,10 @@ async fn main() -> TestResult {
     let ceiling = bare_axum()?;
     let admission_redis = RedisServer::start();
     let admission_arn = create_state_machine(&sfn).await?;
-    let gateway = Stepgate::start(&admission_redis, &partners.sfn_endpoint, &admission_arn, "")?;
+    let gateway =
+        Stepgate::start(&admission_redis, &partners.sfn_endpoint, &admission_arn, "").await?;
     let python_redis = RedisServer::start();
-    let python = PythonService::start(&python_redis)?;
+    let python = PythonService::start(&python_redis).await?;
     let subjects = [
         ("bare axum 202 (ceiling)", ceiling.clone()),
         ("stepgate full path", gateway.url.clone()),
@@ -80,7 +81,7 @@ async fn main() -> TestResult {
     }
     let admission: Vec<Wrk> = rounds.into_iter().map(median).collect();
     let accepted_by_wrk: u64 = admission[1].requests;
-    let queued = queue_len(&admission_redis).await?;
+    let queued = admission_redis.queue_len("orders").await?;
     assert!(
         queued >= accepted_by_wrk,
         "stepgate answered 202 to {accepted_by_wrk} requests in its median round but its queue holds only {queued}"
@@ -101,7 +102,8 @@ async fn main() -> TestResult {
         &proxy.url,
         &latency_arn,
         "[worker]\nenabled = true",
-    )?;
+    )
+    .await?;
     let to_start = trigger_to_start(&drainer.url, &token, &proxy, &latency_arn).await?;
     let latency_rss = drainer.peak_rss_kib()?;
     drop(drainer);
@@ -173,7 +175,12 @@ impl Stepgate {
     /// on, and waits until it is ready. The workflow has a per-caller rate limit (far above
     /// the load), so the limit is checked and counted for every trigger; the account-wide
     /// start pacing is off, so the emulator, not a quota, limits the drain.
-    fn start(redis: &RedisServer, sfn_endpoint: &str, arn: &str, extra: &str) -> TestResult<Self> {
+    async fn start(
+        redis: &RedisServer,
+        sfn_endpoint: &str,
+        arn: &str,
+        extra: &str,
+    ) -> TestResult<Self> {
         let dir = tempfile::tempdir()?;
         let key = dir.path().join("audit.key");
         let status = Command::new(env!("CARGO_BIN_EXE_stepgate"))
@@ -236,7 +243,7 @@ scopes = ["workflows:trigger"]
                 .spawn()?,
         );
         let url = format!("http://127.0.0.1:{port}");
-        wait_ready(&format!("{url}/readyz"), "stepgate")?;
+        wait_ready(&format!("{url}/readyz"), "stepgate").await?;
         Ok(Self {
             url,
             process,
@@ -268,7 +275,7 @@ struct PythonService {
 }
 
 impl PythonService {
-    fn start(redis: &RedisServer) -> TestResult<Self> {
+    async fn start(redis: &RedisServer) -> TestResult<Self> {
         use std::os::unix::process::CommandExt;
         let dir = root().join("benches/python");
         let uvicorn = dir.join(".venv/bin/uvicorn");
@@ -306,7 +313,7 @@ impl PythonService {
             group: leader.id(),
             _leader: leader,
         };
-        wait_ready(&format!("{}/docs", service.url), "the Python service")?;
+        wait_ready(&format!("{}/docs", service.url), "the Python service").await?;
         Ok(service)
     }
 }
@@ -319,20 +326,20 @@ impl Drop for PythonService {
     }
 }
 
-fn wait_ready(url: &str, what: &str) -> TestResult {
+/// Polls `url` until it answers 2xx (without blocking the runtime the timing proxy runs on).
+async fn wait_ready(url: &str, what: &str) -> TestResult {
+    let client = reqwest::Client::new();
     let start = Instant::now();
     loop {
-        let ready = Command::new("curl")
-            .args(["-fs", "-o", "/dev/null", url])
-            .status()
-            .is_ok_and(|s| s.success());
-        if ready {
+        if let Ok(response) = client.get(url).send().await
+            && response.status().is_success()
+        {
             return Ok(());
         }
         if start.elapsed() > Duration::from_secs(60) {
             return Err(format!("{what} was not ready within 60 s ({url})").into());
         }
-        std::thread::sleep(Duration::from_millis(100));
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -474,6 +481,24 @@ impl TimingProxy {
         Ok(Self { url, starts })
     }
 
+    /// Waits for `expected` starts of `state_machine`, then a moment more so that a
+    /// duplicate would show; fails if there is one.
+    async fn all_starts(
+        &self,
+        state_machine: &str,
+        expected: usize,
+        deadline: Duration,
+    ) -> Vec<Start> {
+        eventually(deadline, "every start at the emulator", || async {
+            (self.starts_of(state_machine).len() >= expected).then_some(())
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let starts = self.starts_of(state_machine);
+        assert_eq!(starts.len(), expected, "an entry was started twice");
+        starts
+    }
+
     /// Arrival times of the starts of `state_machine`.
     fn starts_of(&self, state_machine: &str) -> Vec<Start> {
         self.starts
@@ -548,22 +573,13 @@ async fn trigger_to_start(
     let mut sent = HashMap::new();
     for seq in 0..LATENCY_SAMPLES as u64 {
         let at = Instant::now();
-        let response = client
-            .post(format!("{base}{TRIGGER_PATH}"))
-            .bearer_auth(token)
-            .json(&json!({"input": {"seq": seq}}))
-            .send()
-            .await?;
-        assert_eq!(response.status(), 202, "trigger {seq} was refused");
+        trigger_seq(&client, base, token, seq).await?;
         sent.insert(seq, at);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let starts = eventually(Duration::from_secs(60), "every trigger started", || async {
-        let starts = proxy.starts_of(arn);
-        (starts.len() >= LATENCY_SAMPLES).then_some(starts)
-    })
-    .await;
-    assert_eq!(starts.len(), LATENCY_SAMPLES, "a trigger was started twice");
+    let starts = proxy
+        .all_starts(arn, LATENCY_SAMPLES, Duration::from_secs(60))
+        .await;
     let mut latencies: Vec<f64> = starts
         .iter()
         .map(|s| {
@@ -573,6 +589,18 @@ async fn trigger_to_start(
         .collect();
     latencies.sort_by(f64::total_cmp);
     Ok(latencies)
+}
+
+/// Posts the trigger whose input is `{"seq": seq}`; it must be accepted.
+async fn trigger_seq(client: &reqwest::Client, base: &str, token: &str, seq: u64) -> TestResult {
+    let response = client
+        .post(format!("{base}{TRIGGER_PATH}"))
+        .bearer_auth(token)
+        .json(&json!({"input": {"seq": seq}}))
+        .send()
+        .await?;
+    assert_eq!(response.status(), 202, "trigger {seq} was refused");
+    Ok(())
 }
 
 /// Starts per second between the first and the last of `starts`.
@@ -585,15 +613,7 @@ fn start_rate(starts: &[Start]) -> f64 {
 /// The emulator's own rate: `DRAIN_ENTRIES` StartExecution calls through the same proxy with
 /// `DRAIN_CONCURRENCY` in flight, from the same SDK.
 async fn direct_rate(proxy: &TimingProxy, arn: &str) -> TestResult<f64> {
-    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .region(aws_sdk_sfn::config::Region::new(helpers::REGION))
-        .endpoint_url(&proxy.url)
-        .credentials_provider(aws_sdk_sfn::config::Credentials::new(
-            "bench", "bench", None, None, "bench",
-        ))
-        .load()
-        .await;
-    let client = aws_sdk_sfn::Client::new(&config);
+    let client = sfn_client_at(&proxy.url).await;
     let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let tasks: Vec<_> = (0..DRAIN_CONCURRENCY)
         .map(|_| {
@@ -639,16 +659,10 @@ async fn drain_rate(
     token: &str,
 ) -> TestResult<Drain> {
     {
-        let admission = Stepgate::start(redis, &proxy.url, arn, "")?;
+        let admission = Stepgate::start(redis, &proxy.url, arn, "").await?;
         let client = reqwest::Client::new();
         for seq in 0..DRAIN_ENTRIES as u64 {
-            let response = client
-                .post(format!("{}{TRIGGER_PATH}", admission.url))
-                .bearer_auth(token)
-                .json(&json!({"input": {"seq": seq}}))
-                .send()
-                .await?;
-            assert_eq!(response.status(), 202, "trigger {seq} was refused");
+            trigger_seq(&client, &admission.url, token, seq).await?;
         }
     }
     let drainer = Stepgate::start(
@@ -656,31 +670,15 @@ async fn drain_rate(
         &proxy.url,
         arn,
         &format!("[worker]\nenabled = true\nmax_in_flight = {DRAIN_CONCURRENCY}"),
-    )?;
-    let starts = eventually(Duration::from_secs(120), "the backlog drained", || async {
-        let starts = proxy.starts_of(arn);
-        (starts.len() >= DRAIN_ENTRIES).then_some(starts)
-    })
-    .await;
-    // Give a duplicate the chance to show before counting.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(
-        proxy.starts_of(arn).len(),
-        DRAIN_ENTRIES,
-        "an entry was started twice"
-    );
+    )
+    .await?;
+    let starts = proxy
+        .all_starts(arn, DRAIN_ENTRIES, Duration::from_secs(120))
+        .await;
     Ok(Drain {
         rate: start_rate(&starts),
         rss_kib: drainer.peak_rss_kib()?,
     })
-}
-
-async fn queue_len(redis: &RedisServer) -> TestResult<u64> {
-    let mut connection = redis.connection().await?;
-    Ok(redis::cmd("XLEN")
-        .arg("stepgate:{wf:orders}:queue")
-        .query_async(&mut connection)
-        .await?)
 }
 
 // ---------------------------------------------------------------------------------------
