@@ -3,16 +3,18 @@
 # debian:bookworm-slim with CA certificates and nothing else, running as a non-root user.
 
 FROM rust:1.95-slim-bookworm AS build
+# `--build-arg FEATURES=otlp` builds in OpenTelemetry export (see README, Audit trail).
+ARG FEATURES=""
 WORKDIR /src
 # Build the dependencies alone first, so that source changes do not rebuild them.
 COPY Cargo.toml Cargo.lock clippy.toml ./
 RUN mkdir -p src tests/api \
  && echo 'fn main() {}' > src/main.rs && touch src/lib.rs && echo 'fn main() {}' > tests/api/main.rs \
- && cargo build --release --locked \
+ && cargo build --release --locked --features "$FEATURES" \
  && rm -rf src
 COPY src src
 COPY migrations migrations
-RUN touch src/main.rs src/lib.rs && cargo build --release --locked
+RUN touch src/main.rs src/lib.rs && cargo build --release --locked --features "$FEATURES"
 
 FROM debian:bookworm-slim
 RUN apt-get update \

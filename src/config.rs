@@ -337,6 +337,10 @@ pub struct LogConfig {
     pub format: LogFormat,
     /// `tracing` filter directives; `RUST_LOG` overrides.
     pub level: String,
+    /// An OpenTelemetry collector's OTLP/HTTP base URL (`http://collector:4318`): spans are
+    /// exported there. Needs a build with `--features otlp`; the standard
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` does the same.
+    pub otlp_endpoint: Option<String>,
 }
 
 impl Default for LogConfig {
@@ -344,6 +348,7 @@ impl Default for LogConfig {
         Self {
             format: LogFormat::Json,
             level: "info".to_owned(),
+            otlp_endpoint: None,
         }
     }
 }
@@ -679,6 +684,19 @@ impl Config {
         {
             problem("aws.endpoint_url".into(), format!("{url:?} is not a URL"));
         }
+        if let Some(endpoint) = &self.log.otlp_endpoint {
+            if !cfg!(feature = "otlp") {
+                problem(
+                    "log.otlp_endpoint".into(),
+                    "this build has no OTLP export (build with --features otlp)".into(),
+                );
+            } else if reqwest::Url::parse(endpoint).is_err() {
+                problem(
+                    "log.otlp_endpoint".into(),
+                    format!("{endpoint:?} is not a URL"),
+                );
+            }
+        }
         if self.audit.fail_closed && !self.audit.enabled {
             problem(
                 "audit.fail_closed".into(),
@@ -961,6 +979,20 @@ mod tests {
                 "workflows.orders.allow[0]"
             ]
         );
+    }
+
+    #[test]
+    fn an_otlp_endpoint_needs_a_build_that_exports() {
+        let text = format!("{VALID}\n[log]\notlp_endpoint = \"http://collector:4318\"\n");
+        if cfg!(feature = "otlp") {
+            assert!(Config::from_toml(&text).is_ok());
+            assert_eq!(
+                keys(&text.replace("http://collector:4318", "collector")),
+                vec!["log.otlp_endpoint"]
+            );
+        } else {
+            assert_eq!(keys(&text), vec!["log.otlp_endpoint"]);
+        }
     }
 
     #[test]

@@ -184,11 +184,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 async fn serve(arg: &ConfigArg) -> anyhow::Result<ExitCode> {
     let config = load(arg)?;
-    crate::telemetry::init(config.log.format, &config.log.level);
+    let telemetry = crate::telemetry::init(&config.log)?;
     let app = Application::from_file(&arg.config).await?;
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
-    app.run_until_stopped(shutdown).await?;
+    let served = app.run_until_stopped(shutdown).await;
+    telemetry.shutdown().await;
+    served?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -31,7 +31,11 @@ pub fn router(state: AppState) -> Router {
     // panics become a problem response inside, where they are logged like any 500.
     let middleware = ServiceBuilder::new()
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
-        .layer(TraceLayer::new_for_http())
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(request_span)
+                .on_response(record_response),
+        )
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(axum::middleware::from_fn(error::log_errors))
         .layer(axum::middleware::from_fn(record_metrics))
@@ -96,6 +100,48 @@ async fn record_metrics(request: axum::extract::Request, next: axum::middleware:
         .get_or_create(&crate::metrics::RouteLabels { route })
         .observe(started.elapsed().as_secs_f64());
     response
+}
+
+/// The request's span: when spans are exported, named by its route (bounded) as OpenTelemetry
+/// expects of a server span and joined to the caller's `traceparent`; otherwise at `DEBUG`,
+/// free under the usual `info` filter.
+fn request_span(request: &axum::extract::Request) -> tracing::Span {
+    let request_id = correlation::request_id(request.headers());
+    let request_id = request_id.as_deref().unwrap_or_default();
+    if !crate::telemetry::exporting() {
+        return tracing::debug_span!("request", method = %request.method(), uri = %request.uri(), request_id);
+    }
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or("unmatched", |path| path.as_str());
+    let span = tracing::info_span!(
+        "request",
+        otel.name = %format_args!("{} {route}", request.method()),
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        http.request.method = %request.method(),
+        http.route = route,
+        url.path = request.uri().path(),
+        request_id,
+        http.response.status_code = tracing::field::Empty,
+    );
+    crate::telemetry::join_caller_trace(&span, request.headers());
+    span
+}
+
+fn record_response(response: &Response, latency: std::time::Duration, span: &tracing::Span) {
+    let status = response.status();
+    span.record("http.response.status_code", status.as_u16());
+    if status.is_server_error() {
+        span.record("otel.status_code", "ERROR");
+    }
+    tower_http::trace::OnResponse::on_response(
+        tower_http::trace::DefaultOnResponse::default(),
+        response,
+        latency,
+        span,
+    );
 }
 
 const TRIGGER_ROUTE: &str = "/v1/workflows/{workflow}/executions";

@@ -4,7 +4,7 @@
 --   4 workflow rate window, 5 per-caller rate window, 6 idempotency record,
 --   7 deferred set, 8 deferred entries, 9 held set
 -- ARGV[1]: JSON plan {request_id, owner, client_id, accepted_at, http_request_id,
---   trace_header ('' when absent), status_ttl,
+--   trace_header, traceparent ('' when absent), status_ttl,
 --   jti_ttl (0: none), max_backlog (0: none), limits: [{key, requests, period_ms}],
 --   idempotency_fingerprint ('': no key), idempotency_ttl, due_ms (0: now),
 --   hold_ms (0: none; else an immediate trigger is held, invisible to the drain, until the
@@ -69,7 +69,7 @@ local status = 'queued'
 local function fields()
   return cjson.encode({input = ARGV[2], owner = plan.owner, client_id = plan.client_id,
     accepted_at = plan.accepted_at, http_request_id = plan.http_request_id,
-    trace_header = plan.trace_header})
+    trace_header = plan.trace_header, traceparent = plan.traceparent})
 end
 if plan.due_ms > now then
   -- Held in Redis until due; the drain's promote step moves it into the queue.
@@ -85,7 +85,8 @@ elseif plan.hold_ms > 0 then
 else
   reply[2] = redis.call('XADD', KEYS[1], '*', 'request_id', plan.request_id, 'input', ARGV[2],
     'owner', plan.owner, 'client_id', plan.client_id, 'accepted_at', plan.accepted_at,
-    'http_request_id', plan.http_request_id, 'trace_header', plan.trace_header)
+    'http_request_id', plan.http_request_id, 'trace_header', plan.trace_header,
+    'traceparent', plan.traceparent)
 end
 redis.call('HSET', KEYS[2], 'status', status, 'owner', plan.owner,
   'created_at', plan.accepted_at, 'updated_at', plan.accepted_at, 'not_before_ms', tostring(plan.due_ms))

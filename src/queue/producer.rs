@@ -170,6 +170,7 @@ struct Plan<'a> {
     accepted_at: &'a str,
     http_request_id: &'a str,
     trace_header: &'a str,
+    traceparent: &'a str,
     status_ttl: u64,
     jti_ttl: u64,
     max_backlog: u64,
@@ -390,6 +391,7 @@ impl Producer {
             accepted_at: &request.accepted_at,
             http_request_id: request.http_request_id.as_deref().unwrap_or(""),
             trace_header: request.trace_header.as_deref().unwrap_or(""),
+            traceparent: request.traceparent.as_deref().unwrap_or(""),
             status_ttl: self.status_ttl_seconds,
             jti_ttl: admission
                 .one_time_token

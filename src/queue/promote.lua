@@ -11,7 +11,8 @@ for _, request_id in ipairs(due) do
     local entry = cjson.decode(fields)
     redis.call('XADD', KEYS[3], '*', 'request_id', request_id, 'input', entry.input,
       'owner', entry.owner, 'client_id', entry.client_id, 'accepted_at', entry.accepted_at,
-      'http_request_id', entry.http_request_id or '', 'trace_header', entry.trace_header or '')
+      'http_request_id', entry.http_request_id or '', 'trace_header', entry.trace_header or '',
+        'traceparent', entry.traceparent or '')
     redis.call('HDEL', KEYS[2], request_id)
   end
   redis.call('ZREM', KEYS[1], request_id)

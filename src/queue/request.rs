@@ -17,6 +17,7 @@ pub mod field {
     pub const ACCEPTED_AT: &str = "accepted_at";
     pub const HTTP_REQUEST_ID: &str = "http_request_id";
     pub const TRACE_HEADER: &str = "trace_header";
+    pub const TRACEPARENT: &str = "traceparent";
 }
 
 /// Fields of a request's status hash.
@@ -42,6 +43,9 @@ pub struct QueuedRequest {
     pub http_request_id: Option<String>,
     /// The caller's X-Ray `X-Amzn-Trace-Id`, passed to `StartExecution`.
     pub trace_header: Option<String>,
+    /// The W3C `traceparent` of the accepting request's span, when spans are exported: the
+    /// drain's span continues that trace.
+    pub traceparent: Option<String>,
 }
 
 impl QueuedRequest {
@@ -64,6 +68,7 @@ impl QueuedRequest {
             accepted_at: text(field::ACCEPTED_AT)?,
             http_request_id: optional(field::HTTP_REQUEST_ID),
             trace_header: optional(field::TRACE_HEADER),
+            traceparent: optional(field::TRACEPARENT),
         })
     }
 }

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use super::breaker::{Admit, Breakers};
 use super::sfn::{SfnError, StepFunctions, execution_arn};
@@ -368,8 +369,24 @@ impl Drain {
 
     /// Starts one entry's execution and records the outcome; on shutdown, leaves the entry
     /// pending for a later delivery.
-    #[tracing::instrument(skip_all, fields(workflow = %target.workflow, entry = %delivery.entry_id))]
     async fn deliver(
+        &self,
+        target: &DrainTarget,
+        delivery: Delivery,
+        shutdown: &CancellationToken,
+    ) {
+        let span =
+            tracing::info_span!("deliver", workflow = %target.workflow, entry = %delivery.entry_id);
+        // Before the span is first entered: entering starts it, with whatever parent it has.
+        if let Ok(request) = &delivery.request {
+            crate::telemetry::continue_trace(&span, request.traceparent.as_deref());
+        }
+        self.deliver_in_span(target, delivery, shutdown)
+            .instrument(span)
+            .await;
+    }
+
+    async fn deliver_in_span(
         &self,
         target: &DrainTarget,
         delivery: Delivery,
@@ -885,6 +902,7 @@ mod tests {
             accepted_at: now_rfc3339(),
             http_request_id: None,
             trace_header: None,
+            traceparent: None,
         })
     }
 

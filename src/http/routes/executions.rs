@@ -105,12 +105,21 @@ pub struct ExecutionAccepted {
         ("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe: a retry with the same key \
             (per caller, for a day) and the same body gets the first answer, and queues nothing; the same key with \
             another body gets 422. 1 to 255 visible ASCII characters."),
+        ("x-request-id" = Option<String>, Header, description = "Correlates the request: echoed in the answer and \
+            recorded in every audit record about it, `started` included. 1 to 128 visible ASCII characters; otherwise \
+            stepgate sets a UUID."),
+        ("X-Amzn-Trace-Id" = Option<String>, Header, description = "An AWS X-Ray trace header, passed to \
+            `StartExecution` so the execution joins the caller's trace."),
+        ("traceparent" = Option<String>, Header, description = "W3C trace context: where stepgate exports spans \
+            (OpenTelemetry, a build with the `otlp` feature), the request's spans, and the drain's start of the \
+            execution, join this trace."),
     ),
     request_body(content = CreateExecution, content_type = "application/json"),
     responses(
         (status = 202, description = "Queued; the execution starts shortly", body = ExecutionAccepted,
             headers(
                 ("Location" = String, description = "The status URL"),
+                ("x-request-id" = String, description = "The request's correlation id (the caller's, or the one stepgate set)"),
                 ("RateLimit" = String, description = "The tightest rate limit's remaining quota, when the workflow has limits"),
                 ("RateLimit-Policy" = String, description = "The workflow's rate limits, when it has any"),
             )),
@@ -171,6 +180,7 @@ pub async fn create_execution(
         accepted_at: now_rfc3339(),
         http_request_id: crate::http::correlation::request_id(&headers),
         trace_header: crate::http::correlation::trace_header(&headers),
+        traceparent: crate::telemetry::traceparent(&tracing::Span::current()),
     };
     let ask = admission::Ask {
         workflow: &workflow,
