@@ -53,7 +53,7 @@ pub fn init(config: &LogConfig) -> anyhow::Result<Telemetry> {
     let exported: Option<BoxedLayer> = None;
     EXPORTING.store(exported.is_some(), Ordering::Relaxed);
     let layers: Vec<BoxedLayer> = std::iter::once(logs).chain(exported).collect();
-    // Already installed (several apps in one test process): the first one stays.
+    // `serve` installs it once; a second install would fail and keep the first.
     let _ = tracing_subscriber::registry().with(layers).try_init();
     #[cfg(not(feature = "otlp"))]
     if std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_some() {
@@ -107,11 +107,9 @@ pub fn continue_trace(span: &tracing::Span, traceparent: Option<&str>) {
     if exporting()
         && let Some(traceparent) = traceparent
     {
-        let mut headers = HeaderMap::new();
-        if let Ok(value) = traceparent.parse() {
-            headers.insert("traceparent", value);
-            otlp::join_caller_trace(span, &headers);
-        }
+        let carrier =
+            std::collections::HashMap::from([("traceparent".to_owned(), traceparent.to_owned())]);
+        otlp::set_parent(span, &carrier);
     }
     #[cfg(not(feature = "otlp"))]
     let _ = (span, traceparent);
@@ -173,8 +171,13 @@ mod otlp {
     }
 
     pub fn join_caller_trace(span: &tracing::Span, headers: &HeaderMap) {
+        set_parent(span, &Headers(headers));
+    }
+
+    /// Parents `span` on the trace context `carrier` holds (none: `span` starts a trace).
+    pub fn set_parent(span: &tracing::Span, carrier: &dyn Extractor) {
         let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
-            propagator.extract(&Headers(headers))
+            propagator.extract(carrier)
         });
         // Only fails without the OpenTelemetry layer, which is installed whenever exporting.
         let _ = span.set_parent(parent);

@@ -106,8 +106,8 @@ async fn record_metrics(request: axum::extract::Request, next: axum::middleware:
 /// expects of a server span and joined to the caller's `traceparent`; otherwise at `DEBUG`,
 /// free under the usual `info` filter.
 fn request_span(request: &axum::extract::Request) -> tracing::Span {
-    let request_id = correlation::request_id(request.headers());
-    let request_id = request_id.as_deref().unwrap_or_default();
+    // Borrowed, and read by the span macros only when the span is enabled.
+    let request_id = correlation::request_id(request.headers()).unwrap_or_default();
     if !crate::telemetry::exporting() {
         return tracing::debug_span!("request", method = %request.method(), uri = %request.uri(), request_id);
     }

@@ -19,6 +19,8 @@ use aws_sdk_sfn::config::{BehaviorVersion, Credentials, Region};
 use serde::Deserialize;
 use serde_json::Value;
 use stepgate::audit::{AuditLog, AuditSigner};
+use stepgate::domain::WorkflowName;
+use stepgate::queue::Keys;
 use stepgate::startup::Application;
 use tokio_util::sync::CancellationToken;
 
@@ -222,10 +224,8 @@ impl RedisServer {
     /// How many entries wait in `workflow`'s queue stream.
     pub async fn queue_len(&self, workflow: &str) -> TestResult<u64> {
         let mut redis = self.connection().await?;
-        Ok(redis::cmd("XLEN")
-            .arg(format!("stepgate:{{wf:{workflow}}}:queue"))
-            .query_async(&mut redis)
-            .await?)
+        let key = Keys::new("stepgate").queue(&WorkflowName::parse(workflow)?);
+        Ok(redis::cmd("XLEN").arg(key).query_async(&mut redis).await?)
     }
 }
 

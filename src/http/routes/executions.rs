@@ -178,8 +178,8 @@ pub async fn create_execution(
         owner: caller.owner(),
         client_id: caller.client_id.clone(),
         accepted_at: now_rfc3339(),
-        http_request_id: crate::http::correlation::request_id(&headers),
-        trace_header: crate::http::correlation::trace_header(&headers),
+        http_request_id: crate::http::correlation::request_id(&headers).map(str::to_owned),
+        trace_header: crate::http::correlation::trace_header(&headers).map(str::to_owned),
         traceparent: crate::telemetry::traceparent(&tracing::Span::current()),
     };
     let ask = admission::Ask {
