@@ -24,10 +24,13 @@ RUN apt-get update \
 COPY --from=build /src/target/release/stepgate /usr/local/bin/stepgate
 USER 10001:10001
 # In a container the API must listen on all interfaces; the file may still override it.
+# Probes and metrics get their own port (9090), to be kept off the callers' network.
 ENV STEPGATE_SERVER__LISTEN=0.0.0.0:8080 \
+    STEPGATE_SERVER__OPS_LISTEN=0.0.0.0:9090 \
     STEPGATE_CONFIG=/etc/stepgate/stepgate.toml
-EXPOSE 8080
-# The binary probes itself (no curl in the image): liveness of the server on this container.
+EXPOSE 8080 9090
+# The binary probes itself (no curl in the image): liveness of the server on this container,
+# on the operations port when one is set.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
   CMD ["stepgate", "healthcheck"]
 ENTRYPOINT ["stepgate"]

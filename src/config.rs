@@ -20,6 +20,9 @@ use crate::policy::{InputRules, Rule};
 /// Step Functions rejects inputs over 256 KiB; a larger body could never start.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 256 * 1024;
 
+/// Below this a request with an ordinary bearer token could not be read.
+const MIN_HEADER_BYTES: usize = 4 * 1024;
+
 /// The whole configuration of one stepgate process.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -54,6 +57,10 @@ pub struct Config {
 pub struct ServerConfig {
     /// Address the HTTP API listens on; port 0 picks a free port.
     pub listen: SocketAddr,
+    /// Address of the operations listener (`/healthz`, `/readyz` with the state machines'
+    /// circuits, `/metrics`); when set, the API listener serves `/healthz` only of the three.
+    /// Unset, all three are on the API listener, where anyone who reaches it can read them.
+    pub ops_listen: Option<SocketAddr>,
     /// Largest accepted request body, in bytes.
     pub max_body_bytes: usize,
     /// How long an accepted request's status stays readable.
@@ -68,18 +75,39 @@ pub struct ServerConfig {
     /// On SIGTERM, how long to keep answering (readiness false, triggers 503) before the
     /// listener closes, so that load balancers stop sending traffic first.
     pub shutdown_grace_ms: u64,
+    /// A connection must send a request's complete head within this time of its first byte
+    /// (of being accepted, for its first request), else it is closed.
+    pub header_read_timeout_ms: u64,
+    /// A kept-alive connection that sends nothing for this long after an answer is closed.
+    pub idle_timeout_ms: u64,
+    /// The whole request, body included, must arrive within this time of its first byte,
+    /// else it is answered 408.
+    pub request_timeout_ms: u64,
+    /// Open connections at most; beyond, a new connection is closed at once.
+    pub max_connections: usize,
+    /// Largest request head (request line and headers), in bytes; beyond: 431.
+    pub max_header_bytes: usize,
+    /// Most header fields in a request; beyond: 431.
+    pub max_headers: usize,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            ops_listen: None,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             status_ttl_seconds: 7 * 24 * 3600,
             live_status_ttl_ms: 2_000,
             config_poll_ms: 2_000,
             idempotency_ttl_seconds: 24 * 3600,
             shutdown_grace_ms: 5_000,
+            header_read_timeout_ms: 10_000,
+            idle_timeout_ms: 60_000,
+            request_timeout_ms: 30_000,
+            max_connections: 10_000,
+            max_header_bytes: 32 * 1024,
+            max_headers: 100,
         }
     }
 }
@@ -246,6 +274,11 @@ pub struct AuditConfig {
     pub fail_closed: bool,
     #[serde(default = "default_audit_write_timeout")]
     pub write_timeout_ms: u64,
+    /// `auth_failed` and `denied` records of one source (address, caller, workflow, reason)
+    /// are aggregated over this many seconds: the first at once, the repeats as one record
+    /// with a `count` (0: a record per refusal).
+    #[serde(default = "default_refusal_window")]
+    pub refusal_window_seconds: u64,
     /// Export to rotated JSON Lines files (and trim Redis behind the export).
     #[serde(default)]
     pub files: Option<AuditFilesConfig>,
@@ -264,6 +297,10 @@ pub struct AuditFilesConfig {
     /// and covered by a checkpoint (0: keep everything).
     #[serde(default)]
     pub redis_keep_records: u64,
+}
+
+fn default_refusal_window() -> u64 {
+    10
 }
 
 fn default_rotate_bytes() -> u64 {
@@ -323,6 +360,7 @@ impl AuditConfig {
         let settings = crate::audit::WriterSettings {
             checkpoint_every: self.checkpoint_every,
             checkpoint_interval: std::time::Duration::from_secs(self.checkpoint_interval_seconds),
+            refusal_window: std::time::Duration::from_secs(self.refusal_window_seconds),
             ..Default::default()
         };
         let (log, writer) = crate::audit::AuditLog::new(redis, keys, signer, retired, settings);
@@ -674,6 +712,26 @@ impl Config {
             problem(
                 "server.max_body_bytes".into(),
                 "must be greater than 0".into(),
+            );
+        }
+        let at_least_one = [
+            ("header_read_timeout_ms", self.server.header_read_timeout_ms),
+            ("idle_timeout_ms", self.server.idle_timeout_ms),
+            ("request_timeout_ms", self.server.request_timeout_ms),
+            ("max_connections", self.server.max_connections as u64),
+            ("max_headers", self.server.max_headers as u64),
+        ];
+        for (key, value) in at_least_one {
+            if value == 0 {
+                problem(format!("server.{key}"), "must be at least 1".into());
+            }
+        }
+        if self.server.max_header_bytes < MIN_HEADER_BYTES {
+            problem(
+                "server.max_header_bytes".into(),
+                format!(
+                    "must be at least {MIN_HEADER_BYTES} (a bearer token alone can take several KiB)"
+                ),
             );
         }
         if self.aws.region.is_empty() {

@@ -18,8 +18,10 @@ use prometheus_client::registry::Registry;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpLabels {
+    /// The matched route template, or `unmatched`.
     pub route: String,
-    pub method: String,
+    /// One of [`method_label`]'s fixed values.
+    pub method: &'static str,
     pub status: String,
     /// For triggers: accepted, auth_failed, denied, rate_limited, invalid, unavailable,
     /// error; empty for other routes.
@@ -76,6 +78,24 @@ pub struct Metrics {
     pub deferred: Family<WorkflowLabels, Gauge>,
     pub dead_letters: Family<WorkflowLabels, Gauge>,
     pub circuit: Family<CircuitLabels, Gauge>,
+    pub connections_open: Gauge,
+    pub connections_refused: Counter,
+}
+
+/// A request method as a label: the standard ones by name, anything made up as `other`, so
+/// clients cannot mint new series.
+pub fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
 }
 
 /// Latency buckets from 0.1 ms to ~13 s.
@@ -175,6 +195,18 @@ impl Metrics {
             "1 for each state machine's current breaker state in this process",
             circuit.clone(),
         );
+        let connections_open = Gauge::default();
+        registry.register(
+            "http_connections_open",
+            "HTTP connections open on the API listener",
+            connections_open.clone(),
+        );
+        let connections_refused = Counter::default();
+        registry.register(
+            "http_connections_refused",
+            "Connections closed at once because server.max_connections were open",
+            connections_refused.clone(),
+        );
         Self {
             registry,
             http_requests,
@@ -190,6 +222,8 @@ impl Metrics {
             deferred,
             dead_letters,
             circuit,
+            connections_open,
+            connections_refused,
         }
     }
 

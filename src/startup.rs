@@ -26,6 +26,8 @@ const AUDIT_DRAIN: Duration = Duration::from_secs(10);
 /// A built, bound, not yet running stepgate.
 pub struct Application {
     listener: TcpListener,
+    /// `server.ops_listen`: `/healthz`, `/readyz`, `/metrics` for operators.
+    ops_listener: Option<TcpListener>,
     state: AppState,
     drain: Option<Drain>,
     audit_writer: Option<AuditWriter>,
@@ -115,11 +117,20 @@ impl Application {
                 .audit
                 .fail_closed
                 .then(|| config.audit.write_timeout()),
+            failures: crate::worker::repeated::RepeatedFailures::default(),
         });
 
         let listener = TcpListener::bind(config.server.listen)
             .await
             .with_context(|| format!("binding {}", config.server.listen))?;
+        let ops_listener = match config.server.ops_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding server.ops_listen {addr}"))?,
+            ),
+            None => None,
+        };
         let producer = Producer::new(
             redis.clone(),
             keys.clone(),
@@ -136,6 +147,7 @@ impl Application {
                 StepFunctionsView {
                     client: sfn_for_api,
                     breakers,
+                    credentials_problem: std::sync::RwLock::new(None),
                 },
                 &config.server,
             )
@@ -148,6 +160,7 @@ impl Application {
         );
         Ok(Self {
             listener,
+            ops_listener,
             state,
             drain,
             audit_writer,
@@ -162,6 +175,11 @@ impl Application {
         self.listener.local_addr()
     }
 
+    /// Where the operations listener is bound, when `server.ops_listen` is set.
+    pub fn ops_local_addr(&self) -> Option<SocketAddr> {
+        self.ops_listener.as_ref()?.local_addr().ok()
+    }
+
     /// A handle to this process' audit trail writer (tests flush through it).
     pub fn audit_log(&self) -> AuditLog {
         self.state.audit.clone()
@@ -173,6 +191,7 @@ impl Application {
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let Self {
             listener,
+            ops_listener,
             state,
             drain,
             audit_writer,
@@ -183,6 +202,7 @@ impl Application {
         } = self;
         let addr = listener.local_addr()?;
         let config_grace_ms = config.server.shutdown_grace_ms;
+        let config_server = config.server.clone();
         let writer = audit_writer.map(|writer| tokio::spawn(writer.run()));
         if let Some(files) = &config.audit.files {
             let exporter = crate::audit::export::Exporter::new(
@@ -200,6 +220,7 @@ impl Application {
         loaded.config_sha256 = source.as_ref().map(|(_, sha)| sha.clone());
         state.audit.record(loaded).await;
 
+        tokio::spawn(watch_aws_credentials(state.clone(), shutdown.clone()));
         let mut refreshers = KeyRefreshers::default();
         refreshers.follow(&state.runtime(), &shutdown);
         let reloader = match source {
@@ -238,15 +259,39 @@ impl Application {
                 close.cancel();
             });
         }
-        let app = crate::http::router(state).into_make_service_with_connect_info::<SocketAddr>();
-        let server = axum::serve(listener, app).with_graceful_shutdown(close.cancelled_owned());
+        let limits = crate::http::listener::ConnectionLimits::from_config(&config_server);
+        let ops = ops_listener.map(|ops_listener| {
+            if let Ok(ops_addr) = ops_listener.local_addr() {
+                tracing::info!(%ops_addr, "operations listener (/healthz, /readyz, /metrics)");
+            }
+            crate::http::listener::serve(
+                ops_listener,
+                crate::http::ops_router(state.clone()),
+                limits,
+                close.clone(),
+            )
+        });
+        let server = crate::http::listener::serve(
+            listener,
+            crate::http::router(state, ops.is_some()),
+            limits,
+            close,
+        );
+        let server = async {
+            match ops {
+                Some(ops) => {
+                    tokio::join!(server, ops);
+                }
+                None => server.await,
+            }
+        };
         tracing::info!(%addr, "stepgate listening");
         let drain = async {
             if let Some(drain) = drain {
                 drain.run(shutdown.clone()).await;
             }
         };
-        let (served, ()) = tokio::join!(server.into_future(), drain);
+        let ((), ()) = tokio::join!(server, drain);
         if let Some(reloader) = reloader {
             // It holds an AppState (and so an audit handle): it must end before the writer can.
             let _ = reloader.await;
@@ -257,11 +302,48 @@ impl Application {
         {
             tracing::error!("audit writer did not finish in time; unwritten audit events are lost");
         }
-        served.context("serving HTTP")
+        Ok(())
     }
 }
 
-async fn aws_step_functions(config: &Config) -> Arc<dyn StepFunctions> {
+/// How often unresolvable AWS credentials are checked again (they may come later: a mounted
+/// web identity token, a profile written by a sidecar).
+const CREDENTIALS_RECHECK: Duration = Duration::from_secs(30);
+
+/// Checks at start, and again while they fail, that AWS credentials resolve; says so in one
+/// log line when that changes and keeps the answer for `/readyz`. Triggers are admitted
+/// either way (they wait in Redis).
+async fn watch_aws_credentials(state: AppState, shutdown: CancellationToken) {
+    let mut reported: Option<String> = None;
+    loop {
+        let problem = state.step_functions.client.credentials_problem().await;
+        match (&problem, &reported) {
+            (Some(problem), None) => {
+                tracing::error!("{problem}; executions cannot start until they can")
+            }
+            (None, Some(_)) => tracing::info!("AWS credentials resolve again"),
+            _ => {}
+        }
+        let resolved = problem.is_none();
+        *state
+            .step_functions
+            .credentials_problem
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = problem.clone();
+        reported = problem;
+        if resolved {
+            // Once resolved the SDK's identity cache refreshes them; the drain's breaker and
+            // its logs report a later failure.
+            return;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(CREDENTIALS_RECHECK) => {}
+            () = shutdown.cancelled() => return,
+        }
+    }
+}
+
+pub async fn aws_step_functions(config: &Config) -> Arc<dyn StepFunctions> {
     Arc::new(
         AwsStepFunctions::new(
             &config.aws,

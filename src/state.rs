@@ -35,6 +35,8 @@ pub struct AppState(Arc<App>);
 pub struct StepFunctionsView {
     pub client: Arc<dyn crate::worker::sfn::StepFunctions>,
     pub breakers: Arc<Breakers>,
+    /// Why AWS credentials cannot be resolved, as last checked; `None` when they can.
+    pub credentials_problem: RwLock<Option<String>>,
 }
 
 pub struct App {

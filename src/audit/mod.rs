@@ -8,6 +8,7 @@ pub mod merkle;
 pub mod proof;
 pub mod record;
 pub mod redact;
+pub mod refusals;
 pub mod signer;
 pub mod store;
 pub mod trail;

@@ -13,14 +13,17 @@ use sha2::{Digest, Sha256};
 
 pub use super::canonical::canonical_json;
 
-/// The record schema version written now. Version 1 (no `id`) still verifies.
-pub const SCHEMA_VERSION: u64 = 2;
+/// The record schema version written now. Version 3 added `count` and `last_time` to
+/// aggregated refusals; versions 1 (no `id`) and 2 still verify.
+pub const SCHEMA_VERSION: u64 = 3;
 
 /// `prev` of the first record.
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 /// The kind of decision or lifecycle event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum EventKind {
     /// A token was missing, malformed or did not verify.
@@ -103,6 +106,14 @@ pub struct AuditEvent {
     pub new_kid: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub public_key: Option<String>,
+    /// `auth_failed` and `denied`: how many refusals of one source this record stands for,
+    /// itself included (see [`super::refusals`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
+    /// With a `count` above 1: the time of the last refusal it stands for (`time` is the
+    /// first's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_time: Option<String>,
 }
 
 impl AuditEvent {
@@ -128,6 +139,8 @@ impl AuditEvent {
             config_sha256: None,
             new_kid: None,
             public_key: None,
+            count: None,
+            last_time: None,
         }
     }
 
@@ -139,6 +152,7 @@ impl AuditEvent {
             client_addr: self.client_addr.as_deref(),
             client_id: self.client_id.as_deref(),
             config_sha256: self.config_sha256.as_deref(),
+            count: self.count,
             event: self.event,
             execution_arn: self.execution_arn.as_deref(),
             http_request_id: self.http_request_id.as_deref(),
@@ -150,6 +164,7 @@ impl AuditEvent {
             input_sha256: self.input_sha256.as_deref(),
             issuer: self.issuer.as_deref(),
             kid,
+            last_time: self.last_time.as_deref(),
             new_kid: self.new_kid.as_deref(),
             prev,
             public_key: self.public_key.as_deref(),
@@ -181,6 +196,8 @@ struct Body<'a> {
     client_id: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     config_sha256: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    count: Option<u64>,
     event: EventKind,
     #[serde(skip_serializing_if = "Option::is_none")]
     execution_arn: Option<&'a str>,
@@ -194,6 +211,8 @@ struct Body<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     issuer: Option<&'a str>,
     kid: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_time: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     new_kid: Option<&'a str>,
     prev: &'a str,
@@ -258,7 +277,9 @@ mod tests {
         event.config_sha256 = Some(text.clone());
         event.new_kid = Some(text.clone());
         event.http_request_id = Some(text.clone());
-        event.public_key = Some(text);
+        event.public_key = Some(text.clone());
+        event.count = Some(u64::from(u32::MAX) + 1);
+        event.last_time = Some(text);
         let body = event.body(u64::from(u32::MAX) + 7, GENESIS_HASH, "k1");
         let parsed: Value = serde_json::from_slice(&body)?;
         assert_eq!(
@@ -267,7 +288,7 @@ mod tests {
         );
         assert_eq!(
             parsed.as_object().map(|o| o.len()),
-            Some(23),
+            Some(25),
             "every member present"
         );
         Ok(())

@@ -18,10 +18,12 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use redis::Script;
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 
 use super::checkpoint::Checkpoint;
 use super::merkle::leaf_hash;
 use super::record::{AuditEvent, EventKind, sha256_hex};
+use super::refusals::RefusalAggregator;
 use super::signer::AuditSigner;
 use super::store::{self, ChainHead};
 use crate::queue::Keys;
@@ -45,6 +47,8 @@ pub struct WriterSettings {
     /// The longest [`AuditLog::record`] waits for room before it gives the event up (and
     /// logs an error): a stuck writer must not hang request handling forever.
     pub buffer_wait: Duration,
+    /// Refusals of one source within this window become one record with a count.
+    pub refusal_window: Duration,
 }
 
 impl Default for WriterSettings {
@@ -53,6 +57,7 @@ impl Default for WriterSettings {
             checkpoint_every: 1_000,
             checkpoint_interval: Duration::from_secs(60),
             buffer_wait: Duration::from_secs(5),
+            refusal_window: Duration::from_secs(10),
         }
     }
 }
@@ -188,6 +193,14 @@ impl AuditLog {
     }
 }
 
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until_some(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
 impl AuditWriter {
     /// Runs until every [`AuditLog`] handle is dropped and all queued events are written;
     /// checkpoints on time while idle.
@@ -195,14 +208,31 @@ impl AuditWriter {
         let mut events = Vec::with_capacity(MAX_BATCH);
         let mut durable = Vec::new();
         let mut flushes = Vec::new();
+        let mut refusals = RefusalAggregator::new(self.settings.refusal_window);
         let mut tick = tokio::time::interval(self.settings.checkpoint_interval / 4);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            let window_closes = refusals.next_close();
             let first = tokio::select! {
                 message = self.rx.recv() => match message {
                     Some(message) => message,
-                    None => return,
+                    None => {
+                        // The last handle is gone: what was only counted is written too.
+                        refusals.close_all(&mut events);
+                        if !events.is_empty() {
+                            self.append_in_batches(&events).await;
+                        }
+                        return;
+                    }
                 },
+                () = sleep_until_some(window_closes) => {
+                    refusals.close_due(Instant::now(), &mut events);
+                    if !events.is_empty() {
+                        self.append_in_batches(&events).await;
+                        events.clear();
+                    }
+                    continue;
+                }
                 _ = tick.tick() => {
                     if self.checkpoint_due() {
                         self.append_until_written(&[]).await;
@@ -211,22 +241,31 @@ impl AuditWriter {
                 }
             };
             let mut next = Some(first);
+            // Bounded in messages, not records: a flood of refusals, mostly only counted,
+            // must not hold back the write of the events taken with it.
+            let mut taken = 0;
             while let Some(message) = next {
+                taken += 1;
                 match message {
                     Message::Event(event, done) => {
-                        events.push(*event);
+                        refusals.take(*event, Instant::now(), &mut events);
                         durable.extend(done);
                     }
-                    Message::Flush(done) => flushes.push(done),
+                    Message::Flush(done) => {
+                        // Everything recorded before a flush is in Redis after it, counted
+                        // refusals included.
+                        refusals.close_all(&mut events);
+                        flushes.push(done);
+                    }
                 }
-                next = if events.len() < MAX_BATCH {
+                next = if taken < MAX_BATCH && events.len() < MAX_BATCH {
                     self.rx.try_recv().ok()
                 } else {
                     None
                 };
             }
             if !events.is_empty() {
-                self.append_until_written(&events).await;
+                self.append_in_batches(&events).await;
                 events.clear();
             }
             for done in durable.drain(..).chain(flushes.drain(..)) {
@@ -242,6 +281,14 @@ impl AuditWriter {
                 && crate::clock::unix_ms().saturating_sub(head.checkpoint_ms)
                     >= self.settings.checkpoint_interval.as_millis() as u64
         })
+    }
+
+    /// Appends `events` in batches of at most [`MAX_BATCH`] (closing many refusal windows at
+    /// once can yield more).
+    async fn append_in_batches(&mut self, events: &[AuditEvent]) {
+        for batch in events.chunks(MAX_BATCH) {
+            self.append_until_written(batch).await;
+        }
     }
 
     async fn append_until_written(&mut self, events: &[AuditEvent]) {

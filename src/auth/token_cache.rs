@@ -4,11 +4,16 @@
 //!
 //! Keyed by the token's SHA-256; an entry is used only while the token's `exp` is ahead and
 //! the key that verified it is still in the issuer's key set (a key that left the JWKS takes
-//! its tokens with it). Bounded: when full, expired entries are dropped; if that frees
-//! nothing, the new token is simply not cached (no eviction storms under a flood of tokens).
+//! its tokens with it). An expired entry is a miss and is removed when met.
+//!
+//! The map is `quick_cache`'s sharded cache: lookups of different tokens do not wait for
+//! each other, and its eviction (S3-FIFO) is scan-resistant: a flood of distinct one-off
+//! tokens passes through the small probationary queue and does not push the callers that
+//! keep coming back out of the cache.
 
-use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
+
+use quick_cache::sync::Cache;
 
 use super::principal::Principal;
 
@@ -27,50 +32,44 @@ pub struct CachedToken {
 
 /// The cache; `capacity` 0 disables it.
 pub struct TokenCache {
-    capacity: usize,
-    entries: RwLock<HashMap<TokenDigest, CachedToken>>,
+    entries: Option<Cache<TokenDigest, CachedToken>>,
 }
 
 impl TokenCache {
     pub fn new(capacity: usize) -> Self {
         Self {
-            capacity,
-            entries: RwLock::new(HashMap::new()),
+            entries: (capacity > 0).then(|| Cache::new(capacity)),
         }
     }
 
     /// The entry for `digest` if it has not expired at `now` (Unix seconds).
     pub fn get(&self, digest: &TokenDigest, now: u64) -> Option<CachedToken> {
-        let entries = self.entries.read().unwrap_or_else(|p| p.into_inner());
-        entries
-            .get(digest)
-            .filter(|entry| now < entry.expires_at)
-            .cloned()
+        let entries = self.entries.as_ref()?;
+        let entry = entries.get(digest)?;
+        if now < entry.expires_at {
+            return Some(entry);
+        }
+        entries.remove_if(digest, |entry| now >= entry.expires_at);
+        None
     }
 
     pub fn insert(&self, digest: TokenDigest, entry: CachedToken, now: u64) {
-        if self.capacity == 0 {
-            return;
-        }
-        let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
-        if entries.len() >= self.capacity {
-            entries.retain(|_, cached| now < cached.expires_at);
-        }
-        if entries.len() < self.capacity {
+        if let Some(entries) = &self.entries
+            && now < entry.expires_at
+        {
             entries.insert(digest, entry);
         }
     }
 
     /// Forgets a token (its key left the JWKS).
     pub fn remove(&self, digest: &TokenDigest) {
-        self.entries
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(digest);
+        if let Some(entries) = &self.entries {
+            entries.remove(digest);
+        }
     }
 
     pub fn len(&self) -> usize {
-        self.entries.read().unwrap_or_else(|p| p.into_inner()).len()
+        self.entries.as_ref().map_or(0, Cache::len)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -100,18 +99,35 @@ mod tests {
     }
 
     #[test]
-    fn a_full_cache_drops_expired_entries_then_stops_caching() {
-        let cache = TokenCache::new(2);
+    fn a_flood_of_one_off_tokens_keeps_the_returning_callers() {
+        let cache = TokenCache::new(100);
+        let regular: Vec<TokenDigest> = (0..20u8).map(|n| [n; 32]).collect();
+        for digest in &regular {
+            cache.insert(*digest, entry(1_000), 0);
+        }
+        // The regular callers come back: they are hot.
+        for digest in &regular {
+            assert!(cache.get(digest, 1).is_some());
+        }
+        // 10,000 distinct tokens, each seen once.
+        for n in 0..10_000u32 {
+            let mut digest = [0xff; 32];
+            digest[..4].copy_from_slice(&n.to_le_bytes());
+            cache.insert(digest, entry(1_000), 1);
+        }
+        assert!(cache.len() <= 100, "bounded: {}", cache.len());
+        let kept = regular.iter().filter(|d| cache.get(d, 2).is_some()).count();
+        assert_eq!(kept, regular.len(), "the flood evicted returning callers");
+    }
+
+    #[test]
+    fn an_expired_entry_is_a_miss_and_is_removed() {
+        let cache = TokenCache::new(10);
         cache.insert([1; 32], entry(10), 0);
-        cache.insert([2; 32], entry(100), 0);
-        cache.insert([3; 32], entry(100), 20);
-        assert!(cache.get(&[1; 32], 20).is_none() && cache.get(&[3; 32], 20).is_some());
-        cache.insert([4; 32], entry(100), 20);
-        assert_eq!(cache.len(), 2);
-        assert!(
-            cache.get(&[4; 32], 20).is_none(),
-            "not cached rather than evicting live entries"
-        );
+        assert!(cache.get(&[1; 32], 10).is_none());
+        assert!(cache.is_empty());
+        cache.insert([2; 32], entry(10), 10);
+        assert!(cache.is_empty(), "an expired token is not cached");
     }
 
     #[test]

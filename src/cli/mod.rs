@@ -137,6 +137,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 config.issuers.len(),
                 config.workflows.len()
             );
+            // Not a configuration error (they may come from the environment later), but the
+            // first thing to know when nothing starts.
+            let sfn = crate::startup::aws_step_functions(&config).await;
+            if let Some(problem) = sfn.credentials_problem().await {
+                println!("warning: {problem}");
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Openapi { check, write, path } => {
@@ -270,7 +276,10 @@ async fn healthcheck(
     let url = match url {
         Some(url) => url,
         None => {
-            let listen = load(arg)?.server.listen;
+            // Probes go to the operations listener when there is one (`/readyz` is only
+            // there then).
+            let server = load(arg)?.server;
+            let listen = server.ops_listen.unwrap_or(server.listen);
             // A server listening on every interface answers on loopback.
             let host = if listen.ip().is_unspecified() {
                 std::net::IpAddr::from([127, 0, 0, 1])

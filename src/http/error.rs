@@ -61,6 +61,8 @@ pub enum ApiError {
     PayloadTooLarge { limit: usize },
     #[error("invalid request body: {0}")]
     InvalidBody(String),
+    #[error("the request body did not arrive within the request timeout")]
+    RequestTimeout,
     #[error("invalid parameter: {0}")]
     InvalidParameter(String),
     #[error("the input does not match the workflow's schema")]
@@ -134,6 +136,7 @@ impl ApiError {
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -150,6 +153,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::InvalidBody(_) => "invalid_body",
+            ApiError::RequestTimeout => "request_timeout",
             ApiError::InvalidParameter(_) => "invalid_parameter",
             ApiError::InvalidInput(_) => "invalid_input",
             ApiError::IdempotencyKeyReused => "idempotency_key_reused",
@@ -174,6 +178,9 @@ impl ApiError {
                 format!("the request body is larger than {limit} bytes")
             }
             ApiError::InvalidBody(why) | ApiError::InvalidParameter(why) => why.clone(),
+            ApiError::RequestTimeout => {
+                "the request body did not arrive in time; nothing was queued".into()
+            }
             ApiError::IdempotencyKeyReused => {
                 "this Idempotency-Key was used with another request (workflow or body)".into()
             }

@@ -158,6 +158,11 @@ fn error_causes(operation: &Operation) -> Vec<(&'static str, &'static str, ApiEr
                 ApiError::PayloadTooLarge { limit: 65_536 },
             ),
             (
+                "request_timeout",
+                "The body did not arrive within server.request_timeout_ms",
+                ApiError::RequestTimeout,
+            ),
+            (
                 "unsupported_media_type",
                 "The body is not application/json",
                 ApiError::UnsupportedMediaType,

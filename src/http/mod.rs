@@ -5,6 +5,7 @@ pub mod correlation;
 pub mod error;
 mod examples;
 pub mod extract;
+pub mod listener;
 pub mod openapi;
 pub mod routes;
 pub mod served_document;
@@ -23,9 +24,40 @@ use crate::state::AppState;
 pub use axum::http::HeaderValue;
 use error::ApiError;
 
-/// The whole application router: the API, `/openapi.json` and the Swagger UI at `/docs`.
-pub fn router(state: AppState) -> Router {
-    let (api, document) = openapi::router_and_document();
+/// The API listener's router: the API, `/openapi.json`, the Swagger UI at `/docs`, and,
+/// unless `separate_ops` (they are on the operations listener then), `/readyz` and
+/// `/metrics`.
+pub fn router(state: AppState, separate_ops: bool) -> Router {
+    let (api, document) = openapi::router_and_document(separate_ops);
+    // The document is served by our own route (it adds the configured identity providers);
+    // the UI only points at it.
+    let document = std::sync::Arc::new(serde_json::to_value(&document).unwrap_or_default());
+    let served = axum::routing::get(
+        move |axum::extract::State(state): axum::extract::State<AppState>| {
+            let document = std::sync::Arc::clone(&document);
+            async move {
+                axum::Json(served_document::with_identity_providers(
+                    &document,
+                    &state.runtime(),
+                ))
+            }
+        },
+    );
+    let api = api
+        .route("/openapi.json", served)
+        .merge(SwaggerUi::new("/docs").config(utoipa_swagger_ui::Config::new(["/openapi.json"])));
+    with_middleware(api).with_state(state)
+}
+
+/// The operations listener's router (`server.ops_listen`): `/healthz`, `/readyz` with the
+/// state machines' circuits, `/metrics`.
+pub fn ops_router(state: AppState) -> Router {
+    let ops = openapi::ops_routes().layer(axum::Extension(routes::health::OperatorView));
+    with_middleware(ops).with_state(state)
+}
+
+/// Wraps every route of `router` in the request middleware.
+fn with_middleware(router: Router<AppState>) -> Router<AppState> {
     // ServiceBuilder applies top to bottom, outermost first: the request id is set before
     // the trace span opens (so the span can show it) and is copied to the response last;
     // panics become a problem response inside, where they are logged like any 500.
@@ -41,24 +73,7 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn(record_metrics))
         .layer(axum::middleware::from_fn(correlation::scope_request_id))
         .layer(CatchPanicLayer::custom(panic_response));
-    // The document is served by our own route (it adds the configured identity providers);
-    // the UI only points at it.
-    let document = std::sync::Arc::new(serde_json::to_value(&document).unwrap_or_default());
-    let served = axum::routing::get(
-        move |axum::extract::State(state): axum::extract::State<AppState>| {
-            let document = std::sync::Arc::clone(&document);
-            async move {
-                axum::Json(served_document::with_identity_providers(
-                    &document,
-                    &state.runtime(),
-                ))
-            }
-        },
-    );
-    api.route("/openapi.json", served)
-        .merge(SwaggerUi::new("/docs").config(utoipa_swagger_ui::Config::new(["/openapi.json"])))
-        .layer(middleware)
-        .with_state(state)
+    router.layer(middleware)
 }
 
 /// Counts each request by its route template (bounded: never the raw path), method, status
@@ -68,7 +83,7 @@ async fn record_metrics(request: axum::extract::Request, next: axum::middleware:
         .extensions()
         .get::<axum::extract::MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
-    let method = request.method().as_str().to_owned();
+    let method = crate::metrics::method_label(request.method());
     let started = std::time::Instant::now();
     let response = next.run(request).await;
     let status = response.status().as_u16();
@@ -117,10 +132,11 @@ fn request_span(request: &axum::extract::Request) -> tracing::Span {
         .map_or("unmatched", |path| path.as_str());
     let span = tracing::info_span!(
         "request",
-        otel.name = %format_args!("{} {route}", request.method()),
+        // Bounded like the metric labels: a made-up method must not name new spans.
+        otel.name = %format_args!("{} {route}", crate::metrics::method_label(request.method())),
         otel.kind = "server",
         otel.status_code = tracing::field::Empty,
-        http.request.method = %request.method(),
+        http.request.method = crate::metrics::method_label(request.method()),
         http.route = route,
         url.path = request.uri().path(),
         request_id,

@@ -58,8 +58,14 @@ impl Modify for BearerScheme {
     }
 }
 
-/// The API routes with their documentation.
+/// Every route with its documentation: the document describes all of them, wherever they
+/// are served.
 pub fn api_router() -> OpenApiRouter<AppState> {
+    caller_routes().merge(operator_routes())
+}
+
+/// The routes of the API listener for callers (and load balancers: `/healthz`).
+fn caller_routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(executions::create_execution))
         .routes(routes!(workflows::list_workflows))
@@ -69,21 +75,41 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(dead_letters::purge_dead_letter))
         .routes(routes!(audit::list_audit_records))
         .routes(routes!(health::get_health))
+}
+
+/// The routes for operators' tools: on the operations listener when `server.ops_listen`
+/// is set, else on the API listener too.
+fn operator_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
         .routes(routes!(health::get_readiness))
         .routes(routes!(metrics::get_metrics))
 }
 
-/// The API's routes and their document, with every operation's examples filled in (after
-/// the routes are registered: `#[openapi(modifiers)]` runs before there are any paths).
-pub fn router_and_document() -> (axum::Router<AppState>, Document) {
+/// The operations listener's routes: `/healthz`, `/readyz`, `/metrics`.
+pub fn ops_routes() -> axum::Router<AppState> {
+    operator_routes()
+        .routes(routes!(health::get_health))
+        .split_for_parts()
+        .0
+}
+
+/// The API listener's routes (without the operator routes when they have a listener of
+/// their own) and the whole document, with every operation's examples filled in (after the
+/// routes are registered: `#[openapi(modifiers)]` runs before there are any paths).
+pub fn router_and_document(separate_ops: bool) -> (axum::Router<AppState>, Document) {
     let (router, mut document) = api_router().split_for_parts();
     OperationExamples.modify(&mut document);
+    let router = if separate_ops {
+        caller_routes().split_for_parts().0
+    } else {
+        router
+    };
     (router, document)
 }
 
 /// The document, as served at `/openapi.json`.
 pub fn document() -> Document {
-    router_and_document().1
+    router_and_document(false).1
 }
 
 /// The document as committed: pretty JSON with a final newline.

@@ -4,6 +4,7 @@
 //! does (deny wins). Pure functions over a verified [`Principal`]; no I/O.
 
 pub mod input;
+pub mod json_shape;
 pub mod rule;
 
 pub use input::{InputError, InputRules, InputViolation};

@@ -152,12 +152,20 @@ impl Breaker {
     }
 }
 
-/// One breaker's state for `/readyz`.
+/// One breaker's state for the operations listener's `/readyz` and the metrics.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
 pub struct CircuitStatus {
-    pub state_machine_arn: String,
+    /// The state machine's name: never its ARN, which names the AWS account.
+    pub state_machine: String,
     pub state: CircuitState,
     pub consecutive_failures: u32,
+}
+
+/// The name in a state machine ARN (`arn:aws:states:<region>:<account>:stateMachine:<name>`,
+/// with `:<alias or version>` kept when there is one).
+pub fn state_machine_name(arn: &str) -> &str {
+    arn.split_once(":stateMachine:")
+        .map_or(arn, |(_, name)| name)
 }
 
 /// The breakers of this process, by state machine ARN; created closed on first use.
@@ -212,7 +220,7 @@ impl Breakers {
         })
     }
 
-    /// Every breaker's state, sorted by ARN.
+    /// Every breaker's state, sorted by state machine name.
     pub fn statuses(&self) -> Vec<CircuitStatus> {
         let breakers = self
             .breakers
@@ -221,12 +229,12 @@ impl Breakers {
         let mut statuses: Vec<CircuitStatus> = breakers
             .iter()
             .map(|(arn, b)| CircuitStatus {
-                state_machine_arn: arn.clone(),
+                state_machine: state_machine_name(arn).to_owned(),
                 state: b.state(),
                 consecutive_failures: b.consecutive_failures(),
             })
             .collect();
-        statuses.sort_by(|a, b| a.state_machine_arn.cmp(&b.state_machine_arn));
+        statuses.sort_by(|a, b| a.state_machine.cmp(&b.state_machine));
         statuses
     }
 }

@@ -21,6 +21,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::breaker::{Admit, Breakers};
+use super::repeated::RepeatedFailures;
 use super::sfn::{SfnError, StepFunctions, execution_arn};
 use crate::audit::{AuditEvent, AuditLog, EventKind};
 use crate::clock::now_rfc3339;
@@ -93,6 +94,8 @@ pub struct Drain {
     /// `audit.fail_closed`: the write timeout for recovering held triggers whose admitting
     /// process stopped before releasing them.
     pub held_recovery: Option<Duration>,
+    /// Repeated start failures, logged once per interval with a count.
+    pub failures: RepeatedFailures,
 }
 
 impl Drain {
@@ -483,6 +486,7 @@ impl Drain {
                 return None;
             };
             let started = start_once(self.sfn.as_ref(), target, request).await;
+            let mut systemic = false;
             self.release(target, permits).await;
             let error = match started {
                 Ok(execution_arn) => {
@@ -507,9 +511,15 @@ impl Drain {
                     self.breakers.failed(arn);
                     error
                 }
+                Err(SfnError::Systemic(error)) => {
+                    // Not the entry's fault: it waits however long the outage lasts.
+                    self.breakers.failed(arn);
+                    systemic = true;
+                    error
+                }
             };
             let age = entry_age(&claim.entry_id);
-            if age > max_age {
+            if age > max_age && !systemic {
                 return Some(Outcome::DeadLettered {
                     reason: format!(
                         "still failing {} s after it was queued (worker.retry_max_age_seconds = {}): {error}",
@@ -519,7 +529,7 @@ impl Drain {
                 });
             }
             attempt += 1;
-            tracing::info!(%error, attempt, pause_ms = backoff.as_millis() as u64, "start failed; retrying");
+            self.failures.note(arn, &error);
             let mut event = request_event(EventKind::Retried, target, Some(request));
             event.attempt = Some(attempt);
             event.reason = Some(error.to_string());

@@ -2,6 +2,7 @@
 
 pub mod breaker;
 pub mod drain;
+pub mod repeated;
 pub mod sfn;
 
 pub use breaker::Breakers;

@@ -28,6 +28,12 @@ pub enum SfnError {
     /// Worth trying again later: 5xx, timeouts, connection failures.
     #[error("{0}")]
     Retryable(String),
+    /// stepgate's own side is broken (credentials missing or expired, request signing, clock
+    /// skew, KMS throttling): every call fails alike until an operator or time mends it, and
+    /// none of it is the request's fault. Retried and counted by the breaker; never
+    /// dead-letters an entry, however long it lasts.
+    #[error("{0}")]
+    Systemic(String),
     /// Will fail the same way every time: missing state machine, access denied, bad input.
     #[error("{0}")]
     Terminal(String),
@@ -62,7 +68,16 @@ pub trait StepFunctions: Send + Sync {
         role: Option<&str>,
         execution_arn: &str,
     ) -> Result<String, SfnError>;
+
+    /// Why no AWS credentials can be had now, in one line; `None` when they resolve.
+    async fn credentials_problem(&self) -> Option<String> {
+        None
+    }
 }
+
+/// Bound on resolving credentials for the start-up and readiness check (the default chain
+/// may ask the instance metadata service, which is slow to fail off EC2).
+const CREDENTIALS_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The ARN of execution `name` of `state_machine_arn` (what `StartExecution` would return).
 pub fn execution_arn(state_machine_arn: &str, name: &str) -> String {
@@ -90,6 +105,22 @@ const THROTTLING_CODES: &[&str] = &[
     "Throttling",
     "TooManyRequestsException",
     "ExecutionLimitExceeded",
+];
+
+/// Error codes that say stepgate's credentials or signature are wrong, not the request.
+/// Clock skew shows as `InvalidSignatureException` ("Signature expired") or
+/// `RequestExpired`; an expired session as `ExpiredTokenException`.
+const SYSTEMIC_CODES: &[&str] = &[
+    "InvalidSignatureException",
+    "SignatureDoesNotMatch",
+    "IncompleteSignature",
+    "RequestExpired",
+    "ExpiredToken",
+    "ExpiredTokenException",
+    "UnrecognizedClientException",
+    "InvalidClientTokenId",
+    "MissingAuthenticationToken",
+    "KmsThrottlingException",
 ];
 
 /// Error codes that mean "not now" rather than "never".
@@ -215,6 +246,36 @@ impl StepFunctions for AwsStepFunctions {
         let reply = self.describe(role, execution_arn).await?;
         Ok(reply.status.as_str().to_owned())
     }
+
+    async fn credentials_problem(&self) -> Option<String> {
+        use aws_sdk_sfn::config::ProvideCredentials;
+        let Some(provider) = self.shared.credentials_provider() else {
+            return Some("no AWS credentials provider is configured".into());
+        };
+        match tokio::time::timeout(CREDENTIALS_CHECK_TIMEOUT, provider.provide_credentials()).await
+        {
+            Ok(Ok(_)) => None,
+            Ok(Err(e)) => Some(format!(
+                "no AWS credentials can be resolved ({}); set [aws.static_credentials], the \
+                 AWS_* environment variables, a profile or a role",
+                first_line(&DisplayErrorContext(&e).to_string())
+            )),
+            Err(_) => Some(format!(
+                "resolving AWS credentials took longer than {} s",
+                CREDENTIALS_CHECK_TIMEOUT.as_secs()
+            )),
+        }
+    }
+}
+
+/// The first line of `text`, at most 300 bytes: one clear log line, whatever the SDK says.
+fn first_line(text: &str) -> String {
+    let line = text.lines().next().unwrap_or_default();
+    let mut end = line.len().min(300);
+    while !line.is_char_boundary(end) {
+        end -= 1;
+    }
+    line[..end].to_owned()
 }
 
 impl AwsStepFunctions {
@@ -242,6 +303,7 @@ fn record_call<T>(operation: &'static str, reply: &Result<T, SfnError>, took: Du
         Err(SfnError::AlreadyExists) => "already_exists",
         Err(SfnError::Throttled(_)) => "throttled",
         Err(SfnError::Retryable(_)) => "retryable",
+        Err(SfnError::Systemic(_)) => "systemic",
         Err(SfnError::Terminal(_)) => "terminal",
     };
     crate::metrics::metrics().sfn_call(operation, outcome, took);
@@ -251,13 +313,22 @@ fn classify<E>(err: SdkError<E>) -> SfnError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
-    let text = DisplayErrorContext(&err).to_string();
     match &err {
         SdkError::ServiceError(service) => {
             let code = service.err().code().unwrap_or_default();
             let status = service.raw().status().as_u16();
+            // The short, stable form (`Code: message`); the SDK's full context (headers,
+            // request ids, body types) goes to the debug log only.
+            tracing::debug!(error = %DisplayErrorContext(&err), "Step Functions error");
+            let text = match service.err().message() {
+                Some(message) => format!("{code}: {message}"),
+                None if code.is_empty() => format!("HTTP {status}"),
+                None => code.to_owned(),
+            };
             if code == "ExecutionAlreadyExists" {
                 SfnError::AlreadyExists
+            } else if SYSTEMIC_CODES.contains(&code) {
+                SfnError::Systemic(text)
             } else if THROTTLING_CODES.contains(&code) || status == 429 {
                 SfnError::Throttled(text)
             } else if RETRYABLE_CODES.contains(&code) || status >= 500 {
@@ -266,10 +337,21 @@ where
                 SfnError::Terminal(text)
             }
         }
-        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
-            SfnError::Retryable(text)
+        _ => classify_unanswered(&err, DisplayErrorContext(&err).to_string()),
+    }
+}
+
+/// A call Step Functions did not answer with an error of its own.
+fn classify_unanswered<E, R>(err: &SdkError<E, R>, text: String) -> SfnError {
+    match err {
+        SdkError::TimeoutError(_) | SdkError::ResponseError(_) => SfnError::Retryable(text),
+        // Credentials that cannot be loaded fail here, before anything is sent.
+        SdkError::DispatchFailure(failure) if !failure.is_io() && !failure.is_timeout() => {
+            SfnError::Systemic(text)
         }
-        _ => SfnError::Terminal(text),
+        SdkError::DispatchFailure(_) => SfnError::Retryable(text),
+        // The request could not even be built: stepgate's side, not the entry's.
+        _ => SfnError::Systemic(text),
     }
 }
 

@@ -75,7 +75,15 @@ async fn assert_refused(app: &TestApp, case: &str, token: &str) -> TestResult {
 
 #[tokio::test]
 async fn every_forged_or_invalid_token_gets_401_and_an_audit_record() -> TestResult {
-    let app = spawn_app().await?;
+    // A record per refusal (no aggregation), to see each attack's own token hash.
+    let app = crate::helpers::spawn_app_with(
+        crate::helpers::RedisServer::start(),
+        crate::helpers::TestSettings {
+            audit_toml: "refusal_window_seconds = 0".into(),
+            ..crate::helpers::TestSettings::default()
+        },
+    )
+    .await?;
     let idp = &partners().idp;
 
     // Positive control: a hand-made token with the IdP's key and claims is accepted.

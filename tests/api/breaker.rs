@@ -10,10 +10,10 @@ use crate::helpers::{
     spawn_app_with,
 };
 
-async fn circuit(app: &TestApp) -> Option<Value> {
+pub async fn circuit(app: &TestApp) -> Option<Value> {
     let ready: Value = app
         .http
-        .get(app.url("/readyz"))
+        .get(app.ops_url("/readyz"))
         .send()
         .await
         .ok()?
@@ -23,7 +23,11 @@ async fn circuit(app: &TestApp) -> Option<Value> {
     ready["circuits"]
         .as_array()?
         .iter()
-        .find(|c| c["state_machine_arn"] == app.state_machine_arn.as_str())
+        .find(|c| {
+            c["state_machine"]
+                .as_str()
+                .is_some_and(|name| app.state_machine_arn.ends_with(&format!(":{name}")))
+        })
         .cloned()
 }
 
@@ -36,6 +40,7 @@ async fn the_breaker_opens_holds_entries_in_redis_and_closes_when_the_service_is
         sfn_endpoint: Some(proxy.url.clone()),
         worker_toml:
             "[worker.breaker]\nfailure_threshold = 3\nopen_ms = 1500\nmax_open_ms = 1500\n".into(),
+        server_toml: "ops_listen = \"127.0.0.1:0\"".into(),
         ..TestSettings::default()
     };
     let app = spawn_app_with(RedisServer::start(), settings).await?;
@@ -50,7 +55,7 @@ async fn the_breaker_opens_holds_entries_in_redis_and_closes_when_the_service_is
         (circuit(&app).await?["state"] == "open").then_some(())
     })
     .await;
-    let ready = app.http.get(app.url("/readyz")).send().await?;
+    let ready = app.http.get(app.ops_url("/readyz")).send().await?;
     assert_eq!(
         ready.status(),
         200,

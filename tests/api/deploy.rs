@@ -43,6 +43,26 @@ fn the_kubernetes_example_hangs_together() -> TestResult {
     assert_eq!(deployment["spec"]["replicas"], 2);
     assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
     assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
+    // Probes and scrapes go to the operations port, which the Service does not expose.
+    let ops_port = container["ports"]
+        .as_array()
+        .and_then(|ports| ports.iter().find(|p| p["name"] == "ops"))
+        .and_then(|p| p["containerPort"].as_u64())
+        .ok_or("no ops port")?;
+    for probe in ["readinessProbe", "livenessProbe", "startupProbe"] {
+        assert_eq!(container[probe]["httpGet"]["port"], "ops", "{probe}");
+    }
+    assert_eq!(
+        deployment["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"],
+        ops_port.to_string()
+    );
+    let service_ports = &kind(&docs, "Service")?["spec"]["ports"];
+    assert!(
+        service_ports
+            .as_array()
+            .is_some_and(|ports| ports.iter().all(|p| p["targetPort"] != "ops")),
+        "the Service exposes the operations port: {service_ports}"
+    );
     let spec: Value = serde_json::from_slice(&std::fs::read(root().join("openapi/openapi.json"))?)?;
     for path in ["/readyz", "/healthz", "/metrics"] {
         assert!(spec["paths"].get(path).is_some(), "{path} is a route");
@@ -88,6 +108,11 @@ fn the_kubernetes_example_hangs_together() -> TestResult {
         .and_then(|m| m["mountPath"].as_str())
         .ok_or("no audit-key mount")?;
     assert!(parsed.audit.signing_key.starts_with(key_mount));
+    assert_eq!(
+        parsed.server.ops_listen.map(|addr| u64::from(addr.port())),
+        Some(ops_port),
+        "the configuration's ops_listen is the container's ops port"
+    );
     // Stop admitting, finish the longest call, flush: all before the kubelet kills.
     let grace_ms = pod["terminationGracePeriodSeconds"].as_u64().unwrap_or(0) * 1000;
     assert!(grace_ms > parsed.server.shutdown_grace_ms + parsed.worker.call_timeout_ms);

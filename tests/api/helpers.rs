@@ -646,6 +646,8 @@ impl Default for TestSettings {
 /// One running stepgate with its own Redis and state machine.
 pub struct TestApp {
     pub base: String,
+    /// The operations listener, when `server.ops_listen` is set.
+    pub ops_base: Option<String>,
     pub http: reqwest::Client,
     pub redis: RedisServer,
     pub sfn: aws_sdk_sfn::Client,
@@ -684,6 +686,7 @@ pub async fn spawn_app_with(redis: RedisServer, settings: TestSettings) -> TestR
     std::fs::write(&config_path, text)?;
     let mut app = TestApp {
         base: String::new(),
+        ops_base: None,
         http: reqwest::Client::new(),
         redis,
         sfn,
@@ -785,6 +788,7 @@ impl TestApp {
     pub async fn start(&mut self) -> TestResult {
         let app = Application::from_file(&self.config_path).await?;
         self.base = format!("http://{}", app.local_addr()?);
+        self.ops_base = app.ops_local_addr().map(|addr| format!("http://{addr}"));
         self.audit = Some(app.audit_log());
         self.shutdown = CancellationToken::new();
         let shutdown = self.shutdown.clone();
@@ -830,6 +834,16 @@ impl TestApp {
 
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
+    }
+
+    /// `path` on the operations listener (`server.ops_listen = "127.0.0.1:0"` in the test's
+    /// `server_toml`).
+    pub fn ops_url(&self, path: &str) -> String {
+        let base = self
+            .ops_base
+            .as_deref()
+            .expect("this test needs server.ops_listen");
+        format!("{base}{path}")
     }
 
     /// `POST /v1/workflows/{workflow}/executions` with `body` as JSON.
@@ -1034,6 +1048,7 @@ pub struct Proxy {
     cut: Arc<std::sync::Mutex<CancellationToken>>,
     connections: Arc<std::sync::atomic::AtomicU64>,
     sent: Arc<std::sync::Mutex<Vec<u8>>>,
+    answer: Arc<std::sync::Mutex<Option<String>>>,
     _task: tokio::task::JoinHandle<()>,
 }
 
@@ -1048,8 +1063,14 @@ impl Proxy {
         let cut = Arc::new(std::sync::Mutex::new(CancellationToken::new()));
         let connections = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let sent = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (up2, cut2, connections2, sent2) =
-            (up.clone(), cut.clone(), connections.clone(), sent.clone());
+        let answer = Arc::new(std::sync::Mutex::new(None::<String>));
+        let (up2, cut2, connections2, sent2, answer2) = (
+            up.clone(),
+            cut.clone(),
+            connections.clone(),
+            sent.clone(),
+            answer.clone(),
+        );
         let task = tokio::spawn(async move {
             while let Ok((inbound, _)) = listener.accept().await {
                 connections2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -1058,6 +1079,16 @@ impl Proxy {
                     continue;
                 }
                 let cut = cut2.lock().unwrap().clone();
+                if let Some(response) = answer2.lock().unwrap().clone() {
+                    let sent = sent2.clone();
+                    tokio::spawn(async move {
+                        tokio::select! {
+                            () = answer_every_request(inbound, response, sent) => {}
+                            () = cut.cancelled() => {}
+                        }
+                    });
+                    continue;
+                }
                 let (target, sent) = (target.clone(), sent2.clone());
                 tokio::spawn(async move {
                     let Ok(outbound) = tokio::net::TcpStream::connect(&target).await else {
@@ -1095,8 +1126,20 @@ impl Proxy {
             cut,
             connections,
             sent,
+            answer,
             _task: task,
         })
+    }
+
+    /// From the next connection on, answers every request with `response` (a whole HTTP/1.1
+    /// response) instead of forwarding; `None` forwards again. Stands in for what the
+    /// emulator does not do: a Step Functions that refuses stepgate's request signature
+    /// (clock skew, expired session) as AWS does.
+    pub fn answer_with(&self, response: Option<String>) {
+        *self.answer.lock().unwrap() = response;
+        let mut cut = self.cut.lock().unwrap();
+        cut.cancel();
+        *cut = CancellationToken::new();
     }
 
     /// Cuts every open connection and refuses new ones.
@@ -1120,4 +1163,56 @@ impl Proxy {
     pub fn sent(&self) -> String {
         String::from_utf8_lossy(&self.sent.lock().unwrap()).into_owned()
     }
+}
+
+/// Reads HTTP/1.1 requests (head, then a `Content-Length` body) and answers each with
+/// `response`, until the client closes.
+async fn answer_every_request(
+    mut stream: tokio::net::TcpStream,
+    response: String,
+    sent: Arc<std::sync::Mutex<Vec<u8>>>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buffered = Vec::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let head_end = loop {
+            if let Some(at) = buffered.windows(4).position(|w| w == b"\r\n\r\n") {
+                break at + 4;
+            }
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buffered.extend_from_slice(&buf[..n]),
+            }
+        };
+        let head = String::from_utf8_lossy(&buffered[..head_end]).to_ascii_lowercase();
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        while buffered.len() < head_end + length {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buffered.extend_from_slice(&buf[..n]),
+            }
+        }
+        sent.lock()
+            .unwrap()
+            .extend_from_slice(&buffered[..head_end + length]);
+        buffered.drain(..head_end + length);
+        if stream.write_all(response.as_bytes()).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// An AWS JSON 1.0 error answer, as Step Functions sends one.
+pub fn aws_json_error(status: u16, code: &str, message: &str) -> String {
+    let body = serde_json::json!({ "__type": code, "message": message }).to_string();
+    format!(
+        "HTTP/1.1 {status} Error\r\ncontent-type: application/x-amz-json-1.0\r\n\
+         x-amzn-requestid: test\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
 }

@@ -15,6 +15,7 @@ mod delivery;
 mod deploy;
 mod docs;
 mod helpers;
+mod hostile;
 mod http;
 mod keys;
 mod live_status;

@@ -50,7 +50,7 @@ async fn metrics_name_and_label_what_happened() -> TestResult {
     at_least_one("stepgate_audit_records_total");
     at_least_one(&format!(
         r#"stepgate_circuit_state{{state_machine="{}",state="closed"}}"#,
-        app.state_machine_arn
+        stepgate::worker::breaker::state_machine_name(&app.state_machine_arn)
     ));
     // Read from this app's Redis at scrape time: the started request left nothing behind.
     for gauge in [

@@ -2,7 +2,7 @@
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
@@ -18,6 +18,7 @@ use crate::domain::{RequestId, WorkflowName};
 use crate::http::admission;
 use crate::http::error::{ApiError, Problem};
 use crate::http::extract::Caller;
+use crate::http::listener::RequestDeadline;
 use crate::policy::{Decision, authorize};
 use crate::queue::{Admission, QueuedRequest, RequestState};
 use crate::runtime::Runtime;
@@ -129,6 +130,7 @@ pub struct ExecutionAccepted {
         (status = 403, description = "The policy does not allow this caller (or no such workflow)", body = Problem,
             content_type = "application/problem+json", headers(("WWW-Authenticate" = String, description = "RFC 6750 challenge"))),
         (status = 413, description = "Body (or the workflow's input) larger than the limit", body = Problem, content_type = "application/problem+json"),
+        (status = 408, description = "The body did not arrive within the request timeout; nothing was queued", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Body is not application/json", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "The input fails the workflow's JSON Schema (`errors` lists each failing path), or the \
             Idempotency-Key was used with another request", body = Problem, content_type = "application/problem+json"),
@@ -148,6 +150,7 @@ pub async fn create_execution(
     Caller(caller, runtime): Caller,
     Path(workflow): Path<String>,
     headers: HeaderMap,
+    deadline: Option<Extension<RequestDeadline>>,
     body: Body,
 ) -> Result<Response, ApiError> {
     if !state.is_admitting() {
@@ -162,7 +165,7 @@ pub async fn create_execution(
     if !is_json(&headers) {
         return Err(ApiError::UnsupportedMediaType);
     }
-    let body = read_limited(body, state.max_body_bytes).await?;
+    let body = read_limited(body, state.max_body_bytes, deadline.map(|d| d.0.0)).await?;
     let trigger: CreateExecution = serde_json::from_slice(&body)
         .map_err(|e| ApiError::InvalidBody(format!("invalid JSON body: {e}")))?;
     let now_ms = crate::clock::unix_ms();
@@ -170,6 +173,7 @@ pub async fn create_execution(
     let input = trigger
         .input
         .map_or_else(|| "{}".to_owned(), |raw| raw.get().to_owned());
+    crate::policy::json_shape::check(&input).map_err(|e| ApiError::InvalidBody(e.to_string()))?;
     rules.input.check(&input)?;
 
     let request = QueuedRequest {
@@ -358,8 +362,20 @@ fn is_json(headers: &HeaderMap) -> bool {
     }
 }
 
-async fn read_limited(body: Body, limit: usize) -> Result<axum::body::Bytes, ApiError> {
-    match Limited::new(body, limit).collect().await {
+/// Reads the body up to `limit` bytes, before `deadline` (the listener's request deadline).
+async fn read_limited(
+    body: Body,
+    limit: usize,
+    deadline: Option<tokio::time::Instant>,
+) -> Result<axum::body::Bytes, ApiError> {
+    let collect = Limited::new(body, limit).collect();
+    let collected = match deadline {
+        Some(deadline) => tokio::time::timeout_at(deadline, collect)
+            .await
+            .map_err(|_| ApiError::RequestTimeout)?,
+        None => collect.await,
+    };
+    match collected {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
             Err(ApiError::PayloadTooLarge { limit })

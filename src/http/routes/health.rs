@@ -13,21 +13,27 @@ use utoipa::ToSchema;
 use crate::state::AppState;
 use crate::worker::breaker::CircuitStatus;
 
+/// Marks a request that came through the operations listener (`server.ops_listen`): only
+/// there does readiness name the state machines.
+#[derive(Debug, Clone, Copy)]
+pub struct OperatorView;
+
 /// Bound on the readiness check's Redis round trip.
 const REDIS_PING_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A probe's answer.
 #[derive(Debug, Serialize, ToSchema)]
 #[schema(example = json!({"status": "ready", "checks": {"redis": "ok", "issuer http://127.0.0.1:4444": "ok"},
-    "circuits": [{"state_machine_arn": "arn:aws:states:us-east-1:123456789012:stateMachine:orders", "state": "closed", "consecutive_failures": 0}]}))]
+    "circuits": [{"state_machine": "orders", "state": "closed", "consecutive_failures": 0}]}))]
 pub struct Health {
     /// `ok`, `ready` or `not_ready`.
     pub status: String,
     /// Each dependency: `ok`, or what is wrong.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub checks: BTreeMap<String, String>,
-    /// The drain's circuit breaker per state machine (an open one does not make the
-    /// gateway unready: triggers are still accepted and wait in Redis).
+    /// The drain's circuit breaker per state machine, by name; only on the operations
+    /// listener (an open one does not make the gateway unready: triggers are still accepted
+    /// and wait in Redis).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub circuits: Vec<CircuitStatus>,
 }
@@ -52,7 +58,10 @@ pub async fn get_health() -> Json<Health> {
             example = json!({"status": "not_ready", "checks": {"redis": "unreachable: timed out",
                 "issuer http://127.0.0.1:4444": "ok"}})),
     ))]
-pub async fn get_readiness(State(state): State<AppState>) -> Response {
+pub async fn get_readiness(
+    State(state): State<AppState>,
+    operator: Option<axum::Extension<OperatorView>>,
+) -> Response {
     let mut checks = BTreeMap::new();
     let mut redis = state.redis.clone();
     let ping = tokio::time::timeout(
@@ -77,14 +86,30 @@ pub async fn get_readiness(State(state): State<AppState>) -> Response {
             status.to_owned(),
         );
     }
+    let credentials_problem = state
+        .step_functions
+        .credentials_problem
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
     if !state.is_admitting() {
         checks.insert("admission".to_owned(), "shutting down".to_owned());
     }
     let ready = checks.values().all(|c| c == "ok");
+    // Reported, but not a reason to stop admitting: triggers wait in Redis until the drain
+    // (of any replica) can start them.
+    checks.insert(
+        "aws_credentials".to_owned(),
+        credentials_problem.unwrap_or_else(|| "ok".to_owned()),
+    );
     let body = Json(Health {
         status: if ready { "ready" } else { "not_ready" }.into(),
         checks,
-        circuits: state.step_functions.breakers.statuses(),
+        circuits: if operator.is_some() {
+            state.step_functions.breakers.statuses()
+        } else {
+            Vec::new()
+        },
     });
     if ready {
         (StatusCode::OK, body).into_response()

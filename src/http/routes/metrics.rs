@@ -86,7 +86,7 @@ pub async fn get_metrics(State(state): State<AppState>) -> impl IntoResponse {
             registry
                 .circuit
                 .get_or_create(&CircuitLabels {
-                    state_machine: circuit.state_machine_arn.clone(),
+                    state_machine: circuit.state_machine.clone(),
                     state: name,
                 })
                 .set(i64::from(circuit.state == state));

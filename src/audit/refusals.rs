@@ -1,0 +1,242 @@
+//! Refusals in the trail without letting a flood grow it: `auth_failed` and `denied` events
+//! of one source are aggregated over a window.
+//!
+//! The source is (event kind, client address, verified issuer and subject, workflow, reason).
+//! The first refusal of a source opens a window and is recorded at once, with `count` 1. The
+//! repeats within the window (`audit.refusal_window_seconds`) are only counted; when the
+//! window ends they become one record: the first repeat's fields, `count` = how many repeats
+//! it stands for, `last_time` = the last one's time. So the `count`s of a source's records
+//! add up to exactly its refusals, and a tokenless flood from one address costs two records
+//! per window, however fast it comes. Every other event passes through unchanged.
+//!
+//! Aggregation is per process (it runs in the audit writer, before chaining): N replicas
+//! write up to N times as many records. Only the fixed part of a reason is part of the
+//! source: a reason's quoted part echoes the token (`token type "…"`) and must not let a
+//! client mint new sources.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::record::{AuditEvent, EventKind};
+
+/// Open windows at most. A flood from more sources than this closes the oldest windows
+/// early (their aggregates are written sooner), which bounds memory, never the counts.
+const MAX_OPEN_WINDOWS: usize = 8_192;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Source {
+    kind: EventKind,
+    client_addr: Option<String>,
+    issuer_subject: Option<(String, String)>,
+    workflow: Option<String>,
+    reason: String,
+}
+
+impl Source {
+    fn of(event: &AuditEvent) -> Option<Self> {
+        if !matches!(event.event, EventKind::AuthFailed | EventKind::Denied) {
+            return None;
+        }
+        // An auth_failed record's issuer is the token's unverified claim: not a source.
+        let issuer_subject = match (event.event, &event.issuer, &event.subject) {
+            (EventKind::Denied, Some(issuer), Some(subject)) => {
+                Some((issuer.clone(), subject.clone()))
+            }
+            _ => None,
+        };
+        let reason = event.reason.as_deref().unwrap_or_default();
+        Some(Self {
+            kind: event.event,
+            client_addr: event.client_addr.clone(),
+            issuer_subject,
+            workflow: event.workflow.clone(),
+            reason: reason.split('"').next().unwrap_or(reason).to_owned(),
+        })
+    }
+}
+
+struct Window {
+    closes: Instant,
+    /// The first repeat, with its `count` and `last_time` kept up to date.
+    repeats: Option<AuditEvent>,
+}
+
+/// The open windows of one process.
+pub struct RefusalAggregator {
+    window: Duration,
+    open: HashMap<Source, Window>,
+    /// Sources in the order their windows opened, which (all windows being equally long)
+    /// is the order they close in.
+    closing_order: VecDeque<Source>,
+}
+
+impl RefusalAggregator {
+    /// Aggregates over `window`; a zero window records every refusal on its own.
+    pub fn new(window: Duration) -> Self {
+        Self {
+            window,
+            open: HashMap::new(),
+            closing_order: VecDeque::new(),
+        }
+    }
+
+    /// Takes one event; pushes what is to be recorded now onto `out`.
+    pub fn take(&mut self, mut event: AuditEvent, now: Instant, out: &mut Vec<AuditEvent>) {
+        let Some(source) = Source::of(&event) else {
+            out.push(event);
+            return;
+        };
+        event.count = Some(1);
+        if self.window.is_zero() {
+            out.push(event);
+            return;
+        }
+        self.close_due(now, out);
+        if let Some(open) = self.open.get_mut(&source) {
+            match &mut open.repeats {
+                Some(repeats) => {
+                    repeats.count = Some(repeats.count.unwrap_or(1) + 1);
+                    repeats.last_time = Some(event.time);
+                }
+                None => {
+                    event.last_time = Some(event.time.clone());
+                    open.repeats = Some(event);
+                }
+            }
+            return;
+        }
+        if self.open.len() >= MAX_OPEN_WINDOWS {
+            self.close_oldest(out);
+        }
+        self.open.insert(
+            source.clone(),
+            Window {
+                closes: now + self.window,
+                repeats: None,
+            },
+        );
+        self.closing_order.push_back(source);
+        out.push(event);
+    }
+
+    /// When the next window closes, if any is open.
+    pub fn next_close(&self) -> Option<Instant> {
+        let first = self.closing_order.front()?;
+        self.open.get(first).map(|w| w.closes)
+    }
+
+    /// Closes the windows that ended by `now`, pushing their aggregates onto `out`.
+    pub fn close_due(&mut self, now: Instant, out: &mut Vec<AuditEvent>) {
+        while self.next_close().is_some_and(|closes| closes <= now) {
+            self.close_oldest(out);
+        }
+    }
+
+    /// Closes every window (shutdown): nothing counted is left unrecorded.
+    pub fn close_all(&mut self, out: &mut Vec<AuditEvent>) {
+        while !self.closing_order.is_empty() {
+            self.close_oldest(out);
+        }
+    }
+
+    fn close_oldest(&mut self, out: &mut Vec<AuditEvent>) {
+        let Some(source) = self.closing_order.pop_front() else {
+            return;
+        };
+        if let Some(Window {
+            repeats: Some(repeats),
+            ..
+        }) = self.open.remove(&source)
+        {
+            out.push(repeats);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refusal(addr: &str, reason: &str) -> AuditEvent {
+        let mut event = AuditEvent::now(EventKind::AuthFailed);
+        event.client_addr = Some(addr.into());
+        event.reason = Some(reason.into());
+        event
+    }
+
+    fn counts(events: &[AuditEvent]) -> u64 {
+        events.iter().map(|e| e.count.unwrap_or(1)).sum()
+    }
+
+    #[test]
+    fn a_flood_from_one_source_is_two_records_per_window_with_exact_counts() {
+        let mut aggregator = RefusalAggregator::new(Duration::from_secs(10));
+        let t0 = Instant::now();
+        let mut out = Vec::new();
+        for i in 0..500u64 {
+            let now = t0 + Duration::from_millis(i * 10);
+            aggregator.take(refusal("10.0.0.1", "no bearer token"), now, &mut out);
+        }
+        assert_eq!(out.len(), 1, "only the first is recorded at once");
+        assert_eq!(out[0].count, Some(1));
+        aggregator.close_due(t0 + Duration::from_secs(9), &mut out);
+        assert_eq!(out.len(), 1, "the window is still open");
+        aggregator.close_due(t0 + Duration::from_secs(10), &mut out);
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[1].count, Some(499));
+        assert!(out[1].last_time.is_some());
+        assert_eq!(counts(&out), 500);
+    }
+
+    #[test]
+    fn sources_are_kept_apart_and_quoted_parts_do_not_make_sources() {
+        let mut aggregator = RefusalAggregator::new(Duration::from_secs(10));
+        let now = Instant::now();
+        let mut out = Vec::new();
+        aggregator.take(refusal("10.0.0.1", "no bearer token"), now, &mut out);
+        aggregator.take(refusal("10.0.0.2", "no bearer token"), now, &mut out);
+        aggregator.take(
+            refusal("10.0.0.1", "token is not a well-formed JWS"),
+            now,
+            &mut out,
+        );
+        for n in 0..50 {
+            let reason = format!("token type \"x{n}\" is not the required one");
+            aggregator.take(refusal("10.0.0.3", &reason), now, &mut out);
+        }
+        assert_eq!(out.len(), 4);
+        aggregator.close_all(&mut out);
+        assert_eq!(out.len(), 5);
+        assert_eq!(counts(&out), 53);
+    }
+
+    #[test]
+    fn other_events_pass_and_a_zero_window_aggregates_nothing() {
+        let mut aggregator = RefusalAggregator::new(Duration::ZERO);
+        let now = Instant::now();
+        let mut out = Vec::new();
+        aggregator.take(AuditEvent::now(EventKind::Accepted), now, &mut out);
+        aggregator.take(refusal("a", "r"), now, &mut out);
+        aggregator.take(refusal("a", "r"), now, &mut out);
+        assert_eq!(out.len(), 3);
+        assert_eq!(out[0].count, None, "accepted records carry no count");
+        assert_eq!(out[2].count, Some(1));
+    }
+
+    #[test]
+    fn too_many_sources_close_the_oldest_windows_early() {
+        let mut aggregator = RefusalAggregator::new(Duration::from_secs(10));
+        let now = Instant::now();
+        let mut out = Vec::new();
+        for n in 0..=MAX_OPEN_WINDOWS {
+            let addr = n.to_string();
+            aggregator.take(refusal(&addr, "r"), now, &mut out);
+            aggregator.take(refusal(&addr, "r"), now, &mut out);
+        }
+        assert!(aggregator.open.len() <= MAX_OPEN_WINDOWS);
+        aggregator.close_all(&mut out);
+        assert_eq!(counts(&out), 2 * (MAX_OPEN_WINDOWS as u64 + 1));
+    }
+}
