@@ -462,6 +462,29 @@ pub struct IssuerConfig {
     pub required_claims: Vec<String>,
     /// Accept this issuer's opaque (non-JWT) tokens, verified by RFC 7662 introspection.
     pub introspection: Option<IntrospectionConfig>,
+    /// Opaque tokens that start with this go to this issuer's introspection, and no others;
+    /// required of each issuer when more than one introspects (a token is never shown to an
+    /// issuer that did not mint it).
+    pub opaque_token_prefix: Option<String>,
+    /// How long an introspection's "not active" is remembered (by the token's hash).
+    #[serde(default = "default_introspection_negative_cache")]
+    pub introspection_negative_cache_seconds: u64,
+    /// Introspection calls per second to this issuer at most (per process); beyond, callers
+    /// with unknown opaque tokens get 503.
+    #[serde(default = "default_introspection_rate")]
+    pub introspection_max_per_second: u32,
+    /// Let discovery, the JWKS and introspection use plain `http` (a warning at start).
+    /// Without it they must be `https`, or `http` on loopback for a loopback issuer.
+    #[serde(default)]
+    pub allow_insecure_http: bool,
+}
+
+fn default_introspection_negative_cache() -> u64 {
+    60
+}
+
+fn default_introspection_rate() -> u32 {
+    50
 }
 
 /// `introspection = { client_id = "stepgate", client_secret = "…" }` of an issuer.
@@ -870,6 +893,23 @@ impl Config {
                         .into(),
                 );
             }
+            if let Err(e) = crate::auth::fetch::check_issuer(issuer) {
+                problem(key("issuer"), e.to_string());
+            }
+            if let Some(endpoint) = issuer
+                .introspection
+                .as_ref()
+                .and_then(|i| i.endpoint.as_deref())
+                && let Err(e) = crate::auth::fetch::EndpointRules::of(issuer).check(endpoint)
+            {
+                problem(key("introspection.endpoint"), e.to_string());
+            }
+            if issuer.introspection_max_per_second == 0 {
+                problem(
+                    key("introspection_max_per_second"),
+                    "must be at least 1".into(),
+                );
+            }
             for alg in &issuer.algorithms {
                 if matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512) {
                     problem(
@@ -878,6 +918,12 @@ impl Config {
                     );
                 }
             }
+        }
+        for (key, message) in self.opaque_routing_problems() {
+            problem(key, message);
+        }
+        for (key, message) in self.rules_without_issuer() {
+            problem(key, message);
         }
         if self.workflows.is_empty() {
             problem(
@@ -952,6 +998,84 @@ impl Config {
         } else {
             Err(ConfigError::Invalid(problems))
         }
+    }
+
+    /// With more than one introspecting issuer, each must own a prefix of opaque tokens, and
+    /// no prefix may start another (a token would fit two issuers).
+    fn opaque_routing_problems(&self) -> Vec<(String, String)> {
+        let introspecting: Vec<(usize, &IssuerConfig)> = self
+            .issuers
+            .iter()
+            .enumerate()
+            .filter(|(_, issuer)| issuer.introspection.is_some())
+            .collect();
+        let mut problems = Vec::new();
+        if introspecting.len() < 2 {
+            return problems;
+        }
+        for (i, issuer) in &introspecting {
+            let key = format!("issuers[{i}].opaque_token_prefix");
+            match issuer.opaque_token_prefix.as_deref() {
+                None | Some("") => problems.push((
+                    key,
+                    "required when more than one issuer introspects opaque tokens".into(),
+                )),
+                Some(prefix) => {
+                    let overlaps = introspecting.iter().any(|(j, other)| {
+                        j != i
+                            && other
+                                .opaque_token_prefix
+                                .as_deref()
+                                .is_some_and(|o| !o.is_empty() && prefix.starts_with(o))
+                    });
+                    if overlaps {
+                        problems.push((
+                            key,
+                            format!("{prefix:?} starts with another issuer's prefix"),
+                        ));
+                    }
+                }
+            }
+        }
+        problems
+    }
+
+    /// With more than one trusted issuer, every rule must name its issuer: a `sub` or
+    /// `client_id` minted by one IdP means nothing at another.
+    fn rules_without_issuer(&self) -> Vec<(String, String)> {
+        if self.issuers.len() < 2 {
+            return Vec::new();
+        }
+        let mut sections: Vec<(String, &[Rule])> = Vec::new();
+        for (name, workflow) in &self.workflows {
+            sections.push((format!("workflows.{name}.allow"), workflow.allow.as_slice()));
+            sections.push((format!("workflows.{name}.deny"), workflow.deny.as_slice()));
+        }
+        sections.push(("admin.allow".into(), self.admin.allow.as_slice()));
+        sections.push(("admin.deny".into(), self.admin.deny.as_slice()));
+        sections.push((
+            "audit_readers.allow".into(),
+            self.audit_readers.allow.as_slice(),
+        ));
+        sections.push((
+            "audit_readers.deny".into(),
+            self.audit_readers.deny.as_slice(),
+        ));
+        sections
+            .into_iter()
+            .flat_map(|(section, rules)| {
+                rules
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, rule)| rule.issuer.is_none())
+                    .map(move |(i, _)| {
+                        (
+                            format!("{section}[{i}]"),
+                            "with more than one trusted issuer, a rule must name its issuer".into(),
+                        )
+                    })
+            })
+            .collect()
     }
 
     /// The configured workflows under their parsed names (valid after [`Config::validate`]).

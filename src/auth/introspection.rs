@@ -2,14 +2,19 @@
 //! with stepgate's own client credentials.
 //!
 //! The answer must say `active: true`; its `iss` (when given) must be the issuer, its `aud`
-//! must name an accepted audience, and `exp`/`nbf` must hold (with leeway). The verifier
-//! caches a positive answer until the token's `exp`, like a verified JWT.
+//! must name an accepted audience, `exp`/`nbf` must hold (with leeway), and it must name a
+//! caller (`sub`, or else `client_id`). Calls are bounded per issuer
+//! (`introspection_max_per_second`, exact over any second); which tokens reach which issuer
+//! and what is remembered of the answers is [`super::opaque`]'s job.
 
-use std::time::Duration;
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
 use tokio::sync::OnceCell;
 
+use super::fetch::{EndpointRules, MAX_DISCOVERY_BYTES, MAX_INTROSPECTION_BYTES, json_capped};
 use super::verifier::AuthError;
 use crate::config::{IntrospectionConfig, IssuerConfig};
 
@@ -18,8 +23,10 @@ pub struct Introspector {
     issuer: String,
     config: IntrospectionConfig,
     http: reqwest::Client,
+    endpoints: EndpointRules,
     /// From the configuration, or else the discovery document's `introspection_endpoint`.
     endpoint: OnceCell<String>,
+    calls: CallLimit,
 }
 
 impl Introspector {
@@ -32,7 +39,9 @@ impl Introspector {
             issuer: issuer.issuer.clone(),
             config,
             http,
+            endpoints: EndpointRules::of(issuer),
             endpoint,
+            calls: CallLimit::new(issuer.introspection_max_per_second),
         }
     }
 
@@ -40,7 +49,14 @@ impl Introspector {
     pub async fn introspect(&self, token: &str) -> Result<Option<Map<String, Value>>, AuthError> {
         let unavailable = |e: &dyn std::fmt::Display| AuthError::IntrospectionFailed(e.to_string());
         let endpoint = self.endpoint.get_or_try_init(|| self.discover()).await?;
-        let reply: Map<String, Value> = self
+        let endpoint = self
+            .endpoints
+            .check(endpoint)
+            .map_err(|e| unavailable(&e))?;
+        if !self.calls.try_take(Instant::now()) {
+            return Err(AuthError::IntrospectionBusy);
+        }
+        let response = self
             .http
             .post(endpoint)
             .basic_auth(
@@ -50,10 +66,8 @@ impl Introspector {
             .form(&[("token", token), ("token_type_hint", "access_token")])
             .send()
             .await
-            .map_err(|e| unavailable(&e))?
-            .error_for_status()
-            .map_err(|e| unavailable(&e))?
-            .json()
+            .map_err(|e| unavailable(&e))?;
+        let reply: Map<String, Value> = json_capped(response, MAX_INTROSPECTION_BYTES)
             .await
             .map_err(|e| unavailable(&e))?;
         if reply.get("active") != Some(&Value::Bool(true)) {
@@ -63,21 +77,21 @@ impl Introspector {
     }
 
     async fn discover(&self) -> Result<String, AuthError> {
+        let unavailable = |e: &dyn std::fmt::Display| AuthError::IntrospectionFailed(e.to_string());
         let url = format!(
             "{}/.well-known/openid-configuration",
             self.issuer.trim_end_matches('/')
         );
-        let document: Value = async {
-            self.http
-                .get(url)
-                .send()
-                .await?
-                .error_for_status()?
-                .json()
-                .await
-        }
-        .await
-        .map_err(|e: reqwest::Error| AuthError::IntrospectionFailed(e.to_string()))?;
+        let url = self.endpoints.check(&url).map_err(|e| unavailable(&e))?;
+        let response = self
+            .http
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| unavailable(&e))?;
+        let document: Value = json_capped(response, MAX_DISCOVERY_BYTES)
+            .await
+            .map_err(|e| unavailable(&e))?;
         document["introspection_endpoint"]
             .as_str()
             .map(str::to_owned)
@@ -85,6 +99,49 @@ impl Introspector {
                 AuthError::IntrospectionFailed("the issuer names no introspection_endpoint".into())
             })
     }
+}
+
+/// At most `per_second` calls in any second (a sliding log of the last calls' times), so
+/// the IdP never sees more, however the calls bunch up.
+struct CallLimit {
+    per_second: usize,
+    recent: Mutex<VecDeque<Instant>>,
+}
+
+impl CallLimit {
+    fn new(per_second: u32) -> Self {
+        Self {
+            per_second: per_second.max(1) as usize,
+            recent: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    fn try_take(&self, now: Instant) -> bool {
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        while recent
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(1))
+        {
+            recent.pop_front();
+        }
+        if recent.len() >= self.per_second {
+            return false;
+        }
+        recent.push_back(now);
+        true
+    }
+}
+
+/// The caller an active answer names: `sub`, or for client-credentials tokens without one
+/// the client (RFC 9068 §2.2). An empty or missing one is refused: it must never become a
+/// subject every such token would share.
+pub fn subject(claims: &Map<String, Value>) -> Result<String, AuthError> {
+    ["sub", "client_id"]
+        .iter()
+        .filter_map(|claim| claims.get(*claim).and_then(Value::as_str))
+        .find(|value| !value.is_empty())
+        .map(str::to_owned)
+        .ok_or_else(|| AuthError::Rejected("the answer names no subject (sub or client_id)".into()))
 }
 
 /// Checks an active introspection answer against the issuer's rules; returns its `exp`.
@@ -145,6 +202,30 @@ mod tests {
 
     fn claims(value: Value) -> Map<String, Value> {
         value.as_object().cloned().unwrap_or_default()
+    }
+
+    #[test]
+    fn calls_are_bounded_over_any_second() {
+        let limit = CallLimit::new(3);
+        let t0 = Instant::now();
+        assert!((0..3).all(|_| limit.try_take(t0)));
+        assert!(!limit.try_take(t0 + Duration::from_millis(999)));
+        assert!(limit.try_take(t0 + Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn an_answer_must_name_a_caller() {
+        assert_eq!(
+            subject(&claims(json!({"sub": "a", "client_id": "b"}))).ok(),
+            Some("a".into())
+        );
+        assert_eq!(
+            subject(&claims(json!({"sub": "", "client_id": "b"}))).ok(),
+            Some("b".into())
+        );
+        assert!(subject(&claims(json!({"sub": "", "client_id": ""}))).is_err());
+        assert!(subject(&claims(json!({"client_id": 7}))).is_err());
+        assert!(subject(&claims(json!({}))).is_err());
     }
 
     #[test]

@@ -22,6 +22,8 @@ use openidconnect::IssuerUrl;
 use openidconnect::core::CoreProviderMetadata;
 use serde::Deserialize;
 
+use super::fetch::{EndpointRules, FetchRefused, MAX_DISCOVERY_BYTES, MAX_JWKS_BYTES, json_capped};
+
 /// Why the keys could not be fetched.
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
@@ -29,6 +31,8 @@ pub enum FetchError {
     Discovery(String),
     #[error("JWKS fetch failed: {0}")]
     Jwks(#[from] reqwest::Error),
+    #[error("JWKS fetch refused: {0}")]
+    Refused(#[from] FetchRefused),
 }
 
 /// How an issuer's keys are kept fresh.
@@ -123,8 +127,8 @@ impl KeySet {
 
 /// Where the keys come from.
 enum Source {
-    /// OIDC discovery of the issuer, then its `jwks_uri`.
-    Discovery,
+    /// OIDC discovery of the issuer, then its `jwks_uri`, each URL as the rules allow.
+    Discovery(EndpointRules),
     /// A fixed JWKS from the configuration: never fetched.
     Fixed,
 }
@@ -144,8 +148,19 @@ pub struct KeyCache {
 
 impl KeyCache {
     /// Keys found by OIDC discovery of `issuer`; none until the first [`KeyCache::refresh`].
-    pub fn discovered(issuer: String, http: reqwest::Client, policy: RefreshPolicy) -> Self {
-        Self::with(issuer, Source::Discovery, http, policy, KeySet::default())
+    pub fn discovered(
+        issuer: String,
+        http: reqwest::Client,
+        policy: RefreshPolicy,
+        endpoints: EndpointRules,
+    ) -> Self {
+        Self::with(
+            issuer,
+            Source::Discovery(endpoints),
+            http,
+            policy,
+            KeySet::default(),
+        )
     }
 
     /// Fixed keys from a JWKS document.
@@ -198,7 +213,7 @@ impl KeyCache {
     pub fn next_refresh_in(&self) -> Option<Duration> {
         match self.source {
             Source::Fixed => None,
-            Source::Discovery => {
+            Source::Discovery(_) => {
                 let keys = self.snapshot();
                 Some(keys.fetched_at.map_or(Duration::ZERO, |at| {
                     keys.refresh_after.saturating_sub(at.elapsed())
@@ -285,10 +300,13 @@ impl KeyCache {
     }
 
     async fn fetch_keys(&self) -> Result<usize, FetchError> {
-        let jwks_uri = self.discover_jwks_uri().await?;
-        let response = self.http.get(jwks_uri).send().await?.error_for_status()?;
+        let Source::Discovery(endpoints) = self.source else {
+            return Ok(self.snapshot().len());
+        };
+        let jwks_uri = endpoints.check(&self.discover_jwks_uri(&endpoints).await?)?;
+        let response = self.http.get(jwks_uri).send().await?;
         let refresh_after = refresh_interval(response.headers(), &self.policy);
-        let mut set = KeySet::parse(response.json::<RawJwks>().await?);
+        let mut set = KeySet::parse(json_capped::<RawJwks>(response, MAX_JWKS_BYTES).await?);
         let now = Instant::now();
         set.fetched_at = Some(now);
         set.refresh_after = refresh_after;
@@ -306,20 +324,15 @@ impl KeyCache {
     /// with `openidconnect`'s types; its own discovery call is not used because it also
     /// fetches the JWKS (a second fetch per refresh), and here the JWKS response's cache
     /// headers matter.
-    async fn discover_jwks_uri(&self) -> Result<String, FetchError> {
+    async fn discover_jwks_uri(&self, endpoints: &EndpointRules) -> Result<String, FetchError> {
         let issuer = IssuerUrl::new(self.issuer.clone())
             .map_err(|e| FetchError::Discovery(e.to_string()))?;
         let url = issuer
             .join(".well-known/openid-configuration")
             .map_err(|e| FetchError::Discovery(e.to_string()))?;
-        let metadata: CoreProviderMetadata = self
-            .http
-            .get(url)
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
+        let url = endpoints.check(url.as_str())?;
+        let response = self.http.get(url).send().await?;
+        let metadata: CoreProviderMetadata = json_capped(response, MAX_DISCOVERY_BYTES).await?;
         if metadata.issuer().as_str() != self.issuer {
             return Err(FetchError::Discovery(format!(
                 "the discovery document names issuer {:?}, not {:?}",

@@ -1,7 +1,9 @@
 //! Authentication: OIDC access tokens verified against the trusted issuers' keys.
 
+pub mod fetch;
 pub mod introspection;
 pub mod jwks;
+pub mod opaque;
 pub mod principal;
 pub mod token_cache;
 pub mod unverified;

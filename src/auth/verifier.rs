@@ -25,6 +25,7 @@ use sha2::{Digest, Sha256};
 
 use super::introspection::{self, INTROSPECTION_TIMEOUT, Introspector};
 use super::jwks::{KeyCache, RefreshPolicy};
+use super::opaque::OpaqueVerdicts;
 use super::principal::Principal;
 use super::token_cache::{CachedToken, TokenCache};
 use super::unverified;
@@ -61,6 +62,8 @@ pub enum AuthError {
     Inactive,
     #[error("token introspection failed: {0}")]
     IntrospectionFailed(String),
+    #[error("token introspection is at its rate limit")]
+    IntrospectionBusy,
     #[error("one-time token has no jti")]
     NoTokenId,
     #[error("one-time token was used before")]
@@ -74,8 +77,19 @@ impl AuthError {
     pub fn is_unavailable(&self) -> bool {
         matches!(
             self,
-            AuthError::KeysUnavailable | AuthError::IntrospectionFailed(_)
+            AuthError::KeysUnavailable
+                | AuthError::IntrospectionFailed(_)
+                | AuthError::IntrospectionBusy
         )
+    }
+
+    /// When to try again after an unavailable verification.
+    pub fn retry_after_seconds(&self) -> u64 {
+        match self {
+            // The limit is per second.
+            AuthError::IntrospectionBusy => 1,
+            _ => 5,
+        }
     }
 }
 
@@ -90,6 +104,7 @@ pub struct TrustedIssuer {
 pub struct Verifier {
     issuers: HashMap<String, Arc<TrustedIssuer>>,
     cache: TokenCache,
+    opaque: OpaqueVerdicts,
 }
 
 impl Verifier {
@@ -131,8 +146,14 @@ impl Verifier {
                 }
                 (None, Some(text)) => KeyCache::fixed(issuer, text, policy)
                     .map_err(|e| format!("issuers[{i}].jwks_inline: {e}"))?,
-                (None, None) => KeyCache::discovered(issuer, http.clone(), policy),
+                (None, None) => {
+                    let endpoints = super::fetch::EndpointRules::of(config);
+                    KeyCache::discovered(issuer, http.clone(), policy, endpoints)
+                }
             };
+            if config.allow_insecure_http {
+                tracing::warn!(issuer = %config.issuer, "allow_insecure_http: this issuer's keys and introspection may travel over plain http");
+            }
             let introspector = config
                 .introspection
                 .clone()
@@ -149,6 +170,7 @@ impl Verifier {
         Ok(Self {
             issuers,
             cache: TokenCache::new(token_cache_entries),
+            opaque: OpaqueVerdicts::new(token_cache_entries),
         })
     }
 
@@ -209,6 +231,14 @@ impl Verifier {
                 .map_err(|e| AuthError::Rejected(rejection_reason(e.kind())))?
                 .claims;
         require_claims(&issuer.config, &claims)?;
+        // `sub` is required, but "" would make every such token one shared owner.
+        if claims
+            .get("sub")
+            .and_then(Value::as_str)
+            .is_none_or(str::is_empty)
+        {
+            return Err(AuthError::Rejected("empty or non-string sub".into()));
+        }
         let expires_at = claims
             .get("exp")
             .and_then(|exp| exp.as_u64().or_else(|| exp.as_f64().map(|f| f as u64)));
@@ -226,54 +256,64 @@ impl Verifier {
 }
 
 impl Verifier {
-    /// A token that is not a JWS: an opaque token, if an issuer introspects them.
+    /// A token that is not a JWS: an opaque token, if an issuer introspects it (see
+    /// [`super::opaque`]).
     async fn verify_opaque(
         &self,
         token: &str,
         digest: [u8; 32],
         now: u64,
     ) -> Result<Arc<Principal>, AuthError> {
-        let mut introspecting = Vec::new();
-        for issuer in self.issuers.values() {
-            if let Some(introspector) = &issuer.introspector {
-                introspecting.push((issuer, introspector));
-            }
-        }
-        if introspecting.is_empty() {
+        let Some((issuer, introspector)) = self.introspecting_issuer(token) else {
             return Err(AuthError::Malformed);
-        }
-        for (issuer, introspector) in introspecting {
+        };
+        let introspect = async {
             let answer =
                 tokio::time::timeout(INTROSPECTION_TIMEOUT, introspector.introspect(token))
                     .await
                     .map_err(|_| AuthError::IntrospectionFailed("timed out".into()))??;
-            let Some(mut claims) = answer else { continue };
+            let Some(mut claims) = answer else {
+                return Err(AuthError::Inactive);
+            };
             let expires_at = introspection::check_claims(&issuer.config, &claims, now)?;
             claims.remove("active");
-            // Client-credentials tokens often have no `sub`: the client is the subject (RFC 9068 §2.2).
-            if !claims.contains_key("sub")
-                && let Some(client) = claims.get("client_id").cloned()
-            {
-                claims.insert("sub".into(), client);
-            }
+            let subject = introspection::subject(&claims)?;
+            claims.insert("sub".into(), Value::String(subject));
             require_claims(&issuer.config, &claims)?;
             let principal = Arc::new(Principal::from_claims(
                 issuer.config.issuer.clone(),
                 claims,
                 hex::encode(digest),
             ));
-            self.cache.insert(
-                digest,
-                CachedToken {
-                    principal: Arc::clone(&principal),
-                    expires_at,
-                    kid: None,
-                },
+            Ok((principal, expires_at))
+        };
+        let principal = self
+            .opaque
+            .verdict(
+                &digest,
                 now,
-            );
-            return Ok(principal);
-        }
-        Err(AuthError::Inactive)
+                issuer.config.introspection_negative_cache_seconds,
+                introspect,
+            )
+            .await?;
+        Ok(principal)
+    }
+
+    /// The one issuer that may see `token`: the only introspecting issuer, or the one whose
+    /// `opaque_token_prefix` it starts with.
+    fn introspecting_issuer(&self, token: &str) -> Option<(&TrustedIssuer, &Introspector)> {
+        let mut fitting = self.issuers.values().filter_map(|issuer| {
+            let introspector = issuer.introspector.as_ref()?;
+            let fits = issuer
+                .config
+                .opaque_token_prefix
+                .as_deref()
+                .is_none_or(|prefix| token.starts_with(prefix));
+            fits.then_some((issuer.as_ref(), introspector))
+        });
+        let first = fitting.next()?;
+        // Two would only fit a configuration the validation refuses; show neither.
+        fitting.next().is_none().then_some(first)
     }
 }
 

@@ -237,7 +237,7 @@ impl From<AuthError> for ApiError {
             ApiError::Unavailable {
                 what: "token verification",
                 detail: e.to_string(),
-                retry_after_seconds: 5,
+                retry_after_seconds: e.retry_after_seconds(),
             }
         } else {
             ApiError::InvalidToken(e)

@@ -367,6 +367,24 @@ impl OwnIdp {
         }
     }
 
+    /// Changes how the IdP answers (`/__test/set`, see `tests/partners/idp/idp.mjs`), e.g.
+    /// `opaque_prefix=a_` or `jwks_padding=1048576`.
+    pub async fn set(&self, query: &str) -> TestResult {
+        reqwest::get(format!("{}/__test/set?{query}", self.idp.issuer))
+            .await?
+            .error_for_status()?;
+        Ok(())
+    }
+
+    /// How many introspection requests this IdP process has had.
+    pub async fn introspections(&self) -> TestResult<u64> {
+        let reply: Value = reqwest::get(format!("{}/__test/introspections", self.idp.issuer))
+            .await?
+            .json()
+            .await?;
+        Ok(reply["count"].as_u64().ok_or("no count")?)
+    }
+
     /// How often the JWKS has been served since this IdP process started.
     pub async fn jwks_fetches(&self) -> TestResult<u64> {
         let reply: Value = reqwest::get(format!("{}/__test/jwks-fetches", self.idp.issuer))
@@ -624,6 +642,8 @@ pub struct TestSettings {
     pub audit_toml: String,
     /// Extra keys of the `[server]` table.
     pub server_toml: String,
+    /// The base `orders` rule names the issuer (needed once a test trusts two).
+    pub base_rule_issuer: bool,
 }
 
 impl Default for TestSettings {
@@ -639,6 +659,7 @@ impl Default for TestSettings {
             redis_toml: None,
             audit_toml: String::new(),
             server_toml: String::new(),
+            base_rule_issuer: false,
         }
     }
 }
@@ -751,6 +772,7 @@ audiences = {audiences}
 [workflows.orders]
 state_machine_arn = "{arn}"
 [[workflows.orders.allow]]
+{rule_issuer}
 clients = ["billing-service"]
 scopes = ["workflows:trigger"]
 {extra}
@@ -768,6 +790,45 @@ scopes = ["workflows:trigger"]
         audit_toml = settings.audit_toml,
         server_toml = settings.server_toml,
         extra = settings.extra_toml.replace("$STATE_MACHINE_ARN", arn),
+        rule_issuer = if settings.base_rule_issuer {
+            format!(
+                "issuer = \"{}\"",
+                settings.issuer.as_deref().unwrap_or(&partners.idp.issuer)
+            )
+        } else {
+            String::new()
+        },
+    )
+}
+
+/// A configuration `check-config` can read without any partner: `issuer` trusted, one
+/// `orders` workflow allowing `billing-service`, then `extra` (a signing key is made in
+/// `dir`).
+pub fn minimal_config(dir: &Path, issuer: &str, extra: &str) -> String {
+    let key = dir.join("audit.key");
+    let _ = AuditSigner::generate().write_pair(&key);
+    format!(
+        r#"
+[redis]
+url = "redis://127.0.0.1:1"
+
+[aws]
+region = "{REGION}"
+
+[audit]
+signing_key = "{key}"
+
+[[issuers]]
+issuer = "{issuer}"
+audiences = ["{AUDIENCE}"]
+
+[workflows.orders]
+state_machine_arn = "arn:aws:states:{REGION}:123456789012:stateMachine:orders"
+[[workflows.orders.allow]]
+clients = ["billing-service"]
+{extra}
+"#,
+        key = key.display(),
     )
 }
 

@@ -320,6 +320,10 @@ async fn several_issuers_are_trusted_at_once_and_rules_can_tell_them_apart() -> 
 issuer = "{issuer}"
 audiences = ["{AUDIENCE}"]
 
+[[workflows.orders.allow]]
+issuer = "{issuer}"
+clients = ["billing-service"]
+
 [[workflows.orders.deny]]
 issuer = "{issuer}"
 scopes = ["workflows:read"]
@@ -328,6 +332,7 @@ scopes = ["workflows:read"]
     );
     let settings = TestSettings {
         worker_enabled: false,
+        base_rule_issuer: true,
         extra_toml,
         ..TestSettings::default()
     };

@@ -16,6 +16,7 @@ mod deploy;
 mod docs;
 mod helpers;
 mod hostile;
+mod hostile_identity;
 mod http;
 mod keys;
 mod live_status;

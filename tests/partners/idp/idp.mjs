@@ -12,8 +12,17 @@
 // When listening it prints one JSON line: {"issuer", "kid", "private_key_pem", "public_key_pem",
 // "attacker_private_key_pem", "attacker_jwk"} so that tests can hand-make attack tokens with the
 // very key the IdP signs with, and with an unrelated key it never published.
-// GET /__test/jwks-fetches answers how often the JWKS was served (single-flight tests).
+// GET /__test/jwks-fetches answers how often the JWKS was served (single-flight tests), and
+// GET /__test/introspections how often a token was introspected.
+// GET /__test/set?… changes how it answers, for the hostile-client tests (each optional):
+//   opaque_prefix=P        opaque access tokens are issued as P<token>, and introspection
+//                          takes them back (as IdPs that mark their tokens, e.g. `ghp_`, do)
+//   jwks_padding=N         the JWKS carries N more bytes (an oversized key set)
+//   strip_subject=1        introspection answers leave out `sub` and `client_id`
+//   jwks_uri=U             the discovery document names U as its jwks_uri (never fetched by
+//                          the tests: stepgate must refuse it first)
 import { createServer } from 'node:http';
+import * as querystring from 'node:querystring';
 import { createHash, createPrivateKey, createPublicKey, generateKeyPairSync } from 'node:crypto';
 import Provider from 'oidc-provider';
 
@@ -40,6 +49,14 @@ const attacker = generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey;
 const attackerPem = attacker.export({ type: 'pkcs1', format: 'pem' });
 const attackerJwk = { ...createPublicKey(attacker).export({ format: 'jwk' }), kid: 'attacker-key', alg: 'RS256', use: 'sig' };
 let jwksFetches = 0;
+let introspections = 0;
+const testMode = { opaquePrefix: '', jwksPadding: 0, stripSubject: false, jwksUri: '' };
+
+async function rawBody(req) {
+  const chunks = [];
+  for await (const chunk of req) chunks.push(chunk);
+  return Buffer.concat(chunks).toString('utf8');
+}
 
 const server = createServer();
 server.listen(Number(process.env.IDP_PORT ?? 0), '127.0.0.1', () => {
@@ -76,8 +93,45 @@ server.listen(Number(process.env.IDP_PORT ?? 0), '127.0.0.1', () => {
       ctx.body = { count: jwksFetches };
       return;
     }
+    if (ctx.path === '/__test/introspections') {
+      ctx.body = { count: introspections };
+      return;
+    }
+    if (ctx.path === '/__test/set') {
+      const q = ctx.query;
+      if (q.opaque_prefix !== undefined) testMode.opaquePrefix = String(q.opaque_prefix);
+      if (q.jwks_padding !== undefined) testMode.jwksPadding = Number(q.jwks_padding);
+      if (q.strip_subject !== undefined) testMode.stripSubject = q.strip_subject === '1';
+      if (q.jwks_uri !== undefined) testMode.jwksUri = String(q.jwks_uri);
+      ctx.body = testMode;
+      return;
+    }
     if (ctx.path === '/jwks') jwksFetches += 1;
+    if (ctx.path === '/token/introspection' && ctx.method === 'POST') {
+      introspections += 1;
+      // Take the marked token back before the provider parses the form (it then uses the
+      // already-parsed body).
+      const form = querystring.parse(await rawBody(ctx.req));
+      if (testMode.opaquePrefix && typeof form.token === 'string' && form.token.startsWith(testMode.opaquePrefix)) {
+        form.token = form.token.slice(testMode.opaquePrefix.length);
+      }
+      ctx.req.body = querystring.stringify(form);
+    }
     await next();
+    if (ctx.path === '/token' && testMode.opaquePrefix && ctx.body && typeof ctx.body.access_token === 'string'
+        && !ctx.body.access_token.includes('.')) {
+      ctx.body = { ...ctx.body, access_token: testMode.opaquePrefix + ctx.body.access_token };
+    }
+    if (ctx.path === '/.well-known/openid-configuration' && testMode.jwksUri && ctx.body && typeof ctx.body === 'object') {
+      ctx.body = { ...ctx.body, jwks_uri: testMode.jwksUri };
+    }
+    if (ctx.path === '/jwks' && testMode.jwksPadding > 0 && ctx.body && typeof ctx.body === 'object') {
+      ctx.body = { ...ctx.body, padding: 'x'.repeat(testMode.jwksPadding) };
+    }
+    if (ctx.path === '/token/introspection' && testMode.stripSubject && ctx.body && typeof ctx.body === 'object') {
+      const { sub, client_id, ...rest } = ctx.body;
+      ctx.body = rest;
+    }
   });
   server.on('request', provider.callback());
   console.log(JSON.stringify({

@@ -1,0 +1,113 @@
+//! Opaque tokens: which issuer may see one, and what its introspection said.
+//!
+//! A token that is not a JWS goes to exactly one issuer: the one introspecting issuer, or,
+//! when several introspect, the one whose `opaque_token_prefix` it starts with. It is never
+//! shown to another (that would hand issuer A's token, with stepgate's client secret, to
+//! issuer B), and a token no issuer claims is refused without any call.
+//!
+//! Verdicts are kept by the token's SHA-256: "active" until the token's `exp`, "not active"
+//! (or a refused answer) for `introspection_negative_cache_seconds`. Concurrent requests
+//! with the same token wait for one introspection (single flight), so a flood of one bogus
+//! token costs the IdP one call per negative-cache period.
+
+use std::sync::Arc;
+
+use quick_cache::sync::Cache;
+
+use super::principal::Principal;
+use super::token_cache::TokenDigest;
+use super::verifier::AuthError;
+
+/// What an introspection decided about a token.
+#[derive(Clone)]
+enum Verdict {
+    Active {
+        principal: Arc<Principal>,
+        expires_at: u64,
+    },
+    Refused {
+        until: u64,
+        /// `None`: not active; else why an active answer was refused.
+        rejected: Option<String>,
+    },
+}
+
+impl Verdict {
+    fn is_current(&self, now: u64) -> bool {
+        match self {
+            Verdict::Active { expires_at, .. } => now < *expires_at,
+            Verdict::Refused { until, .. } => now < *until,
+        }
+    }
+
+    fn into_result(self) -> Result<Arc<Principal>, AuthError> {
+        match self {
+            Verdict::Active { principal, .. } => Ok(principal),
+            Verdict::Refused { rejected: None, .. } => Err(AuthError::Inactive),
+            Verdict::Refused {
+                rejected: Some(why),
+                ..
+            } => Err(AuthError::Rejected(why)),
+        }
+    }
+}
+
+/// The verdicts of one verifier, bounded.
+pub struct OpaqueVerdicts {
+    verdicts: Cache<TokenDigest, Verdict>,
+}
+
+/// A verdict found by introspection: the caller and the token's `exp`.
+pub type Introspected = Result<(Arc<Principal>, u64), AuthError>;
+
+impl OpaqueVerdicts {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            verdicts: Cache::new(capacity.max(1)),
+        }
+    }
+
+    /// The verdict on `digest`: remembered, or found by `introspect` (one call at a time per
+    /// token). Failures to ask (IdP unreachable, rate limited) are not remembered.
+    pub async fn verdict(
+        &self,
+        digest: &TokenDigest,
+        now: u64,
+        negative_ttl_seconds: u64,
+        introspect: impl Future<Output = Introspected>,
+    ) -> Result<Arc<Principal>, AuthError> {
+        let guard = loop {
+            match self.verdicts.get_value_or_guard_async(digest).await {
+                Ok(verdict) if verdict.is_current(now) => return verdict.into_result(),
+                Ok(_) => {
+                    self.verdicts.remove(digest);
+                }
+                Err(guard) => break guard,
+            }
+        };
+        let result = introspect.await;
+        let verdict = match &result {
+            Ok((principal, expires_at)) => Some(Verdict::Active {
+                principal: Arc::clone(principal),
+                expires_at: *expires_at,
+            }),
+            Err(AuthError::Inactive) => Some(Verdict::Refused {
+                until: now + negative_ttl_seconds,
+                rejected: None,
+            }),
+            Err(AuthError::Rejected(why)) => Some(Verdict::Refused {
+                until: now + negative_ttl_seconds,
+                rejected: Some(why.clone()),
+            }),
+            Err(_) => None,
+        };
+        match verdict {
+            Some(verdict) => {
+                let _ = guard.insert(verdict);
+            }
+            // The waiters ask again themselves (under the rate limit).
+            None => drop(guard),
+        }
+        result.map(|(principal, _)| principal)
+    }
+}

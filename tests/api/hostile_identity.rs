@@ -1,0 +1,256 @@
+//! Hostile clients at the identity edges: opaque tokens sent to the wrong issuer, floods of
+//! bogus opaque tokens, introspection answers without a caller, insecure and oversized key
+//! documents, and rules that would let one IdP's subject pass at another.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::helpers::{
+    AUDIENCE, OPAQUE_AUDIENCE, OwnIdp, RedisServer, TestApp, TestResult, TestSettings,
+    spawn_app_with,
+};
+
+fn introspection(extra: &str) -> String {
+    format!(
+        "introspection = {{ client_id = \"stepgate\", client_secret = \"stepgate-secret\" }}\n{extra}"
+    )
+}
+
+async fn app_trusting(idp: &OwnIdp, issuer_toml: &str, extra_toml: &str) -> TestResult<TestApp> {
+    spawn_app_with(
+        RedisServer::start(),
+        TestSettings {
+            worker_enabled: false,
+            issuer: Some(idp.idp.issuer.clone()),
+            audiences: vec![AUDIENCE.to_owned(), OPAQUE_AUDIENCE.to_owned()],
+            issuer_toml: issuer_toml.to_owned(),
+            extra_toml: extra_toml.to_owned(),
+            ..TestSettings::default()
+        },
+    )
+    .await
+}
+
+async fn opaque_token(idp: &OwnIdp) -> TestResult<String> {
+    idp.idp
+        .token_for(
+            "billing-service",
+            "billing-secret",
+            "workflows:trigger",
+            OPAQUE_AUDIENCE,
+        )
+        .await
+}
+
+async fn status_of(app: &TestApp, token: &str) -> TestResult<StatusCode> {
+    Ok(app
+        .trigger("orders", token, &json!({"input": {}}))
+        .await?
+        .status())
+}
+
+#[tokio::test]
+async fn an_opaque_token_reaches_only_its_own_issuer() -> TestResult {
+    let (a, b) = (OwnIdp::start(), OwnIdp::start());
+    a.set("opaque_prefix=a_").await?;
+    b.set("opaque_prefix=b_").await?;
+    let second_issuer = format!(
+        r#"
+[[issuers]]
+issuer = "{issuer}"
+audiences = ["{OPAQUE_AUDIENCE}"]
+opaque_token_prefix = "b_"
+{introspection}
+
+[[workflows.orders.allow]]
+issuer = "{issuer}"
+clients = ["billing-service"]
+"#,
+        issuer = b.idp.issuer,
+        introspection = introspection(""),
+    );
+    let app = spawn_app_with(
+        RedisServer::start(),
+        TestSettings {
+            worker_enabled: false,
+            issuer: Some(a.idp.issuer.clone()),
+            audiences: vec![AUDIENCE.to_owned(), OPAQUE_AUDIENCE.to_owned()],
+            issuer_toml: introspection("opaque_token_prefix = \"a_\""),
+            extra_toml: second_issuer,
+            base_rule_issuer: true,
+            ..TestSettings::default()
+        },
+    )
+    .await?;
+    let token = opaque_token(&b).await?;
+    assert!(token.starts_with("b_"), "{token}");
+    assert_eq!(status_of(&app, &token).await?, StatusCode::ACCEPTED);
+    assert_eq!(
+        status_of(&app, "b_made-up").await?,
+        StatusCode::UNAUTHORIZED
+    );
+    // Neither prefix: nobody is asked.
+    assert_eq!(
+        status_of(&app, "c_made-up").await?,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(b.introspections().await?, 2, "b saw its own two tokens");
+    assert_eq!(a.introspections().await?, 0, "a saw none of b's tokens");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_flood_of_one_bogus_token_costs_one_introspection() -> TestResult {
+    let idp = OwnIdp::start();
+    let app = app_trusting(&idp, &introspection(""), "").await?;
+    for _ in 0..10 {
+        let burst = (0..100).map(|_| status_of(&app, "x"));
+        for status in futures_util::future::join_all(burst).await {
+            assert_eq!(status?, StatusCode::UNAUTHORIZED);
+        }
+    }
+    assert_eq!(idp.introspections().await?, 1, "1,000 × `Bearer x`");
+    Ok(())
+}
+
+#[tokio::test]
+async fn introspection_calls_are_bounded_per_second() -> TestResult {
+    let idp = OwnIdp::start();
+    let app = app_trusting(&idp, &introspection("introspection_max_per_second = 5"), "").await?;
+    let distinct = (0..40).map(|n| {
+        let app = &app;
+        async move {
+            app.trigger("orders", &format!("bogus-{n}"), &json!({}))
+                .await
+        }
+    });
+    let mut busy = 0;
+    for response in futures_util::future::join_all(distinct).await {
+        let response = response?;
+        match response.status() {
+            StatusCode::UNAUTHORIZED => {}
+            StatusCode::SERVICE_UNAVAILABLE => {
+                assert_eq!(crate::helpers::header(&response, "retry-after"), "1");
+                busy += 1;
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    let calls = idp.introspections().await?;
+    assert!(calls <= 10, "{calls} introspections (5 per second)");
+    assert!(busy >= 30, "{busy} answered 503");
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_introspection_answer_without_a_caller_is_refused() -> TestResult {
+    let idp = OwnIdp::start();
+    let app = app_trusting(&idp, &introspection(""), "").await?;
+    idp.set("strip_subject=1").await?;
+    let token = opaque_token(&idp).await?;
+    assert_eq!(status_of(&app, &token).await?, StatusCode::UNAUTHORIZED);
+    let reasons = app.reasons("auth_failed").await?;
+    assert!(
+        reasons.iter().any(|r| r.contains("names no subject")),
+        "{reasons:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn key_documents_must_come_over_https_and_fit_the_cap() -> TestResult {
+    // A plain-http issuer elsewhere than loopback is refused before anything is fetched.
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("stepgate.toml");
+    let insecure = crate::helpers::minimal_config(dir.path(), "http://idp.example.com", "");
+    std::fs::write(&config, insecure)?;
+    let checked = std::process::Command::new(env!("CARGO_BIN_EXE_stepgate"))
+        .args(["check-config", "--config"])
+        .arg(&config)
+        .output()?;
+    assert!(!checked.status.success());
+    let said = String::from_utf8_lossy(&checked.stderr);
+    assert!(
+        said.contains("issuers[0].issuer") && said.contains("https"),
+        "{said}"
+    );
+
+    // A loopback issuer whose discovery names an http jwks_uri elsewhere: refused, so no
+    // keys (never fetched from there).
+    let idp = OwnIdp::start();
+    idp.set("jwks_uri=http://192.0.2.1/jwks").await?;
+    let app = app_trusting(&idp, "", "").await?;
+    let ready: serde_json::Value = app
+        .http
+        .get(app.url("/readyz"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(
+        ready["checks"][format!("issuer {}", idp.idp.issuer)],
+        "signing keys not loaded"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_oversized_key_set_is_refused_and_the_old_keys_keep_serving() -> TestResult {
+    let mut idp = OwnIdp::start();
+    let app = app_trusting(&idp, "jwks_refetch_cooldown_seconds = 1", "").await?;
+    let old_token = idp.idp.billing_token().await?;
+    assert_eq!(status_of(&app, &old_token).await?, StatusCode::ACCEPTED);
+
+    // The IdP rotates to a new key and serves its key set padded to 1 MiB.
+    idp.restart(None);
+    idp.set("jwks_padding=1048576").await?;
+    let new_token = idp.idp.billing_token().await?;
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let fetched_before = idp.jwks_fetches().await?;
+    assert_eq!(status_of(&app, &new_token).await?, StatusCode::UNAUTHORIZED);
+    assert!(idp.jwks_fetches().await? > fetched_before, "stepgate asked");
+    assert_eq!(
+        status_of(&app, &old_token).await?,
+        StatusCode::ACCEPTED,
+        "the old keys were replaced by the oversized set"
+    );
+
+    // The same set within the cap is taken: the size was the only obstacle.
+    idp.set("jwks_padding=0").await?;
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    assert_eq!(status_of(&app, &new_token).await?, StatusCode::ACCEPTED);
+    Ok(())
+}
+
+#[tokio::test]
+async fn with_two_issuers_every_rule_names_its_issuer() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("stepgate.toml");
+    let second = r#"
+[[issuers]]
+issuer = "https://second.example"
+audiences = ["https://stepgate.local"]
+
+[[admin.allow]]
+issuer = "https://second.example"
+clients = ["ops"]
+
+[[audit_readers.allow]]
+clients = ["auditor"]
+"#;
+    let text = crate::helpers::minimal_config(dir.path(), "https://first.example", second);
+    std::fs::write(&config, text)?;
+    let checked = std::process::Command::new(env!("CARGO_BIN_EXE_stepgate"))
+        .args(["check-config", "--config"])
+        .arg(&config)
+        .output()?;
+    assert!(!checked.status.success());
+    let said = String::from_utf8_lossy(&checked.stderr);
+    for rule in ["workflows.orders.allow[0]", "audit_readers.allow[0]"] {
+        assert!(said.contains(rule), "{rule} not named: {said}");
+    }
+    assert!(!said.contains("admin.allow[0]"), "{said}");
+    Ok(())
+}
