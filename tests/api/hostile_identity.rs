@@ -44,6 +44,23 @@ async fn opaque_token(idp: &OwnIdp) -> TestResult<String> {
         .await
 }
 
+/// What `stepgate check-config` says of a minimal configuration trusting `issuer`, plus
+/// `extra`; asserts that it refuses it.
+fn refused_config(issuer: &str, extra: &str) -> TestResult<String> {
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("stepgate.toml");
+    std::fs::write(
+        &config,
+        crate::helpers::minimal_config(dir.path(), issuer, extra),
+    )?;
+    let checked = std::process::Command::new(env!("CARGO_BIN_EXE_stepgate"))
+        .args(["check-config", "--config"])
+        .arg(&config)
+        .output()?;
+    assert!(!checked.status.success(), "check-config accepted it");
+    Ok(String::from_utf8_lossy(&checked.stderr).into_owned())
+}
+
 async fn status_of(app: &TestApp, token: &str) -> TestResult<StatusCode> {
     Ok(app
         .trigger("orders", token, &json!({"input": {}}))
@@ -162,16 +179,7 @@ async fn an_introspection_answer_without_a_caller_is_refused() -> TestResult {
 #[tokio::test]
 async fn key_documents_must_come_over_https_and_fit_the_cap() -> TestResult {
     // A plain-http issuer elsewhere than loopback is refused before anything is fetched.
-    let dir = tempfile::tempdir()?;
-    let config = dir.path().join("stepgate.toml");
-    let insecure = crate::helpers::minimal_config(dir.path(), "http://idp.example.com", "");
-    std::fs::write(&config, insecure)?;
-    let checked = std::process::Command::new(env!("CARGO_BIN_EXE_stepgate"))
-        .args(["check-config", "--config"])
-        .arg(&config)
-        .output()?;
-    assert!(!checked.status.success());
-    let said = String::from_utf8_lossy(&checked.stderr);
+    let said = refused_config("http://idp.example.com", "")?;
     assert!(
         said.contains("issuers[0].issuer") && said.contains("https"),
         "{said}"
@@ -226,8 +234,6 @@ async fn an_oversized_key_set_is_refused_and_the_old_keys_keep_serving() -> Test
 
 #[tokio::test]
 async fn with_two_issuers_every_rule_names_its_issuer() -> TestResult {
-    let dir = tempfile::tempdir()?;
-    let config = dir.path().join("stepgate.toml");
     let second = r#"
 [[issuers]]
 issuer = "https://second.example"
@@ -240,14 +246,7 @@ clients = ["ops"]
 [[audit_readers.allow]]
 clients = ["auditor"]
 "#;
-    let text = crate::helpers::minimal_config(dir.path(), "https://first.example", second);
-    std::fs::write(&config, text)?;
-    let checked = std::process::Command::new(env!("CARGO_BIN_EXE_stepgate"))
-        .args(["check-config", "--config"])
-        .arg(&config)
-        .output()?;
-    assert!(!checked.status.success());
-    let said = String::from_utf8_lossy(&checked.stderr);
+    let said = refused_config("https://first.example", second)?;
     for rule in ["workflows.orders.allow[0]", "audit_readers.allow[0]"] {
         assert!(said.contains(rule), "{rule} not named: {said}");
     }
