@@ -259,7 +259,13 @@ impl Application {
                 close.cancel();
             });
         }
-        let limits = crate::http::listener::ConnectionLimits::from_config(&config_server);
+        let mut limits = crate::http::listener::ConnectionLimits::from_config(&config_server);
+        limits.max_connections = connections_within_open_files(limits.max_connections);
+        // Monitoring tools need few connections; the ops port must not eat the API's budget.
+        let ops_limits = crate::http::listener::ConnectionLimits {
+            max_connections: OPS_MAX_CONNECTIONS,
+            ..limits
+        };
         let ops = ops_listener.map(|ops_listener| {
             if let Ok(ops_addr) = ops_listener.local_addr() {
                 tracing::info!(%ops_addr, "operations listener (/healthz, /readyz, /metrics)");
@@ -267,7 +273,7 @@ impl Application {
             crate::http::listener::serve(
                 ops_listener,
                 crate::http::ops_router(state.clone()),
-                limits,
+                ops_limits,
                 close.clone(),
             )
         });
@@ -306,9 +312,42 @@ impl Application {
     }
 }
 
+/// Descriptors kept beside the API's connections: Redis, Step Functions, the IdP, the
+/// operations listener, files.
+const SPARE_DESCRIPTORS: u64 = 256 + OPS_MAX_CONNECTIONS as u64;
+
+/// Connections the operations listener holds at most.
+const OPS_MAX_CONNECTIONS: usize = 64;
+
+/// Raises this process's soft limit on open files to its hard limit and returns how many
+/// connections fit under it, at most `max_connections`: accepting past the limit would
+/// leave no descriptor for Redis or Step Functions.
+fn connections_within_open_files(max_connections: usize) -> usize {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) if limit < max_connections as u64 + SPARE_DESCRIPTORS => {
+            let fitting = limit.saturating_sub(SPARE_DESCRIPTORS).max(1) as usize;
+            tracing::warn!(
+                open_files = limit,
+                max_connections,
+                serving = fitting,
+                "the open-files limit is below server.max_connections plus what stepgate needs \
+                 beside them; serving fewer connections (raise it: ulimit -n, LimitNOFILE)"
+            );
+            fitting
+        }
+        Ok(_) => max_connections,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read or raise the open-files limit");
+            max_connections
+        }
+    }
+}
+
 /// How often unresolvable AWS credentials are checked again (they may come later: a mounted
-/// web identity token, a profile written by a sidecar).
+/// web identity token, a profile written by a sidecar)…
 const CREDENTIALS_RECHECK: Duration = Duration::from_secs(30);
+/// …and resolving ones (they may expire and not be renewed).
+const CREDENTIALS_CHECK: Duration = Duration::from_secs(300);
 
 /// Checks at start, and again while they fail, that AWS credentials resolve; says so in one
 /// log line when that changes and keeps the answer for `/readyz`. Triggers are admitted
@@ -324,20 +363,19 @@ async fn watch_aws_credentials(state: AppState, shutdown: CancellationToken) {
             (None, Some(_)) => tracing::info!("AWS credentials resolve again"),
             _ => {}
         }
-        let resolved = problem.is_none();
+        let pause = if problem.is_some() {
+            CREDENTIALS_RECHECK
+        } else {
+            CREDENTIALS_CHECK
+        };
         *state
             .step_functions
             .credentials_problem
             .write()
             .unwrap_or_else(|p| p.into_inner()) = problem.clone();
         reported = problem;
-        if resolved {
-            // Once resolved the SDK's identity cache refreshes them; the drain's breaker and
-            // its logs report a later failure.
-            return;
-        }
         tokio::select! {
-            () = tokio::time::sleep(CREDENTIALS_RECHECK) => {}
+            () = tokio::time::sleep(pause) => {}
             () = shutdown.cancelled() => return,
         }
     }

@@ -9,12 +9,16 @@
 //! add up to exactly its refusals, and a tokenless flood from one address costs two records
 //! per window, however fast it comes. Every other event passes through unchanged.
 //!
-//! Aggregation is per process (it runs in the audit writer, before chaining): N replicas
-//! write up to N times as many records. Only the fixed part of a reason is part of the
+//! The client address counts by its IPv4 address or IPv6 /64, and the workflow only when it
+//! is a configured one (the caller sets neither at will). Aggregation is per process (in
+//! front of the audit writer's channel, so a flood takes no room there): N replicas write
+//! up to N times as many records. Only the fixed part of a reason is part of the
 //! source: a reason's quoted part echoes the token (`token type "…"`) and must not let a
 //! client mint new sources.
 
 use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -49,7 +53,7 @@ impl Source {
         let reason = event.reason.as_deref().unwrap_or_default();
         Some(Self {
             kind: event.event,
-            client_addr: event.client_addr.clone(),
+            client_addr: event.client_addr.as_deref().map(address_group),
             issuer_subject,
             workflow: event.workflow.clone(),
             reason: reason.split('"').next().unwrap_or(reason).to_owned(),
@@ -57,10 +61,63 @@ impl Source {
     }
 }
 
+/// The part of a client address that names one client: an IPv4 address, an IPv6 /64 (a
+/// host is typically given a whole /64, and could otherwise mint 2^64 sources).
+fn address_group(addr: &str) -> String {
+    match addr.parse::<IpAddr>() {
+        Ok(IpAddr::V6(v6)) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let s = v6.segments();
+                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+        },
+        _ => addr.to_owned(),
+    }
+}
+
 struct Window {
     closes: Instant,
     /// The first repeat, with its `count` and `last_time` kept up to date.
     repeats: Option<AuditEvent>,
+}
+
+/// The aggregator shared by a process's [`super::AuditLog`] handles (which count refusals
+/// before the writer's channel) and its writer (which writes closed windows).
+#[derive(Clone)]
+pub struct SharedRefusals(Arc<Mutex<RefusalAggregator>>);
+
+impl SharedRefusals {
+    pub fn new(aggregator: RefusalAggregator) -> Self {
+        Self(Arc::new(Mutex::new(aggregator)))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, RefusalAggregator> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// What is to be recorded now for `event` (nothing, when it only counts).
+    pub fn take(&self, event: AuditEvent, now: Instant) -> Vec<AuditEvent> {
+        let mut out = Vec::new();
+        self.lock().take(event, now, &mut out);
+        out
+    }
+
+    pub fn next_close(&self) -> Option<Instant> {
+        self.lock().next_close()
+    }
+
+    pub fn close_due(&self, now: Instant) -> Vec<AuditEvent> {
+        let mut out = Vec::new();
+        self.lock().close_due(now, &mut out);
+        out
+    }
+
+    pub fn close_all(&self) -> Vec<AuditEvent> {
+        let mut out = Vec::new();
+        self.lock().close_all(&mut out);
+        out
+    }
 }
 
 /// The open windows of one process.
@@ -210,6 +267,27 @@ mod tests {
         aggregator.close_all(&mut out);
         assert_eq!(out.len(), 5);
         assert_eq!(counts(&out), 53);
+    }
+
+    #[test]
+    fn an_ipv6_client_is_one_source_per_64() {
+        let mut aggregator = RefusalAggregator::new(Duration::from_secs(10));
+        let now = Instant::now();
+        let mut out = Vec::new();
+        for n in 0..100 {
+            let addr = format!("2001:db8:1:2::{n:x}");
+            aggregator.take(refusal(&addr, "no bearer token"), now, &mut out);
+        }
+        aggregator.take(refusal("2001:db8:1:3::1", "no bearer token"), now, &mut out);
+        aggregator.take(refusal("::ffff:10.0.0.1", "no bearer token"), now, &mut out);
+        aggregator.take(refusal("10.0.0.1", "no bearer token"), now, &mut out);
+        assert_eq!(
+            out.len(),
+            3,
+            "one /64, another /64, one IPv4 address (mapped or not)"
+        );
+        aggregator.close_all(&mut out);
+        assert_eq!(counts(&out), 103);
     }
 
     #[test]

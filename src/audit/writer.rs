@@ -23,7 +23,7 @@ use tokio::time::Instant;
 use super::checkpoint::Checkpoint;
 use super::merkle::leaf_hash;
 use super::record::{AuditEvent, EventKind, sha256_hex};
-use super::refusals::RefusalAggregator;
+use super::refusals::{RefusalAggregator, SharedRefusals};
 use super::signer::AuditSigner;
 use super::store::{self, ChainHead};
 use crate::queue::Keys;
@@ -79,11 +79,14 @@ pub struct AuditLog {
     /// `None`: the audit is turned off (`audit.enabled = false`) and events go nowhere.
     tx: Option<mpsc::Sender<Message>>,
     buffer_wait: Duration,
+    /// Refusals are counted here, before the channel: a flood of them takes no room in it.
+    refusals: SharedRefusals,
 }
 
 /// The task that appends this process's events.
 pub struct AuditWriter {
     rx: mpsc::Receiver<Message>,
+    refusals: SharedRefusals,
     redis: RedisConnection,
     keys: Keys,
     signer: AuditSigner,
@@ -119,13 +122,16 @@ impl AuditLog {
     ) -> (Self, AuditWriter) {
         let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
         let writer_key = keys.audit_writer(&uuid::Uuid::new_v4().simple().to_string());
+        let refusals = SharedRefusals::new(RefusalAggregator::new(settings.refusal_window));
         (
             Self {
                 tx: Some(tx),
                 buffer_wait: settings.buffer_wait,
+                refusals: refusals.clone(),
             },
             AuditWriter {
                 rx,
+                refusals,
                 redis,
                 keys,
                 signer,
@@ -143,11 +149,22 @@ impl AuditLog {
         Self {
             tx: None,
             buffer_wait: Duration::ZERO,
+            refusals: SharedRefusals::new(RefusalAggregator::new(Duration::ZERO)),
         }
     }
 
-    /// Hands `event` to the writer, waiting for room while its buffer is full.
+    /// Hands `event` to the writer, waiting for room while its buffer is full; a refusal
+    /// that only counts in an open window is not sent at all.
     pub async fn record(&self, event: AuditEvent) {
+        if self.tx.is_none() {
+            return;
+        }
+        for event in self.refusals.take(event, Instant::now()) {
+            self.send(event).await;
+        }
+    }
+
+    async fn send(&self, event: AuditEvent) {
         let Some(tx) = &self.tx else {
             return;
         };
@@ -208,7 +225,7 @@ impl AuditWriter {
         let mut events = Vec::with_capacity(MAX_BATCH);
         let mut durable = Vec::new();
         let mut flushes = Vec::new();
-        let mut refusals = RefusalAggregator::new(self.settings.refusal_window);
+        let refusals = self.refusals.clone();
         let mut tick = tokio::time::interval(self.settings.checkpoint_interval / 4);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -218,7 +235,7 @@ impl AuditWriter {
                     Some(message) => message,
                     None => {
                         // The last handle is gone: what was only counted is written too.
-                        refusals.close_all(&mut events);
+                        events.extend(refusals.close_all());
                         if !events.is_empty() {
                             self.append_in_batches(&events).await;
                         }
@@ -226,7 +243,7 @@ impl AuditWriter {
                     }
                 },
                 () = sleep_until_some(window_closes) => {
-                    refusals.close_due(Instant::now(), &mut events);
+                    events.extend(refusals.close_due(Instant::now()));
                     if !events.is_empty() {
                         self.append_in_batches(&events).await;
                         events.clear();
@@ -241,20 +258,19 @@ impl AuditWriter {
                 }
             };
             let mut next = Some(first);
-            // Bounded in messages, not records: a flood of refusals, mostly only counted,
-            // must not hold back the write of the events taken with it.
+            // Bounded in messages as well as records (a flush can add many closed windows).
             let mut taken = 0;
             while let Some(message) = next {
                 taken += 1;
                 match message {
                     Message::Event(event, done) => {
-                        refusals.take(*event, Instant::now(), &mut events);
+                        events.push(*event);
                         durable.extend(done);
                     }
                     Message::Flush(done) => {
                         // Everything recorded before a flush is in Redis after it, counted
                         // refusals included.
-                        refusals.close_all(&mut events);
+                        events.extend(refusals.close_all());
                         flushes.push(done);
                     }
                 }

@@ -48,14 +48,15 @@ impl Introspector {
     /// The token's claims if the issuer says it is active; `None` if it says it is not.
     pub async fn introspect(&self, token: &str) -> Result<Option<Map<String, Value>>, AuthError> {
         let unavailable = |e: &dyn std::fmt::Display| AuthError::IntrospectionFailed(e.to_string());
+        // Counted before discovery too: while discovery fails, each attempt is a call.
+        if !self.calls.try_take(Instant::now()) {
+            return Err(AuthError::IntrospectionBusy);
+        }
         let endpoint = self.endpoint.get_or_try_init(|| self.discover()).await?;
         let endpoint = self
             .endpoints
             .check(endpoint)
             .map_err(|e| unavailable(&e))?;
-        if !self.calls.try_take(Instant::now()) {
-            return Err(AuthError::IntrospectionBusy);
-        }
         let response = self
             .http
             .post(endpoint)

@@ -6,7 +6,8 @@
 //! issuer B), and a token no issuer claims is refused without any call.
 //!
 //! Verdicts are kept by the token's SHA-256: "active" until the token's `exp`, "not active"
-//! (or a refused answer) for `introspection_negative_cache_seconds`. Concurrent requests
+//! (or a refused answer) for `introspection_negative_cache_seconds`, "could not ask" for a
+//! second. Concurrent requests
 //! with the same token wait for one introspection (single flight), so a flood of one bogus
 //! token costs the IdP one call per negative-cache period.
 
@@ -30,13 +31,20 @@ enum Verdict {
         /// `None`: not active; else why an active answer was refused.
         rejected: Option<String>,
     },
+    /// The issuer could not be asked (unreachable, at its rate limit): kept for a moment so
+    /// that requests waiting on the same token get the answer together instead of asking
+    /// again one after the other.
+    Unavailable { until: u64, busy: bool, why: String },
 }
+
+/// How long "could not ask" is kept (seconds: to the next second at least).
+const UNAVAILABLE_SECONDS: u64 = 1;
 
 impl Verdict {
     fn is_current(&self, now: u64) -> bool {
         match self {
             Verdict::Active { expires_at, .. } => now < *expires_at,
-            Verdict::Refused { until, .. } => now < *until,
+            Verdict::Refused { until, .. } | Verdict::Unavailable { until, .. } => now < *until,
         }
     }
 
@@ -48,6 +56,8 @@ impl Verdict {
                 rejected: Some(why),
                 ..
             } => Err(AuthError::Rejected(why)),
+            Verdict::Unavailable { busy: true, .. } => Err(AuthError::IntrospectionBusy),
+            Verdict::Unavailable { why, .. } => Err(AuthError::IntrospectionFailed(why)),
         }
     }
 }
@@ -80,7 +90,9 @@ impl OpaqueVerdicts {
             match self.verdicts.get_value_or_guard_async(digest).await {
                 Ok(verdict) if verdict.is_current(now) => return verdict.into_result(),
                 Ok(_) => {
-                    self.verdicts.remove(digest);
+                    // Only if still stale: another task may have just put a fresh one.
+                    self.verdicts
+                        .remove_if(digest, |verdict| !verdict.is_current(now));
                 }
                 Err(guard) => break guard,
             }
@@ -99,13 +111,22 @@ impl OpaqueVerdicts {
                 until: now + negative_ttl_seconds,
                 rejected: Some(why.clone()),
             }),
+            Err(AuthError::IntrospectionBusy) => Some(Verdict::Unavailable {
+                until: now + UNAVAILABLE_SECONDS,
+                busy: true,
+                why: String::new(),
+            }),
+            Err(AuthError::IntrospectionFailed(why)) => Some(Verdict::Unavailable {
+                until: now + UNAVAILABLE_SECONDS,
+                busy: false,
+                why: why.clone(),
+            }),
             Err(_) => None,
         };
         match verdict {
             Some(verdict) => {
                 let _ = guard.insert(verdict);
             }
-            // The waiters ask again themselves (under the rate limit).
             None => drop(guard),
         }
         result.map(|(principal, _)| principal)

@@ -264,6 +264,11 @@ impl Verifier {
         digest: [u8; 32],
         now: u64,
     ) -> Result<Arc<Principal>, AuthError> {
+        // A compact JWS or JWE that did not parse is some issuer's JWT, not an opaque token:
+        // it must not be shown to the introspecting issuer.
+        if token.contains('.') {
+            return Err(AuthError::Malformed);
+        }
         let Some((issuer, introspector)) = self.introspecting_issuer(token) else {
             return Err(AuthError::Malformed);
         };

@@ -90,12 +90,16 @@ async fn audit_refusal(state: &AppState, parts: &Parts, token: Option<&str>, rea
         .extensions
         .get::<ConnectInfo<SocketAddr>>()
         .map(|ConnectInfo(addr)| addr.ip().to_string());
+    // Only a configured workflow: a made-up name would tell nothing and, as a source of
+    // refusals, let a client mint one record per request (see audit::refusals).
+    let runtime = state.runtime();
     event.workflow = parts
         .uri
         .path()
         .strip_prefix("/v1/workflows/")
         .and_then(|rest| rest.split('/').next())
         .and_then(|name| crate::domain::WorkflowName::parse(name).ok())
+        .filter(|name| runtime.workflows.contains_key(name))
         .map(|name| name.to_string());
     state.audit.record(event).await;
 }

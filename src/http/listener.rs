@@ -13,7 +13,9 @@
 //! - **size of the head**: more than `max_header_bytes` or `max_headers` is answered `431`
 //!   by hyper and the connection closed;
 //! - **count**: beyond `max_connections` open connections a new one is closed at once;
-//!   open ones keep being served.
+//!   open ones keep being served;
+//! - **a client that stops reading** its answer for `idle_timeout` is closed (a write that
+//!   makes no progress that long fails).
 //!
 //! Why not hyper's own `header_read_timeout`: hyper starts that timer whenever it waits for a
 //! request head, including while a kept-alive connection waits between requests, so it cannot
@@ -146,7 +148,15 @@ pub async fn serve(
         });
     }
     drop(listener);
-    graceful.shutdown().await;
+    // Open requests may finish; a client that holds its connection past that (a request
+    // never completed, an answer never read) must not keep the process from stopping and
+    // writing its audit trail.
+    if tokio::time::timeout(limits.request_timeout, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still open after the request timeout; closing them");
+    }
 }
 
 /// Errors of one connection that was being accepted (the client gave up): nothing to report.
@@ -213,6 +223,9 @@ struct GuardedIo {
     phase: Arc<SharedState>,
     limits: ConnectionLimits,
     timer: Pin<Box<Sleep>>,
+    /// Since when writes make no progress (the client does not read), if they do not.
+    write_stalled_until: Option<Instant>,
+    write_timer: Pin<Box<Sleep>>,
 }
 
 impl GuardedIo {
@@ -222,6 +235,40 @@ impl GuardedIo {
             phase,
             limits,
             timer: Box::pin(tokio::time::sleep(limits.header_read_timeout)),
+            write_stalled_until: None,
+            write_timer: Box::pin(tokio::time::sleep(limits.idle_timeout)),
+        }
+    }
+
+    /// After a write that could not proceed: an error once writes have made no progress for
+    /// `idle_timeout`.
+    fn poll_write_stall(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let deadline = *self
+            .write_stalled_until
+            .get_or_insert_with(|| Instant::now() + self.limits.idle_timeout);
+        if self.write_timer.deadline() != deadline {
+            self.write_timer.as_mut().reset(deadline);
+        }
+        match self.write_timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client stopped reading",
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn wrote(
+        &mut self,
+        written: Poll<io::Result<usize>>,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<usize>> {
+        match written {
+            Poll::Pending => self.poll_write_stall(cx),
+            done => {
+                self.write_stalled_until = None;
+                done
+            }
         }
     }
 
@@ -293,7 +340,9 @@ impl AsyncWrite for GuardedIo {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        let this = self.get_mut();
+        let written = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.wrote(written, cx)
     }
 
     fn poll_write_vectored(
@@ -301,7 +350,9 @@ impl AsyncWrite for GuardedIo {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let written = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.wrote(written, cx)
     }
 
     fn is_write_vectored(&self) -> bool {

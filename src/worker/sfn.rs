@@ -121,6 +121,10 @@ const SYSTEMIC_CODES: &[&str] = &[
     "InvalidClientTokenId",
     "MissingAuthenticationToken",
     "KmsThrottlingException",
+    // The state machine's KMS key is disabled, pending deletion or not granted: an
+    // operator mends it, and every entry waits for that.
+    "KmsAccessDeniedException",
+    "KmsInvalidStateException",
 ];
 
 /// Error codes that mean "not now" rather than "never".
@@ -255,11 +259,21 @@ impl StepFunctions for AwsStepFunctions {
         match tokio::time::timeout(CREDENTIALS_CHECK_TIMEOUT, provider.provide_credentials()).await
         {
             Ok(Ok(_)) => None,
-            Ok(Err(e)) => Some(format!(
-                "no AWS credentials can be resolved ({}); set [aws.static_credentials], the \
-                 AWS_* environment variables, a profile or a role",
-                first_line(&DisplayErrorContext(&e).to_string())
-            )),
+            Ok(Err(e)) => {
+                // The innermost cause says what is missing; the layers above repeat it.
+                let cause =
+                    std::iter::successors(Some(&e as &(dyn std::error::Error + 'static)), |e| {
+                        e.source()
+                    })
+                    .last()
+                    .map(ToString::to_string)
+                    .unwrap_or_default();
+                Some(format!(
+                    "no AWS credentials can be resolved ({}); set [aws.static_credentials], the \
+                     AWS_* environment variables, a profile or a role",
+                    first_line(&cause)
+                ))
+            }
             Err(_) => Some(format!(
                 "resolving AWS credentials took longer than {} s",
                 CREDENTIALS_CHECK_TIMEOUT.as_secs()

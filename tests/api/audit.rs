@@ -333,6 +333,8 @@ fn check_proof(app: &TestApp, proof: &Value) -> TestResult<(bool, bool)> {
     std::fs::write(&path, serde_json::to_vec(proof)?)?;
     let public_key = dir.join("audit.pub");
     let ours = Command::new(env!("CARGO_BIN_EXE_stepgate"))
+        // Never the instance metadata service (a non-loopback address) from a test.
+        .env("AWS_EC2_METADATA_DISABLED", "true")
         .args(["audit", "verify-proof", "--public-key"])
         .arg(&public_key)
         .arg(&path)

@@ -92,6 +92,8 @@ fn the_kubernetes_example_hangs_together() -> TestResult {
     let path = dir.path().join("stepgate.toml");
     std::fs::write(&path, &config)?;
     let checked = Command::new(env!("CARGO_BIN_EXE_stepgate"))
+        // Never the instance metadata service (a non-loopback address) from a test.
+        .env("AWS_EC2_METADATA_DISABLED", "true")
         .args(["check-config", "--config"])
         .arg(&path)
         .env("STEPGATE_REDIS__URL", "redis://redis.example:6379")
@@ -127,6 +129,8 @@ async fn the_binary_probes_a_server() -> TestResult {
     // Not std's Command: the server runs on this test's (single) runtime thread.
     let probe = |url: String| {
         tokio::process::Command::new(env!("CARGO_BIN_EXE_stepgate"))
+            // Never the instance metadata service (a non-loopback address) from a test.
+            .env("AWS_EC2_METADATA_DISABLED", "true")
             .args(["healthcheck", "--url", &url])
             .output()
     };

@@ -965,6 +965,11 @@ impl TestApp {
         if let Some(audit) = &self.audit {
             audit.flush().await;
         }
+        self.audit_records_written().await
+    }
+
+    /// The audit records in Redis now, without flushing the writer first.
+    pub async fn audit_records_written(&self) -> TestResult<Vec<Value>> {
         let mut redis = self.redis.connection().await?;
         let entries: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
             .arg("stepgate:{audit}:log")
@@ -1045,6 +1050,8 @@ impl TestApp {
     /// Runs the `stepgate` binary against this app's configuration.
     pub fn stepgate(&self, args: &[&str]) -> TestResult<std::process::Output> {
         Ok(Command::new(env!("CARGO_BIN_EXE_stepgate"))
+            // Never the instance metadata service (a non-loopback address) from a test.
+            .env("AWS_EC2_METADATA_DISABLED", "true")
             .args(args)
             .arg("--config")
             .arg(&self.config_path)

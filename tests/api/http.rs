@@ -228,6 +228,8 @@ async fn check_config_names_the_bad_key() -> TestResult {
         .replace("stateMachine:orders", "lambda:orders");
     std::fs::write(&path, text)?;
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_stepgate"))
+        // Never the instance metadata service (a non-loopback address) from a test.
+        .env("AWS_EC2_METADATA_DISABLED", "true")
         .args(["check-config", "--config"])
         .arg(&path)
         .output()?;
@@ -239,6 +241,8 @@ async fn check_config_names_the_bad_key() -> TestResult {
     );
 
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_stepgate"))
+        // Never the instance metadata service (a non-loopback address) from a test.
+        .env("AWS_EC2_METADATA_DISABLED", "true")
         .args(["check-config", "--config", "stepgate.example.toml"])
         .current_dir(root())
         .output()?;
@@ -250,6 +254,8 @@ async fn check_config_names_the_bad_key() -> TestResult {
 
     // Environment overrides apply over the file, and are validated the same way.
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_stepgate"))
+        // Never the instance metadata service (a non-loopback address) from a test.
+        .env("AWS_EC2_METADATA_DISABLED", "true")
         .args(["check-config", "--config", "stepgate.example.toml"])
         .env("STEPGATE_REDIS__URL", "http://127.0.0.1:6379")
         .current_dir(root())

@@ -161,6 +161,8 @@ async fn policy_explain_verifies_a_real_token_and_shows_every_rule() -> TestResu
     let explain = |workflow: &str, token: String| -> TestResult<(bool, String)> {
         use std::io::Write;
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_stepgate"))
+            // Never the instance metadata service (a non-loopback address) from a test.
+            .env("AWS_EC2_METADATA_DISABLED", "true")
             .args([
                 "policy",
                 "explain",

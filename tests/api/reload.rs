@@ -165,6 +165,8 @@ async fn sighup_reloads_a_running_stepgate_process() -> TestResult {
     std::fs::write(&config, &text)?;
     let process = crate::helpers::KillOnDrop(
         std::process::Command::new(env!("CARGO_BIN_EXE_stepgate"))
+            // Never the instance metadata service (a non-loopback address) from a test.
+            .env("AWS_EC2_METADATA_DISABLED", "true")
             .args(["serve", "--config"])
             .arg(&config)
             .stderr(std::process::Stdio::null())

@@ -19,10 +19,14 @@
 //! - **Drain**: a backlog of `DRAIN_ENTRIES` drained with `DRAIN_CONCURRENCY` calls in
 //!   flight, against the emulator's own rate for the same calls at the same concurrency
 //!   (aws-sdk-sfn straight at it), both timed at the same proxy from first to last start.
+//! - **Under attack** ([`flood`]): real callers' trigger latency while 2,000 idle
+//!   connections are held open and a tokenless flood runs beside them, against the same
+//!   callers without the attack.
 //! - **Memory**: peak RSS (`VmHWM`) of each stepgate process.
 
 #![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
 
+mod flood;
 #[path = "../api/helpers.rs"]
 #[allow(dead_code)]
 mod helpers;
@@ -89,6 +93,7 @@ async fn main() -> TestResult {
 
     let half_rate = admission[1].rate() / 2.0;
     let half_load = open_loop(&gateway.url, &token, half_rate, HALF_LOAD_LENGTH).await?;
+    let under_attack = flood::measure(&gateway.url, &token).await?;
     let admission_rss = gateway.peak_rss_kib()?;
     drop(gateway);
     drop(python);
@@ -119,6 +124,7 @@ async fn main() -> TestResult {
         admission,
         half_rate,
         half_load,
+        under_attack,
         to_start,
         direct,
         drain,
@@ -184,6 +190,8 @@ impl Stepgate {
         let dir = tempfile::tempdir()?;
         let key = dir.path().join("audit.key");
         let status = Command::new(env!("CARGO_BIN_EXE_stepgate"))
+            // Never the instance metadata service (a non-loopback address) from a test.
+            .env("AWS_EC2_METADATA_DISABLED", "true")
             .args(["keygen", "--out"])
             .arg(&key)
             .stdout(Stdio::null())
@@ -236,6 +244,8 @@ scopes = ["workflows:trigger"]
         let log = std::fs::File::create(dir.path().join("stepgate.log"))?;
         let process = KillOnDrop(
             Command::new(env!("CARGO_BIN_EXE_stepgate"))
+                // Never the instance metadata service (a non-loopback address) from a test.
+                .env("AWS_EC2_METADATA_DISABLED", "true")
                 .args(["serve", "--config"])
                 .arg(&path)
                 .stdout(Stdio::null())
@@ -688,6 +698,7 @@ struct Report {
     admission: Vec<Wrk>,
     half_rate: f64,
     half_load: Vec<u64>,
+    under_attack: flood::UnderAttack,
     to_start: Vec<f64>,
     direct: f64,
     drain: Drain,
@@ -735,6 +746,7 @@ fn report(r: &Report) {
         r.half_rate,
         r.half_load.len()
     );
+    r.under_attack.report();
     println!();
     println!(
         "trigger -> StartExecution (idle drain, {LATENCY_SAMPLES} triggers): p50 {start_p50:.2} ms, p99 {start_p99:.2} ms"

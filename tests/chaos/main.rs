@@ -115,6 +115,8 @@ impl Gateway {
             .append(true)
             .open(&self.log)?;
         let child = Command::new(env!("CARGO_BIN_EXE_stepgate"))
+            // Never the instance metadata service (a non-loopback address) from a test.
+            .env("AWS_EC2_METADATA_DISABLED", "true")
             .args(["serve", "--config"])
             .arg(&self.config)
             .env(
@@ -405,6 +407,8 @@ clients = ["billing-service"]
     }
 
     let verified = Command::new(env!("CARGO_BIN_EXE_stepgate"))
+        // Never the instance metadata service (a non-loopback address) from a test.
+        .env("AWS_EC2_METADATA_DISABLED", "true")
         .args(["audit", "verify", "--config"])
         .arg(&config)
         .output()?;

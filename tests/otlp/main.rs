@@ -32,6 +32,8 @@ async fn spans_reach_the_collector_in_the_callers_trace() -> TestResult {
     let port = free_port();
     let mut serving = KillOnDrop(
         Command::new(env!("CARGO_BIN_EXE_stepgate"))
+            // Never the instance metadata service (a non-loopback address) from a test.
+            .env("AWS_EC2_METADATA_DISABLED", "true")
             .args(["serve", "--config"])
             .arg(&app.config_path)
             .env("STEPGATE_SERVER__LISTEN", format!("127.0.0.1:{port}"))

@@ -97,11 +97,14 @@ pub async fn get_readiness(
     }
     let ready = checks.values().all(|c| c == "ok");
     // Reported, but not a reason to stop admitting: triggers wait in Redis until the drain
-    // (of any replica) can start them.
-    checks.insert(
-        "aws_credentials".to_owned(),
-        credentials_problem.unwrap_or_else(|| "ok".to_owned()),
-    );
+    // (of any replica) can start them. The SDK's words (which may name roles and accounts)
+    // only on the operations listener.
+    let credentials = match (credentials_problem, operator.is_some()) {
+        (None, _) => "ok".to_owned(),
+        (Some(problem), true) => problem,
+        (Some(_), false) => "unavailable".to_owned(),
+    };
+    checks.insert("aws_credentials".to_owned(), credentials);
     let body = Json(Health {
         status: if ready { "ready" } else { "not_ready" }.into(),
         checks,
