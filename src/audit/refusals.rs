@@ -40,7 +40,7 @@ struct Source {
 
 impl Source {
     fn of(event: &AuditEvent) -> Option<Self> {
-        if !matches!(event.event, EventKind::AuthFailed | EventKind::Denied) {
+        if !RefusalAggregator::aggregates(event) {
             return None;
         }
         // An auth_failed record's issuer is the token's unverified claim: not a source.
@@ -137,6 +137,11 @@ impl RefusalAggregator {
             open: HashMap::new(),
             closing_order: VecDeque::new(),
         }
+    }
+
+    /// Whether `event` is of a kind that is aggregated (the others pass through unchanged).
+    pub fn aggregates(event: &AuditEvent) -> bool {
+        matches!(event.event, EventKind::AuthFailed | EventKind::Denied)
     }
 
     /// Takes one event; pushes what is to be recorded now onto `out`.

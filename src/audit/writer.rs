@@ -159,6 +159,9 @@ impl AuditLog {
         if self.tx.is_none() {
             return;
         }
+        if !RefusalAggregator::aggregates(&event) {
+            return self.send(event).await;
+        }
         for event in self.refusals.take(event, Instant::now()) {
             self.send(event).await;
         }

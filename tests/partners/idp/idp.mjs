@@ -19,8 +19,6 @@
 //                          takes them back (as IdPs that mark their tokens, e.g. `ghp_`, do)
 //   jwks_padding=N         the JWKS carries N more bytes (an oversized key set)
 //   strip_subject=1        introspection answers leave out `sub` and `client_id`
-//   jwks_uri=U             the discovery document names U as its jwks_uri (never fetched by
-//                          the tests: stepgate must refuse it first)
 import { createServer } from 'node:http';
 import * as querystring from 'node:querystring';
 import { createHash, createPrivateKey, createPublicKey, generateKeyPairSync } from 'node:crypto';
@@ -50,7 +48,7 @@ const attackerPem = attacker.export({ type: 'pkcs1', format: 'pem' });
 const attackerJwk = { ...createPublicKey(attacker).export({ format: 'jwk' }), kid: 'attacker-key', alg: 'RS256', use: 'sig' };
 let jwksFetches = 0;
 let introspections = 0;
-const testMode = { opaquePrefix: '', jwksPadding: 0, stripSubject: false, jwksUri: '' };
+const testMode = { opaquePrefix: '', jwksPadding: 0, stripSubject: false };
 
 async function rawBody(req) {
   const chunks = [];
@@ -102,7 +100,6 @@ server.listen(Number(process.env.IDP_PORT ?? 0), '127.0.0.1', () => {
       if (q.opaque_prefix !== undefined) testMode.opaquePrefix = String(q.opaque_prefix);
       if (q.jwks_padding !== undefined) testMode.jwksPadding = Number(q.jwks_padding);
       if (q.strip_subject !== undefined) testMode.stripSubject = q.strip_subject === '1';
-      if (q.jwks_uri !== undefined) testMode.jwksUri = String(q.jwks_uri);
       ctx.body = testMode;
       return;
     }
@@ -121,9 +118,6 @@ server.listen(Number(process.env.IDP_PORT ?? 0), '127.0.0.1', () => {
     if (ctx.path === '/token' && testMode.opaquePrefix && ctx.body && typeof ctx.body.access_token === 'string'
         && !ctx.body.access_token.includes('.')) {
       ctx.body = { ...ctx.body, access_token: testMode.opaquePrefix + ctx.body.access_token };
-    }
-    if (ctx.path === '/.well-known/openid-configuration' && testMode.jwksUri && ctx.body && typeof ctx.body === 'object') {
-      ctx.body = { ...ctx.body, jwks_uri: testMode.jwksUri };
     }
     if (ctx.path === '/jwks' && testMode.jwksPadding > 0 && ctx.body && typeof ctx.body === 'object') {
       ctx.body = { ...ctx.body, padding: 'x'.repeat(testMode.jwksPadding) };
