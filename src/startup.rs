@@ -261,9 +261,12 @@ impl Application {
         }
         let mut limits = crate::http::listener::ConnectionLimits::from_config(&config_server);
         limits.max_connections = connections_within_open_files(limits.max_connections);
-        // Monitoring tools need few connections; the ops port must not eat the API's budget.
+        // Probes and scrapers need few connections, each brief: the ops port must not eat
+        // the API's budget, nor be held by a client that connects and waits.
         let ops_limits = crate::http::listener::ConnectionLimits {
             max_connections: OPS_MAX_CONNECTIONS,
+            header_read_timeout: limits.header_read_timeout.min(OPS_TIMEOUT),
+            idle_timeout: limits.idle_timeout.min(OPS_TIMEOUT),
             ..limits
         };
         let ops = ops_listener.map(|ops_listener| {
@@ -316,8 +319,10 @@ impl Application {
 /// operations listener, files.
 const SPARE_DESCRIPTORS: u64 = 256 + OPS_MAX_CONNECTIONS as u64;
 
-/// Connections the operations listener holds at most.
-const OPS_MAX_CONNECTIONS: usize = 64;
+/// Connections the operations listener holds at most…
+const OPS_MAX_CONNECTIONS: usize = 256;
+/// …and how long one may take to send a request or stay idle.
+const OPS_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Raises this process's soft limit on open files to its hard limit and returns how many
 /// connections fit under it, at most `max_connections`: accepting past the limit would

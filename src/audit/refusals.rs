@@ -84,39 +84,62 @@ struct Window {
 
 /// The aggregator shared by a process's [`super::AuditLog`] handles (which count refusals
 /// before the writer's channel) and its writer (which writes closed windows).
+///
+/// Aggregates of windows closed while a refusal is taken wait in `closed` for the writer,
+/// which appends them without going through its channel: a full channel can delay a
+/// refusal's first record (the caller waits), never drop an aggregate.
 #[derive(Clone)]
-pub struct SharedRefusals(Arc<Mutex<RefusalAggregator>>);
+pub struct SharedRefusals(Arc<Mutex<Shared>>);
+
+struct Shared {
+    aggregator: RefusalAggregator,
+    closed: Vec<AuditEvent>,
+}
 
 impl SharedRefusals {
     pub fn new(aggregator: RefusalAggregator) -> Self {
-        Self(Arc::new(Mutex::new(aggregator)))
+        Self(Arc::new(Mutex::new(Shared {
+            aggregator,
+            closed: Vec::new(),
+        })))
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, RefusalAggregator> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// What is to be recorded now for `event` (nothing, when it only counts).
+    /// What the caller sends to the writer now for `event` (nothing, when it only counts).
     pub fn take(&self, event: AuditEvent, now: Instant) -> Vec<AuditEvent> {
         let mut out = Vec::new();
-        self.lock().take(event, now, &mut out);
+        let shared = &mut *self.lock();
+        shared
+            .aggregator
+            .take(event, now, &mut out, &mut shared.closed);
         out
     }
 
+    /// When the writer must next close windows: now, if closed ones wait.
     pub fn next_close(&self) -> Option<Instant> {
-        self.lock().next_close()
+        let shared = self.lock();
+        if shared.closed.is_empty() {
+            shared.aggregator.next_close()
+        } else {
+            Some(Instant::now())
+        }
     }
 
+    /// The aggregates to write: windows that ended by `now`, and those closed meanwhile.
     pub fn close_due(&self, now: Instant) -> Vec<AuditEvent> {
-        let mut out = Vec::new();
-        self.lock().close_due(now, &mut out);
-        out
+        let shared = &mut *self.lock();
+        shared.aggregator.close_due(now, &mut shared.closed);
+        std::mem::take(&mut shared.closed)
     }
 
+    /// Every window's aggregate (flush, shutdown).
     pub fn close_all(&self) -> Vec<AuditEvent> {
-        let mut out = Vec::new();
-        self.lock().close_all(&mut out);
-        out
+        let shared = &mut *self.lock();
+        shared.aggregator.close_all(&mut shared.closed);
+        std::mem::take(&mut shared.closed)
     }
 }
 
@@ -144,8 +167,15 @@ impl RefusalAggregator {
         matches!(event.event, EventKind::AuthFailed | EventKind::Denied)
     }
 
-    /// Takes one event; pushes what is to be recorded now onto `out`.
-    pub fn take(&mut self, mut event: AuditEvent, now: Instant, out: &mut Vec<AuditEvent>) {
+    /// Takes one event; pushes what is to be recorded now onto `out` (the event itself, when
+    /// it is not only counted) and the aggregates of windows it closes onto `closed`.
+    pub fn take(
+        &mut self,
+        mut event: AuditEvent,
+        now: Instant,
+        out: &mut Vec<AuditEvent>,
+        closed: &mut Vec<AuditEvent>,
+    ) {
         let Some(source) = Source::of(&event) else {
             out.push(event);
             return;
@@ -155,7 +185,7 @@ impl RefusalAggregator {
             out.push(event);
             return;
         }
-        self.close_due(now, out);
+        self.close_due(now, closed);
         if let Some(open) = self.open.get_mut(&source) {
             match &mut open.repeats {
                 Some(repeats) => {
@@ -170,7 +200,7 @@ impl RefusalAggregator {
             return;
         }
         if self.open.len() >= MAX_OPEN_WINDOWS {
-            self.close_oldest(out);
+            self.close_oldest(closed);
         }
         self.open.insert(
             source.clone(),
@@ -236,10 +266,15 @@ mod tests {
     fn a_flood_from_one_source_is_two_records_per_window_with_exact_counts() {
         let mut aggregator = RefusalAggregator::new(Duration::from_secs(10));
         let t0 = Instant::now();
-        let mut out = Vec::new();
+        let (mut out, mut closed) = (Vec::new(), Vec::new());
         for i in 0..500u64 {
             let now = t0 + Duration::from_millis(i * 10);
-            aggregator.take(refusal("10.0.0.1", "no bearer token"), now, &mut out);
+            aggregator.take(
+                refusal("10.0.0.1", "no bearer token"),
+                now,
+                &mut out,
+                &mut closed,
+            );
         }
         assert_eq!(out.len(), 1, "only the first is recorded at once");
         assert_eq!(out[0].count, Some(1));
@@ -256,17 +291,28 @@ mod tests {
     fn sources_are_kept_apart_and_quoted_parts_do_not_make_sources() {
         let mut aggregator = RefusalAggregator::new(Duration::from_secs(10));
         let now = Instant::now();
-        let mut out = Vec::new();
-        aggregator.take(refusal("10.0.0.1", "no bearer token"), now, &mut out);
-        aggregator.take(refusal("10.0.0.2", "no bearer token"), now, &mut out);
+        let (mut out, mut closed) = (Vec::new(), Vec::new());
+        aggregator.take(
+            refusal("10.0.0.1", "no bearer token"),
+            now,
+            &mut out,
+            &mut closed,
+        );
+        aggregator.take(
+            refusal("10.0.0.2", "no bearer token"),
+            now,
+            &mut out,
+            &mut closed,
+        );
         aggregator.take(
             refusal("10.0.0.1", "token is not a well-formed JWS"),
             now,
             &mut out,
+            &mut closed,
         );
         for n in 0..50 {
             let reason = format!("token type \"x{n}\" is not the required one");
-            aggregator.take(refusal("10.0.0.3", &reason), now, &mut out);
+            aggregator.take(refusal("10.0.0.3", &reason), now, &mut out, &mut closed);
         }
         assert_eq!(out.len(), 4);
         aggregator.close_all(&mut out);
@@ -278,14 +324,34 @@ mod tests {
     fn an_ipv6_client_is_one_source_per_64() {
         let mut aggregator = RefusalAggregator::new(Duration::from_secs(10));
         let now = Instant::now();
-        let mut out = Vec::new();
+        let (mut out, mut closed) = (Vec::new(), Vec::new());
         for n in 0..100 {
             let addr = format!("2001:db8:1:2::{n:x}");
-            aggregator.take(refusal(&addr, "no bearer token"), now, &mut out);
+            aggregator.take(
+                refusal(&addr, "no bearer token"),
+                now,
+                &mut out,
+                &mut closed,
+            );
         }
-        aggregator.take(refusal("2001:db8:1:3::1", "no bearer token"), now, &mut out);
-        aggregator.take(refusal("::ffff:10.0.0.1", "no bearer token"), now, &mut out);
-        aggregator.take(refusal("10.0.0.1", "no bearer token"), now, &mut out);
+        aggregator.take(
+            refusal("2001:db8:1:3::1", "no bearer token"),
+            now,
+            &mut out,
+            &mut closed,
+        );
+        aggregator.take(
+            refusal("::ffff:10.0.0.1", "no bearer token"),
+            now,
+            &mut out,
+            &mut closed,
+        );
+        aggregator.take(
+            refusal("10.0.0.1", "no bearer token"),
+            now,
+            &mut out,
+            &mut closed,
+        );
         assert_eq!(
             out.len(),
             3,
@@ -299,10 +365,15 @@ mod tests {
     fn other_events_pass_and_a_zero_window_aggregates_nothing() {
         let mut aggregator = RefusalAggregator::new(Duration::ZERO);
         let now = Instant::now();
-        let mut out = Vec::new();
-        aggregator.take(AuditEvent::now(EventKind::Accepted), now, &mut out);
-        aggregator.take(refusal("a", "r"), now, &mut out);
-        aggregator.take(refusal("a", "r"), now, &mut out);
+        let (mut out, mut closed) = (Vec::new(), Vec::new());
+        aggregator.take(
+            AuditEvent::now(EventKind::Accepted),
+            now,
+            &mut out,
+            &mut closed,
+        );
+        aggregator.take(refusal("a", "r"), now, &mut out, &mut closed);
+        aggregator.take(refusal("a", "r"), now, &mut out, &mut closed);
         assert_eq!(out.len(), 3);
         assert_eq!(out[0].count, None, "accepted records carry no count");
         assert_eq!(out[2].count, Some(1));
@@ -312,13 +383,15 @@ mod tests {
     fn too_many_sources_close_the_oldest_windows_early() {
         let mut aggregator = RefusalAggregator::new(Duration::from_secs(10));
         let now = Instant::now();
-        let mut out = Vec::new();
+        let (mut out, mut closed) = (Vec::new(), Vec::new());
         for n in 0..=MAX_OPEN_WINDOWS {
             let addr = n.to_string();
-            aggregator.take(refusal(&addr, "r"), now, &mut out);
-            aggregator.take(refusal(&addr, "r"), now, &mut out);
+            aggregator.take(refusal(&addr, "r"), now, &mut out, &mut closed);
+            aggregator.take(refusal(&addr, "r"), now, &mut out, &mut closed);
         }
         assert!(aggregator.open.len() <= MAX_OPEN_WINDOWS);
+        assert!(!closed.is_empty(), "the oldest windows were closed early");
+        out.append(&mut closed);
         aggregator.close_all(&mut out);
         assert_eq!(counts(&out), 2 * (MAX_OPEN_WINDOWS as u64 + 1));
     }

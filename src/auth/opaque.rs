@@ -37,7 +37,8 @@ enum Verdict {
     Unavailable { until: u64, busy: bool, why: String },
 }
 
-/// How long "could not ask" is kept (seconds: to the next second at least).
+/// How long "could not ask" is kept, counted from when the call ended (whole seconds: up
+/// to one second beyond, at least to the end of the second).
 const UNAVAILABLE_SECONDS: u64 = 1;
 
 impl Verdict {
@@ -111,13 +112,15 @@ impl OpaqueVerdicts {
                 until: now + negative_ttl_seconds,
                 rejected: Some(why.clone()),
             }),
+            // From the clock after the call (which may have taken seconds), so the verdict
+            // still holds for the requests that waited on it.
             Err(AuthError::IntrospectionBusy) => Some(Verdict::Unavailable {
-                until: now + UNAVAILABLE_SECONDS,
+                until: crate::clock::unix_seconds() + UNAVAILABLE_SECONDS,
                 busy: true,
                 why: String::new(),
             }),
             Err(AuthError::IntrospectionFailed(why)) => Some(Verdict::Unavailable {
-                until: now + UNAVAILABLE_SECONDS,
+                until: crate::clock::unix_seconds() + UNAVAILABLE_SECONDS,
                 busy: false,
                 why: why.clone(),
             }),

@@ -115,3 +115,35 @@ mod tests {
         assert!(has_duplicate_claims("a.!!!.c"));
     }
 }
+
+/// Whether `token` is shaped like a compact JWS or JWE: 3 or 5 dot-separated parts whose
+/// first decodes to a JSON object with `alg`. Decoded unverified, only to decide where the
+/// token may be sent.
+pub fn looks_like_jose(token: &str) -> bool {
+    let parts = token.split('.').count();
+    if parts != 3 && parts != 5 {
+        return false;
+    }
+    let header = token.split('.').next().unwrap_or_default();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(header)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+        .is_some_and(|header| header.get("alg").is_some())
+}
+
+#[cfg(test)]
+mod jose_shape_tests {
+    use super::looks_like_jose;
+
+    #[test]
+    fn tells_a_jose_token_from_an_opaque_one_with_dots() {
+        // {"alg":"ES512"} as a header, and a JWE's five parts.
+        assert!(looks_like_jose("eyJhbGciOiJFUzUxMiJ9.e30.c2ln"));
+        assert!(looks_like_jose("eyJhbGciOiJSU0EtT0FFUCJ9.a.b.c.d"));
+        assert!(!looks_like_jose("ory_at_abc.def"));
+        assert!(!looks_like_jose("ya29.a0AfH6SM"));
+        assert!(!looks_like_jose("abc.def.ghi"));
+        assert!(!looks_like_jose("opaque"));
+    }
+}

@@ -264,14 +264,16 @@ impl Verifier {
         digest: [u8; 32],
         now: u64,
     ) -> Result<Arc<Principal>, AuthError> {
-        // A compact JWS or JWE that did not parse is some issuer's JWT, not an opaque token:
-        // it must not be shown to the introspecting issuer.
-        if token.contains('.') {
-            return Err(AuthError::Malformed);
-        }
         let Some((issuer, introspector)) = self.introspecting_issuer(token) else {
             return Err(AuthError::Malformed);
         };
+        // A compact JWS or JWE that did not parse (an algorithm we do not take, an encrypted
+        // token) is some issuer's JWT: unless the issuer's own prefix claims it, it must not
+        // be shown to the introspecting issuer. (Opaque tokens may contain dots: Hydra's
+        // `ory_at_….…`.)
+        if issuer.config.opaque_token_prefix.is_none() && unverified::looks_like_jose(token) {
+            return Err(AuthError::Malformed);
+        }
         let introspect = async {
             let answer =
                 tokio::time::timeout(INTROSPECTION_TIMEOUT, introspector.introspect(token))

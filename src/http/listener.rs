@@ -39,6 +39,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
 /// hyper's default bound on header count; anything else costs a heap allocation per request.
@@ -94,6 +95,10 @@ pub async fn serve(
     }
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
+    // Every connection task, so that the ones still open after the shutdown's bound can be
+    // ended (they hold the application state, and with it the audit trail's handle).
+    let connections = TaskTracker::new();
+    let abandon = CancellationToken::new();
     loop {
         let (stream, peer) = tokio::select! {
             () = close.cancelled() => break,
@@ -138,10 +143,17 @@ pub async fn serve(
         });
         let connection = graceful.watch(http.serve_connection(io, service));
         let open = crate::metrics::metrics().connections_open.clone();
-        tokio::spawn(async move {
+        let abandon = abandon.clone();
+        connections.spawn(async move {
             open.inc();
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, %peer, "connection ended with an error");
+            tokio::select! {
+                served = connection => {
+                    if let Err(e) = served {
+                        tracing::debug!(error = %e, %peer, "connection ended with an error");
+                    }
+                }
+                // Dropping the connection closes it.
+                () = abandon.cancelled() => {}
             }
             open.dec();
             drop(permit);
@@ -151,12 +163,15 @@ pub async fn serve(
     // Open requests may finish; a client that holds its connection past that (a request
     // never completed, an answer never read) must not keep the process from stopping and
     // writing its audit trail.
+    connections.close();
     if tokio::time::timeout(limits.request_timeout, graceful.shutdown())
         .await
         .is_err()
     {
         tracing::warn!("connections still open after the request timeout; closing them");
+        abandon.cancel();
     }
+    connections.wait().await;
 }
 
 /// Errors of one connection that was being accepted (the client gave up): nothing to report.
@@ -267,6 +282,12 @@ impl GuardedIo {
             Poll::Pending => self.poll_write_stall(cx),
             done => {
                 self.write_stalled_until = None;
+                // An answer still being written is not idleness: the idle clock starts when
+                // the last byte went out.
+                let mut state = lock(&self.phase);
+                if let Phase::Idle { since } = &mut state.phase {
+                    *since = Instant::now();
+                }
                 done
             }
         }

@@ -387,7 +387,8 @@ async fn a_tokenless_flood_adds_a_handful_of_records_that_count_every_refusal() 
     let app = spawn_app_with(
         RedisServer::start(),
         TestSettings {
-            audit_toml: "refusal_window_seconds = 1".into(),
+            // Two records per source and window: 10 records would take 10 s of flood.
+            audit_toml: "refusal_window_seconds = 2".into(),
             ..TestSettings::default()
         },
     )
@@ -407,7 +408,7 @@ async fn a_tokenless_flood_adds_a_handful_of_records_that_count_every_refusal() 
         assert_eq!(response?.status(), StatusCode::UNAUTHORIZED);
     }
     // The windows close on their own time: read what is written, without a flush.
-    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    tokio::time::sleep(Duration::from_millis(4_500)).await;
     let records = app.audit_records_written().await?;
     let new: Vec<_> = records[before..].iter().collect();
     assert!(

@@ -249,3 +249,37 @@ clients = ["auditor"]
     assert!(!said.contains("admin.allow[0]"), "{said}");
     Ok(())
 }
+
+#[tokio::test]
+async fn missing_aws_credentials_are_said_in_one_line() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("stepgate.toml");
+    // No static credentials, and nothing in this environment to find any with.
+    std::fs::write(
+        &config,
+        crate::helpers::minimal_config(dir.path(), "https://idp.example", ""),
+    )?;
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_stepgate"));
+    for (name, _) in std::env::vars() {
+        if name.starts_with("AWS_") {
+            command.env_remove(name);
+        }
+    }
+    let checked = command
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_CONFIG_FILE", dir.path().join("none"))
+        .env("AWS_SHARED_CREDENTIALS_FILE", dir.path().join("none"))
+        .env("HOME", dir.path())
+        .args(["check-config", "--config"])
+        .arg(&config)
+        .output()?;
+    let said = String::from_utf8_lossy(&checked.stdout);
+    assert!(checked.status.success(), "{said}");
+    let warnings: Vec<&str> = said
+        .lines()
+        .filter(|l| l.starts_with("warning: no AWS credentials"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{said}");
+    assert!(warnings[0].len() < 400, "one clear line: {}", warnings[0]);
+    Ok(())
+}
