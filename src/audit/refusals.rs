@@ -119,12 +119,20 @@ impl SharedRefusals {
     }
 
     /// When the writer must next close windows: now, if closed ones wait.
-    pub fn next_close(&self) -> Option<Instant> {
+    fn next_close(&self) -> Option<Instant> {
         let shared = self.lock();
         if shared.closed.is_empty() {
             shared.aggregator.next_close()
         } else {
             Some(Instant::now())
+        }
+    }
+
+    /// Returns when a window is due to close (or closed ones wait); never, with none open.
+    pub async fn window_closed(&self) {
+        match self.next_close() {
+            Some(closes) => tokio::time::sleep_until(closes).await,
+            None => std::future::pending().await,
         }
     }
 

@@ -213,14 +213,6 @@ impl AuditLog {
     }
 }
 
-/// Sleeps until `deadline`, or forever without one.
-async fn sleep_until_some(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
-    }
-}
-
 impl AuditWriter {
     /// Runs until every [`AuditLog`] handle is dropped and all queued events are written;
     /// checkpoints on time while idle.
@@ -228,29 +220,23 @@ impl AuditWriter {
         let mut events = Vec::with_capacity(MAX_BATCH);
         let mut durable = Vec::new();
         let mut flushes = Vec::new();
-        let refusals = self.refusals.clone();
         let mut tick = tokio::time::interval(self.settings.checkpoint_interval / 4);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let window_closes = refusals.next_close();
             let first = tokio::select! {
                 message = self.rx.recv() => match message {
                     Some(message) => message,
                     None => {
                         // The last handle is gone: what was only counted is written too.
-                        events.extend(refusals.close_all());
-                        if !events.is_empty() {
-                            self.append_in_batches(&events).await;
-                        }
+                        events.extend(self.refusals.close_all());
+                        self.append_in_batches(&events).await;
                         return;
                     }
                 },
-                () = sleep_until_some(window_closes) => {
-                    events.extend(refusals.close_due(Instant::now()));
-                    if !events.is_empty() {
-                        self.append_in_batches(&events).await;
-                        events.clear();
-                    }
+                () = self.refusals.window_closed() => {
+                    events.extend(self.refusals.close_due(Instant::now()));
+                    self.append_in_batches(&events).await;
+                    events.clear();
                     continue;
                 }
                 _ = tick.tick() => {
@@ -273,7 +259,7 @@ impl AuditWriter {
                     Message::Flush(done) => {
                         // Everything recorded before a flush is in Redis after it, counted
                         // refusals included.
-                        events.extend(refusals.close_all());
+                        events.extend(self.refusals.close_all());
                         flushes.push(done);
                     }
                 }

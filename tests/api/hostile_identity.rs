@@ -11,6 +11,7 @@ use crate::helpers::{
     AUDIENCE, OPAQUE_AUDIENCE, OwnIdp, RedisServer, TestApp, TestResult, TestSettings,
     spawn_app_with,
 };
+use crate::keys::status_of;
 
 fn introspection(extra: &str) -> String {
     format!(
@@ -61,13 +62,6 @@ fn refused_config(issuer: &str, extra: &str) -> TestResult<String> {
         .output()?;
     assert!(!checked.status.success(), "check-config accepted it");
     Ok(String::from_utf8_lossy(&checked.stderr).into_owned())
-}
-
-async fn status_of(app: &TestApp, token: &str) -> TestResult<StatusCode> {
-    Ok(app
-        .trigger("orders", token, &json!({"input": {}}))
-        .await?
-        .status())
 }
 
 #[tokio::test]

@@ -25,7 +25,7 @@ async fn app_for(idp: &OwnIdp, issuer_toml: &str) -> TestResult<TestApp> {
     spawn_app_with(RedisServer::start(), settings).await
 }
 
-async fn status_of(app: &TestApp, token: &str) -> TestResult<StatusCode> {
+pub async fn status_of(app: &TestApp, token: &str) -> TestResult<StatusCode> {
     Ok(app
         .trigger("orders", token, &json!({"input": {}}))
         .await?
