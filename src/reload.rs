@@ -5,7 +5,8 @@
 //! fetched and new workflows' queues prepared *before* it is installed. An invalid file, or
 //! one that changes sections only a restart can change (`server`, `redis`, `aws`, `worker`,
 //! `audit`, `log`), is refused with a clear log line and the running configuration stays.
-//! Every reload, installed or refused, is audited with the file's SHA-256.
+//! Every reload, installed or refused, is audited with the configuration's SHA-256 (the file
+//! and every file it reads: schemas, key sets, keys), and a change to any of them is noticed.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -15,7 +16,6 @@ use crate::redis_conn::RedisConnection;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::audit::record::sha256_hex;
 use crate::audit::{AuditEvent, EventKind};
 use crate::config::Config;
 use crate::queue::Keys;
@@ -68,12 +68,21 @@ impl Reloader {
                 return;
             }
         };
-        let sha256 = sha256_hex(text.as_bytes());
-        if !forced && sha256 == self.last_seen_sha256 {
+        // The files the running configuration reads count too: a changed schema file is a
+        // changed policy. (They are small; read in place like the poll's own file.)
+        let seen = crate::config::digest(&text, &self.current);
+        if !forced && seen == self.last_seen_sha256 {
             return;
         }
+        self.last_seen_sha256.clone_from(&seen);
+        let config = match Config::from_file_text(&text, &self.path) {
+            Ok(config) => config,
+            Err(e) => return self.refused(Some(seen), e.to_string()).await,
+        };
+        // Hashed over the files the new configuration reads: what the trail says took effect.
+        let sha256 = crate::config::digest(&text, &config);
         self.last_seen_sha256.clone_from(&sha256);
-        match self.install(&text, &sha256, shutdown).await {
+        match self.install(config, &sha256, shutdown).await {
             Ok(workflows) => {
                 tracing::info!(config.sha256 = %sha256, workflows, "configuration reloaded");
                 let mut event = AuditEvent::now(EventKind::ConfigReloaded);
@@ -86,11 +95,10 @@ impl Reloader {
 
     async fn install(
         &mut self,
-        text: &str,
+        config: Config,
         sha256: &str,
         shutdown: &CancellationToken,
     ) -> Result<usize, String> {
-        let config = Config::with_environment(text).map_err(|e| e.to_string())?;
         let restart_only = self.current.restart_only_changes(&config);
         if !restart_only.is_empty() {
             return Err(format!(

@@ -10,7 +10,6 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::audit::record::sha256_hex;
 use crate::audit::{AuditEvent, AuditLog, AuditWriter, EventKind};
 use crate::config::Config;
 use crate::queue::{Keys, Producer};
@@ -43,15 +42,11 @@ impl Application {
     pub async fn from_file(path: &Path) -> anyhow::Result<Self> {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let config = Config::with_environment(&text)
+        let config = Config::from_file_text(&text, path)
             .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         let sfn = aws_step_functions(&config).await;
-        Self::build_with(
-            config,
-            sfn,
-            Some((path.to_owned(), sha256_hex(text.as_bytes()))),
-        )
-        .await
+        let sha256 = crate::config::digest(&text, &config);
+        Self::build_with(config, sfn, Some((path.to_owned(), sha256))).await
     }
 
     /// Connects to Redis, applies migrations, loads keys, binds the listener.

@@ -13,9 +13,10 @@ use sha2::{Digest, Sha256};
 
 pub use super::canonical::canonical_json;
 
-/// The record schema version written now. Version 3 added `count` and `last_time` to
+/// The record schema version written now. Version 4 added `requested` to refusals of an
+/// unknown workflow and of the admin API; version 3 added `count` and `last_time` to
 /// aggregated refusals; versions 1 (no `id`) and 2 still verify.
-pub const SCHEMA_VERSION: u64 = 3;
+pub const SCHEMA_VERSION: u64 = 4;
 
 /// `prev` of the first record.
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -70,6 +71,10 @@ pub struct AuditEvent {
     pub time: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub workflow: Option<String>,
+    /// `denied` for a workflow that is not configured, or by the admin API: the name the
+    /// caller asked for, at most 64 characters (an aggregated record keeps the first's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub requested: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -124,6 +129,7 @@ impl AuditEvent {
             event: kind,
             time: crate::clock::now_rfc3339(),
             workflow: None,
+            requested: None,
             request_id: None,
             issuer: None,
             subject: None,

@@ -10,17 +10,13 @@ use sha2::{Digest, Sha256};
 /// Why a key could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
-    #[error("cannot read key file {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("cannot write key file {path}: {source}")]
-    Write {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("{path} is not an Ed25519 {kind} key in PEM: {detail}")]
+    // The I/O error is part of the message, not a `source`: printed as a chain, it would
+    // otherwise show twice.
+    #[error("cannot read key file {path}: {error}")]
+    Read { path: String, error: std::io::Error },
+    #[error("cannot write key file {path}: {error}")]
+    Write { path: String, error: std::io::Error },
+    #[error("{path} is not an Ed25519 {kind} key: {detail}")]
     Format {
         path: String,
         kind: &'static str,
@@ -46,7 +42,7 @@ impl AuditSigner {
         let key = SigningKey::from_pkcs8_pem(&pem).map_err(|e| KeyError::Format {
             path: path.display().to_string(),
             kind: "private",
-            detail: e.to_string(),
+            detail: pem_problem(&pem, "PRIVATE KEY", &e),
         })?;
         Ok(Self::from_key(key))
     }
@@ -73,7 +69,7 @@ impl AuditSigner {
     pub fn write_pair(&self, path: &Path) -> Result<std::path::PathBuf, KeyError> {
         let write_err = |p: &Path| {
             let path = p.display().to_string();
-            move |source| KeyError::Write { path, source }
+            move |error| KeyError::Write { path, error }
         };
         let format_err = |detail: String| KeyError::Format {
             path: path.display().to_string(),
@@ -101,8 +97,33 @@ pub fn load_public_key(path: &Path) -> Result<VerifyingKey, KeyError> {
     VerifyingKey::from_public_key_pem(&pem).map_err(|e| KeyError::Format {
         path: path.display().to_string(),
         kind: "public",
-        detail: e.to_string(),
+        detail: pem_problem(&pem, "PUBLIC KEY", &e),
     })
+}
+
+/// Why `pem` is not the `label` key `stepgate keygen` writes, in a reader's terms.
+fn pem_problem(pem: &str, label: &str, error: &dyn std::fmt::Display) -> String {
+    let Some(found) = pem
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("-----BEGIN "))
+        .and_then(|rest| rest.strip_suffix("-----"))
+    else {
+        return format!(
+            "not a PEM {} (as `stepgate keygen` writes)",
+            label.to_lowercase()
+        );
+    };
+    if found != label {
+        return format!(
+            "a PEM {}, not a {} (as `stepgate keygen` writes)",
+            found.to_lowercase(),
+            label.to_lowercase()
+        );
+    }
+    format!(
+        "a PEM {} that is not Ed25519 or is damaged: {error}",
+        label.to_lowercase()
+    )
 }
 
 /// A key's id: the first 16 hex digits of SHA-256 over its 32 raw bytes.
@@ -110,11 +131,13 @@ pub fn key_id(key: &VerifyingKey) -> String {
     hex::encode(&Sha256::digest(key.as_bytes())[..8])
 }
 
+/// The file as text; bytes that are not UTF-8 cannot be PEM and are reported as such later.
 fn read(path: &Path) -> Result<String, KeyError> {
-    std::fs::read_to_string(path).map_err(|source| KeyError::Read {
+    let bytes = std::fs::read(path).map_err(|error| KeyError::Read {
         path: path.display().to_string(),
-        source,
-    })
+        error,
+    })?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
 #[cfg(unix)]

@@ -185,7 +185,7 @@ impl ChainVerifier {
                 "body is not in canonical form (edited)".into(),
             ));
         }
-        if !matches!(body["v"].as_u64(), Some(1..=3)) {
+        if !matches!(body["v"].as_u64(), Some(1..=4)) {
             return Err(problem(
                 ProblemKind::Malformed,
                 format!("unknown record schema version {}", body["v"]),

@@ -121,7 +121,7 @@ async fn operate(selection: Selection, operation: Operation) -> anyhow::Result<E
     } else {
         selection.ids
     };
-    let operator = operator();
+    let operator = super::operator::operator();
     let mut missing = 0;
     for id in &ids {
         let done = match operation {
@@ -162,13 +162,4 @@ async fn operate(selection: Selection, operation: Operation) -> anyhow::Result<E
     } else {
         ExitCode::FAILURE
     })
-}
-
-/// Who ran the command, as far as the machine tells: `cli:<user>@<host>`.
-fn operator() -> String {
-    let user = std::env::var("USER")
-        .or_else(|_| std::env::var("LOGNAME"))
-        .unwrap_or_else(|_| "unknown".into());
-    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into());
-    format!("cli:{user}@{host}")
 }

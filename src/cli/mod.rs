@@ -3,12 +3,13 @@
 
 mod audit;
 mod dlq;
+mod operator;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{ArgGroup, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use crate::audit::AuditSigner;
@@ -87,19 +88,29 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum PolicyCommand {
-    /// Show whether a caller may trigger a workflow, and how every rule fared. Exits 0 when
-    /// allowed, 1 when denied (or the token is refused).
+    /// Show whether a caller passes a policy (a workflow's, `[admin]` or `[audit_readers]`),
+    /// and every condition each rule failed. Exits 0 when allowed, 1 when denied (or the
+    /// token is refused).
+    #[command(group(ArgGroup::new("policy").required(true).args(["workflow", "admin", "audit_readers"])))]
+    #[command(group(ArgGroup::new("caller").required(true).args(["token", "claims"])))]
     Explain {
         #[command(flatten)]
         config: ConfigArg,
+        /// The workflow whose policy to explain.
         #[arg(long)]
-        workflow: String,
+        workflow: Option<String>,
+        /// Explain the `[admin]` policy (the dead-letter admin API).
+        #[arg(long)]
+        admin: bool,
+        /// Explain the `[audit_readers]` policy (`GET /v1/audit`).
+        #[arg(long)]
+        audit_readers: bool,
         /// An access token to verify against the configured issuers (`-` reads standard
         /// input, which keeps the token out of the process list and shell history).
-        #[arg(long, group = "caller", required = true)]
+        #[arg(long)]
         token: Option<String>,
         /// A JSON file of claims to evaluate as they are (no verification).
-        #[arg(long, group = "caller", required = true)]
+        #[arg(long)]
         claims: Option<PathBuf>,
     },
 }
@@ -181,9 +192,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Policy(PolicyCommand::Explain {
             config,
             workflow,
+            admin,
+            audit_readers,
             token,
             claims,
-        }) => explain_policy(&config, &workflow, token.as_deref(), claims.as_deref()).await,
+        }) => {
+            let section = match (workflow, admin, audit_readers) {
+                (Some(name), _, _) => PolicySection::Workflow(name),
+                (None, true, _) => PolicySection::Admin,
+                _ => PolicySection::AuditReaders,
+            };
+            explain_policy(&config, &section, token.as_deref(), claims.as_deref()).await
+        }
         Command::Dlq(command) => dlq::run(command).await,
     }
 }
@@ -200,16 +220,39 @@ async fn serve(arg: &ConfigArg) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Which policy `policy explain` evaluates.
+enum PolicySection {
+    Workflow(String),
+    Admin,
+    AuditReaders,
+}
+
 async fn explain_policy(
     arg: &ConfigArg,
-    workflow: &str,
+    section: &PolicySection,
     token: Option<&str>,
     claims: Option<&std::path::Path>,
 ) -> anyhow::Result<ExitCode> {
     let config = load(arg)?;
-    let workflows = crate::runtime::workflows(&config)?;
-    let Some((name, rules)) = workflows.iter().find(|(name, _)| name.as_str() == workflow) else {
-        anyhow::bail!("no workflow named {workflow:?} in {}", arg.config.display());
+    let access = |access: &crate::config::AccessConfig| crate::policy::Policy {
+        allow: access.allow.clone(),
+        deny: access.deny.clone(),
+    };
+    let (title, policy) = match section {
+        PolicySection::Workflow(workflow) => {
+            let workflows = crate::runtime::workflows(&config)?;
+            let Some((name, rules)) = workflows
+                .into_iter()
+                .find(|(name, _)| name.as_str() == workflow)
+            else {
+                anyhow::bail!("no workflow named {workflow:?} in {}", arg.config.display());
+            };
+            (format!("workflow {name}"), rules.policy)
+        }
+        PolicySection::Admin => ("[admin]".to_owned(), access(&config.admin)),
+        PolicySection::AuditReaders => {
+            ("[audit_readers]".to_owned(), access(&config.audit_readers))
+        }
     };
     let caller = match (token, claims) {
         (Some(token), _) => {
@@ -247,15 +290,18 @@ async fn explain_policy(
         }
         (None, None) => anyhow::bail!("give --token or --claims"),
     };
-    let explanation = crate::policy::explain(&caller, &rules.policy);
+    let explanation = crate::policy::explain(&caller, &policy);
     let allowed = matches!(explanation.decision, Decision::Allowed { .. });
     match &explanation.decision {
-        Decision::Allowed { rule } => println!("workflow {name}: ALLOWED by allow[{rule}]"),
-        Decision::Denied { reason } => println!("workflow {name}: DENIED ({reason})"),
+        Decision::Allowed { rule } => println!("{title}: ALLOWED by allow[{rule}]"),
+        Decision::Denied { reason } => println!("{title}: DENIED ({reason})"),
     }
     println!(
-        "  caller: issuer {:?}, subject {:?}, client {:?}, scopes {:?}",
-        caller.issuer, caller.subject, caller.client_id, caller.scopes
+        "  caller: issuer {}, subject {}, client {}, scopes [{}]",
+        caller.issuer,
+        caller.subject,
+        caller.client_id.as_deref().unwrap_or("(none)"),
+        caller.scopes.join(" ")
     );
     for line in &explanation.rules {
         println!("  {line}");

@@ -19,13 +19,14 @@ const BACKLOG_RETRY_SECONDS: u64 = 5;
 /// The longest `Idempotency-Key` accepted.
 const MAX_IDEMPOTENCY_KEY: usize = 255;
 
-/// What the caller asked, for idempotency: the workflow, its `Idempotency-Key`, the body.
+/// What the caller asked, for idempotency: the workflow, its `Idempotency-Key`, what the
+/// request means ([`crate::http::trigger_body::Trigger::fingerprint`]).
 pub struct Ask<'a> {
     pub workflow: &'a WorkflowName,
     /// When the trigger is due (Unix ms), if deferred.
     pub due_ms: Option<u64>,
     pub idempotency_key: Option<&'a str>,
-    pub body: &'a [u8],
+    pub fingerprint: String,
 }
 
 /// How an admitted trigger is answered.
@@ -48,8 +49,8 @@ pub fn idempotency_key(headers: &axum::http::HeaderMap) -> Result<Option<&str>, 
         return Ok(None);
     };
     if values.next().is_some() {
-        return Err(ApiError::InvalidBody(
-            "more than one Idempotency-Key header".into(),
+        return Err(ApiError::InvalidIdempotencyKey(
+            "send one Idempotency-Key header, not several".into(),
         ));
     }
     let valid = |k: &&str| {
@@ -57,7 +58,7 @@ pub fn idempotency_key(headers: &axum::http::HeaderMap) -> Result<Option<&str>, 
     };
     match value.to_str().ok().filter(valid) {
         Some(key) => Ok(Some(key)),
-        None => Err(ApiError::InvalidBody(format!(
+        None => Err(ApiError::InvalidIdempotencyKey(format!(
             "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters"
         ))),
     }
@@ -74,7 +75,7 @@ pub fn admission(
     let idempotency_key = ask.idempotency_key.map(|key| IdempotencyKey {
         // Digests: the caller's identity and key are caller-chosen text.
         id: sha256_hex(format!("{}\n{key}", caller.owner()).as_bytes()),
-        fingerprint: sha256_hex(&[ask.workflow.as_str().as_bytes(), b"\n", ask.body].concat()),
+        fingerprint: ask.fingerprint.clone(),
         ttl_seconds: idempotency_ttl_seconds,
     });
     let one_time_token = if workflow.one_time_tokens {
@@ -216,6 +217,18 @@ pub fn caller_event(
     event.client_id.clone_from(&caller.client_id);
     event.token_sha256 = Some(caller.token_sha256.clone());
     event
+}
+
+/// Longest name kept of what a refused caller asked for (`requested` in the trail).
+const MAX_REQUESTED: usize = 64;
+
+/// The workflow name a caller asked for, as the trail keeps it: at most 64 characters. It is
+/// recorded whether or not such a workflow exists; the caller's answer does not say.
+pub fn requested_name(raw: &str) -> String {
+    match raw.char_indices().nth(MAX_REQUESTED) {
+        Some((end, _)) => format!("{}…", &raw[..end]),
+        None => raw.to_owned(),
+    }
 }
 
 async fn audit(

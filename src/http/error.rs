@@ -55,10 +55,16 @@ pub enum ApiError {
     Forbidden(String),
     #[error("not found")]
     NotFound,
+    #[error("method not allowed")]
+    MethodNotAllowed,
     #[error("unsupported media type")]
     UnsupportedMediaType,
     #[error("request body is larger than {limit} bytes")]
     PayloadTooLarge { limit: usize },
+    #[error("the input is larger than the workflow's {limit} bytes")]
+    InputTooLarge { limit: usize },
+    #[error("invalid Idempotency-Key: {0}")]
+    InvalidIdempotencyKey(String),
     #[error("invalid request body: {0}")]
     InvalidBody(String),
     #[error("the request body did not arrive within the request timeout")]
@@ -128,14 +134,18 @@ impl ApiError {
             ApiError::MissingToken | ApiError::InvalidToken(_) => StatusCode::UNAUTHORIZED,
             ApiError::MalformedAuthorization(_)
             | ApiError::InvalidBody(_)
+            | ApiError::InvalidIdempotencyKey(_)
             | ApiError::InvalidParameter(_) => StatusCode::BAD_REQUEST,
             ApiError::InvalidInput(_) | ApiError::IdempotencyKeyReused => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::PayloadTooLarge { .. } | ApiError::InputTooLarge { .. } => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
             ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -150,8 +160,11 @@ impl ApiError {
             ApiError::InvalidToken(_) => "invalid_token",
             ApiError::Forbidden(_) => "insufficient_scope",
             ApiError::NotFound => "not_found",
+            ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
+            ApiError::InputTooLarge { .. } => "input_too_large",
+            ApiError::InvalidIdempotencyKey(_) => "invalid_idempotency_key",
             ApiError::InvalidBody(_) => "invalid_body",
             ApiError::RequestTimeout => "request_timeout",
             ApiError::InvalidParameter(_) => "invalid_parameter",
@@ -172,12 +185,23 @@ impl ApiError {
             }
             ApiError::InvalidToken(_) => "the access token is invalid".into(),
             ApiError::Forbidden(_) => "the access token does not allow this request".into(),
-            ApiError::NotFound => "no such resource".into(),
+            ApiError::NotFound => "there is no such resource".into(),
+            ApiError::MethodNotAllowed => {
+                "this resource does not support the method; the Allow header lists those it does"
+                    .into()
+            }
             ApiError::UnsupportedMediaType => "the request body must be application/json".into(),
             ApiError::PayloadTooLarge { limit } => {
-                format!("the request body is larger than {limit} bytes")
+                format!(
+                    "the request body is larger than the gateway accepts ({limit} bytes at most)"
+                )
             }
-            ApiError::InvalidBody(why) | ApiError::InvalidParameter(why) => why.clone(),
+            ApiError::InputTooLarge { limit } => format!(
+                "the input is larger than this workflow accepts ({limit} bytes of JSON at most)"
+            ),
+            ApiError::InvalidBody(why)
+            | ApiError::InvalidParameter(why)
+            | ApiError::InvalidIdempotencyKey(why) => why.clone(),
             ApiError::RequestTimeout => {
                 "the request body did not arrive in time; nothing was queued".into()
             }
@@ -225,7 +249,7 @@ impl ApiError {
 impl From<InputError> for ApiError {
     fn from(e: InputError) -> Self {
         match e {
-            InputError::TooLarge { limit } => ApiError::PayloadTooLarge { limit },
+            InputError::TooLarge { limit } => ApiError::InputTooLarge { limit },
             InputError::Invalid(violations) => ApiError::InvalidInput(violations),
         }
     }
@@ -300,6 +324,26 @@ impl IntoResponse for ApiError {
             .insert(LoggedError(self.to_string()));
         response
     }
+}
+
+/// The router answers an unknown path (404) and a method a path lacks (405) with an empty
+/// body; every error of the API is problem+json, so those get one here (405 keeps `Allow`).
+pub async fn problem_for_routing_errors(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let error = match response.status() {
+        StatusCode::NOT_FOUND => ApiError::NotFound,
+        StatusCode::METHOD_NOT_ALLOWED => ApiError::MethodNotAllowed,
+        _ => return response,
+    };
+    if response.headers().contains_key(header::CONTENT_TYPE) {
+        return response;
+    }
+    let allow = response.headers().get(header::ALLOW).cloned();
+    let mut answer = error.into_response();
+    if let Some(allow) = allow {
+        answer.headers_mut().insert(header::ALLOW, allow);
+    }
+    answer
 }
 
 /// Logs each error response once, at the edge.

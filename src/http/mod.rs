@@ -7,8 +7,10 @@ mod examples;
 pub mod extract;
 pub mod listener;
 pub mod openapi;
+pub mod query;
 pub mod routes;
 pub mod served_document;
+pub mod trigger_body;
 
 use std::any::Any;
 
@@ -70,6 +72,7 @@ fn with_middleware(router: Router<AppState>) -> Router<AppState> {
         )
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(axum::middleware::from_fn(error::log_errors))
+        .layer(axum::middleware::from_fn(error::problem_for_routing_errors))
         .layer(axum::middleware::from_fn(record_metrics))
         .layer(axum::middleware::from_fn(correlation::scope_request_id))
         .layer(CatchPanicLayer::custom(panic_response));

@@ -64,10 +64,13 @@ pub fn authorize(who: &Principal, policy: &Policy) -> Decision {
 
 /// Evaluates `policy` for `who` and says how every rule fared.
 pub fn explain(who: &Principal, policy: &Policy) -> Explanation {
-    let verdict = |kind: &str, i: usize, rule: &Rule, matched: &str| match rule.first_mismatch(who)
-    {
-        None => format!("{kind}[{i}]: {matched}"),
-        Some(why) => format!("{kind}[{i}]: does not match ({why})"),
+    let verdict = |kind: &str, i: usize, rule: &Rule, matched: &str| {
+        let failed = rule.all_mismatches(who);
+        if failed.is_empty() {
+            format!("{kind}[{i}]: {matched}")
+        } else {
+            format!("{kind}[{i}]: does not match ({})", failed.join(", "))
+        }
     };
     let mut rules: Vec<String> = policy
         .deny
@@ -253,7 +256,18 @@ mod tests {
 
     #[test]
     fn empty_rules_are_refused_at_load() {
-        assert!(rule().check(|_| true).is_err());
+        let read = |text: &str| serde_json::from_str::<Rule>(text).map_err(|e| e.to_string());
+        for empty in [
+            "{}",
+            r#"{"scopes": [], "clients": [], "subjects": [], "claims": []}"#,
+            r#"{"issuer": "https://idp"}"#,
+        ] {
+            let said = read(empty).err().unwrap_or_default();
+            assert!(said.contains("at least one condition"), "{empty}: {said}");
+        }
+        let empty_membership = read(r#"{"member_of": {"claim": "groups", "any_of": []}}"#);
+        assert!(empty_membership.is_err());
+        assert!(read(r#"{"scopes": ["a"]}"#).is_ok());
         let unknown_issuer = Rule {
             issuer: Some("https://elsewhere".into()),
             ..rule()

@@ -5,27 +5,79 @@ use serde_json::{Map, Value};
 
 use crate::auth::Principal;
 
-/// A rule of a workflow's `allow` or `deny` list. Every condition it states must hold; an
-/// absent condition does not restrict. A rule must state at least one (checked at load).
+/// A rule of a policy's `allow` or `deny` list. Every condition it states must hold; an
+/// absent condition does not restrict.
+///
+/// A rule must state at least one condition on the caller, so no list can open to everyone by
+/// accident: this is enforced while the rule is read, wherever a policy appears in the
+/// configuration (workflows, `admin`, `audit_readers` and any section added later).
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "RuleFields")]
 pub struct Rule {
     /// The token's `iss` must be this issuer.
     pub issuer: Option<String>,
     /// `sub` must be one of these.
-    #[serde(default)]
     pub subjects: Vec<String>,
     /// `client_id` (or `azp`) must be one of these.
-    #[serde(default)]
     pub clients: Vec<String>,
     /// The token must carry all of these scopes.
-    #[serde(default)]
     pub scopes: Vec<String>,
     /// A claim (string or array, e.g. `groups` or `roles`) must contain one of the values.
     pub member_of: Option<ClaimMembership>,
     /// Conditions on any claim, by path.
-    #[serde(default)]
     pub claims: Vec<ClaimMatcher>,
+}
+
+/// A rule as written, before it is known to state a condition.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleFields {
+    issuer: Option<String>,
+    #[serde(default)]
+    subjects: Vec<String>,
+    #[serde(default)]
+    clients: Vec<String>,
+    #[serde(default)]
+    scopes: Vec<String>,
+    member_of: Option<ClaimMembership>,
+    #[serde(default)]
+    claims: Vec<ClaimMatcher>,
+}
+
+/// Why a written rule is refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RuleError {
+    #[error(
+        "a rule must state at least one condition on the caller (non-empty subjects, clients, \
+         scopes, member_of or claims); `issuer` alone would match every token of that issuer"
+    )]
+    NoCondition,
+    #[error("member_of needs a claim and at least one value")]
+    EmptyMembership,
+}
+
+impl TryFrom<RuleFields> for Rule {
+    type Error = RuleError;
+
+    fn try_from(fields: RuleFields) -> Result<Self, RuleError> {
+        if let Some(m) = &fields.member_of
+            && (m.claim.is_empty() || m.any_of.is_empty())
+        {
+            return Err(RuleError::EmptyMembership);
+        }
+        let rule = Rule {
+            issuer: fields.issuer,
+            subjects: fields.subjects,
+            clients: fields.clients,
+            scopes: fields.scopes,
+            member_of: fields.member_of,
+            claims: fields.claims,
+        };
+        if !rule.states_a_condition() {
+            return Err(RuleError::NoCondition);
+        }
+        Ok(rule)
+    }
 }
 
 /// `member_of = { claim = "groups", any_of = ["payments"] }`
@@ -179,17 +231,18 @@ pub fn glob_matches(pattern: &str, text: &str) -> bool {
 }
 
 impl Rule {
-    /// Rejects rules that would match everyone or can never match a configured issuer.
+    /// Whether the rule restricts who the caller is (the issuer alone does not).
+    pub fn states_a_condition(&self) -> bool {
+        !self.subjects.is_empty()
+            || !self.clients.is_empty()
+            || !self.scopes.is_empty()
+            || self.member_of.is_some()
+            || !self.claims.is_empty()
+    }
+
+    /// Rejects rules that can never match a configured issuer (what a rule says alone is
+    /// checked when it is read).
     pub fn check(&self, issuer_is_known: impl Fn(&str) -> bool) -> Result<(), String> {
-        let states_nothing = self.issuer.is_none()
-            && self.subjects.is_empty()
-            && self.clients.is_empty()
-            && self.scopes.is_empty()
-            && self.member_of.is_none()
-            && self.claims.is_empty();
-        if states_nothing {
-            return Err("a rule must state at least one condition".into());
-        }
         if let Some(iss) = &self.issuer
             && !issuer_is_known(iss)
         {
@@ -197,44 +250,62 @@ impl Rule {
                 "issuer {iss:?} is not among the configured issuers"
             ));
         }
-        if let Some(m) = &self.member_of
-            && (m.claim.is_empty() || m.any_of.is_empty())
-        {
-            return Err("member_of needs a claim and at least one value".into());
-        }
         Ok(())
     }
 
     /// `None` when the rule matches, otherwise the first condition that failed.
     pub fn first_mismatch(&self, who: &Principal) -> Option<String> {
+        self.mismatches(who, true).into_iter().next()
+    }
+
+    /// Every condition `who` fails, in the order they are written (for `policy explain`).
+    pub fn all_mismatches(&self, who: &Principal) -> Vec<String> {
+        self.mismatches(who, false)
+    }
+
+    /// The failed conditions; with `first_only`, the evaluation stops at the first.
+    fn mismatches(&self, who: &Principal, first_only: bool) -> Vec<String> {
+        let mut failed = Vec::new();
+        let mut fail = |why: String| {
+            failed.push(why);
+            first_only
+        };
         if let Some(iss) = &self.issuer
             && *iss != who.issuer
+            && fail("issuer".into())
         {
-            return Some("issuer".into());
+            return failed;
         }
-        if !self.subjects.is_empty() && !self.subjects.contains(&who.subject) {
-            return Some("subject".into());
-        }
-        if !self.clients.is_empty()
-            && !who
-                .client_id
-                .as_ref()
-                .is_some_and(|c| self.clients.contains(c))
+        if !self.subjects.is_empty()
+            && !self.subjects.contains(&who.subject)
+            && fail("subject".into())
         {
-            return Some("client".into());
+            return failed;
         }
-        if let Some(missing) = self.scopes.iter().find(|s| !who.scopes.contains(s)) {
-            return Some(format!("scope {missing}"));
+        let client_listed = who
+            .client_id
+            .as_ref()
+            .is_some_and(|c| self.clients.contains(c));
+        if !self.clients.is_empty() && !client_listed && fail("client".into()) {
+            return failed;
+        }
+        for missing in self.scopes.iter().filter(|s| !who.scopes.contains(s)) {
+            if fail(format!("scope {missing}")) {
+                return failed;
+            }
         }
         if let Some(m) = &self.member_of
             && !who.claim_contains_any(&m.claim, &m.any_of)
+            && fail(format!("member_of {}", m.claim))
         {
-            return Some(format!("member_of {}", m.claim));
+            return failed;
         }
-        if let Some(failed) = self.claims.iter().find(|m| !m.holds(&who.claims)) {
-            return Some(format!("claim {}", failed.path));
+        for matcher in self.claims.iter().filter(|m| !m.holds(&who.claims)) {
+            if fail(format!("claim {}", matcher.path)) {
+                return failed;
+            }
         }
-        None
+        failed
     }
 }
 

@@ -331,14 +331,14 @@ where
         SdkError::ServiceError(service) => {
             let code = service.err().code().unwrap_or_default();
             let status = service.raw().status().as_u16();
-            // The short, stable form (`Code: message`); the SDK's full context (headers,
-            // request ids, body types) goes to the debug log only.
+            // The short, stable form (`Code: message`) is what callers, dead letters and the
+            // trail see; the SDK's full context (request ids, HTTP details) goes to the log only.
             tracing::debug!(error = %DisplayErrorContext(&err), "Step Functions error");
-            let text = match service.err().message() {
+            let text = bounded(match service.err().message() {
                 Some(message) => format!("{code}: {message}"),
                 None if code.is_empty() => format!("HTTP {status}"),
                 None => code.to_owned(),
-            };
+            });
             if code == "ExecutionAlreadyExists" {
                 SfnError::AlreadyExists
             } else if SYSTEMIC_CODES.contains(&code) {
@@ -351,8 +351,27 @@ where
                 SfnError::Terminal(text)
             }
         }
-        _ => classify_unanswered(&err, DisplayErrorContext(&err).to_string()),
+        _ => {
+            tracing::debug!(error = %DisplayErrorContext(&err), "Step Functions call failed");
+            classify_unanswered(&err, bounded(DisplayErrorContext(&err).to_string()))
+        }
     }
+}
+
+/// Error texts kept in statuses, dead letters and audit records are at most this long.
+const MAX_ERROR_TEXT: usize = 300;
+
+/// `text`, cut at a character boundary to [`MAX_ERROR_TEXT`] bytes (an ellipsis marks a cut).
+fn bounded(mut text: String) -> String {
+    if text.len() > MAX_ERROR_TEXT {
+        let mut end = MAX_ERROR_TEXT - '…'.len_utf8();
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push('…');
+    }
+    text
 }
 
 /// A call Step Functions did not answer with an error of its own.

@@ -3,9 +3,8 @@
 //! reader can check it (or a whole range, with `stepgate audit verify`) independently.
 
 use axum::Json;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State};
-use serde::{Deserialize, Serialize};
+use axum::extract::{RawQuery, State};
+use serde::Serialize;
 use serde_json::Value;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -16,6 +15,7 @@ use crate::audit::store;
 use crate::http::admission::caller_event;
 use crate::http::error::{ApiError, Problem};
 use crate::http::extract::Caller;
+use crate::http::query::QueryParams;
 use crate::policy::{Decision, authorize};
 use crate::queue::is_stream_id;
 use crate::state::AppState;
@@ -29,16 +29,22 @@ const SCAN_BUDGET: usize = 5_000;
 /// outage); scanning stops this long past `until`.
 const APPEND_DELAY_ALLOWANCE_MS: u64 = 5 * 60 * 1_000;
 
-/// Filters (all optional, combined with AND) and the page.
-#[derive(Debug, Deserialize, IntoParams)]
+/// Filters (all optional, combined with AND) and the page; any other parameter is refused.
+/// (This describes the parameters for the documentation; [`QueryParams`] reads them.)
+#[derive(Debug, IntoParams)]
 #[into_params(parameter_in = Query)]
+#[allow(dead_code)]
 pub struct AuditQuery {
     /// Only records about this workflow.
     pub workflow: Option<String>,
     /// Only records whose `subject` is this (for a trigger: the caller's `sub`).
     pub subject: Option<String>,
-    /// Only records of this decision or event.
-    pub event: Option<EventKind>,
+    /// Only records of these decisions or events: repeat the parameter
+    /// (`event=accepted&event=started`) or separate them by commas.
+    #[param(style = Form, explode)]
+    pub event: Option<Vec<EventKind>>,
+    /// Only records about this request (every step of one trigger: `accepted`, `started`, …).
+    pub request_id: Option<String>,
     /// Only records at or after this time (RFC 3339).
     pub since: Option<String>,
     /// Only records at or before this time (RFC 3339).
@@ -107,7 +113,7 @@ pub struct AuditPage {
 pub async fn list_audit_records(
     State(state): State<AppState>,
     Caller(caller, runtime): Caller,
-    query: Result<Query<AuditQuery>, QueryRejection>,
+    RawQuery(query): RawQuery,
 ) -> Result<Json<AuditPage>, ApiError> {
     if let Decision::Denied { reason } = authorize(&caller, &runtime.audit_readers) {
         let mut event = caller_event(EventKind::Denied, &caller, None);
@@ -115,16 +121,11 @@ pub async fn list_audit_records(
         state.audit.record(event).await;
         return Err(ApiError::Forbidden(reason));
     }
-    let Query(query) = query.map_err(|e| ApiError::InvalidParameter(e.body_text()))?;
+    let query = QueryParams::parse(query.as_deref(), PARAMETERS, &["event"])?;
     let filter = Filter::parse(&query)?;
-    let limit = query.limit.unwrap_or(DEFAULT_LIMIT);
-    if !(1..=MAX_LIMIT).contains(&limit) {
-        return Err(ApiError::InvalidParameter(format!(
-            "`limit` must be 1 to {MAX_LIMIT}"
-        )));
-    }
-    let mut cursor = match (&query.after, filter.since_ms) {
-        (Some(after), _) if is_stream_id(after) => Some(after.clone()),
+    let limit = query.limit(DEFAULT_LIMIT, MAX_LIMIT)?;
+    let mut cursor = match (query.one("after"), filter.since_ms) {
+        (Some(after), _) if is_stream_id(after) => Some(after.to_owned()),
         (Some(_), _) => {
             return Err(ApiError::InvalidParameter(
                 "`after` must be a cursor such as 1764045212140-0".into(),
@@ -181,19 +182,33 @@ pub async fn list_audit_records(
     }))
 }
 
+/// The parameters of `GET /v1/audit`.
+const PARAMETERS: &[&str] = &[
+    "workflow",
+    "subject",
+    "event",
+    "request_id",
+    "since",
+    "until",
+    "after",
+    "limit",
+];
+
 struct Filter<'q> {
     workflow: Option<&'q str>,
     subject: Option<&'q str>,
-    event: Option<EventKind>,
+    request_id: Option<&'q str>,
+    /// Empty: every event.
+    events: Vec<Value>,
     since_ms: Option<u64>,
     until_ms: Option<u64>,
 }
 
 impl<'q> Filter<'q> {
-    fn parse(query: &'q AuditQuery) -> Result<Self, ApiError> {
-        let time = |name: &str, value: &Option<String>| {
-            value
-                .as_deref()
+    fn parse(query: &'q QueryParams) -> Result<Self, ApiError> {
+        let time = |name: &str| {
+            query
+                .one(name)
                 .map(|text| {
                     OffsetDateTime::parse(text, &Rfc3339)
                         .map(|t| (t.unix_timestamp_nanos() / 1_000_000).max(0) as u64)
@@ -205,20 +220,33 @@ impl<'q> Filter<'q> {
                 })
                 .transpose()
         };
+        let events = query
+            .all("event")
+            .into_iter()
+            .map(|name| {
+                serde_json::from_value::<EventKind>(Value::String(name.to_owned()))
+                    .map(|_| Value::String(name.to_owned()))
+                    .map_err(|_| {
+                        ApiError::InvalidParameter(format!(
+                            "`event` takes the record events (accepted, denied, started, …); {} is not one",
+                            if name.len() <= 40 { name } else { "that" }
+                        ))
+                    })
+            })
+            .collect::<Result<_, _>>()?;
         Ok(Self {
-            workflow: query.workflow.as_deref(),
-            subject: query.subject.as_deref(),
-            event: query.event,
-            since_ms: time("since", &query.since)?,
-            until_ms: time("until", &query.until)?,
+            workflow: query.one("workflow"),
+            subject: query.one("subject"),
+            request_id: query.one("request_id"),
+            events,
+            since_ms: time("since")?,
+            until_ms: time("until")?,
         })
     }
 
     fn matches(&self, record: &Value) -> bool {
         let is = |field: &str, want: Option<&str>| want.is_none_or(|w| record[field] == w);
-        let event_ok = self
-            .event
-            .is_none_or(|e| serde_json::to_value(e).is_ok_and(|e| record["event"] == e));
+        let event_ok = self.events.is_empty() || self.events.contains(&record["event"]);
         let time_ms = record["time"]
             .as_str()
             .and_then(|t| OffsetDateTime::parse(t, &Rfc3339).ok())
@@ -230,7 +258,11 @@ impl<'q> Filter<'q> {
             }
             None => self.since_ms.is_none() && self.until_ms.is_none(),
         };
-        is("workflow", self.workflow) && is("subject", self.subject) && event_ok && in_time
+        is("workflow", self.workflow)
+            && is("subject", self.subject)
+            && is("request_id", self.request_id)
+            && event_ok
+            && in_time
     }
 
     /// Whether the stream entry was appended so long after `until` that no later entry

@@ -2,19 +2,19 @@
 //! `[admin]` policy allows; every replay and purge is audited with who did it.
 
 use axum::Json;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::audit::EventKind;
 use crate::auth::Principal;
 use crate::clock::now_rfc3339;
 use crate::domain::WorkflowName;
-use crate::http::admission::caller_event;
+use crate::http::admission::{caller_event, requested_name};
 use crate::http::error::{ApiError, Problem};
 use crate::http::extract::Caller;
+use crate::http::query::QueryParams;
 use crate::policy::{Decision, authorize};
 use crate::queue::dead_letters::{self, DeadLetter, MAX_PAGE};
 use crate::queue::{RequestState, is_stream_id};
@@ -24,9 +24,11 @@ use crate::state::AppState;
 /// Dead letters listed when `limit` is not given.
 const DEFAULT_PAGE: usize = 50;
 
-/// Which page of dead letters.
-#[derive(Debug, Deserialize, IntoParams)]
+/// Which page of dead letters; any other parameter is refused. (This describes the
+/// parameters for the documentation; [`QueryParams`] reads them.)
+#[derive(Debug, IntoParams)]
 #[into_params(parameter_in = Query)]
+#[allow(dead_code)]
 pub struct PageQuery {
     /// List dead letters after this `entry_id` (the previous page's `next_after`).
     #[param(pattern = r"^[0-9]{1,20}-[0-9]{1,20}$")]
@@ -101,36 +103,22 @@ pub async fn list_dead_letters(
     State(state): State<AppState>,
     Caller(caller, runtime): Caller,
     Path(workflow): Path<String>,
-    page: Result<Query<PageQuery>, QueryRejection>,
+    RawQuery(query): RawQuery,
 ) -> Result<Json<DeadLetterPage>, ApiError> {
     let workflow = authorize_admin(&state, &runtime, &caller, &workflow).await?;
-    let Query(page) = page.map_err(|e| ApiError::InvalidParameter(e.body_text()))?;
-    if page
-        .after
-        .as_deref()
-        .is_some_and(|after| !is_stream_id(after))
-    {
+    let page = QueryParams::parse(query.as_deref(), &["after", "limit"], &[])?;
+    let after = page.one("after");
+    if after.is_some_and(|after| !is_stream_id(after)) {
         return Err(ApiError::InvalidParameter(
             "`after` must be an entry_id such as 1764045212140-0".into(),
         ));
     }
-    let limit = page.limit.unwrap_or(DEFAULT_PAGE);
-    if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(ApiError::InvalidParameter(format!(
-            "`limit` must be 1 to {MAX_PAGE}"
-        )));
-    }
+    let limit = page.limit(DEFAULT_PAGE, MAX_PAGE)?;
     let mut redis = state.redis.clone();
     let unavailable = |e: redis::RedisError| ApiError::redis_unavailable(&e);
-    let listed = dead_letters::list(
-        &mut redis,
-        &state.keys,
-        &workflow,
-        page.after.as_deref(),
-        limit,
-    )
-    .await
-    .map_err(unavailable)?;
+    let listed = dead_letters::list(&mut redis, &state.keys, &workflow, after, limit)
+        .await
+        .map_err(unavailable)?;
     let total = dead_letters::count(&mut redis, &state.keys, &workflow)
         .await
         .map_err(unavailable)?;
@@ -253,6 +241,7 @@ async fn authorize_admin(
 ) -> Result<WorkflowName, ApiError> {
     if let Decision::Denied { reason } = authorize(caller, &runtime.admin) {
         let mut event = caller_event(EventKind::Denied, caller, None);
+        event.requested = Some(requested_name(raw));
         event.reason = Some(format!("admin API: {reason}"));
         state.audit.record(event).await;
         return Err(ApiError::Forbidden(reason));

@@ -3,11 +3,10 @@
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Extension, Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
 use utoipa::ToSchema;
 
 use crate::audit::record::sha256_hex;
@@ -19,61 +18,11 @@ use crate::http::admission;
 use crate::http::error::{ApiError, Problem};
 use crate::http::extract::Caller;
 use crate::http::listener::RequestDeadline;
+use crate::http::trigger_body::{CreateExecution, Trigger};
 use crate::policy::{Decision, authorize};
 use crate::queue::{Admission, QueuedRequest, RequestState};
 use crate::runtime::Runtime;
 use crate::state::{AppState, Workflow};
-
-/// The trigger's body.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-#[schema(example = json!({"input": {"order_id": "A-1001", "amount_cents": 4200}}))]
-pub struct CreateExecution {
-    /// The execution's input: any JSON value, passed to Step Functions byte for byte.
-    /// Defaults to `{}`.
-    #[schema(value_type = Option<serde_json::Value>)]
-    pub input: Option<Box<RawValue>>,
-    /// Start no earlier than this time (RFC 3339); the trigger waits in Redis until then.
-    #[schema(example = "2026-11-25T18:00:00Z")]
-    pub not_before: Option<String>,
-    /// Start no earlier than this many seconds from now (instead of `not_before`).
-    pub delay_seconds: Option<u64>,
-}
-
-/// The furthest a trigger may be deferred.
-pub const MAX_DEFER: std::time::Duration = std::time::Duration::from_secs(90 * 24 * 3600);
-
-impl CreateExecution {
-    /// When the trigger is due (Unix ms), if it asks to be deferred into the future.
-    fn due_ms(&self, now_ms: u64) -> Result<Option<u64>, ApiError> {
-        let due = match (&self.not_before, self.delay_seconds) {
-            (Some(_), Some(_)) => {
-                return Err(ApiError::InvalidBody(
-                    "give not_before or delay_seconds, not both".into(),
-                ));
-            }
-            (Some(at), None) => {
-                let at =
-                    time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339)
-                        .map_err(|e| {
-                            ApiError::InvalidBody(format!(
-                                "not_before is not an RFC 3339 time: {e}"
-                            ))
-                        })?;
-                crate::clock::to_unix_ms(at)
-            }
-            (None, Some(seconds)) => now_ms.saturating_add(seconds.saturating_mul(1_000)),
-            (None, None) => return Ok(None),
-        };
-        if due > now_ms + MAX_DEFER.as_millis() as u64 {
-            return Err(ApiError::InvalidBody(format!(
-                "a trigger can be deferred by at most {} days",
-                MAX_DEFER.as_secs() / 86_400
-            )));
-        }
-        Ok((due > now_ms).then_some(due))
-    }
-}
 
 /// The answer to an accepted trigger: the request is safely queued.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -166,15 +115,14 @@ pub async fn create_execution(
         return Err(ApiError::UnsupportedMediaType);
     }
     let body = read_limited(body, state.max_body_bytes, deadline.map(|d| d.0.0)).await?;
-    let trigger: CreateExecution = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::InvalidBody(format!("invalid JSON body: {e}")))?;
+    let trigger = Trigger::parse(&body)?;
     let now_ms = crate::clock::unix_ms();
     let due_ms = trigger.due_ms(now_ms)?;
-    let input = trigger
-        .input
-        .map_or_else(|| "{}".to_owned(), |raw| raw.get().to_owned());
-    crate::policy::json_shape::check(&input).map_err(|e| ApiError::InvalidBody(e.to_string()))?;
-    rules.input.check(&input)?;
+    crate::policy::json_shape::check(&trigger.input)
+        .map_err(|e| ApiError::InvalidBody(e.to_string()))?;
+    rules.input.check(&trigger.input)?;
+    let fingerprint = trigger.fingerprint(&workflow);
+    let input = trigger.input;
 
     let request = QueuedRequest {
         request_id: RequestId::generate(workflow.clone()),
@@ -190,7 +138,7 @@ pub async fn create_execution(
         workflow: &workflow,
         due_ms,
         idempotency_key: admission::idempotency_key(&headers)?,
-        body: &body,
+        fingerprint,
     };
     let checks = match admission::admission(
         &runtime,
@@ -210,6 +158,7 @@ pub async fn create_execution(
         .enqueue(&request, &checks)
         .await
         .map_err(|e| ApiError::redis_unavailable(&e))?;
+    let mut replayed = false;
     let (request_id, quota, status) = match admission::outcome(
         &state, &caller, &workflow, &checks, enqueued,
     )
@@ -244,10 +193,12 @@ pub async fn create_execution(
             };
             (request.request_id.to_string(), Some(quota), status)
         }
-        // A retry answered as the first time; it was audited then.
+        // A retry answered with the earlier request as it is now; it was audited then.
         admission::Admitted::Duplicate(request_id) => {
             tracing::info!(workflow = %workflow, request.id = %request_id, "idempotent retry answered with the earlier request");
-            (request_id, None, RequestState::Queued)
+            let status = replayed_status(&state, &request_id).await?;
+            replayed = true;
+            (request_id, None, status)
         }
     };
 
@@ -265,7 +216,25 @@ pub async fn create_execution(
     if let Some(quota) = quota {
         quota.apply(response.headers_mut());
     }
+    if replayed {
+        response
+            .headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
     Ok(response)
+}
+
+/// The current state of the request an idempotent retry refers to. Its status is kept at
+/// least as long as the idempotency record (a configuration rule); should someone have
+/// deleted it, the retry gets what the first answer said.
+async fn replayed_status(state: &AppState, request_id: &str) -> Result<RequestState, ApiError> {
+    let Ok(id) = RequestId::parse(request_id) else {
+        return Ok(RequestState::Queued);
+    };
+    let stored = super::requests::stored_status(state, &id).await?;
+    Ok(stored.map_or(RequestState::Queued, |stored| {
+        super::requests::visible_state(&stored, crate::clock::unix_ms())
+    }))
 }
 
 /// `audit.fail_closed`: the trigger's record must be in the trail before the 202; a held
@@ -345,6 +314,9 @@ async fn authorize_trigger<'r>(
         caller,
         known.as_ref().map(|(name, _)| name),
     );
+    if known.is_none() {
+        event.requested = Some(admission::requested_name(raw));
+    }
     event.reason = Some(reason.clone());
     state.audit.record(event).await;
     Err(ApiError::Forbidden(reason))

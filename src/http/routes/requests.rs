@@ -78,24 +78,15 @@ pub async fn get_request(
     if !runtime.workflows.contains_key(id.workflow()) {
         return Err(ApiError::NotFound);
     }
-    let hash: HashMap<String, String> = state
-        .redis
-        .clone()
-        .hgetall(state.keys.request(&id))
-        .await
-        .map_err(|e| ApiError::redis_unavailable(&e))?;
-    let stored = StoredStatus::from_hash(hash).ok_or(ApiError::NotFound)?;
+    let stored = stored_status(&state, &id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
     if stored.owner != caller.owner() {
         return Err(ApiError::NotFound);
     }
-    let now_ms = crate::clock::unix_ms();
     let not_before = (stored.not_before_ms > 0)
         .then(|| crate::clock::rfc3339_from_unix_ms(stored.not_before_ms));
-    // A deferred trigger that is due waits in the queue, whether or not it has been moved yet.
-    let status = match stored.state {
-        RequestState::Deferred if stored.not_before_ms <= now_ms => RequestState::Queued,
-        state => state,
-    };
+    let status = visible_state(&stored, crate::clock::unix_ms());
     let execution_status = match (&status, &stored.execution_arn) {
         (RequestState::Started, Some(arn)) => {
             let role = runtime
@@ -126,4 +117,27 @@ pub async fn get_request(
         created_at: stored.created_at,
         updated_at: stored.updated_at,
     }))
+}
+
+/// The request's stored status, if Redis still holds it.
+pub(crate) async fn stored_status(
+    state: &AppState,
+    id: &RequestId,
+) -> Result<Option<StoredStatus>, ApiError> {
+    let hash: HashMap<String, String> = state
+        .redis
+        .clone()
+        .hgetall(state.keys.request(id))
+        .await
+        .map_err(|e| ApiError::redis_unavailable(&e))?;
+    Ok(StoredStatus::from_hash(hash))
+}
+
+/// The state a caller is shown: a deferred trigger that is due waits in the queue, whether
+/// or not it has been moved yet.
+pub(crate) fn visible_state(stored: &StoredStatus, now_ms: u64) -> RequestState {
+    match stored.state {
+        RequestState::Deferred if stored.not_before_ms <= now_ms => RequestState::Queued,
+        state => state,
+    }
 }

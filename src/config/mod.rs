@@ -14,6 +14,11 @@ use figment::providers::{Env, Format, Toml};
 use jsonwebtoken::Algorithm;
 use serde::Deserialize;
 
+mod files;
+pub use files::digest;
+mod parse;
+mod validate;
+
 use crate::domain::WorkflowName;
 use crate::policy::{InputRules, Rule};
 
@@ -633,8 +638,11 @@ impl fmt::Debug for Secret {
 /// A configuration that could not be loaded; each problem names its key.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read configuration: {0}")]
-    Load(#[from] Box<figment::Error>),
+    #[error("cannot read the configuration file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("invalid configuration:\n{}", .0.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
     Invalid(Vec<Problem>),
 }
@@ -642,40 +650,101 @@ pub enum ConfigError {
 /// One invalid setting.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
+    /// As written: `workflows.orders.allow[1]`.
     pub key: String,
     pub message: String,
+    /// Where the file says it (1-based), when the key is in the file.
+    pub line: Option<usize>,
+}
+
+impl Problem {
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            message: message.into(),
+            line: None,
+        }
+    }
 }
 
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "`{}`: {}", self.key, self.message)
+        match self.line {
+            Some(line) => write!(f, "`{}` (line {line}): {}", self.key, self.message),
+            None => write!(f, "`{}`: {}", self.key, self.message),
+        }
     }
 }
 
 impl Config {
     /// Reads `path`, applies `STEPGATE_*` overrides, and validates the result.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            ConfigError::Load(Box::new(figment::Error::from(format!(
-                "cannot read {}: {e}",
-                path.display()
-            ))))
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
         })?;
-        Self::with_environment(&text)
+        Self::from_file_text(&text, path)
     }
 
-    /// Parses TOML text, applies `STEPGATE_*` overrides, and validates the result.
-    pub fn with_environment(text: &str) -> Result<Self, ConfigError> {
-        Self::from_figment(
-            Figment::new()
-                .merge(Toml::string(text))
-                // STEPGATE_CONFIG names the file itself; it is not a setting.
-                .merge(
-                    Env::prefixed("STEPGATE_")
-                        .filter(|key| !key.as_str().eq_ignore_ascii_case("config"))
-                        .split("__"),
-                ),
-        )
+    /// The configuration in `text`, the contents of the file at `path`: `STEPGATE_*`
+    /// overrides applied, relative paths resolved against the file's directory, validated,
+    /// and every file it names read. Every problem is reported at once, by key and line.
+    pub fn from_file_text(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let figment = Figment::new()
+            .merge(Toml::string(text))
+            // STEPGATE_CONFIG names the file itself; it is not a setting.
+            .merge(
+                Env::prefixed("STEPGATE_")
+                    .filter(|key| !key.as_str().eq_ignore_ascii_case("config"))
+                    .split("__"),
+            );
+        let directory = path.parent().unwrap_or(Path::new(""));
+        let directory = std::path::absolute(directory).unwrap_or_else(|_| directory.into());
+        Self::checked(&figment, text, Some(&directory))
+    }
+
+    /// Reads, then validates; with a `directory` (the file's), relative paths are resolved
+    /// against it and the files they name are read. Problems of every stage are reported
+    /// together: what cannot be read is left out, and the rest still checked.
+    fn checked(
+        figment: &Figment,
+        text: &str,
+        directory: Option<&Path>,
+    ) -> Result<Self, ConfigError> {
+        let (config, mut problems) = parse::extract(figment, text);
+        let Some(mut config) = config else {
+            return Err(ConfigError::Invalid(problems));
+        };
+        let mut later = Vec::new();
+        if let Some(directory) = directory {
+            config.resolve_paths(directory);
+        }
+        if let Err(ConfigError::Invalid(found)) = config.validate() {
+            later.extend(found);
+        }
+        if directory.is_some() {
+            later.extend(config.check_files());
+        }
+        // A check of what remained may only echo a value left out (`workflows`: at least
+        // one is required, when the only one was): such a key is already reported.
+        let within = |key: &str, outer: &str| {
+            key.strip_prefix(outer)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
+        };
+        let related = |a: &str, b: &str| within(a, b) || within(b, a);
+        later.retain(|p| {
+            !problems
+                .iter()
+                .any(|reported| related(&p.key, &reported.key))
+        });
+        problems.extend(later);
+        if problems.is_empty() {
+            return Ok(config);
+        }
+        let mut problems = parse::with_lines(problems, text);
+        // In the file's order, like a compiler's; what the file does not hold comes last.
+        problems.sort_by_key(|p| p.line.unwrap_or(usize::MAX));
+        Err(ConfigError::Invalid(problems))
     }
 
     /// The sections a reload cannot change (they need a restart), where `self` and `other` differ.
@@ -697,385 +766,25 @@ impl Config {
 
     /// Parses and validates TOML text (no environment); for tests and tools.
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
-        Self::from_figment(Figment::new().merge(Toml::string(text)))
+        Self::checked(&Figment::new().merge(Toml::string(text)), text, None)
     }
 
-    fn from_figment(figment: Figment) -> Result<Self, ConfigError> {
-        let config: Config = figment.extract().map_err(Box::new)?;
-        config.validate()?;
-        Ok(config)
-    }
-
-    /// Checks what types cannot say; reports every problem at once.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        let mut problems = Vec::new();
-        let mut problem = |key: String, message: String| problems.push(Problem { key, message });
-
-        if !self.redis.url.expose().starts_with("redis://")
-            && !self.redis.url.expose().starts_with("rediss://")
-        {
-            problem(
-                "redis.url".into(),
-                "must start with redis:// or rediss://".into(),
-            );
-        }
-        let prefix_ok = !self.redis.key_prefix.is_empty()
-            && self
-                .redis
-                .key_prefix
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
-        if !prefix_ok {
-            problem(
-                "redis.key_prefix".into(),
-                "use letters, digits, '-', '_' or '.' (no braces or colons)".into(),
-            );
-        }
-        if self.server.max_body_bytes == 0 {
-            problem(
-                "server.max_body_bytes".into(),
-                "must be greater than 0".into(),
-            );
-        }
-        let at_least_one = [
-            ("header_read_timeout_ms", self.server.header_read_timeout_ms),
-            ("idle_timeout_ms", self.server.idle_timeout_ms),
-            ("request_timeout_ms", self.server.request_timeout_ms),
-            ("max_connections", self.server.max_connections as u64),
-            ("max_headers", self.server.max_headers as u64),
-        ];
-        for (key, value) in at_least_one {
-            if value == 0 {
-                problem(format!("server.{key}"), "must be at least 1".into());
-            }
-        }
-        if self.server.max_header_bytes < MIN_HEADER_BYTES {
-            problem(
-                "server.max_header_bytes".into(),
-                format!(
-                    "must be at least {MIN_HEADER_BYTES} (a bearer token alone can take several KiB)"
-                ),
-            );
-        }
-        if self.aws.region.is_empty() {
-            problem("aws.region".into(), "must not be empty".into());
-        }
-        if let Some(url) = &self.aws.endpoint_url
-            && reqwest::Url::parse(url).is_err()
-        {
-            problem("aws.endpoint_url".into(), format!("{url:?} is not a URL"));
-        }
-        if let Some(endpoint) = &self.log.otlp_endpoint {
-            if !cfg!(feature = "otlp") {
-                problem(
-                    "log.otlp_endpoint".into(),
-                    "this build has no OTLP export (build with --features otlp)".into(),
-                );
-            } else if reqwest::Url::parse(endpoint).is_err() {
-                problem(
-                    "log.otlp_endpoint".into(),
-                    format!("{endpoint:?} is not a URL"),
-                );
-            }
-        }
-        if self.audit.fail_closed && !self.audit.enabled {
-            problem(
-                "audit.fail_closed".into(),
-                "needs the audit enabled (audit.enabled = true)".into(),
-            );
-        }
-        if self.audit.checkpoint_every == 0 {
-            problem("audit.checkpoint_every".into(), "must be at least 1".into());
-        }
-        if self.audit.checkpoint_interval_seconds == 0 {
-            problem(
-                "audit.checkpoint_interval_seconds".into(),
-                "must be at least 1".into(),
-            );
-        }
-        if self
-            .audit
-            .files
-            .as_ref()
-            .is_some_and(|f| f.rotate_bytes == 0)
-        {
-            problem(
-                "audit.files.rotate_bytes".into(),
-                "must be at least 1".into(),
-            );
-        }
-        if self.audit.write_timeout_ms == 0 {
-            problem("audit.write_timeout_ms".into(), "must be at least 1".into());
-        }
-        let worker = &self.worker;
-        if worker.max_in_flight == 0 {
-            problem("worker.max_in_flight".into(), "must be at least 1".into());
-        }
-        let silence = worker.longest_silence_ms(self.redis.command_timeout_ms);
-        if worker.claim_idle_ms <= worker.claim_renewal_ms() + silence {
-            problem(
-                "worker.claim_idle_ms".into(),
-                format!(
-                    "must exceed claim_idle_ms / 5 + {silence} ms (2 x call_timeout_ms + \
-                     redis.command_timeout_ms), or a live delivery could be taken over"
-                ),
-            );
-        }
-        if worker.retry_initial_backoff_ms == 0
-            || worker.retry_max_backoff_ms < worker.retry_initial_backoff_ms
-        {
-            problem(
-                "worker.retry_max_backoff_ms".into(),
-                "retry_initial_backoff_ms must be at least 1 and at most retry_max_backoff_ms"
-                    .into(),
-            );
-        }
-        if worker.breaker.failure_threshold == 0 || worker.breaker.open_ms == 0 {
-            problem(
-                "worker.breaker".into(),
-                "failure_threshold and open_ms must be at least 1".into(),
-            );
-        }
-        if self
-            .rate_limits
-            .per_caller
-            .is_some_and(|r| r.requests == 0 || r.per_seconds == 0)
-        {
-            problem(
-                "rate_limits.per_caller".into(),
-                "requests and per_seconds must be at least 1".into(),
-            );
-        }
-        if self.issuers.is_empty() {
-            problem(
-                "issuers".into(),
-                "at least one trusted issuer is required".into(),
-            );
-        }
-        for (i, issuer) in self.issuers.iter().enumerate() {
-            let key = |field: &str| format!("issuers[{i}].{field}");
-            if reqwest::Url::parse(&issuer.issuer).is_err() {
-                problem(key("issuer"), format!("{:?} is not a URL", issuer.issuer));
-            }
-            if self.issuers[..i]
-                .iter()
-                .any(|other| other.issuer == issuer.issuer)
-            {
-                problem(key("issuer"), "the same issuer is configured twice".into());
-            }
-            if issuer.audiences.is_empty() {
-                problem(key("audiences"), "at least one audience is required".into());
-            }
-            if issuer.algorithms.is_empty() {
-                problem(
-                    key("algorithms"),
-                    "at least one algorithm is required".into(),
-                );
-            }
-            if issuer.jwks_file.is_some() && issuer.jwks_inline.is_some() {
-                problem(
-                    key("jwks_file"),
-                    "set jwks_file or jwks_inline, not both".into(),
-                );
-            }
-            if issuer.jwks_refresh_min_seconds == 0
-                || issuer.jwks_refresh_min_seconds > issuer.jwks_refresh_max_seconds
-            {
-                problem(
-                    key("jwks_refresh_min_seconds"),
-                    "must be at least 1 and at most jwks_refresh_max_seconds".into(),
-                );
-            }
-            if issuer.jwks_max_stale_seconds < issuer.jwks_refresh_max_seconds {
-                problem(
-                    key("jwks_max_stale_seconds"),
-                    "must be at least jwks_refresh_max_seconds, or keys go stale between refreshes"
-                        .into(),
-                );
-            }
-            if let Err(e) = crate::auth::fetch::check_issuer(issuer) {
-                problem(key("issuer"), e.to_string());
-            }
-            if let Some(endpoint) = issuer
-                .introspection
-                .as_ref()
-                .and_then(|i| i.endpoint.as_deref())
-                && let Err(e) = crate::auth::fetch::EndpointRules::of(issuer).check(endpoint)
-            {
-                problem(key("introspection.endpoint"), e.to_string());
-            }
-            if issuer.introspection_max_per_second == 0 {
-                problem(
-                    key("introspection_max_per_second"),
-                    "must be at least 1".into(),
-                );
-            }
-            for alg in &issuer.algorithms {
-                if matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512) {
-                    problem(
-                        key("algorithms"),
-                        format!("{alg:?} is symmetric; only public-key algorithms are accepted"),
-                    );
-                }
-            }
-        }
-        for (key, message) in self.opaque_routing_problems() {
-            problem(key, message);
-        }
-        for (key, message) in self.rules_without_issuer() {
-            problem(key, message);
-        }
-        if self.workflows.is_empty() {
-            problem(
-                "workflows".into(),
-                "at least one workflow is required".into(),
-            );
-        }
-        for (name, workflow) in &self.workflows {
-            let key = |field: &str| format!("workflows.{name}.{field}");
-            if let Err(e) = WorkflowName::parse(name) {
-                problem(format!("workflows.{name}"), e.to_string());
-            }
-            if !is_state_machine_arn(&workflow.state_machine_arn) {
-                problem(
-                    key("state_machine_arn"),
-                    "expected arn:<partition>:states:<region>:<account>:stateMachine:<name>".into(),
-                );
-            }
-            if workflow
-                .role_arn
-                .as_deref()
-                .is_some_and(|arn| !is_role_arn(arn))
-            {
-                problem(
-                    key("role_arn"),
-                    "expected arn:<partition>:iam::<account>:role/<name>".into(),
-                );
-            }
-            let known_issuer = |iss: &str| self.issuers.iter().any(|known| known.issuer == iss);
-            for (list, rules) in [("allow", &workflow.allow), ("deny", &workflow.deny)] {
-                for (i, rule) in rules.iter().enumerate() {
-                    if let Err(message) = rule.check(known_issuer) {
-                        problem(key(&format!("{list}[{i}]")), message);
-                    }
-                }
-            }
-            if let Err(message) = workflow.input_rules() {
-                problem(key("input_schema"), message);
-            }
-            for pointer in workflow.audit.invalid_pointers() {
-                problem(
-                    key("audit.redact"),
-                    format!("{pointer:?} is not a JSON Pointer (it starts with '/')"),
-                );
-            }
-            let limits = [
-                ("workflow", workflow.rate_limits.workflow),
-                ("per_caller", workflow.rate_limits.per_caller),
-            ];
-            for (name, rate) in limits {
-                if rate.is_some_and(|r| r.requests == 0 || r.per_seconds == 0) {
-                    problem(
-                        key(&format!("rate_limits.{name}")),
-                        "requests and per_seconds must be at least 1".into(),
-                    );
-                }
-            }
-            if workflow.drain.starts_per_second == Some(0)
-                || workflow.drain.max_in_flight == Some(0)
-            {
-                problem(
-                    key("drain"),
-                    "starts_per_second and max_in_flight must be at least 1".into(),
-                );
-            }
-            if workflow.max_backlog == Some(0) {
-                problem(key("max_backlog"), "must be at least 1".into());
-            }
-        }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(ConfigError::Invalid(problems))
-        }
-    }
-
-    /// With more than one introspecting issuer, each must own a prefix of opaque tokens, and
-    /// no prefix may start another (a token would fit two issuers).
-    fn opaque_routing_problems(&self) -> Vec<(String, String)> {
-        let introspecting: Vec<(usize, &IssuerConfig)> = self
-            .issuers
-            .iter()
-            .enumerate()
-            .filter(|(_, issuer)| issuer.introspection.is_some())
-            .collect();
-        let mut problems = Vec::new();
-        if introspecting.len() < 2 {
-            return problems;
-        }
-        for (i, issuer) in &introspecting {
-            let key = format!("issuers[{i}].opaque_token_prefix");
-            match issuer.opaque_token_prefix.as_deref() {
-                None | Some("") => problems.push((
-                    key,
-                    "required when more than one issuer introspects opaque tokens".into(),
-                )),
-                Some(prefix) => {
-                    let overlaps = introspecting.iter().any(|(j, other)| {
-                        j != i
-                            && other
-                                .opaque_token_prefix
-                                .as_deref()
-                                .is_some_and(|o| !o.is_empty() && prefix.starts_with(o))
-                    });
-                    if overlaps {
-                        problems.push((
-                            key,
-                            format!("{prefix:?} starts with another issuer's prefix"),
-                        ));
-                    }
-                }
-            }
-        }
-        problems
-    }
-
-    /// With more than one trusted issuer, every rule must name its issuer: a `sub` or
-    /// `client_id` minted by one IdP means nothing at another.
-    fn rules_without_issuer(&self) -> Vec<(String, String)> {
-        if self.issuers.len() < 2 {
-            return Vec::new();
-        }
+    /// Every policy's rule lists under their keys (`workflows.orders.allow`, `admin.deny`, …):
+    /// the one place that knows where policies live, so every check covers all of them.
+    pub fn policy_sections(&self) -> Vec<(String, &[Rule])> {
         let mut sections: Vec<(String, &[Rule])> = Vec::new();
         for (name, workflow) in &self.workflows {
-            sections.push((format!("workflows.{name}.allow"), workflow.allow.as_slice()));
-            sections.push((format!("workflows.{name}.deny"), workflow.deny.as_slice()));
+            sections.push((format!("workflows.{name}.allow"), &workflow.allow));
+            sections.push((format!("workflows.{name}.deny"), &workflow.deny));
         }
-        sections.push(("admin.allow".into(), self.admin.allow.as_slice()));
-        sections.push(("admin.deny".into(), self.admin.deny.as_slice()));
-        sections.push((
-            "audit_readers.allow".into(),
-            self.audit_readers.allow.as_slice(),
-        ));
-        sections.push((
-            "audit_readers.deny".into(),
-            self.audit_readers.deny.as_slice(),
-        ));
+        for (name, access) in [
+            ("admin", &self.admin),
+            ("audit_readers", &self.audit_readers),
+        ] {
+            sections.push((format!("{name}.allow"), &access.allow));
+            sections.push((format!("{name}.deny"), &access.deny));
+        }
         sections
-            .into_iter()
-            .flat_map(|(section, rules)| {
-                rules
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, rule)| rule.issuer.is_none())
-                    .map(move |(i, _)| {
-                        (
-                            format!("{section}[{i}]"),
-                            "with more than one trusted issuer, a rule must name its issuer".into(),
-                        )
-                    })
-            })
-            .collect()
     }
 
     /// The configured workflows under their parsed names (valid after [`Config::validate`]).
@@ -1086,164 +795,5 @@ impl Config {
     }
 }
 
-fn is_state_machine_arn(arn: &str) -> bool {
-    let parts: Vec<&str> = arn.split(':').collect();
-    matches!(parts.as_slice(),
-        ["arn", partition, "states", region, account, "stateMachine", name]
-            if partition.starts_with("aws")
-            && !region.is_empty()
-            && account.len() == 12 && account.bytes().all(|b| b.is_ascii_digit())
-            && !name.is_empty() && name.len() <= 80)
-}
-
-fn is_role_arn(arn: &str) -> bool {
-    let parts: Vec<&str> = arn.splitn(6, ':').collect();
-    matches!(parts.as_slice(),
-        ["arn", partition, "iam", "", account, resource]
-            if partition.starts_with("aws")
-            && account.len() == 12 && account.bytes().all(|b| b.is_ascii_digit())
-            && resource.strip_prefix("role/").is_some_and(|name| !name.is_empty()))
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    pub(crate) const VALID: &str = r#"
-        [redis]
-        url = "redis://127.0.0.1:6379"
-        [aws]
-        region = "us-east-1"
-        [audit]
-        signing_key = "audit.key"
-        [[issuers]]
-        issuer = "http://127.0.0.1:4444"
-        audiences = ["https://stepgate.local"]
-        [workflows.orders]
-        state_machine_arn = "arn:aws:states:us-east-1:123456789012:stateMachine:orders"
-        [[workflows.orders.allow]]
-        clients = ["billing-service"]
-        scopes = ["workflows:trigger"]
-    "#;
-
-    fn problems(text: &str) -> Vec<Problem> {
-        match Config::from_toml(text) {
-            Err(ConfigError::Invalid(problems)) => problems,
-            other => panic!("expected validation problems, got {other:?}"),
-        }
-    }
-
-    fn keys(text: &str) -> Vec<String> {
-        problems(text).into_iter().map(|p| p.key).collect()
-    }
-
-    #[test]
-    fn a_valid_file_loads_with_defaults() -> Result<(), ConfigError> {
-        let config = Config::from_toml(VALID)?;
-        assert_eq!(config.server.max_body_bytes, 256 * 1024);
-        assert_eq!(config.issuers[0].algorithms, vec![Algorithm::RS256]);
-        assert_eq!(config.redis.key_prefix, "stepgate");
-        Ok(())
-    }
-
-    #[test]
-    fn problems_name_their_key() {
-        let text = VALID
-            .replace("stateMachine:orders", "function:orders")
-            .replace("redis://", "http://")
-            .replace(r#"clients = ["billing-service"]"#, "")
-            .replace(r#"scopes = ["workflows:trigger"]"#, "");
-        assert_eq!(
-            keys(&text),
-            vec![
-                "redis.url",
-                "workflows.orders.state_machine_arn",
-                "workflows.orders.allow[0]"
-            ]
-        );
-    }
-
-    #[test]
-    fn an_otlp_endpoint_needs_a_build_that_exports() {
-        let text = format!("{VALID}\n[log]\notlp_endpoint = \"http://collector:4318\"\n");
-        if cfg!(feature = "otlp") {
-            assert!(Config::from_toml(&text).is_ok());
-            assert_eq!(
-                keys(&text.replace("http://collector:4318", "collector")),
-                vec!["log.otlp_endpoint"]
-            );
-        } else {
-            assert_eq!(keys(&text), vec!["log.otlp_endpoint"]);
-        }
-    }
-
-    #[test]
-    fn symmetric_algorithms_are_refused() {
-        let text = VALID.replace(
-            r#"audiences = ["https://stepgate.local"]"#,
-            "audiences = [\"a\"]\nalgorithms = [\"HS256\"]",
-        );
-        assert_eq!(keys(&text), vec!["issuers[0].algorithms"]);
-    }
-
-    #[test]
-    fn unsafe_workflow_names_are_refused() {
-        let text = VALID
-            .replace("[workflows.orders]", "[workflows.\"../x\"]")
-            .replace("workflows.orders.allow", "workflows.\"../x\".allow");
-        assert_eq!(keys(&text), vec!["workflows.../x"]);
-    }
-
-    #[test]
-    fn a_role_must_be_an_iam_role_arn() {
-        let with_role = |arn: &str| {
-            VALID.replace(
-                "state_machine_arn = \"arn:aws:states:us-east-1:123456789012:stateMachine:orders\"",
-                &format!(
-                    "state_machine_arn = \"arn:aws:states:us-east-1:123456789012:stateMachine:orders\"\nrole_arn = \"{arn}\""
-                ),
-            )
-        };
-        assert!(
-            Config::from_toml(&with_role("arn:aws:iam::123456789012:role/stepgate-orders")).is_ok()
-        );
-        assert!(Config::from_toml(&with_role("arn:aws:iam::123456789012:role/path/to/r")).is_ok());
-        for bad in [
-            "arn:aws:iam::123456789012:user/someone",
-            "arn:aws:iam::12345:role/r",
-            "arn:aws:iam::123456789012:role/",
-            "stepgate-orders",
-        ] {
-            assert_eq!(
-                keys(&with_role(bad)),
-                vec!["workflows.orders.role_arn"],
-                "{bad}"
-            );
-        }
-    }
-
-    #[test]
-    fn claim_idle_must_outlast_a_delivery() {
-        let text = format!("{VALID}\n[worker]\ncall_timeout_ms = 10000\nclaim_idle_ms = 5000\n");
-        assert_eq!(keys(&text), vec!["worker.claim_idle_ms"]);
-    }
-
-    #[test]
-    fn unknown_keys_are_refused_by_name() {
-        let text = VALID.replace("[aws]", "[aws]\nregoin = \"x\"");
-        let err = Config::from_toml(&text)
-            .map(|_| ())
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
-        assert!(err.contains("regoin"), "{err}");
-    }
-
-    #[test]
-    fn secrets_do_not_show_in_debug_output() -> Result<(), ConfigError> {
-        let config =
-            Config::from_toml(&VALID.replace("redis://127.0.0.1", "redis://:hunter2@127.0.0.1"))?;
-        assert!(!format!("{config:?}").contains("hunter2"));
-        Ok(())
-    }
-}
+mod tests;
