@@ -72,7 +72,7 @@ pub struct AuditEvent {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub workflow: Option<String>,
     /// `denied` for a workflow that is not configured, or by the admin API: the name the
-    /// caller asked for, at most 64 characters (an aggregated record keeps the first's).
+    /// caller asked for, at most 64 characters (an aggregated record: its first repeat's).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub requested: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -176,6 +176,7 @@ impl AuditEvent {
             public_key: self.public_key.as_deref(),
             reason: self.reason.as_deref(),
             request_id: self.request_id.as_deref(),
+            requested: self.requested.as_deref(),
             seq,
             subject: self.subject.as_deref(),
             time: &self.time,
@@ -228,6 +229,8 @@ struct Body<'a> {
     reason: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     request_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    requested: Option<&'a str>,
     seq: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     subject: Option<&'a str>,
@@ -268,6 +271,7 @@ mod tests {
         let text = "a \"quoted\" \\ back\u{1}slash\ttab\u{7f} \u{e9}\u{1f600}\u{2028}".to_owned();
         event.workflow = Some(text.clone());
         event.request_id = Some(text.clone());
+        event.requested = Some(text.clone());
         event.issuer = Some(text.clone());
         event.subject = Some(text.clone());
         event.client_id = Some(text.clone());
@@ -294,7 +298,7 @@ mod tests {
         );
         assert_eq!(
             parsed.as_object().map(|o| o.len()),
-            Some(25),
+            Some(26),
             "every member present"
         );
         Ok(())

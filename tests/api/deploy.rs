@@ -91,12 +91,16 @@ fn the_kubernetes_example_hangs_together() -> TestResult {
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("stepgate.toml");
     std::fs::write(&path, &config)?;
+    // check-config reads the key as serve would: here it is mounted elsewhere.
+    let key = dir.path().join("audit.key");
+    stepgate::audit::AuditSigner::generate().write_pair(&key)?;
     let checked = Command::new(env!("CARGO_BIN_EXE_stepgate"))
         // Never the instance metadata service (a non-loopback address) from a test.
         .env("AWS_EC2_METADATA_DISABLED", "true")
         .args(["check-config", "--config"])
         .arg(&path)
         .env("STEPGATE_REDIS__URL", "redis://redis.example:6379")
+        .env("STEPGATE_AUDIT__SIGNING_KEY", &key)
         .output()?;
     assert!(
         checked.status.success(),

@@ -419,7 +419,8 @@ async fn a_tokenless_flood_adds_a_handful_of_records_that_count_every_refusal() 
     );
     assert!(
         new.iter()
-            .all(|r| r["event"] == "auth_failed" && r["v"] == 3)
+            .all(|r| r["event"] == "auth_failed"
+                && r["v"] == stepgate::audit::record::SCHEMA_VERSION)
     );
     let counted: u64 = new.iter().filter_map(|r| r["count"].as_u64()).sum();
     assert_eq!(counted, 500, "the counts stand for every refusal: {new:#?}");

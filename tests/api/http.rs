@@ -240,11 +240,17 @@ async fn check_config_names_the_bad_key() -> TestResult {
         "{stderr}"
     );
 
+    // The example as written, with the key `stepgate keygen` makes beside it, from
+    // another working directory.
+    let example = dir.path().join("stepgate.example.toml");
+    std::fs::copy(root().join("stepgate.example.toml"), &example)?;
+    stepgate::audit::AuditSigner::generate().write_pair(&dir.path().join("audit.key"))?;
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_stepgate"))
         // Never the instance metadata service (a non-loopback address) from a test.
         .env("AWS_EC2_METADATA_DISABLED", "true")
-        .args(["check-config", "--config", "stepgate.example.toml"])
-        .current_dir(root())
+        .args(["check-config", "--config"])
+        .arg(&example)
+        .current_dir("/")
         .output()?;
     assert!(
         output.status.success(),
@@ -256,9 +262,9 @@ async fn check_config_names_the_bad_key() -> TestResult {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_stepgate"))
         // Never the instance metadata service (a non-loopback address) from a test.
         .env("AWS_EC2_METADATA_DISABLED", "true")
-        .args(["check-config", "--config", "stepgate.example.toml"])
+        .args(["check-config", "--config"])
+        .arg(&example)
         .env("STEPGATE_REDIS__URL", "http://127.0.0.1:6379")
-        .current_dir(root())
         .output()?;
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("`redis.url`"));

@@ -191,7 +191,9 @@ async fn policy_explain_verifies_a_real_token_and_shows_every_rule() -> TestResu
     assert!(allowed && text.contains("ALLOWED by allow[0]"), "{text}");
     let (allowed, text) = explain("orders", partners().idp.denied_token().await?)?;
     assert!(
-        !allowed && text.contains("DENIED") && text.contains("allow[0]: does not match (client)"),
+        !allowed
+            && text.contains("DENIED")
+            && text.contains("allow[0]: does not match (client, scope workflows:trigger)"),
         "{text}"
     );
     let (allowed, text) = explain("orders", "forged.token.here".into())?;

@@ -5,7 +5,6 @@ use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 
 use crate::helpers::{
     RedisServer, TestApp, TestResult, TestSettings, eventually, partners, spawn_app_with,
@@ -17,10 +16,11 @@ const LET_REPORTING_IN: &str = r#"
 clients = ["reporting-service"]
 "#;
 
+/// The configuration's digest as the trail records it: the file and every file it reads.
 fn file_sha256(app: &TestApp) -> TestResult<String> {
-    Ok(hex::encode(Sha256::digest(std::fs::read(
-        &app.config_path,
-    )?)))
+    let text = std::fs::read_to_string(&app.config_path)?;
+    let config = stepgate::config::Config::from_file_text(&text, &app.config_path)?;
+    Ok(stepgate::config::digest(&text, &config))
 }
 
 async fn config_events(app: &TestApp) -> TestResult<Vec<Value>> {
@@ -91,7 +91,13 @@ async fn an_invalid_or_restart_only_change_is_refused_and_the_running_config_sta
     )?;
     let events = wait_for_config_event(&app, 2).await;
     assert_eq!(events[1]["event"], "config_refused");
-    assert_eq!(events[1]["config_sha256"], file_sha256(&app)?.as_str());
+    // A refused file is hashed with the files the running configuration reads.
+    let running = stepgate::config::Config::from_file_text(&original, &app.config_path)?;
+    let refused = std::fs::read_to_string(&app.config_path)?;
+    assert_eq!(
+        events[1]["config_sha256"],
+        stepgate::config::digest(&refused, &running).as_str()
+    );
     assert!(
         events[1]["reason"]
             .as_str()
