@@ -143,10 +143,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Healthcheck { url, ready, config } => healthcheck(url, ready, &config).await,
         Command::CheckConfig(arg) => {
             let config = load(&arg)?;
+            // The digest the trail's config events record: the file and every file it reads.
+            let text = std::fs::read_to_string(&arg.config)
+                .with_context(|| format!("reading {}", arg.config.display()))?;
             println!(
-                "configuration is valid: {} issuer(s), {} workflow(s)",
+                "configuration is valid: {} issuer(s), {} workflow(s); sha256 {}",
                 config.issuers.len(),
-                config.workflows.len()
+                config.workflows.len(),
+                crate::config::digest(&text, &config)
             );
             // Not a configuration error (they may come from the environment later), but the
             // first thing to know when nothing starts.

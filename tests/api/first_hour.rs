@@ -459,3 +459,28 @@ clients = ["auditor"]
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn the_readme_quickstart_configuration_checks_as_written() -> TestResult {
+    let readme = std::fs::read_to_string(crate::helpers::root().join("README.md"))?;
+    let (_, after) = readme
+        .split_once("<!-- quickstart-config")
+        .ok_or("the README has no quickstart configuration")?;
+    let block = after
+        .split_once("```toml\n")
+        .and_then(|(_, rest)| rest.split_once("\n```"))
+        .map(|(toml, _)| toml)
+        .ok_or("no toml block after the marker")?;
+    let dir = tempfile::tempdir()?;
+    std::fs::write(dir.path().join("stepgate.toml"), block)?;
+    let keygen = stepgate_in(dir.path(), &["keygen", "--out", "audit.key"])?;
+    assert!(keygen.status.success(), "{keygen:?}");
+    let checked = stepgate_in(dir.path(), &["check-config", "--config", "stepgate.toml"])?;
+    let said = String::from_utf8_lossy(&checked.stdout);
+    assert!(
+        checked.status.success() && said.starts_with("configuration is valid"),
+        "{said}{}",
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    Ok(())
+}
