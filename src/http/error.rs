@@ -57,6 +57,8 @@ pub enum ApiError {
     NotFound,
     #[error("method not allowed")]
     MethodNotAllowed,
+    #[error("malformed request path")]
+    MalformedPath,
     #[error("unsupported media type")]
     UnsupportedMediaType,
     #[error("request body is larger than {limit} bytes")]
@@ -133,6 +135,7 @@ impl ApiError {
         match self {
             ApiError::MissingToken | ApiError::InvalidToken(_) => StatusCode::UNAUTHORIZED,
             ApiError::MalformedAuthorization(_)
+            | ApiError::MalformedPath
             | ApiError::InvalidBody(_)
             | ApiError::InvalidIdempotencyKey(_)
             | ApiError::InvalidParameter(_) => StatusCode::BAD_REQUEST,
@@ -156,7 +159,7 @@ impl ApiError {
     fn code(&self) -> &'static str {
         match self {
             ApiError::MissingToken => "missing_token",
-            ApiError::MalformedAuthorization(_) => "invalid_request",
+            ApiError::MalformedAuthorization(_) | ApiError::MalformedPath => "invalid_request",
             ApiError::InvalidToken(_) => "invalid_token",
             ApiError::Forbidden(_) => "insufficient_scope",
             ApiError::NotFound => "not_found",
@@ -188,6 +191,10 @@ impl ApiError {
             ApiError::NotFound => "there is no such resource".into(),
             ApiError::MethodNotAllowed => {
                 "this resource does not support the method; the Allow header lists those it does"
+                    .into()
+            }
+            ApiError::MalformedPath => {
+                "the request's path could not be read (invalid percent-encoding or characters)"
                     .into()
             }
             ApiError::UnsupportedMediaType => "the request body must be application/json".into(),
@@ -327,17 +334,23 @@ impl IntoResponse for ApiError {
 }
 
 /// The router answers an unknown path (404) and a method a path lacks (405) with an empty
-/// body; every error of the API is problem+json, so those get one here (405 keeps `Allow`).
+/// body, and a path it cannot decode (400) in plain text; every error of the API is
+/// problem+json, so those get one here (405 keeps `Allow`).
 pub async fn problem_for_routing_errors(request: Request, next: Next) -> Response {
     let response = next.run(request).await;
+    let is_problem = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|t| t.as_bytes().starts_with(b"application/problem+json"));
+    if is_problem {
+        return response;
+    }
     let error = match response.status() {
         StatusCode::NOT_FOUND => ApiError::NotFound,
         StatusCode::METHOD_NOT_ALLOWED => ApiError::MethodNotAllowed,
+        StatusCode::BAD_REQUEST => ApiError::MalformedPath,
         _ => return response,
     };
-    if response.headers().contains_key(header::CONTENT_TYPE) {
-        return response;
-    }
     let allow = response.headers().get(header::ALLOW).cloned();
     let mut answer = error.into_response();
     if let Some(allow) = allow {

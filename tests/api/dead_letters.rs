@@ -13,7 +13,7 @@ use crate::helpers::{
 
 /// A workflow `refunds` whose state machine does not exist (yet): its starts are refused
 /// for good, with `StateMachineDoesNotExist`.
-fn missing_state_machine(admin: &str) -> (String, TestSettings) {
+pub(crate) fn missing_state_machine(admin: &str) -> (String, TestSettings) {
     let name = unique_name("refunds");
     let settings = TestSettings {
         extra_toml: format!(

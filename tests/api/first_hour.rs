@@ -11,7 +11,6 @@ use stepgate::audit::AuditSigner;
 
 use crate::helpers::{
     RedisServer, TestResult, TestSettings, minimal_config, partners, request_id_of, spawn_app_with,
-    state_machine_arn, unique_name,
 };
 
 /// `stepgate <args>` (never the instance metadata service), from `cwd`.
@@ -152,24 +151,20 @@ async fn relative_paths_resolve_against_the_configuration_file() -> TestResult {
         etc.join("schemas/orders.json"),
         r#"{"type": "object", "required": ["order_id"]}"#,
     )?;
-    let text = format!(
-        r#"
-[redis]
-url = "redis://127.0.0.1:1"
-[aws]
-region = "us-east-1"
-[audit]
-signing_key = "keys/audit.key"
-[[issuers]]
-issuer = "{ISSUER}"
-audiences = ["https://stepgate.local"]
-[workflows.orders]
-state_machine_arn = "arn:aws:states:us-east-1:123456789012:stateMachine:orders"
-input_schema_file = "schemas/orders.json"
-[[workflows.orders.allow]]
-clients = ["billing-service"]
-"#
-    );
+    // The minimal configuration, its key and a schema named relative to the file.
+    let absolute = minimal_config(dir.path(), ISSUER, "");
+    let text = absolute
+        .lines()
+        .map(|line| match line {
+            l if l.starts_with("signing_key") => "signing_key = \"keys/audit.key\"".to_owned(),
+            "[[workflows.orders.allow]]" => {
+                "input_schema_file = \"schemas/orders.json\"\n[[workflows.orders.allow]]".to_owned()
+            }
+            l => l.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(text.contains("keys/audit.key") && text.contains("schemas/orders.json"));
     // From `/`, from the file's directory and from its parent: the same files.
     for cwd in [Path::new("/"), etc.as_path(), dir.path()] {
         let path = etc.join("stepgate.toml");
@@ -244,24 +239,18 @@ max_body_bytes = "big"
     Ok(())
 }
 
-/// A workflow whose state machine does not exist: its start is refused for good.
+/// A workflow whose state machine does not exist (its start is refused for good), with
+/// `billing-service` as admin and audit reader.
 fn missing_state_machine() -> TestSettings {
-    TestSettings {
-        extra_toml: format!(
-            r#"
-[workflows.refunds]
-state_machine_arn = "{arn}"
-[[workflows.refunds.allow]]
-clients = ["billing-service"]
+    crate::dead_letters::missing_state_machine(
+        r#"
 [[admin.allow]]
 clients = ["billing-service"]
 [[audit_readers.allow]]
 clients = ["billing-service"]
 "#,
-            arn = state_machine_arn(&unique_name("refunds"))
-        ),
-        ..TestSettings::default()
-    }
+    )
+    .1
 }
 
 /// Marks of an SDK error's `Debug` output (and of the emulator's HTTP answer).

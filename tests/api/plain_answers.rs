@@ -67,6 +67,18 @@ async fn every_error_is_a_problem_in_the_apis_own_terms() -> TestResult {
         (StatusCode::NOT_FOUND, "not_found")
     );
 
+    let undecodable = app
+        .http
+        .get(app.url("/v1/requests/%FF%FE"))
+        .bearer_auth(&token)
+        .send()
+        .await?;
+    let (status, code, _) = problem_code(undecodable).await?;
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::BAD_REQUEST, "invalid_request")
+    );
+
     let wrong_method = app
         .http
         .delete(app.url("/v1/workflows/orders/executions"))

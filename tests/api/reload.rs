@@ -217,3 +217,46 @@ async fn sighup_reloads_a_running_stepgate_process() -> TestResult {
     .await;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_changed_schema_file_is_a_changed_configuration() -> TestResult {
+    let schemas = tempfile::tempdir()?;
+    let schema = schemas.path().join("refunds.json");
+    std::fs::write(&schema, r#"{"type": "object", "required": ["refund"]}"#)?;
+    let app = spawn_app_with(
+        RedisServer::start(),
+        TestSettings {
+            worker_enabled: false,
+            extra_toml: format!(
+                r#"
+[workflows.refunds]
+state_machine_arn = "$STATE_MACHINE_ARN"
+input_schema_file = "{}"
+[[workflows.refunds.allow]]
+clients = ["billing-service"]
+"#,
+                schema.display()
+            ),
+            ..TestSettings::default()
+        },
+    )
+    .await?;
+    let billing = partners().idp.billing_token().await?;
+    let input = json!({"input": {"amount": 5}});
+    assert_eq!(
+        app.trigger("refunds", &billing, &input).await?.status(),
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+
+    // Only the schema file changes: the policy changed, so the configuration did.
+    std::fs::write(&schema, r#"{"type": "object"}"#)?;
+    let events = wait_for_config_event(&app, 2).await;
+    assert_eq!(events[1]["event"], "config_reloaded", "{}", events[1]);
+    assert_ne!(events[1]["config_sha256"], events[0]["config_sha256"]);
+    assert_eq!(events[1]["config_sha256"], file_sha256(&app)?.as_str());
+    assert_eq!(
+        app.trigger("refunds", &billing, &input).await?.status(),
+        StatusCode::ACCEPTED
+    );
+    Ok(())
+}
