@@ -12,8 +12,9 @@ use crate::http::error::ApiError;
 /// The furthest a trigger may be deferred.
 pub const MAX_DEFER: std::time::Duration = std::time::Duration::from_secs(90 * 24 * 3600);
 
-/// The trigger's body. Each member is read as raw JSON first, so a wrong type gets an
-/// answer about that member rather than a deserializer's.
+/// The trigger's body.
+// Each member is read as raw JSON first, so a wrong type gets an answer about that member
+// rather than a deserializer's.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"input": {"order_id": "A-1001", "amount_cents": 4200}}))]

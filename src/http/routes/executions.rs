@@ -53,8 +53,9 @@ pub struct ExecutionAccepted {
     params(
         ("workflow" = String, Path, description = "The workflow's configured name", example = "orders"),
         ("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe: a retry with the same key \
-            (per caller, for a day) and the same body gets the first answer, and queues nothing; the same key with \
-            another body gets 422. 1 to 255 visible ASCII characters."),
+            (per caller, for a day) for the same request (workflow, input bytes and timing; the envelope's layout does \
+            not matter) gets `202` with the first request's id and its current status, and queues nothing; the same \
+            key for another request gets 422. 1 to 255 visible ASCII characters."),
         ("x-request-id" = Option<String>, Header, description = "Correlates the request: echoed in the answer and \
             recorded in every audit record about it, `started` included. 1 to 128 visible ASCII characters; otherwise \
             stepgate sets a UUID."),
@@ -70,6 +71,7 @@ pub struct ExecutionAccepted {
             headers(
                 ("Location" = String, description = "The status URL"),
                 ("x-request-id" = String, description = "The request's correlation id (the caller's, or the one stepgate set)"),
+                ("Idempotent-Replayed" = String, description = "`true` when this answers a retry with the same Idempotency-Key"),
                 ("RateLimit" = String, description = "The tightest rate limit's remaining quota, when the workflow has limits"),
                 ("RateLimit-Policy" = String, description = "The workflow's rate limits, when it has any"),
             )),
