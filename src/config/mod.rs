@@ -25,6 +25,9 @@ use crate::policy::{InputRules, Rule};
 /// Step Functions rejects inputs over 256 KiB; a larger body could never start.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 256 * 1024;
 
+/// `STEPGATE_*` environment variables that are not settings.
+const NOT_SETTINGS: [&str; 2] = ["config", "bin"];
+
 /// Below this a request with an ordinary bearer token could not be read.
 const MIN_HEADER_BYTES: usize = 4 * 1024;
 
@@ -692,10 +695,15 @@ impl Config {
     pub fn from_file_text(text: &str, path: &Path) -> Result<Self, ConfigError> {
         let figment = Figment::new()
             .merge(Toml::string(text))
-            // STEPGATE_CONFIG names the file itself; it is not a setting.
+            // STEPGATE_CONFIG names the file itself and STEPGATE_BIN the binary (scripts/demo):
+            // they are not settings.
             .merge(
                 Env::prefixed("STEPGATE_")
-                    .filter(|key| !key.as_str().eq_ignore_ascii_case("config"))
+                    .filter(|key| {
+                        !NOT_SETTINGS
+                            .iter()
+                            .any(|n| key.as_str().eq_ignore_ascii_case(n))
+                    })
                     .split("__"),
             );
         let directory = path.parent().unwrap_or(Path::new(""));

@@ -464,7 +464,13 @@ async fn the_readme_quickstart_configuration_checks_as_written() -> TestResult {
     std::fs::write(dir.path().join("stepgate.toml"), block)?;
     let keygen = stepgate_in(dir.path(), &["keygen", "--out", "audit.key"])?;
     assert!(keygen.status.success(), "{keygen:?}");
-    let checked = stepgate_in(dir.path(), &["check-config", "--config", "stepgate.toml"])?;
+    // As scripts/demo runs it: STEPGATE_BIN names the binary, it is not a setting.
+    let checked = Command::new(env!("CARGO_BIN_EXE_stepgate"))
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("STEPGATE_BIN", env!("CARGO_BIN_EXE_stepgate"))
+        .current_dir(dir.path())
+        .args(["check-config", "--config", "stepgate.toml"])
+        .output()?;
     let said = String::from_utf8_lossy(&checked.stdout);
     assert!(
         checked.status.success() && said.starts_with("configuration is valid"),
