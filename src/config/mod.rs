@@ -11,16 +11,21 @@ use std::path::{Path, PathBuf};
 
 use figment::Figment;
 use figment::providers::{Env, Format, Toml};
-use jsonwebtoken::Algorithm;
 use serde::Deserialize;
 
+mod audit;
 mod files;
+mod issuers;
+mod workflows;
+pub use audit::{AuditConfig, AuditFilesConfig};
 pub use files::digest;
+pub use issuers::{IntrospectionConfig, IssuerConfig};
+pub use workflows::{DrainPacing, GlobalRateLimits, Rate, WorkflowConfig, WorkflowRateLimits};
 mod parse;
 mod validate;
 
 use crate::domain::WorkflowName;
-use crate::policy::{InputRules, Rule};
+use crate::policy::Rule;
 
 /// Step Functions rejects inputs over 256 KiB; a larger body could never start.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 256 * 1024;
@@ -255,127 +260,6 @@ impl WorkerConfig {
     }
 }
 
-/// `[audit]`
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct AuditConfig {
-    /// Off, nothing is recorded: for measuring the audit's cost, never for production.
-    #[serde(default = "enabled")]
-    pub enabled: bool,
-    /// Ed25519 private key (PKCS#8 PEM) written by `stepgate keygen`.
-    pub signing_key: PathBuf,
-    /// Keys that signed the trail before `signing_key`. The first write with a new key, by a
-    /// process that also holds the trail's active key here, appends a `key_rotated` record
-    /// signed by the old key that introduces the new one.
-    #[serde(default)]
-    pub retired_keys: Vec<PathBuf>,
-    /// A signed checkpoint (size and Merkle root) at least every this many records…
-    #[serde(default = "default_checkpoint_every")]
-    pub checkpoint_every: u64,
-    /// …and at least this often while records arrive.
-    #[serde(default = "default_checkpoint_interval")]
-    pub checkpoint_interval_seconds: u64,
-    /// Refuse a trigger (503) when its `accepted` record cannot be written within
-    /// `write_timeout_ms`: no workflow starts unaudited. Off, the record is buffered and
-    /// retried while the trigger goes ahead.
-    #[serde(default)]
-    pub fail_closed: bool,
-    #[serde(default = "default_audit_write_timeout")]
-    pub write_timeout_ms: u64,
-    /// `auth_failed` and `denied` records of one source (address, caller, workflow, reason)
-    /// are aggregated over this many seconds: the first at once, the repeats as one record
-    /// with a `count` (0: a record per refusal).
-    #[serde(default = "default_refusal_window")]
-    pub refusal_window_seconds: u64,
-    /// Export to rotated JSON Lines files (and trim Redis behind the export).
-    #[serde(default)]
-    pub files: Option<AuditFilesConfig>,
-}
-
-/// `[audit.files]`
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct AuditFilesConfig {
-    /// The same durable directory for every process that exports (one exports at a time).
-    pub dir: PathBuf,
-    /// A new file once the current one holds this many bytes.
-    #[serde(default = "default_rotate_bytes")]
-    pub rotate_bytes: u64,
-    /// Keep only this many newest records in Redis; older ones are deleted once exported
-    /// and covered by a checkpoint (0: keep everything).
-    #[serde(default)]
-    pub redis_keep_records: u64,
-}
-
-fn default_refusal_window() -> u64 {
-    10
-}
-
-fn default_rotate_bytes() -> u64 {
-    64 * 1024 * 1024
-}
-
-fn enabled() -> bool {
-    true
-}
-
-fn default_checkpoint_every() -> u64 {
-    1_000
-}
-
-fn default_checkpoint_interval() -> u64 {
-    60
-}
-
-fn default_audit_write_timeout() -> u64 {
-    2_000
-}
-
-impl AuditConfig {
-    pub fn write_timeout(&self) -> std::time::Duration {
-        std::time::Duration::from_millis(self.write_timeout_ms)
-    }
-
-    /// Failing closed, how long an admitted trigger stays invisible to the drain for its
-    /// admitting process to write the audit record and release it; after that, the drain
-    /// takes the process for dead and recovers the trigger (auditing it first).
-    pub fn admission_hold(&self) -> Option<std::time::Duration> {
-        self.fail_closed
-            .then(|| self.write_timeout() + std::time::Duration::from_secs(10))
-    }
-
-    /// The trail's handle and writer, with this configuration's keys and checkpoints; no
-    /// writer when the audit is off.
-    pub fn open_log(
-        &self,
-        redis: crate::redis_conn::RedisConnection,
-        keys: crate::queue::Keys,
-    ) -> Result<
-        (crate::audit::AuditLog, Option<crate::audit::AuditWriter>),
-        crate::audit::signer::KeyError,
-    > {
-        if !self.enabled {
-            tracing::warn!("the audit trail is OFF (audit.enabled = false): nothing is recorded");
-            return Ok((crate::audit::AuditLog::disabled(), None));
-        }
-        let signer = crate::audit::AuditSigner::load(&self.signing_key)?;
-        let retired = self
-            .retired_keys
-            .iter()
-            .map(|path| crate::audit::AuditSigner::load(path))
-            .collect::<Result<_, _>>()?;
-        tracing::info!(audit.kid = signer.kid(), "audit signing key loaded");
-        let settings = crate::audit::WriterSettings {
-            checkpoint_every: self.checkpoint_every,
-            checkpoint_interval: std::time::Duration::from_secs(self.checkpoint_interval_seconds),
-            refusal_window: std::time::Duration::from_secs(self.refusal_window_seconds),
-            ..Default::default()
-        };
-        let (log, writer) = crate::audit::AuditLog::new(redis, keys, signer, retired, settings);
-        Ok((log, Some(writer)))
-    }
-}
-
 /// `[log]`
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -431,189 +315,6 @@ impl Default for AuthConfig {
         Self {
             token_cache_entries: 10_000,
         }
-    }
-}
-
-/// `[[issuers]]`: an OpenID provider whose access tokens stepgate accepts.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct IssuerConfig {
-    /// Compared exactly with the token's `iss`; keys come from its OIDC discovery document.
-    pub issuer: String,
-    /// A token must name at least one of these in `aud`.
-    pub audiences: Vec<String>,
-    /// Signature algorithms accepted from this issuer (asymmetric only).
-    #[serde(default = "default_algorithms")]
-    pub algorithms: Vec<Algorithm>,
-    /// Clock skew tolerated on `exp` and `nbf`.
-    #[serde(default = "default_leeway")]
-    pub leeway_seconds: u64,
-    /// Minimum time between two JWKS fetches caused by unknown `kid`s.
-    #[serde(default = "default_refetch_cooldown")]
-    pub jwks_refetch_cooldown_seconds: u64,
-    /// Bounds on the periodic JWKS refresh, which follows the response's `Cache-Control`.
-    #[serde(default = "default_refresh_min")]
-    pub jwks_refresh_min_seconds: u64,
-    #[serde(default = "default_refresh_max")]
-    pub jwks_refresh_max_seconds: u64,
-    /// How long the last good keys keep serving while the issuer cannot be reached.
-    #[serde(default = "default_max_stale")]
-    pub jwks_max_stale_seconds: u64,
-    /// A fixed JWKS file instead of discovery (air-gapped sites).
-    pub jwks_file: Option<PathBuf>,
-    /// A fixed JWKS document, inline, instead of discovery.
-    pub jwks_inline: Option<String>,
-    /// Require this JWT `typ` header, e.g. `at+jwt` (RFC 9068); `application/at+jwt` matches too.
-    pub require_typ: Option<String>,
-    /// Claims a token must carry beyond `exp`, `iss`, `aud` and `sub`.
-    #[serde(default)]
-    pub required_claims: Vec<String>,
-    /// Accept this issuer's opaque (non-JWT) tokens, verified by RFC 7662 introspection.
-    pub introspection: Option<IntrospectionConfig>,
-    /// Opaque tokens that start with this go to this issuer's introspection, and no others;
-    /// required of each issuer when more than one introspects (a token is never shown to an
-    /// issuer that did not mint it).
-    pub opaque_token_prefix: Option<String>,
-    /// How long an introspection's "not active" is remembered (by the token's hash).
-    #[serde(default = "default_introspection_negative_cache")]
-    pub introspection_negative_cache_seconds: u64,
-    /// Introspection calls per second to this issuer at most (per process); beyond, callers
-    /// with unknown opaque tokens get 503.
-    #[serde(default = "default_introspection_rate")]
-    pub introspection_max_per_second: u32,
-    /// Let discovery, the JWKS and introspection use plain `http` (a warning at start).
-    /// Without it they must be `https`, or `http` on loopback for a loopback issuer.
-    #[serde(default)]
-    pub allow_insecure_http: bool,
-}
-
-fn default_introspection_negative_cache() -> u64 {
-    60
-}
-
-fn default_introspection_rate() -> u32 {
-    50
-}
-
-/// `introspection = { client_id = "stepgate", client_secret = "…" }` of an issuer.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct IntrospectionConfig {
-    /// stepgate's own client at the issuer.
-    pub client_id: String,
-    pub client_secret: Secret,
-    /// Default: the discovery document's `introspection_endpoint`.
-    pub endpoint: Option<String>,
-}
-
-fn default_refresh_min() -> u64 {
-    60
-}
-
-fn default_refresh_max() -> u64 {
-    3600
-}
-
-fn default_max_stale() -> u64 {
-    24 * 3600
-}
-
-fn default_algorithms() -> Vec<Algorithm> {
-    vec![Algorithm::RS256]
-}
-
-/// 30 s: enough for NTP-synchronised hosts, small next to a typical 5–60 minute token life.
-fn default_leeway() -> u64 {
-    30
-}
-
-fn default_refetch_cooldown() -> u64 {
-    30
-}
-
-/// `[workflows.<name>]`
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WorkflowConfig {
-    pub state_machine_arn: String,
-    /// An IAM role to start this workflow's executions with (assumed through STS, its
-    /// credentials cached and refreshed before they expire); default: the process's own
-    /// credentials. Least privilege: one role per workflow, allowed `states:StartExecution`
-    /// on its state machine only.
-    pub role_arn: Option<String>,
-    /// Deny by default: a caller is allowed when any one allow rule matches...
-    #[serde(default)]
-    pub allow: Vec<Rule>,
-    /// ...and no deny rule does (deny wins).
-    #[serde(default)]
-    pub deny: Vec<Rule>,
-    /// Largest accepted input (bytes of JSON), below `server.max_body_bytes`.
-    pub max_input_bytes: Option<usize>,
-    /// JSON Schema (2020-12) the input must satisfy, as JSON text...
-    pub input_schema: Option<String>,
-    /// ...or in a file.
-    pub input_schema_file: Option<PathBuf>,
-    /// Each access token may trigger this workflow once: a `jti` seen before is refused
-    /// until the token expires. Tokens without `jti` are refused.
-    #[serde(default)]
-    pub one_time_tokens: bool,
-    /// What the audit trail keeps of inputs: their hash (default) or the input, redacted.
-    #[serde(default)]
-    pub audit: crate::audit::redact::InputAudit,
-    /// Admission limits of this workflow.
-    #[serde(default)]
-    pub rate_limits: WorkflowRateLimits,
-    /// Entries waiting in the queue at most; beyond, admission answers 503 (backpressure).
-    pub max_backlog: Option<u64>,
-    /// How fast the drain may start this workflow's executions.
-    #[serde(default)]
-    pub drain: DrainPacing,
-}
-
-/// `[workflows.<name>.drain]`: shared by every replica through Redis.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct DrainPacing {
-    /// `StartExecution` calls per second at most (any 1 s window).
-    pub starts_per_second: Option<u32>,
-    /// `StartExecution` calls in flight at once at most.
-    pub max_in_flight: Option<u32>,
-}
-
-/// `[rate_limits]`: limits over all workflows.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct GlobalRateLimits {
-    /// Each caller (issuer and subject), over all workflows together.
-    pub per_caller: Option<Rate>,
-}
-
-/// `[workflows.<name>.rate_limits]`
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct WorkflowRateLimits {
-    /// All callers of this workflow together.
-    pub workflow: Option<Rate>,
-    /// Each caller (issuer and subject) of this workflow.
-    pub per_caller: Option<Rate>,
-}
-
-/// `{ requests = 100, per_seconds = 60 }`: at most `requests` in any `per_seconds` window.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct Rate {
-    pub requests: u32,
-    pub per_seconds: u64,
-}
-
-impl WorkflowConfig {
-    /// The compiled input rules (the schema file is read here).
-    pub fn input_rules(&self) -> Result<InputRules, String> {
-        InputRules::load(
-            self.max_input_bytes,
-            self.input_schema.as_deref(),
-            self.input_schema_file.as_deref(),
-        )
     }
 }
 

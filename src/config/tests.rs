@@ -1,3 +1,5 @@
+use jsonwebtoken::Algorithm;
+
 use super::*;
 
 pub(crate) const VALID: &str = r#"

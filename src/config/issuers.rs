@@ -1,0 +1,105 @@
+//! `[[issuers]]`: the OpenID providers whose tokens are accepted.
+
+use std::path::PathBuf;
+
+use jsonwebtoken::Algorithm;
+use serde::Deserialize;
+
+use super::Secret;
+
+/// `[[issuers]]`: an OpenID provider whose access tokens stepgate accepts.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerConfig {
+    /// Compared exactly with the token's `iss`; keys come from its OIDC discovery document.
+    pub issuer: String,
+    /// A token must name at least one of these in `aud`.
+    pub audiences: Vec<String>,
+    /// Signature algorithms accepted from this issuer (asymmetric only).
+    #[serde(default = "default_algorithms")]
+    pub algorithms: Vec<Algorithm>,
+    /// Clock skew tolerated on `exp` and `nbf`.
+    #[serde(default = "default_leeway")]
+    pub leeway_seconds: u64,
+    /// Minimum time between two JWKS fetches caused by unknown `kid`s.
+    #[serde(default = "default_refetch_cooldown")]
+    pub jwks_refetch_cooldown_seconds: u64,
+    /// Bounds on the periodic JWKS refresh, which follows the response's `Cache-Control`.
+    #[serde(default = "default_refresh_min")]
+    pub jwks_refresh_min_seconds: u64,
+    #[serde(default = "default_refresh_max")]
+    pub jwks_refresh_max_seconds: u64,
+    /// How long the last good keys keep serving while the issuer cannot be reached.
+    #[serde(default = "default_max_stale")]
+    pub jwks_max_stale_seconds: u64,
+    /// A fixed JWKS file instead of discovery (air-gapped sites).
+    pub jwks_file: Option<PathBuf>,
+    /// A fixed JWKS document, inline, instead of discovery.
+    pub jwks_inline: Option<String>,
+    /// Require this JWT `typ` header, e.g. `at+jwt` (RFC 9068); `application/at+jwt` matches too.
+    pub require_typ: Option<String>,
+    /// Claims a token must carry beyond `exp`, `iss`, `aud` and `sub`.
+    #[serde(default)]
+    pub required_claims: Vec<String>,
+    /// Accept this issuer's opaque (non-JWT) tokens, verified by RFC 7662 introspection.
+    pub introspection: Option<IntrospectionConfig>,
+    /// Opaque tokens that start with this go to this issuer's introspection, and no others;
+    /// required of each issuer when more than one introspects (a token is never shown to an
+    /// issuer that did not mint it).
+    pub opaque_token_prefix: Option<String>,
+    /// How long an introspection's "not active" is remembered (by the token's hash).
+    #[serde(default = "default_introspection_negative_cache")]
+    pub introspection_negative_cache_seconds: u64,
+    /// Introspection calls per second to this issuer at most (per process); beyond, callers
+    /// with unknown opaque tokens get 503.
+    #[serde(default = "default_introspection_rate")]
+    pub introspection_max_per_second: u32,
+    /// Let discovery, the JWKS and introspection use plain `http` (a warning at start).
+    /// Without it they must be `https`, or `http` on loopback for a loopback issuer.
+    #[serde(default)]
+    pub allow_insecure_http: bool,
+}
+
+fn default_introspection_negative_cache() -> u64 {
+    60
+}
+
+fn default_introspection_rate() -> u32 {
+    50
+}
+
+/// `introspection = { client_id = "stepgate", client_secret = "…" }` of an issuer.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct IntrospectionConfig {
+    /// stepgate's own client at the issuer.
+    pub client_id: String,
+    pub client_secret: Secret,
+    /// Default: the discovery document's `introspection_endpoint`.
+    pub endpoint: Option<String>,
+}
+
+fn default_refresh_min() -> u64 {
+    60
+}
+
+fn default_refresh_max() -> u64 {
+    3600
+}
+
+fn default_max_stale() -> u64 {
+    24 * 3600
+}
+
+fn default_algorithms() -> Vec<Algorithm> {
+    vec![Algorithm::RS256]
+}
+
+/// 30 s: enough for NTP-synchronised hosts, small next to a typical 5–60 minute token life.
+fn default_leeway() -> u64 {
+    30
+}
+
+fn default_refetch_cooldown() -> u64 {
+    30
+}
