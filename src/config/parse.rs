@@ -275,7 +275,7 @@ fn original_index(current: usize, removed: &[usize]) -> usize {
     let mut original = current;
     for r in removed {
         if *r <= original {
-            original += 1;
+            original = original.saturating_add(1);
         }
     }
     original
