@@ -1,8 +1,13 @@
 //! The in-process worker that drains workflow queues into Step Functions.
 
 pub mod breaker;
+mod delivery;
 pub mod drain;
+mod pacing;
+mod reader;
+mod recovery;
 pub mod repeated;
+mod retry;
 pub mod sfn;
 
 pub use breaker::Breakers;

@@ -1,0 +1,96 @@
+//! What waits outside the queue: deferred triggers that are due (promotion), and held
+//! triggers whose admitting process stopped before releasing them (fail-closed recovery).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::delivery::set_owner;
+use super::drain::{Drain, DrainTarget, MAX_BATCH};
+use crate::audit::{AuditEvent, EventKind};
+use crate::queue::producer::{promote_due, release_held, stranded_held};
+use crate::redis_conn::RedisConnection;
+
+/// How often due deferred triggers are moved into their queues (their start precision).
+const PROMOTE_EVERY: Duration = Duration::from_millis(250);
+
+impl Drain {
+    /// Moves due deferred triggers into their queues, every [`PROMOTE_EVERY`].
+    pub(super) async fn promote_loop(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut redis = self.redis.clone();
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(PROMOTE_EVERY) => {}
+                () = shutdown.cancelled() => return,
+            }
+            let targets = self.targets.borrow().clone();
+            for target in &targets {
+                loop {
+                    match promote_due(&mut redis, &self.keys, &target.workflow, MAX_BATCH).await {
+                        Ok(moved) if moved == MAX_BATCH => continue,
+                        Ok(_) => break,
+                        Err(e) => {
+                            tracing::warn!(workflow = %target.workflow, error = %e, "moving due deferred triggers failed");
+                            break;
+                        }
+                    }
+                }
+                if let Some(deadline) = self.held_recovery {
+                    self.recover_held(&mut redis, target, deadline).await;
+                }
+            }
+        }
+    }
+
+    /// Held triggers whose admitting process stopped before releasing them: each gets its
+    /// `accepted` record (written, not just buffered) and only then goes to the queue, so
+    /// nothing starts unaudited. Replicas may race; the release moves each once.
+    pub(super) async fn recover_held(
+        &self,
+        redis: &mut RedisConnection,
+        target: &DrainTarget,
+        deadline: Duration,
+    ) {
+        let stranded = match stranded_held(redis, &self.keys, &target.workflow, MAX_BATCH).await {
+            Ok(stranded) => stranded,
+            Err(e) => {
+                tracing::warn!(workflow = %target.workflow, error = %e, "reading held triggers failed");
+                return;
+            }
+        };
+        let mut audited = Vec::with_capacity(stranded.len());
+        for (request_id, fields) in stranded {
+            let fields: serde_json::Value = fields
+                .and_then(|f| serde_json::from_str(&f).ok())
+                .unwrap_or_default();
+            let mut event = AuditEvent::now(EventKind::Accepted);
+            event.workflow = Some(target.workflow.to_string());
+            event.request_id = Some(request_id.clone());
+            set_owner(&mut event, fields["owner"].as_str().unwrap_or_default());
+            event.http_request_id = fields["http_request_id"]
+                .as_str()
+                .filter(|id| !id.is_empty())
+                .map(str::to_owned);
+            event.client_id = fields["client_id"]
+                .as_str()
+                .filter(|c| !c.is_empty())
+                .map(str::to_owned);
+            event.input_sha256 = fields["input"]
+                .as_str()
+                .map(|input| crate::audit::record::sha256_hex(input.as_bytes()));
+            event.reason = Some(
+                "recovered: the admitting process stopped before releasing it (audit.fail_closed)"
+                    .into(),
+            );
+            if self.audit.record_durably(event, deadline).await.is_err() {
+                tracing::warn!(workflow = %target.workflow, "audit unavailable; held triggers stay held");
+                break;
+            }
+            audited.push(request_id);
+        }
+        if let Err(e) = release_held(redis, &self.keys, &target.workflow, &audited).await {
+            tracing::warn!(workflow = %target.workflow, error = %e, "releasing recovered triggers failed");
+        }
+    }
+}
