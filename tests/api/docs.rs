@@ -91,3 +91,30 @@ async fn the_docs_page_lists_every_operation_and_offers_client_credentials() -> 
     );
     Ok(())
 }
+
+/// ARCHITECTURE.md names modules by path; every path it names exists (keep the map true when
+/// a module moves).
+#[test]
+fn every_path_the_architecture_map_names_exists() -> TestResult {
+    let map = std::fs::read_to_string(root().join("ARCHITECTURE.md"))?;
+    let named: Vec<&str> = map
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .filter(|quoted| {
+            ["src/", "tests/", "migrations/", "openapi/"]
+                .iter()
+                .any(|dir| quoted.starts_with(dir))
+        })
+        .collect();
+    assert!(named.len() > 40, "the map names its modules: {named:?}");
+    let missing: Vec<&&str> = named
+        .iter()
+        .filter(|path| !root().join(path).exists())
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "ARCHITECTURE.md names what does not exist: {missing:?}"
+    );
+    Ok(())
+}
