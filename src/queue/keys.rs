@@ -8,6 +8,7 @@
 //! |---------------------------------------|--------|----------------------------------------|
 //! | `<p>:{wf:<name>}:queue`               | stream | accepted triggers awaiting the drain   |
 //! | `<p>:{wf:<name>}:request:<32 hex>`    | hash   | one request's status (expires)         |
+//! | `<p>:{wf:<name>}:request:<32 hex>:live` | string | the execution's state, cached briefly|
 //! | `<p>:{wf:<name>}:dead`                | stream | dead letters: entries that cannot start|
 //! | `<p>:{wf:<name>}:dead:index`          | hash   | request id → dead-letter entry id      |
 //! | `<p>:{wf:<name>}:schema`              | hash   | migrations applied to this workflow    |
@@ -16,14 +17,20 @@
 //! | `<p>:{wf:<name>}:rate:caller:<hash>`  | zset   | one caller's admissions in its window  |
 //! | `<p>:{wf:<name>}:idem:<sha256>`       | hash   | a caller's idempotency key (expires)   |
 //! | `<p>:{wf:<name>}:deferred`            | zset   | deferred triggers by due time (ms)     |
-//! | `<p>:{wf:<name>}:deferred:entries`    | hash   | deferred triggers' queue fields        |
+//! | `<p>:{wf:<name>}:deferred:entries`    | hash   | deferred (and held) triggers' fields   |
+//! | `<p>:{wf:<name>}:held`                | zset   | fail_closed: triggers awaiting audit   |
 //! | `<p>:{wf:<name>}:unused`              | —      | never written; fills unused script keys|
 //! | `<p>:{wf:<name>}:pace`                | zset   | StartExecution permits (pace.lua)      |
 //! | `<p>:{wf:<name>}:inflight`            | zset   | StartExecution calls in flight (leases)|
 //! | `<p>:{sfn:<region>}:pace`             | zset   | permits for the whole account/region   |
 //! | `<p>:{caller:<hash>}:rate`            | zset   | one caller's admissions, all workflows |
 //! | `<p>:{audit}:log`                     | stream | signed, hash-chained audit records     |
-//! | `<p>:{audit}:head`                    | hash   | `seq` and `hash` of the newest record  |
+//! | `<p>:{audit}:head`                    | hash   | the chain head: seq, hash, active key, Merkle frontier |
+//! | `<p>:{audit}:checkpoints`             | stream | signed checkpoints (size, Merkle root) |
+//! | `<p>:{audit}:trimmed`                 | hash   | where retention cut the record stream  |
+//! | `<p>:{audit}:export`                  | hash   | the file exporter's cursor             |
+//! | `<p>:{audit}:export:lease`            | string | one exporter at a time                 |
+//! | `<p>:{audit}:writer:<id>`             | string | a writer's last batch id (expires)     |
 //! | `<p>:{meta}:schema`                   | hash   | global migrations applied              |
 //! | `<p>:{meta}:migration-lock`           | string | held while migrations run              |
 
@@ -177,5 +184,86 @@ impl Keys {
 
     pub fn migration_lock(&self) -> String {
         format!("{}:{{meta}}:migration-lock", self.prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    /// A key with its variable parts (prefix, workflow, digests, ids) as `<…>`.
+    fn shape(key: &str, local_part: &str) -> String {
+        key.replacen("p:", "<p>:", 1)
+            .replace("wf:orders", "wf:<name>")
+            .replace(local_part, "<*>")
+            .replace("DIGEST", "<*>")
+            .replace("us-east-1", "<*>")
+            .replace("WRITER", "<*>")
+    }
+
+    #[test]
+    fn the_key_table_lists_every_key_keys_can_make() -> Result<(), Box<dyn std::error::Error>> {
+        let keys = Keys::new("p");
+        let workflow = WorkflowName::parse("orders")?;
+        let id = RequestId::generate(workflow.clone());
+        let made = [
+            keys.queue(&workflow),
+            keys.request(&id),
+            keys.live_status(&id),
+            keys.dead_letters(&workflow),
+            keys.dead_letter_index(&workflow),
+            keys.workflow_schema(&workflow),
+            keys.used_token(&workflow, "DIGEST"),
+            keys.rate(&workflow, "workflow"),
+            keys.rate(&workflow, "caller:DIGEST"),
+            keys.idempotency(&workflow, "DIGEST"),
+            keys.deferred(&workflow),
+            keys.deferred_entries(&workflow),
+            keys.held(&workflow),
+            keys.unused(&workflow),
+            keys.pace(&workflow),
+            keys.in_flight(&workflow),
+            keys.account_pace("us-east-1"),
+            keys.caller_rate("DIGEST"),
+            keys.audit_log(),
+            keys.audit_head(),
+            keys.audit_checkpoints(),
+            keys.audit_trimmed(),
+            keys.audit_export(),
+            keys.audit_export_lease(),
+            keys.audit_writer("WRITER"),
+            keys.global_schema(),
+            keys.migration_lock(),
+        ];
+        let local_part = id.local_part();
+        let made: BTreeSet<String> = made.iter().map(|k| shape(k, &local_part)).collect();
+        // The table in this module's documentation, its placeholders as `<*>`.
+        let placeholder = |cell: &str| {
+            let mut out = String::new();
+            let mut rest = cell;
+            while let Some(open) = rest.find('<') {
+                out.push_str(&rest[..open]);
+                let close = rest[open..].find('>').map_or(rest.len(), |c| open + c + 1);
+                let inner = &rest[open..close];
+                out.push_str(if inner == "<p>" || inner == "<name>" {
+                    inner
+                } else {
+                    "<*>"
+                });
+                rest = &rest[close..];
+            }
+            out.push_str(rest);
+            out
+        };
+        let listed: BTreeSet<String> = include_str!("keys.rs")
+            .lines()
+            .filter_map(|line| line.strip_prefix("//! | `"))
+            .filter_map(|rest| rest.split_once('`'))
+            .map(|(key, _)| placeholder(key))
+            .collect();
+        assert_eq!(made, listed, "the table and the keys differ");
+        Ok(())
     }
 }
