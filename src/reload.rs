@@ -89,7 +89,7 @@ impl Reloader {
                 event.config_sha256 = Some(sha256);
                 self.state.audit.record(event).await;
             }
-            Err(reason) => self.refused(Some(sha256), reason).await,
+            Err(e) => self.refused(Some(sha256), e.to_string()).await,
         }
     }
 
@@ -98,22 +98,17 @@ impl Reloader {
         config: Config,
         sha256: &str,
         shutdown: &CancellationToken,
-    ) -> Result<usize, String> {
+    ) -> Result<usize, InstallError> {
         let restart_only = self.current.restart_only_changes(&config);
         if !restart_only.is_empty() {
-            return Err(format!(
-                "changes to [{}] need a restart",
-                restart_only.join("], [")
-            ));
+            return Err(InstallError::RestartOnly(restart_only));
         }
         let previous = self.state.runtime();
         let runtime = Runtime::build(&config, &self.http, sha256.to_owned(), Some(&previous))
             .await
-            .map_err(|e| format!("{e:#}"))?;
+            .map_err(InstallError::Build)?;
         let names: Vec<_> = runtime.workflows.keys().cloned().collect();
-        crate::migrations::apply(&mut self.redis.clone(), &self.keys, &names)
-            .await
-            .map_err(|e| format!("cannot prepare the workflows' queues: {e}"))?;
+        crate::migrations::apply(&mut self.redis.clone(), &self.keys, &names).await?;
         let runtime = Arc::new(runtime);
         self.state.install(Arc::clone(&runtime));
         self.targets.send_replace(runtime.drain_targets());
@@ -129,6 +124,17 @@ impl Reloader {
         event.reason = Some(reason);
         self.state.audit.record(event).await;
     }
+}
+
+/// Why a valid configuration could not be installed (the running one stays).
+#[derive(Debug, thiserror::Error)]
+enum InstallError {
+    #[error("changes to [{}] need a restart", .0.join("], ["))]
+    RestartOnly(Vec<&'static str>),
+    #[error("{0:#}")]
+    Build(anyhow::Error),
+    #[error("cannot prepare the workflows' queues: {0}")]
+    Migrations(#[from] crate::migrations::MigrationError),
 }
 
 /// SIGHUP as a stream of `()`; never yields where there is no such signal.

@@ -50,8 +50,7 @@ impl Runtime {
             http.clone(),
             config.auth.token_cache_entries,
             previous.map(|p| &p.verifier),
-        )
-        .map_err(anyhow::Error::msg)?;
+        )?;
         let loads = verifier.issuers().filter(|issuer| !issuer.keys.is_loaded()).map(|issuer| async move {
             match tokio::time::timeout(INITIAL_KEY_LOAD, issuer.keys.refresh()).await {
                 Ok(Ok(_)) => {}

@@ -7,7 +7,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use ed25519_dalek::{Signature, Verifier as _, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
-use super::checkpoint::{Checkpoint, SignedCheckpoint};
+use super::checkpoint::{Checkpoint, CheckpointError, SignedCheckpoint};
 use super::merkle::{self, Hash, leaf_hash, parse_hash};
 use super::signer::key_id;
 use super::store::StoredRecord;
@@ -167,20 +167,44 @@ pub struct ProofChecked {
     pub kids: Vec<String>,
 }
 
+/// Why a proof does not hold.
+#[derive(Debug, thiserror::Error)]
+pub enum ProofError {
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error("{0:?} is not a SHA-256 hash")]
+    NotAHash(String),
+    #[error("tree_size differs from the checkpoint's size")]
+    SizeMismatch,
+    #[error("the record body is not JSON")]
+    RecordNotJson,
+    #[error("the record's seq is not leaf_index + 1")]
+    WrongSeq,
+    #[error("the record's signature is malformed")]
+    MalformedSignature,
+    #[error("the record's signature does not verify")]
+    BadSignature,
+    #[error("the audit path does not lead to the checkpoint's root")]
+    WrongRoot,
+    #[error("a checkpoint root is not a hash")]
+    RootNotAHash,
+    #[error("the trail of {old} records is not a prefix of the trail of {new} records")]
+    NotAPrefix { old: u64, new: u64 },
+}
+
 /// Checks `proof` with the public keys alone.
-pub fn verify_proof(proof: &Proof, keys: &[VerifyingKey]) -> Result<ProofChecked, String> {
-    let open = |signed: &Signed| -> Result<Checkpoint, String> {
-        SignedCheckpoint {
+pub fn verify_proof(proof: &Proof, keys: &[VerifyingKey]) -> Result<ProofChecked, ProofError> {
+    let open = |signed: &Signed| -> Result<Checkpoint, ProofError> {
+        Ok(SignedCheckpoint {
             body: signed.body.clone(),
             signature: signed.signature.clone(),
         }
-        .open(|kid| keys.iter().find(|k| key_id(k) == kid))
-        .map_err(|e| e.to_string())
+        .open(|kid| keys.iter().find(|k| key_id(k) == kid))?)
     };
-    let hashes = |hexes: &[String]| -> Result<Vec<Hash>, String> {
+    let hashes = |hexes: &[String]| -> Result<Vec<Hash>, ProofError> {
         hexes
             .iter()
-            .map(|h| parse_hash(h).ok_or_else(|| format!("{h:?} is not a SHA-256 hash")))
+            .map(|h| parse_hash(h).ok_or_else(|| ProofError::NotAHash(h.clone())))
             .collect()
     };
     match proof {
@@ -193,12 +217,12 @@ pub fn verify_proof(proof: &Proof, keys: &[VerifyingKey]) -> Result<ProofChecked
         } => {
             let checkpoint = open(checkpoint)?;
             if checkpoint.size != *tree_size {
-                return Err("tree_size differs from the checkpoint's size".into());
+                return Err(ProofError::SizeMismatch);
             }
-            let body: serde_json::Value = serde_json::from_str(&record.body)
-                .map_err(|_| "the record body is not JSON".to_owned())?;
+            let body: serde_json::Value =
+                serde_json::from_str(&record.body).map_err(|_| ProofError::RecordNotJson)?;
             if body["seq"].as_u64() != Some(leaf_index + 1) {
-                return Err("the record's seq is not leaf_index + 1".into());
+                return Err(ProofError::WrongSeq);
             }
             // The record's own signature, where its key is among those given (a record
             // from before a rotation is signed by an older key).
@@ -212,9 +236,9 @@ pub fn verify_proof(proof: &Proof, keys: &[VerifyingKey]) -> Result<ProofChecked
                     .decode(&record.signature)
                     .ok()
                     .and_then(|b| Signature::from_slice(&b).ok())
-                    .ok_or("the record's signature is malformed")?;
+                    .ok_or(ProofError::MalformedSignature)?;
                 key.verify(record.body.as_bytes(), &signature)
-                    .map_err(|_| "the record's signature does not verify".to_owned())?;
+                    .map_err(|_| ProofError::BadSignature)?;
             }
             let root = merkle::root_from_inclusion(
                 *leaf_index,
@@ -223,7 +247,7 @@ pub fn verify_proof(proof: &Proof, keys: &[VerifyingKey]) -> Result<ProofChecked
                 &hashes(audit_path)?,
             );
             if root.is_none() || root != checkpoint.root_hash() {
-                return Err("the audit path does not lead to the checkpoint's root".into());
+                return Err(ProofError::WrongRoot);
             }
             Ok(ProofChecked {
                 statement: format!(
@@ -238,14 +262,14 @@ pub fn verify_proof(proof: &Proof, keys: &[VerifyingKey]) -> Result<ProofChecked
         Proof::Consistency { old, new, path } => {
             let (old, new) = (open(old)?, open(new)?);
             let (Some(old_root), Some(new_root)) = (old.root_hash(), new.root_hash()) else {
-                return Err("a checkpoint root is not a hash".into());
+                return Err(ProofError::RootNotAHash);
             };
             if !merkle::verify_consistency(old.size, new.size, &old_root, &new_root, &hashes(path)?)
             {
-                return Err(format!(
-                    "the trail of {} records is not a prefix of the trail of {} records",
-                    old.size, new.size
-                ));
+                return Err(ProofError::NotAPrefix {
+                    old: old.size,
+                    new: new.size,
+                });
             }
             Ok(ProofChecked {
                 statement: format!(

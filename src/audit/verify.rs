@@ -258,7 +258,7 @@ impl ChainVerifier {
         }
         if body["event"] == "key_rotated" {
             self.rotate(kid, &body, seq)
-                .map_err(|detail| problem(ProblemKind::Malformed, detail))?;
+                .map_err(|e| problem(ProblemKind::Malformed, e.to_string()))?;
         } else {
             self.active = Some(kid.to_owned());
         }
@@ -269,16 +269,16 @@ impl ChainVerifier {
         self.check_checkpoints(&record.location)
     }
 
-    fn rotate(&mut self, old: &str, body: &Value, seq: u64) -> Result<(), String> {
+    fn rotate(&mut self, old: &str, body: &Value, seq: u64) -> Result<(), RotationError> {
         let new_kid = body["new_kid"].as_str().unwrap_or_default();
         let key = body["public_key"]
             .as_str()
             .and_then(|b64| BASE64.decode(b64).ok())
             .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
             .and_then(|bytes| VerifyingKey::from_bytes(&bytes).ok())
-            .ok_or("key_rotated record without a valid public_key")?;
+            .ok_or(RotationError::NoPublicKey)?;
         if key_id(&key) != new_kid || new_kid == old {
-            return Err("key_rotated record's new_kid does not name its public_key".into());
+            return Err(RotationError::WrongKid);
         }
         self.keys.insert(new_kid.to_owned(), key);
         self.retired.insert(old.to_owned(), seq);
@@ -381,6 +381,15 @@ pub fn verify_records(
         verifier.push(record)?;
     }
     verifier.finish(head)
+}
+
+/// Why a `key_rotated` record cannot introduce its key.
+#[derive(Debug, thiserror::Error)]
+enum RotationError {
+    #[error("key_rotated record without a valid public_key")]
+    NoPublicKey,
+    #[error("key_rotated record's new_kid does not name its public_key")]
+    WrongKid,
 }
 
 #[cfg(test)]

@@ -35,6 +35,15 @@ pub enum FetchError {
     Refused(#[from] FetchRefused),
 }
 
+/// Why a fixed key set (`jwks_file`, `jwks_inline`) cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum FixedKeysError {
+    #[error("not a JWKS document: {0}")]
+    NotJwks(serde_json::Error),
+    #[error("the JWKS holds no usable signature verification key")]
+    NoUsableKey,
+}
+
 /// How an issuer's keys are kept fresh.
 #[derive(Debug, Clone, Copy)]
 pub struct RefreshPolicy {
@@ -164,12 +173,15 @@ impl KeyCache {
     }
 
     /// Fixed keys from a JWKS document.
-    pub fn fixed(issuer: String, jwks: &str, policy: RefreshPolicy) -> Result<Self, String> {
-        let document: RawJwks =
-            serde_json::from_str(jwks).map_err(|e| format!("not a JWKS document: {e}"))?;
+    pub fn fixed(
+        issuer: String,
+        jwks: &str,
+        policy: RefreshPolicy,
+    ) -> Result<Self, FixedKeysError> {
+        let document: RawJwks = serde_json::from_str(jwks).map_err(FixedKeysError::NotJwks)?;
         let set = KeySet::parse(document);
         if set.len() == 0 {
-            return Err("the JWKS holds no usable signature verification key".into());
+            return Err(FixedKeysError::NoUsableKey);
         }
         Ok(Self::with(
             issuer,

@@ -107,6 +107,23 @@ pub struct Verifier {
     opaque: OpaqueVerdicts,
 }
 
+/// Why an issuer's fixed keys could not be loaded; names the setting.
+#[derive(Debug, thiserror::Error)]
+pub enum IssuerKeysError {
+    #[error("issuers[{index}].jwks_file: cannot read {}: {error}", path.display())]
+    ReadFile {
+        index: usize,
+        path: std::path::PathBuf,
+        error: std::io::Error,
+    },
+    #[error("issuers[{index}].{key}: {error}")]
+    Fixed {
+        index: usize,
+        key: &'static str,
+        error: super::jwks::FixedKeysError,
+    },
+}
+
 impl Verifier {
     /// Issuers with fixed keys get them now (an error names the setting); the others load
     /// theirs through [`KeyCache::refresh`]. An issuer whose settings are unchanged since
@@ -116,7 +133,7 @@ impl Verifier {
         http: reqwest::Client,
         token_cache_entries: usize,
         previous: Option<&Verifier>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, IssuerKeysError> {
         let mut issuers = HashMap::new();
         for (i, config) in configs.iter().enumerate() {
             let unchanged = previous
@@ -135,17 +152,28 @@ impl Verifier {
             let issuer = config.issuer.clone();
             let keys = match (&config.jwks_file, &config.jwks_inline) {
                 (Some(path), _) => {
-                    let text = std::fs::read_to_string(path).map_err(|e| {
-                        format!(
-                            "issuers[{i}].jwks_file: cannot read {}: {e}",
-                            path.display()
-                        )
+                    let text = std::fs::read_to_string(path).map_err(|error| {
+                        IssuerKeysError::ReadFile {
+                            index: i,
+                            path: path.clone(),
+                            error,
+                        }
                     })?;
-                    KeyCache::fixed(issuer, &text, policy)
-                        .map_err(|e| format!("issuers[{i}].jwks_file: {e}"))?
+                    KeyCache::fixed(issuer, &text, policy).map_err(|error| {
+                        IssuerKeysError::Fixed {
+                            index: i,
+                            key: "jwks_file",
+                            error,
+                        }
+                    })?
                 }
-                (None, Some(text)) => KeyCache::fixed(issuer, text, policy)
-                    .map_err(|e| format!("issuers[{i}].jwks_inline: {e}"))?,
+                (None, Some(text)) => KeyCache::fixed(issuer, text, policy).map_err(|error| {
+                    IssuerKeysError::Fixed {
+                        index: i,
+                        key: "jwks_inline",
+                        error,
+                    }
+                })?,
                 (None, None) => {
                     let endpoints = super::fetch::EndpointRules::of(config);
                     KeyCache::discovered(issuer, http.clone(), policy, endpoints)

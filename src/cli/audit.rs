@@ -146,7 +146,7 @@ pub async fn run(command: AuditCommand) -> anyhow::Result<ExitCode> {
                     match &checked {
                         Ok(ok) =>
                             json!({"valid": true, "statement": ok.statement, "kids": ok.kids}),
-                        Err(e) => json!({"valid": false, "problem": e}),
+                        Err(e) => json!({"valid": false, "problem": e.to_string()}),
                     }
                 );
             } else {

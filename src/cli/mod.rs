@@ -265,8 +265,7 @@ async fn explain_policy(
             } else {
                 token.to_owned()
             };
-            let verifier = Verifier::new(&config.issuers, reqwest::Client::new(), 0, None)
-                .map_err(anyhow::Error::msg)?;
+            let verifier = Verifier::new(&config.issuers, reqwest::Client::new(), 0, None)?;
             for issuer in verifier.issuers() {
                 if let Err(e) = issuer.keys.refresh().await {
                     eprintln!("issuer {}: {e}", issuer.config.issuer);

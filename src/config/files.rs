@@ -76,7 +76,9 @@ impl Config {
         }
         for (i, issuer) in self.issuers.iter().enumerate() {
             let fixed = |text: &str| {
-                KeyCache::fixed(issuer.issuer.clone(), text, any_refresh_policy()).map(drop)
+                KeyCache::fixed(issuer.issuer.clone(), text, any_refresh_policy())
+                    .map(drop)
+                    .map_err(|e| e.to_string())
             };
             if let Some(path) = &issuer.jwks_file {
                 let checked = std::fs::read_to_string(path)

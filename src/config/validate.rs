@@ -235,8 +235,8 @@ impl Config {
         let known_issuer = |iss: &str| self.issuers.iter().any(|known| known.issuer == iss);
         for (section, rules) in self.policy_sections() {
             for (i, rule) in rules.iter().enumerate() {
-                if let Err(message) = rule.check(known_issuer) {
-                    problem(format!("{section}[{i}]"), message);
+                if let Err(e) = rule.check(known_issuer) {
+                    problem(format!("{section}[{i}]"), e.to_string());
                 }
             }
         }
@@ -280,13 +280,13 @@ impl Config {
                     "expected arn:<partition>:iam::<account>:role/<name>".into(),
                 );
             }
-            if let Err(message) = workflow.input_rules() {
+            if let Err(e) = workflow.input_rules() {
                 let written = if workflow.input_schema_file.is_some() {
                     "input_schema_file"
                 } else {
                     "input_schema"
                 };
-                problem(key(written), message);
+                problem(key(written), e.to_string());
             }
             for pointer in workflow.audit.invalid_pointers() {
                 problem(

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use crate::policy::{InputRules, Rule};
+use crate::policy::{InputRules, Rule, SchemaError};
 
 /// `[workflows.<name>]`
 #[derive(Debug, Clone, Deserialize)]
@@ -83,7 +83,7 @@ pub struct Rate {
 
 impl WorkflowConfig {
     /// The compiled input rules (the schema file is read here).
-    pub fn input_rules(&self) -> Result<InputRules, String> {
+    pub fn input_rules(&self) -> Result<InputRules, SchemaError> {
         InputRules::load(
             self.max_input_bytes,
             self.input_schema.as_deref(),

@@ -24,6 +24,23 @@ pub enum InputError {
     Invalid(Vec<InputViolation>),
 }
 
+/// Why a workflow's input schema cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum SchemaError {
+    #[error("set input_schema or input_schema_file, not both")]
+    BothGiven,
+    #[error("cannot read {path}: {error}")]
+    Read {
+        path: std::path::PathBuf,
+        error: std::io::Error,
+    },
+    #[error("the schema is not JSON: {0}")]
+    NotJson(serde_json::Error),
+    /// The compiler's message (its error borrows the document, so it is kept as text).
+    #[error("invalid JSON Schema: {0}")]
+    Invalid(String),
+}
+
 /// A workflow's input rules.
 #[derive(Clone, Default)]
 pub struct InputRules {
@@ -48,16 +65,18 @@ impl InputRules {
         max_bytes: Option<usize>,
         inline: Option<&str>,
         file: Option<&Path>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, SchemaError> {
         let text = match (inline, file) {
-            (Some(_), Some(_)) => {
-                return Err("set input_schema or input_schema_file, not both".into());
-            }
+            (Some(_), Some(_)) => return Err(SchemaError::BothGiven),
             (Some(text), None) => Some(text.to_owned()),
-            (None, Some(path)) => Some(
-                std::fs::read_to_string(path)
-                    .map_err(|e| format!("cannot read {}: {e}", path.display()))?,
-            ),
+            (None, Some(path)) => {
+                Some(
+                    std::fs::read_to_string(path).map_err(|error| SchemaError::Read {
+                        path: path.to_owned(),
+                        error,
+                    })?,
+                )
+            }
             (None, None) => None,
         };
         let Some(text) = text else {
@@ -66,10 +85,9 @@ impl InputRules {
                 ..Self::default()
             });
         };
-        let document: Value =
-            serde_json::from_str(&text).map_err(|e| format!("the schema is not JSON: {e}"))?;
+        let document: Value = serde_json::from_str(&text).map_err(SchemaError::NotJson)?;
         let validator = jsonschema::draft202012::new(&document)
-            .map_err(|e| format!("invalid JSON Schema: {e}"))?;
+            .map_err(|e| SchemaError::Invalid(e.to_string()))?;
         Ok(Self {
             max_bytes,
             schema: Some(Arc::new(validator)),
@@ -116,7 +134,7 @@ mod tests {
         "properties": {"order_id": {"type": "string"}, "amount_cents": {"type": "integer", "minimum": 1}}}"#;
 
     #[test]
-    fn each_failing_path_is_reported() -> Result<(), String> {
+    fn each_failing_path_is_reported() -> Result<(), Box<dyn std::error::Error>> {
         let rules = InputRules::load(None, Some(SCHEMA), None)?;
         assert_eq!(
             rules.check(r#"{"order_id": "A-1", "amount_cents": 5}"#),
@@ -134,7 +152,7 @@ mod tests {
     }
 
     #[test]
-    fn size_is_checked_before_the_schema() -> Result<(), String> {
+    fn size_is_checked_before_the_schema() -> Result<(), Box<dyn std::error::Error>> {
         let rules = InputRules::load(Some(10), Some(SCHEMA), None)?;
         assert_eq!(
             rules.check(r#"{"order_id": "A-1"}"#),

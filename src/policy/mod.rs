@@ -7,7 +7,7 @@ pub mod input;
 pub mod json_shape;
 pub mod rule;
 
-pub use input::{InputError, InputRules, InputViolation};
+pub use input::{InputError, InputRules, InputViolation, SchemaError};
 pub use rule::{ClaimMatcher, ClaimMembership, ClaimTest, Rule};
 
 use crate::auth::Principal;

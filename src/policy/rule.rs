@@ -54,6 +54,8 @@ pub enum RuleError {
     NoCondition,
     #[error("member_of needs a claim and at least one value")]
     EmptyMembership,
+    #[error("issuer {0:?} is not among the configured issuers")]
+    UnknownIssuer(String),
 }
 
 impl TryFrom<RuleFields> for Rule {
@@ -126,10 +128,19 @@ struct RawClaimMatcher {
     glob: Option<String>,
 }
 
-impl TryFrom<RawClaimMatcher> for ClaimMatcher {
-    type Error = String;
+/// Why a written claim matcher is refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ClaimMatcherError {
+    #[error("claim matcher on {0:?} needs exactly one of equals, one_of, contains, prefix, glob")]
+    NotOneTest(String),
+    #[error("claim path {0:?} is empty or has an empty segment")]
+    EmptySegment(String),
+}
 
-    fn try_from(raw: RawClaimMatcher) -> Result<Self, String> {
+impl TryFrom<RawClaimMatcher> for ClaimMatcher {
+    type Error = ClaimMatcherError;
+
+    fn try_from(raw: RawClaimMatcher) -> Result<Self, ClaimMatcherError> {
         let tests = [
             raw.equals.map(ClaimTest::Equals),
             raw.one_of.map(ClaimTest::OneOf),
@@ -139,10 +150,7 @@ impl TryFrom<RawClaimMatcher> for ClaimMatcher {
         ];
         let mut given = tests.into_iter().flatten();
         let (Some(test), None) = (given.next(), given.next()) else {
-            return Err(format!(
-                "claim matcher on {:?} needs exactly one of equals, one_of, contains, prefix, glob",
-                raw.path
-            ));
+            return Err(ClaimMatcherError::NotOneTest(raw.path));
         };
         let pointer = to_pointer(&raw.path)?;
         Ok(Self {
@@ -154,14 +162,12 @@ impl TryFrom<RawClaimMatcher> for ClaimMatcher {
 }
 
 /// A dotted path or a JSON Pointer, as a JSON Pointer.
-fn to_pointer(path: &str) -> Result<String, String> {
+fn to_pointer(path: &str) -> Result<String, ClaimMatcherError> {
     if path.starts_with('/') {
         return Ok(path.to_owned());
     }
     if path.is_empty() || path.split('.').any(str::is_empty) {
-        return Err(format!(
-            "claim path {path:?} is empty or has an empty segment"
-        ));
+        return Err(ClaimMatcherError::EmptySegment(path.to_owned()));
     }
     Ok(path
         .split('.')
@@ -242,15 +248,11 @@ impl Rule {
 
     /// Rejects rules that can never match a configured issuer (what a rule says alone is
     /// checked when it is read).
-    pub fn check(&self, issuer_is_known: impl Fn(&str) -> bool) -> Result<(), String> {
-        if let Some(iss) = &self.issuer
-            && !issuer_is_known(iss)
-        {
-            return Err(format!(
-                "issuer {iss:?} is not among the configured issuers"
-            ));
+    pub fn check(&self, issuer_is_known: impl Fn(&str) -> bool) -> Result<(), RuleError> {
+        match &self.issuer {
+            Some(iss) if !issuer_is_known(iss) => Err(RuleError::UnknownIssuer(iss.clone())),
+            _ => Ok(()),
         }
-        Ok(())
     }
 
     /// `None` when the rule matches, otherwise the first condition that failed.

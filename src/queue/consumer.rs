@@ -17,7 +17,7 @@ use redis::{AsyncCommands, RedisResult, Script};
 
 use super::dead_letters;
 use super::keys::{Keys, WORKERS_GROUP};
-use super::request::{QueuedRequest, RequestState};
+use super::request::{EntryError, QueuedRequest, RequestState};
 use crate::domain::{RequestId, WorkflowName};
 
 static COMPLETE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("complete.lua")));
@@ -27,7 +27,7 @@ static COMPLETE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("c
 pub struct Delivery {
     pub entry_id: String,
     /// `Err` for an entry that cannot be read (it can never be started).
-    pub request: Result<QueuedRequest, String>,
+    pub request: Result<QueuedRequest, EntryError>,
 }
 
 impl From<StreamId> for Delivery {

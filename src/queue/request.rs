@@ -48,17 +48,26 @@ pub struct QueuedRequest {
     pub traceparent: Option<String>,
 }
 
+/// Why a queue entry cannot be read as a request (it can never start).
+#[derive(Debug, thiserror::Error)]
+pub enum EntryError {
+    #[error("entry has no {0}")]
+    Missing(&'static str),
+    #[error("entry field {0} is not text")]
+    NotText(&'static str),
+    #[error(transparent)]
+    RequestId(#[from] crate::domain::RequestIdError),
+}
+
 impl QueuedRequest {
     /// Reads an entry's fields; `Err` names what is missing or malformed.
-    pub fn from_fields(fields: &HashMap<String, Value>) -> Result<Self, String> {
-        let text = |name: &str| -> Result<String, String> {
-            let value = fields
-                .get(name)
-                .ok_or_else(|| format!("entry has no {name}"))?;
-            String::from_redis_value(value).map_err(|_| format!("entry field {name} is not text"))
+    pub fn from_fields(fields: &HashMap<String, Value>) -> Result<Self, EntryError> {
+        let text = |name: &'static str| -> Result<String, EntryError> {
+            let value = fields.get(name).ok_or(EntryError::Missing(name))?;
+            String::from_redis_value(value).map_err(|_| EntryError::NotText(name))
         };
-        let request_id = RequestId::parse(&text(field::REQUEST_ID)?).map_err(|e| e.to_string())?;
-        let optional = |name: &str| text(name).ok().filter(|v| !v.is_empty());
+        let request_id = RequestId::parse(&text(field::REQUEST_ID)?)?;
+        let optional = |name: &'static str| text(name).ok().filter(|v| !v.is_empty());
         let client_id = optional(field::CLIENT_ID);
         Ok(Self {
             request_id,
