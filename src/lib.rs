@@ -10,6 +10,7 @@ pub mod config;
 pub mod domain;
 pub mod http;
 pub mod live_status;
+pub mod lua;
 pub mod metrics;
 pub mod migrations;
 pub mod policy;

@@ -1,15 +1,17 @@
 //! Versioned, idempotent Redis setup steps from `migrations/`, applied under a lock.
 //!
 //! Each file is a Lua script whose first line names its scope:
-//! - `-- scope: workflow` runs once per configured workflow, with `KEYS[1]` = the workflow's
-//!   queue and `ARGV[1]` = the workers' consumer group; applied versions are recorded in the
-//!   workflow's own `schema` hash, so a workflow added later gets every step at next start.
+//! - `-- scope: workflow` runs once per configured workflow, with `queue` = the workflow's
+//!   queue and `group` = the workers' consumer group (named as in [`crate::lua`]); applied
+//!   versions are recorded in the workflow's own `schema` hash, so a workflow added later
+//!   gets every step at next start.
 //!
 //! Every key a script touches is in one hash slot, so steps run unchanged on Redis Cluster.
 //! Steps are idempotent: a process that dies between a step and its record re-runs it safely.
 
 use std::time::Duration;
 
+use crate::lua::{Contract, lua_args, lua_keys, lua_script};
 use crate::redis_conn::RedisConnection;
 use redis::{AsyncCommands, Script};
 
@@ -21,6 +23,29 @@ pub struct Migration {
     pub version: u32,
     pub name: &'static str,
     pub script: &'static str,
+}
+
+impl Migration {
+    /// A workflow step's contract: every one has the same keys and arguments.
+    pub const fn contract(&self) -> Contract {
+        Contract {
+            file: self.name,
+            body: self.script,
+            keys: WorkflowStepKeys::NAMES,
+            args: WorkflowStepArgs::NAMES,
+            rest: WorkflowStepArgs::REST,
+        }
+    }
+}
+
+lua_keys! { struct WorkflowStepKeys { queue } }
+lua_args! { struct WorkflowStepArgs<'a> { group: &'a str } }
+
+lua_keys! { struct LockKeys { lock } }
+lua_args! { struct UnlockArgs<'a> { token: &'a str } }
+lua_script! {
+    /// Releases the migration lock if this run still holds it.
+    struct Unlock = "migration_unlock.lua", LockKeys, UnlockArgs;
 }
 
 /// All steps, in order. A unit test checks this matches the files in `migrations/`.
@@ -59,12 +84,10 @@ pub async fn apply(
     let token = uuid::Uuid::new_v4().to_string();
     acquire_lock(redis, keys, &token).await?;
     let result = apply_locked(redis, keys, workflows).await;
-    let release = Script::new(
-        "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end",
-    );
-    let _: redis::RedisResult<i64> = release
-        .key(keys.migration_lock())
-        .arg(&token)
+    let lock = LockKeys {
+        lock: keys.migration_lock(),
+    };
+    let _: redis::RedisResult<i64> = Unlock::invocation(lock, &UnlockArgs { token: &token })
         .invoke_async(redis)
         .await;
     result
@@ -108,16 +131,25 @@ async fn apply_locked(
             if applied.is_some() {
                 continue;
             }
-            let _: redis::Value = Script::new(migration.script)
-                .key(keys.queue(workflow))
-                .arg(WORKERS_GROUP)
-                .invoke_async(redis)
-                .await
-                .map_err(|source| MigrationError::Step {
-                    name: migration.name,
-                    workflow: workflow.to_string(),
-                    source,
-                })?;
+            let script = Script::new(&migration.contract().source());
+            let mut invocation = script.prepare_invoke();
+            WorkflowStepKeys {
+                queue: keys.queue(workflow),
+            }
+            .push(&mut invocation);
+            WorkflowStepArgs {
+                group: WORKERS_GROUP,
+            }
+            .push(&mut invocation);
+            let _: redis::Value =
+                invocation
+                    .invoke_async(redis)
+                    .await
+                    .map_err(|source| MigrationError::Step {
+                        name: migration.name,
+                        workflow: workflow.to_string(),
+                        source,
+                    })?;
             let _: () = redis
                 .hset(&schema, migration.version, crate::clock::now_rfc3339())
                 .await?;
@@ -151,6 +183,9 @@ mod tests {
                 m.name
             );
         }
+        let mut contracts: Vec<Contract> = MIGRATIONS.iter().map(Migration::contract).collect();
+        contracts.push(Unlock::CONTRACT);
+        crate::lua::assert_contracts_hold(&contracts);
         Ok(())
     }
 }

@@ -17,7 +17,7 @@ use crate::redis_conn::{RedisConnection, RedisEndpoint};
 use crate::reload::Reloader;
 use crate::runtime::{KeyRefreshers, Runtime};
 use crate::state::{App, AppState, StepFunctionsView};
-use crate::worker::{AwsStepFunctions, Breakers, Drain, DrainTarget, StepFunctions};
+use crate::worker::{AwsStepFunctions, Breakers, Drain, DrainPartners, DrainTarget, StepFunctions};
 
 /// How long the audit writer may take to write what is left at shutdown.
 const AUDIT_DRAIN: Duration = Duration::from_secs(10);
@@ -88,31 +88,15 @@ impl Application {
         let (targets, targets_rx) = watch::channel(runtime.drain_targets());
         let breakers = Arc::new(Breakers::new(config.worker.breaker));
         let sfn_for_api = Arc::clone(&sfn);
-        let drain = config.worker.enabled.then(|| Drain {
-            redis_endpoint,
-            redis: redis.clone(),
-            keys: keys.clone(),
-            targets: targets_rx,
-            sfn,
-            audit: audit.clone(),
-            consumer: config
-                .worker
-                .consumer_name
-                .clone()
-                .unwrap_or_else(unique_consumer_name),
-            config: config.worker.clone(),
-            account_pace: (config.aws.starts_per_second > 0).then(|| {
-                (
-                    keys.account_pace(&config.aws.region),
-                    config.aws.starts_per_second,
-                )
-            }),
-            breakers: Arc::clone(&breakers),
-            held_recovery: config
-                .audit
-                .fail_closed
-                .then(|| config.audit.write_timeout()),
-            failures: crate::worker::repeated::RepeatedFailures::default(),
+        let drain = config.worker.enabled.then(|| {
+            let partners = DrainPartners {
+                redis_endpoint,
+                redis: redis.clone(),
+                sfn,
+                audit: audit.clone(),
+                breakers: Arc::clone(&breakers),
+            };
+            Drain::new(partners, keys.clone(), targets_rx, &config)
         });
 
         let listener = TcpListener::bind(config.server.listen)
@@ -401,15 +385,4 @@ pub async fn connect_redis(
         .connect(timeout)
         .await
         .context("connecting to Redis")
-}
-
-/// `<host>-<pid>-<random>`: unique per process, so a restarted process never mistakes a
-/// crashed one's deliveries for its own (those are reclaimed after `claim_idle_ms`).
-fn unique_consumer_name() -> String {
-    let host = std::env::var("HOSTNAME")
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "stepgate".into());
-    let random = &uuid::Uuid::new_v4().simple().to_string()[..8];
-    format!("{host}-{}-{random}", std::process::id())
 }

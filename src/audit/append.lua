@@ -2,29 +2,24 @@
 -- chained on (compare-and-set): writers in several processes share one chain without a fork.
 -- A batch is appended at most once: a writer retrying after an ambiguous failure (a timeout
 -- after Redis ran the script) finds its batch id and is told 'done'.
--- KEYS[1] head, KEYS[2] log stream, KEYS[3] checkpoint stream, KEYS[4] this writer's last
---         batch id (all in the {audit} slot)
--- ARGV: [1] expected seq ('0' = empty trail), [2] expected head hash, [3] batch id,
---       [4] new seq, [5] new head hash, [6] active key id, [7] Merkle frontier,
---       [8] checkpoint body ('' = none), [9] its signature, [10] now (unix ms),
---       then body, signature pairs in order
-if redis.call('GET', KEYS[4]) == ARGV[3] then
+-- Keys and arguments: `Append` in scripts.rs (all keys in the {audit} slot); `records` are
+-- body, signature pairs in chain order; an empty `checkpoint_body` means no checkpoint.
+if redis.call('GET', writer_batch) == batch_id then
   return {'done'}
 end
-local head = redis.call('HMGET', KEYS[1], 'seq', 'hash', 'kid', 'frontier', 'cp', 'cpt')
-local seq = head[1] or '0'
-if seq ~= ARGV[1] or (seq ~= '0' and head[2] ~= ARGV[2]) then
-  return {'conflict', seq, head[2] or '', head[3] or '', head[4] or '', head[5] or '0',
-          head[6] or '0'}
+local current = redis.call('HMGET', head, 'seq', 'hash', 'kid', 'frontier', 'cp', 'cpt')
+local seq = current[1] or '0'
+if seq ~= expected_seq or (seq ~= '0' and current[2] ~= expected_hash) then
+  return {'conflict', seq, current[2] or '', current[3] or '', current[4] or '', current[5] or '0',
+          current[6] or '0'}
 end
-for i = 11, #ARGV, 2 do
-  redis.call('XADD', KEYS[2], '*', 'body', ARGV[i], 'sig', ARGV[i + 1])
+for i = 1, #records, 2 do
+  redis.call('XADD', log, '*', 'body', records[i], 'sig', records[i + 1])
 end
-redis.call('HSET', KEYS[1], 'seq', ARGV[4], 'hash', ARGV[5], 'kid', ARGV[6],
-           'frontier', ARGV[7])
-if ARGV[8] ~= '' then
-  redis.call('XADD', KEYS[3], '*', 'body', ARGV[8], 'sig', ARGV[9])
-  redis.call('HSET', KEYS[1], 'cp', ARGV[4], 'cpt', ARGV[10])
+redis.call('HSET', head, 'seq', new_seq, 'hash', new_hash, 'kid', kid, 'frontier', frontier)
+if checkpoint_body ~= '' then
+  redis.call('XADD', checkpoints, '*', 'body', checkpoint_body, 'sig', checkpoint_sig)
+  redis.call('HSET', head, 'cp', new_seq, 'cpt', now_ms)
 end
-redis.call('SET', KEYS[4], ARGV[3], 'EX', 86400)
+redis.call('SET', writer_batch, batch_id, 'EX', 86400)
 return {'ok'}

@@ -21,6 +21,7 @@ use super::checkpoint::Checkpoint;
 use super::files::{self, CHECKPOINTS_FILE, FilesError};
 use super::merkle::leaf_hash;
 use super::record::sha256_hex;
+use super::scripts::{ExportLease, ExportLeaseArgs, ExportLeaseKeys, Trim, TrimArgs, TrimKeys};
 use super::store::{self, StoredRecord};
 use super::verify::StartPoint;
 use crate::queue::Keys;
@@ -29,16 +30,6 @@ use crate::redis_conn::RedisConnection;
 const ROUND: Duration = Duration::from_secs(1);
 const LEASE: Duration = Duration::from_secs(15);
 const PAGE: usize = 1_000;
-
-static TRIM: std::sync::LazyLock<redis::Script> =
-    std::sync::LazyLock::new(|| redis::Script::new(include_str!("trim.lua")));
-static LEASE_SCRIPT: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
-    redis::Script::new(
-        "local holder = redis.call('GET', KEYS[1]) \
-         if holder == false or holder == ARGV[1] then \
-           redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end return 0",
-    )
-});
 
 #[derive(Debug, Clone)]
 pub struct ExportSettings {
@@ -102,10 +93,14 @@ impl Exporter {
     }
 
     async fn round(&mut self) -> Result<(), ExportError> {
-        let leased: i64 = LEASE_SCRIPT
-            .key(self.keys.audit_export_lease())
-            .arg(&self.owner)
-            .arg(LEASE.as_millis() as u64)
+        let lease = ExportLeaseKeys {
+            lease: self.keys.audit_export_lease(),
+        };
+        let args = ExportLeaseArgs {
+            holder: &self.owner,
+            ttl_ms: LEASE.as_millis() as u64,
+        };
+        let leased: i64 = ExportLease::invocation(lease, &args)
             .invoke_async(&mut self.redis)
             .await?;
         if leased != 1 {
@@ -332,15 +327,19 @@ impl Exporter {
         if ids.is_empty() {
             return Ok(());
         }
-        let trimmed: i64 = TRIM
-            .key(self.keys.audit_trimmed())
-            .key(self.keys.audit_log())
-            .arg(expected)
-            .arg(trimmed_seq)
-            .arg(&hash)
-            .arg(frontier.encode())
-            .arg(kid.unwrap_or_default())
-            .arg(&ids)
+        let keys = TrimKeys {
+            marker: self.keys.audit_trimmed(),
+            log: self.keys.audit_log(),
+        };
+        let args = TrimArgs {
+            expected_seq: expected,
+            seq: trimmed_seq,
+            hash: &hash,
+            frontier: frontier.encode(),
+            kid: kid.as_deref().unwrap_or_default(),
+            entry_ids: &ids,
+        };
+        let trimmed: i64 = Trim::invocation(keys, &args)
             .invoke_async(&mut self.redis)
             .await?;
         if trimmed == 1 {

@@ -9,6 +9,7 @@ pub mod proof;
 pub mod record;
 pub mod redact;
 pub mod refusals;
+pub mod scripts;
 pub mod signer;
 pub mod store;
 pub mod trail;

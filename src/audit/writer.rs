@@ -11,12 +11,10 @@
 //! A writer that holds neither the active key nor a retired one cannot write (its records
 //! would not verify) and says so.
 
-use std::sync::LazyLock;
 use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use redis::Script;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
@@ -24,12 +22,11 @@ use super::checkpoint::Checkpoint;
 use super::merkle::leaf_hash;
 use super::record::{AuditEvent, EventKind, sha256_hex};
 use super::refusals::{RefusalAggregator, SharedRefusals};
+use super::scripts::{Append, AppendArgs, AppendKeys};
 use super::signer::AuditSigner;
 use super::store::{self, ChainHead};
 use crate::queue::Keys;
 use crate::redis_conn::RedisConnection;
-
-static APPEND: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("append.lua")));
 
 /// Events waiting for the writer at most; beyond this, callers wait.
 const CHANNEL_CAPACITY: usize = 16_384;
@@ -323,27 +320,33 @@ impl AuditWriter {
                 self.head = Some(head);
                 return Ok(());
             };
-            let mut invocation = APPEND.prepare_invoke();
-            invocation
-                .key(self.keys.audit_head())
-                .key(self.keys.audit_log())
-                .key(self.keys.audit_checkpoints())
-                .key(&self.writer_key)
-                .arg(head.seq)
-                .arg(&head.hash)
-                .arg(self.batch)
-                .arg(plan.head.seq)
-                .arg(&plan.head.hash)
-                .arg(plan.head.kid.as_deref().unwrap_or_default())
-                .arg(plan.head.frontier.encode())
-                .arg(plan.checkpoint.as_ref().map_or("", |c| c.0.as_str()))
-                .arg(plan.checkpoint.as_ref().map_or("", |c| c.1.as_str()))
-                .arg(plan.head.checkpoint_ms);
-            for (body, sig) in &plan.records {
-                invocation.arg(body.as_slice()).arg(sig);
-            }
+            let keys = AppendKeys {
+                head: self.keys.audit_head(),
+                log: self.keys.audit_log(),
+                checkpoints: self.keys.audit_checkpoints(),
+                writer_batch: self.writer_key.clone(),
+            };
+            let args = AppendArgs {
+                expected_seq: head.seq,
+                expected_hash: &head.hash,
+                batch_id: self.batch,
+                new_seq: plan.head.seq,
+                new_hash: &plan.head.hash,
+                kid: plan.head.kid.as_deref().unwrap_or_default(),
+                frontier: plan.head.frontier.encode(),
+                checkpoint_body: plan.checkpoint.as_ref().map_or("", |c| c.0.as_str()),
+                checkpoint_sig: plan.checkpoint.as_ref().map_or("", |c| c.1.as_str()),
+                now_ms: plan.head.checkpoint_ms,
+                records: plan
+                    .records
+                    .iter()
+                    .map(|(body, sig)| (body.as_slice(), sig.as_str()))
+                    .collect(),
+            };
             let started = std::time::Instant::now();
-            let reply: Vec<Option<String>> = invocation.invoke_async(&mut self.redis).await?;
+            let reply: Vec<Option<String>> = Append::invocation(keys, &args)
+                .invoke_async(&mut self.redis)
+                .await?;
             match reply.first().cloned().flatten().as_deref() {
                 Some("ok") => {
                     let registry = crate::metrics::metrics();

@@ -7,20 +7,17 @@
 //! drain acknowledges only after Step Functions answered, so an entry is never lost; a
 //! redelivered entry reuses the deterministic execution name, so it never starts twice.
 
-use std::sync::LazyLock;
-
 use crate::redis_conn::RedisConnection;
 use redis::streams::{
     StreamAutoClaimOptions, StreamAutoClaimReply, StreamId, StreamReadOptions, StreamReadReply,
 };
-use redis::{AsyncCommands, RedisResult, Script};
+use redis::{AsyncCommands, RedisResult};
 
 use super::dead_letters;
 use super::keys::{Keys, WORKERS_GROUP};
 use super::request::{EntryError, QueuedRequest, RequestState};
+use super::scripts::{Complete, CompleteArgs, CompleteKeys};
 use crate::domain::{RequestId, WorkflowName};
-
-static COMPLETE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("complete.lua")));
 
 /// One entry handed to this consumer.
 #[derive(Debug)]
@@ -129,17 +126,57 @@ pub async fn complete(
                 Some(id) => keys.request(id),
                 None => keys.unused(workflow),
             };
-            let acked: i64 = COMPLETE
-                .key(keys.queue(workflow))
-                .key(status_key)
-                .arg(WORKERS_GROUP)
-                .arg(entry_id)
-                .arg(RequestState::Started.as_str())
-                .arg(now)
-                .arg(execution_arn)
+            let script_keys = CompleteKeys {
+                queue: keys.queue(workflow),
+                request_status: status_key,
+            };
+            let args = CompleteArgs {
+                group: WORKERS_GROUP,
+                entry_id,
+                state: RequestState::Started.as_str(),
+                updated_at: now,
+                execution_arn,
+            };
+            let acked: i64 = Complete::invocation(script_keys, &args)
                 .invoke_async(redis)
                 .await?;
             Ok(acked == 1)
         }
     }
+}
+
+/// Resets the idle time of `entry_id`, pending for `consumer` (`XCLAIM` to itself), so no
+/// other consumer takes over a live delivery; `false` when the entry is no longer pending.
+pub async fn renew(
+    redis: &mut RedisConnection,
+    queue: &str,
+    consumer: &str,
+    entry_id: &str,
+) -> RedisResult<bool> {
+    let renewed: Vec<String> = redis::cmd("XCLAIM")
+        .arg(queue)
+        .arg(WORKERS_GROUP)
+        .arg(consumer)
+        .arg(0)
+        .arg(entry_id)
+        .arg("JUSTID")
+        .query_async(redis)
+        .await?;
+    Ok(!renewed.is_empty())
+}
+
+/// Whether `workflow` has nothing left to start: no entry in its queue (waiting or in
+/// flight: completed entries are deleted), none held for release, no deferred trigger due.
+pub async fn is_settled(
+    redis: &mut RedisConnection,
+    keys: &Keys,
+    workflow: &WorkflowName,
+) -> RedisResult<bool> {
+    let (queued, held, due): (u64, u64, u64) = redis::pipe()
+        .xlen(keys.queue(workflow))
+        .zcard(keys.held(workflow))
+        .zcount(keys.deferred(workflow), "-inf", crate::clock::unix_ms())
+        .query_async(redis)
+        .await?;
+    Ok(queued + held + due == 0)
 }

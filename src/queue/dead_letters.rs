@@ -8,22 +8,18 @@
 //! second execution) or purges them (the request's status becomes `failed`). Each move is
 //! one script, so a crash never leaves an entry in both places or in neither.
 
-use std::sync::LazyLock;
-
 use crate::redis_conn::RedisConnection;
 use redis::streams::{StreamId, StreamRangeReply};
-use redis::{AsyncCommands, FromRedisValue, RedisResult, Script, Value};
+use redis::{AsyncCommands, FromRedisValue, RedisResult, Value};
 use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::keys::{Keys, WORKERS_GROUP};
 use super::request::field;
+use super::scripts::{
+    self, DeadLetterArgs, DeadLetterIndexArgs, DeadLetterKeys, Purge, Replay, ReplayKeys,
+};
 use crate::domain::{RequestId, WorkflowName};
-
-static DEAD_LETTER: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("dead_letter.lua")));
-static REPLAY: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("replay.lua")));
-static PURGE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("purge.lua")));
 
 /// Most dead letters one page lists.
 pub const MAX_PAGE: usize = 500;
@@ -110,16 +106,21 @@ pub async fn dead_letter(
     reason: &str,
     now: &str,
 ) -> RedisResult<bool> {
-    let moved: i64 = DEAD_LETTER
-        .key(keys.queue(workflow))
-        .key(keys.dead_letters(workflow))
-        .key(keys.dead_letter_index(workflow))
-        .key(status_key(keys, workflow, request_id))
-        .arg(WORKERS_GROUP)
-        .arg(entry_id)
-        .arg(index_field(request_id, entry_id))
-        .arg(reason)
-        .arg(now)
+    let script_keys = DeadLetterKeys {
+        queue: keys.queue(workflow),
+        dead_letters: keys.dead_letters(workflow),
+        dead_letter_index: keys.dead_letter_index(workflow),
+        request_status: status_key(keys, workflow, request_id),
+    };
+    let index_field = index_field(request_id, entry_id);
+    let args = DeadLetterArgs {
+        group: WORKERS_GROUP,
+        entry_id,
+        index_field: &index_field,
+        reason,
+        now,
+    };
+    let moved: i64 = scripts::DeadLetter::invocation(script_keys, &args)
         .invoke_async(redis)
         .await?;
     Ok(moved == 1)
@@ -164,17 +165,25 @@ pub async fn replay(
     id: &str,
     now: &str,
 ) -> RedisResult<Option<String>> {
-    let request_id = request_id_of(workflow, id);
-    let reply: Value = REPLAY
-        .key(keys.dead_letters(workflow))
-        .key(keys.dead_letter_index(workflow))
-        .key(keys.queue(workflow))
-        .key(status_key(keys, workflow, request_id.as_ref()))
-        .arg(id)
-        .arg(now)
+    let args = DeadLetterIndexArgs {
+        index_field: id,
+        now,
+    };
+    let reply: Value = Replay::invocation(replay_keys(keys, workflow, id), &args)
         .invoke_async(redis)
         .await?;
     Ok(Option::<String>::from_redis_value(&reply).unwrap_or(None))
+}
+
+/// The keys of the scripts that move dead letter `id` (purge leaves out the queue).
+fn replay_keys(keys: &Keys, workflow: &WorkflowName, id: &str) -> ReplayKeys {
+    let request_id = request_id_of(workflow, id);
+    ReplayKeys {
+        dead_letters: keys.dead_letters(workflow),
+        dead_letter_index: keys.dead_letter_index(workflow),
+        queue: keys.queue(workflow),
+        request_status: status_key(keys, workflow, request_id.as_ref()),
+    }
 }
 
 /// Drops dead letter `id` for good; `false` when there is no such dead letter.
@@ -185,13 +194,11 @@ pub async fn purge(
     id: &str,
     now: &str,
 ) -> RedisResult<bool> {
-    let request_id = request_id_of(workflow, id);
-    let removed: i64 = PURGE
-        .key(keys.dead_letters(workflow))
-        .key(keys.dead_letter_index(workflow))
-        .key(status_key(keys, workflow, request_id.as_ref()))
-        .arg(id)
-        .arg(now)
+    let args = DeadLetterIndexArgs {
+        index_field: id,
+        now,
+    };
+    let removed: i64 = Purge::invocation(replay_keys(keys, workflow, id).into(), &args)
         .invoke_async(redis)
         .await?;
     Ok(removed == 1)

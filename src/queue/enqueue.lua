@@ -1,26 +1,25 @@
 -- Admission of one trigger: every check, then every write, in one atomic step.
--- KEYS (all in the workflow's slot; unused ones are the never-written `unused` key):
---   1 queue stream, 2 request status hash, 3 one-time token marker,
---   4 workflow rate window, 5 per-caller rate window, 6 idempotency record,
---   7 deferred set, 8 deferred entries, 9 held set
--- ARGV[1]: JSON plan {request_id, owner, client_id, accepted_at, http_request_id,
+-- Keys: `AdmissionKeys` in scripts.rs, all in the workflow's slot (unused ones are the
+-- never-written `unused` key). Arguments (`Enqueue`):
+-- plan_json: {request_id, owner, client_id, accepted_at, http_request_id,
 --   trace_header, traceparent ('' when absent), status_ttl,
---   jti_ttl (0: none), max_backlog (0: none), limits: [{key, requests, period_ms}],
---   idempotency_fingerprint ('': no key), idempotency_ttl, due_ms (0: now),
---   hold_ms (0: none; else an immediate trigger is held, invisible to the drain, until the
---   admitting process releases it once its audit record is written, or withdraws it)}
--- ARGV[2]: the input, as received
+--   jti_ttl (0: none), max_backlog (0: none), limits: [{window, requests, period_ms}]
+--   (window: 'workflow' or 'caller'), idempotency_fingerprint ('': no key),
+--   idempotency_ttl, due_ms (0: now), hold_ms (0: none; else an immediate trigger is held,
+--   invisible to the drain, until the admitting process releases it once its audit record
+--   is written, or withdraws it)}
+-- input: the input, as received
 -- Returns {'queued', entry_id, remaining_1, reset_ms_1, ...} (one pair per limit; entry_id is
 --   'deferred' for a trigger held until its due time, 'held' for one held for release),
 --   {'duplicate', request_id} (same key, same body), {'conflict'} (same key, other body),
 --   {'replayed'}, {'backlog'}, or {'limited', limit_index (1-based), retry_ms}.
-local plan = cjson.decode(ARGV[1])
+local plan = cjson.decode(plan_json)
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
 -- A retry with the same idempotency key gets the first answer, before any other check.
 if plan.idempotency_fingerprint ~= '' then
-  local earlier = redis.call('HMGET', KEYS[6], 'request_id', 'fingerprint')
+  local earlier = redis.call('HMGET', idempotency, 'request_id', 'fingerprint')
   if earlier[1] then
     if earlier[2] == plan.idempotency_fingerprint then
       return {'duplicate', earlier[1]}
@@ -28,18 +27,18 @@ if plan.idempotency_fingerprint ~= '' then
     return {'conflict'}
   end
 end
-if plan.jti_ttl > 0 and redis.call('EXISTS', KEYS[3]) == 1 then
+if plan.jti_ttl > 0 and redis.call('EXISTS', used_token) == 1 then
   return {'replayed'}
 end
 -- The backlog counts what waits in the queue and what waits for its time.
-if plan.max_backlog > 0 and redis.call('XLEN', KEYS[1]) + redis.call('ZCARD', KEYS[7]) + redis.call('ZCARD', KEYS[9]) >= plan.max_backlog then
+if plan.max_backlog > 0 and redis.call('XLEN', queue) + redis.call('ZCARD', deferred) + redis.call('ZCARD', held) >= plan.max_backlog then
   return {'backlog'}
 end
 -- Sliding-window log: at most `requests` admissions in any `period_ms`, exactly. What the
 -- check reads (the count and the oldest admission) also gives the quota left afterwards.
 local counts, resets = {}, {}
 for i, limit in ipairs(plan.limits) do
-  local key = KEYS[limit.key]
+  local key = limit.window == 'workflow' and workflow_rate or caller_rate
   redis.call('ZREMRANGEBYSCORE', key, '-inf', now - limit.period_ms)
   local count = redis.call('ZCARD', key)
   local oldest = now
@@ -54,20 +53,20 @@ for i, limit in ipairs(plan.limits) do
 end
 
 if plan.jti_ttl > 0 then
-  redis.call('SET', KEYS[3], plan.request_id, 'EX', plan.jti_ttl)
+  redis.call('SET', used_token, plan.request_id, 'EX', plan.jti_ttl)
 end
 local reply = {'queued', ''}
 for i, limit in ipairs(plan.limits) do
-  local key = KEYS[limit.key]
+  local key = limit.window == 'workflow' and workflow_rate or caller_rate
   redis.call('ZADD', key, now, plan.request_id)
   redis.call('PEXPIRE', key, limit.period_ms)
-  -- Limits have distinct keys (KEYS[4], KEYS[5]): each count grew by this admission only.
+  -- Limits have distinct windows: each count grew by this admission only.
   table.insert(reply, tostring(limit.requests - counts[i] - 1))
   table.insert(reply, resets[i])
 end
 local status = 'queued'
 local function fields()
-  return cjson.encode({input = ARGV[2], owner = plan.owner, client_id = plan.client_id,
+  return cjson.encode({input = input, owner = plan.owner, client_id = plan.client_id,
     accepted_at = plan.accepted_at, http_request_id = plan.http_request_id,
     trace_header = plan.trace_header, traceparent = plan.traceparent})
 end
@@ -75,24 +74,24 @@ if plan.due_ms > now then
   -- Held in Redis until due; the drain's promote step moves it into the queue.
   status = 'deferred'
   reply[2] = 'deferred'
-  redis.call('ZADD', KEYS[7], plan.due_ms, plan.request_id)
-  redis.call('HSET', KEYS[8], plan.request_id, fields())
+  redis.call('ZADD', deferred, plan.due_ms, plan.request_id)
+  redis.call('HSET', deferred_entries, plan.request_id, fields())
 elseif plan.hold_ms > 0 then
   -- Scored by when the drain may assume the admitting process died and recover it.
   reply[2] = 'held'
-  redis.call('ZADD', KEYS[9], now + plan.hold_ms, plan.request_id)
-  redis.call('HSET', KEYS[8], plan.request_id, fields())
+  redis.call('ZADD', held, now + plan.hold_ms, plan.request_id)
+  redis.call('HSET', deferred_entries, plan.request_id, fields())
 else
-  reply[2] = redis.call('XADD', KEYS[1], '*', 'request_id', plan.request_id, 'input', ARGV[2],
+  reply[2] = redis.call('XADD', queue, '*', 'request_id', plan.request_id, 'input', input,
     'owner', plan.owner, 'client_id', plan.client_id, 'accepted_at', plan.accepted_at,
     'http_request_id', plan.http_request_id, 'trace_header', plan.trace_header,
     'traceparent', plan.traceparent)
 end
-redis.call('HSET', KEYS[2], 'status', status, 'owner', plan.owner,
+redis.call('HSET', request_status, 'status', status, 'owner', plan.owner,
   'created_at', plan.accepted_at, 'updated_at', plan.accepted_at, 'not_before_ms', tostring(plan.due_ms))
-redis.call('EXPIRE', KEYS[2], plan.status_ttl)
+redis.call('EXPIRE', request_status, plan.status_ttl)
 if plan.idempotency_fingerprint ~= '' then
-  redis.call('HSET', KEYS[6], 'request_id', plan.request_id, 'fingerprint', plan.idempotency_fingerprint)
-  redis.call('EXPIRE', KEYS[6], plan.idempotency_ttl)
+  redis.call('HSET', idempotency, 'request_id', plan.request_id, 'fingerprint', plan.idempotency_fingerprint)
+  redis.call('EXPIRE', idempotency, plan.idempotency_ttl)
 end
 return reply

@@ -20,7 +20,7 @@
 //! | `<p>:{wf:<name>}:deferred:entries`    | hash   | deferred (and held) triggers' fields   |
 //! | `<p>:{wf:<name>}:held`                | zset   | fail_closed: triggers awaiting audit   |
 //! | `<p>:{wf:<name>}:unused`              | —      | never written; fills unused script keys|
-//! | `<p>:{wf:<name>}:pace`                | zset   | StartExecution permits (pace.lua)      |
+//! | `<p>:{wf:<name>}:pace`                | zset   | StartExecution permits (pace_*.lua)    |
 //! | `<p>:{wf:<name>}:inflight`            | zset   | StartExecution calls in flight (leases)|
 //! | `<p>:{sfn:<region>}:pace`             | zset   | permits for the whole account/region   |
 //! | `<p>:{caller:<hash>}:rate`            | zset   | one caller's admissions, all workflows |

@@ -3,8 +3,10 @@
 pub mod consumer;
 pub mod dead_letters;
 pub mod keys;
+pub mod pacing;
 pub mod producer;
 pub mod request;
+pub mod scripts;
 
 pub use keys::{Keys, WORKERS_GROUP};
 pub use producer::{

@@ -3,21 +3,17 @@
 //! refused trigger writes nothing. A caller's limit over all workflows lives in the caller's
 //! own slot: it is reserved first and refunded when the workflow's script does not queue.
 
-use std::sync::LazyLock;
 use std::time::Duration;
 
 use crate::redis_conn::RedisConnection;
-use redis::Script;
 use serde::Serialize;
 
 use super::keys::Keys;
-use super::request::QueuedRequest;
-
-static ENQUEUE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("enqueue.lua")));
-static RESERVE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("reserve.lua")));
-static PROMOTE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("promote.lua")));
-static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("release.lua")));
-static WITHDRAW: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("withdraw.lua")));
+use super::request::{EntryError, QueuedRequest};
+use super::scripts::{
+    AdmissionKeys, Enqueue, EnqueueArgs, MoveKeys, Promote, PromoteArgs, Release, ReleaseArgs,
+    ReleaseKeys, Reserve, ReserveArgs, ReserveKeys, Withdraw, WithdrawArgs,
+};
 
 /// Moves up to `batch` due deferred triggers of `workflow` into its queue; returns how many.
 pub async fn promote_due(
@@ -26,11 +22,12 @@ pub async fn promote_due(
     workflow: &crate::domain::WorkflowName,
     batch: usize,
 ) -> redis::RedisResult<usize> {
-    PROMOTE
-        .key(keys.deferred(workflow))
-        .key(keys.deferred_entries(workflow))
-        .key(keys.queue(workflow))
-        .arg(batch)
+    let keys = MoveKeys {
+        deferred: keys.deferred(workflow),
+        deferred_entries: keys.deferred_entries(workflow),
+        queue: keys.queue(workflow),
+    };
+    Promote::invocation(keys, &PromoteArgs { batch })
         .invoke_async(redis)
         .await
 }
@@ -46,23 +43,24 @@ pub async fn release_held(
     if request_ids.is_empty() {
         return Ok(0);
     }
-    RELEASE
-        .key(keys.held(workflow))
-        .key(keys.deferred_entries(workflow))
-        .key(keys.queue(workflow))
-        .arg(request_ids)
+    let keys = ReleaseKeys {
+        held: keys.held(workflow),
+        deferred_entries: keys.deferred_entries(workflow),
+        queue: keys.queue(workflow),
+    };
+    Release::invocation(keys, &ReleaseArgs { request_ids })
         .invoke_async(redis)
         .await
 }
 
 /// Held triggers whose admitting process should have released them by now (it stopped in
-/// between): up to `batch`, with their queue fields as JSON.
+/// between): up to `batch`, each with its request id and what could be read of it.
 pub async fn stranded_held(
     redis: &mut RedisConnection,
     keys: &Keys,
     workflow: &crate::domain::WorkflowName,
     batch: usize,
-) -> redis::RedisResult<Vec<(String, Option<String>)>> {
+) -> redis::RedisResult<Vec<(String, Result<QueuedRequest, EntryError>)>> {
     let ids: Vec<String> = redis::cmd("ZRANGEBYSCORE")
         .arg(keys.held(workflow))
         .arg("-inf")
@@ -80,7 +78,16 @@ pub async fn stranded_held(
         .arg(&ids)
         .query_async(redis)
         .await?;
-    Ok(ids.into_iter().zip(fields).collect())
+    Ok(ids
+        .into_iter()
+        .zip(fields)
+        .map(|(id, json)| {
+            let request = json
+                .ok_or(EntryError::Missing("held entry"))
+                .and_then(|json| QueuedRequest::from_waiting(&id, &json));
+            (id, request)
+        })
+        .collect())
 }
 
 /// A one-time token to consume together with the write.
@@ -183,10 +190,19 @@ struct Plan<'a> {
 
 #[derive(Serialize)]
 struct PlanLimit {
-    /// 1-based index into the script's KEYS.
-    key: usize,
+    window: PlanWindow,
     requests: u32,
     period_ms: u128,
+}
+
+/// Which of the script's windows a limit counts in.
+#[derive(Serialize)]
+#[serde(rename_all = "snake_case")]
+enum PlanWindow {
+    /// `AdmissionKeys::workflow_rate`
+    Workflow,
+    /// `AdmissionKeys::caller_rate`
+    Caller,
 }
 
 /// Appends accepted triggers to the workflow queues.
@@ -235,14 +251,16 @@ impl Producer {
         request: &QueuedRequest,
         admission: &Admission,
     ) -> redis::RedisResult<bool> {
-        let mut invocation = WITHDRAW.prepare_invoke();
-        for key in self.script_keys(request, admission) {
-            invocation.key(key);
-        }
-        let withdrawn: i64 = invocation
-            .arg(request.request_id.to_string())
-            .invoke_async(&mut self.redis.clone())
-            .await?;
+        let request_id = request.request_id.to_string();
+        let keys = self.admission_keys(request, admission).into();
+        let withdrawn: i64 = Withdraw::invocation(
+            keys,
+            &WithdrawArgs {
+                request_id: &request_id,
+            },
+        )
+        .invoke_async(&mut self.redis.clone())
+        .await?;
         if withdrawn == 1
             && let Some(LimitScope::CallerTotal(digest)) = admission
                 .limits
@@ -259,44 +277,43 @@ impl Producer {
         Ok(withdrawn == 1)
     }
 
-    /// The admission scripts' keys, all in the workflow's slot (see enqueue.lua).
-    fn script_keys(&self, request: &QueuedRequest, admission: &Admission) -> [String; 9] {
+    /// The admission scripts' keys, all in the workflow's slot.
+    fn admission_keys(&self, request: &QueuedRequest, admission: &Admission) -> AdmissionKeys {
         let id = &request.request_id;
         let workflow = id.workflow();
-        let unused = self.keys.unused(workflow);
+        let unused = || self.keys.unused(workflow);
         let has = |scope: fn(&LimitScope) -> bool| admission.limits.iter().any(|l| scope(&l.scope));
         let caller_digest = admission.limits.iter().find_map(|l| match &l.scope {
             LimitScope::Caller(digest) => Some(digest),
             _ => None,
         });
-        [
-            self.keys.queue(workflow),
-            self.keys.request(id),
-            admission.one_time_token.as_ref().map_or_else(
-                || unused.clone(),
-                |once| self.keys.used_token(workflow, &once.id),
-            ),
-            if has(|s| *s == LimitScope::Workflow) {
+        AdmissionKeys {
+            queue: self.keys.queue(workflow),
+            request_status: self.keys.request(id),
+            used_token: admission
+                .one_time_token
+                .as_ref()
+                .map_or_else(unused, |once| self.keys.used_token(workflow, &once.id)),
+            workflow_rate: if has(|s| *s == LimitScope::Workflow) {
                 self.keys.rate(workflow, "workflow")
             } else {
-                unused.clone()
+                unused()
             },
-            caller_digest.map_or_else(
-                || unused.clone(),
-                |digest| self.keys.rate(workflow, &format!("caller:{digest}")),
-            ),
-            admission.idempotency_key.as_ref().map_or_else(
-                || unused.clone(),
-                |k| self.keys.idempotency(workflow, &k.id),
-            ),
-            self.keys.deferred(workflow),
-            self.keys.deferred_entries(workflow),
-            if self.hold.is_some() {
+            caller_rate: caller_digest.map_or_else(unused, |digest| {
+                self.keys.rate(workflow, &format!("caller:{digest}"))
+            }),
+            idempotency: admission
+                .idempotency_key
+                .as_ref()
+                .map_or_else(unused, |k| self.keys.idempotency(workflow, &k.id)),
+            deferred: self.keys.deferred(workflow),
+            deferred_entries: self.keys.deferred_entries(workflow),
+            held: if self.hold.is_some() {
                 self.keys.held(workflow)
             } else {
-                unused
+                unused()
             },
-        ]
+        }
     }
 
     /// Checks `admission` and, if it passes, queues `request` with its `queued` status;
@@ -319,11 +336,15 @@ impl Producer {
             return self.admit(request, admission).await;
         };
         let member = request.request_id.to_string();
-        let reply: Vec<String> = RESERVE
-            .key(&total_key)
-            .arg(&member)
-            .arg(total_limit.requests)
-            .arg(total_limit.period.as_millis() as u64)
+        let reserve = ReserveArgs {
+            member: &member,
+            requests: total_limit.requests,
+            period_ms: total_limit.period.as_millis() as u64,
+        };
+        let window = ReserveKeys {
+            window: total_key.clone(),
+        };
+        let reply: Vec<String> = Reserve::invocation(window, &reserve)
             .invoke_async(&mut self.redis.clone())
             .await?;
         let total_quota = match reply.as_slice() {
@@ -358,16 +379,7 @@ impl Producer {
                 if let Err(e) = refund {
                     tracing::warn!(error = %e, "could not refund a caller rate-limit reservation");
                 }
-                // The workflow's script numbers its limits without the total one.
-                outcome.map(|enqueued| match enqueued {
-                    Enqueued::Limited { index, retry_after } if index >= total_index => {
-                        Enqueued::Limited {
-                            index: index + 1,
-                            retry_after,
-                        }
-                    }
-                    other => other,
-                })
+                outcome
             }
         }
     }
@@ -379,10 +391,12 @@ impl Producer {
         admission: &Admission,
     ) -> redis::RedisResult<Enqueued> {
         let id = &request.request_id;
-        let in_slot: Vec<&Limit> = admission
+        // The limits in the workflow's slot, with their index in `admission.limits`.
+        let in_slot: Vec<(usize, &Limit)> = admission
             .limits
             .iter()
-            .filter(|l| !matches!(l.scope, LimitScope::CallerTotal(_)))
+            .enumerate()
+            .filter(|(_, l)| !matches!(l.scope, LimitScope::CallerTotal(_)))
             .collect();
         let plan = Plan {
             request_id: id.to_string(),
@@ -400,11 +414,11 @@ impl Producer {
             max_backlog: admission.max_backlog.unwrap_or(0),
             limits: in_slot
                 .iter()
-                .map(|limit| PlanLimit {
-                    key: if limit.scope == LimitScope::Workflow {
-                        4
+                .map(|(_, limit)| PlanLimit {
+                    window: if limit.scope == LimitScope::Workflow {
+                        PlanWindow::Workflow
                     } else {
-                        5
+                        PlanWindow::Caller
                     },
                     requests: limit.requests,
                     period_ms: limit.period.as_millis(),
@@ -428,16 +442,22 @@ impl Producer {
                 e.to_string(),
             ))
         })?;
-        let mut invocation = ENQUEUE.prepare_invoke();
-        for key in self.script_keys(request, admission) {
-            invocation.key(key);
-        }
-        let reply: Vec<String> = invocation
-            .arg(plan)
-            .arg(&request.input)
+        let keys = self.admission_keys(request, admission);
+        let args = EnqueueArgs {
+            plan_json: &plan,
+            input: &request.input,
+        };
+        let reply: Vec<String> = Enqueue::invocation(keys, &args)
             .invoke_async(&mut self.redis.clone())
             .await?;
-        parse_reply(&reply)
+        // The script numbers only the limits it was given.
+        Ok(match parse_reply(&reply)? {
+            Enqueued::Limited { index, retry_after } => Enqueued::Limited {
+                index: in_slot.get(index).map_or(index, |(original, _)| *original),
+                retry_after,
+            },
+            other => other,
+        })
     }
 }
 

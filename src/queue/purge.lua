@@ -1,14 +1,13 @@
 -- Drops a dead letter for good and marks its request failed; atomically.
--- KEYS[1] dead-letter stream, KEYS[2] dead-letter index, KEYS[3] status hash
--- ARGV: index field, now (RFC 3339)
+-- Keys and arguments: `Purge` in scripts.rs.
 -- Returns 1 when a dead letter was dropped, 0 when there is none.
-local dead = redis.call('HGET', KEYS[2], ARGV[1])
+local dead = redis.call('HGET', dead_letter_index, index_field)
 if not dead then return 0 end
-redis.call('HDEL', KEYS[2], ARGV[1])
-local removed = redis.call('XDEL', KEYS[1], dead)
-if removed == 1 and redis.call('EXISTS', KEYS[3]) == 1 then
-  local reason = redis.call('HGET', KEYS[3], 'error') or 'dead-lettered'
-  redis.call('HSET', KEYS[3], 'status', 'failed', 'updated_at', ARGV[2],
+redis.call('HDEL', dead_letter_index, index_field)
+local removed = redis.call('XDEL', dead_letters, dead)
+if removed == 1 and redis.call('EXISTS', request_status) == 1 then
+  local reason = redis.call('HGET', request_status, 'error') or 'dead-lettered'
+  redis.call('HSET', request_status, 'status', 'failed', 'updated_at', now,
     'error', 'purged from the dead letters: ' .. reason)
 end
 return removed

@@ -1,18 +1,17 @@
 -- Moves held triggers (see enqueue.lua's hold_ms) into the workflow's queue, each only if it
 -- is still held: released once, by whoever comes first (the admitting process or recovery).
--- KEYS[1] held set, KEYS[2] deferred/held entries hash, KEYS[3] queue
--- ARGV: request ids. Returns how many moved.
+-- Keys and arguments: `Release` in scripts.rs. Returns how many moved.
 local moved = 0
-for _, request_id in ipairs(ARGV) do
-  if redis.call('ZREM', KEYS[1], request_id) == 1 then
-    local fields = redis.call('HGET', KEYS[2], request_id)
+for _, request_id in ipairs(request_ids) do
+  if redis.call('ZREM', held, request_id) == 1 then
+    local fields = redis.call('HGET', deferred_entries, request_id)
     if fields then
       local entry = cjson.decode(fields)
-      redis.call('XADD', KEYS[3], '*', 'request_id', request_id, 'input', entry.input,
+      redis.call('XADD', queue, '*', 'request_id', request_id, 'input', entry.input,
         'owner', entry.owner, 'client_id', entry.client_id, 'accepted_at', entry.accepted_at,
         'http_request_id', entry.http_request_id or '', 'trace_header', entry.trace_header or '',
         'traceparent', entry.traceparent or '')
-      redis.call('HDEL', KEYS[2], request_id)
+      redis.call('HDEL', deferred_entries, request_id)
       moved = moved + 1
     end
   end

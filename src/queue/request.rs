@@ -55,6 +55,8 @@ pub enum EntryError {
     Missing(&'static str),
     #[error("entry field {0} is not text")]
     NotText(&'static str),
+    #[error("entry is not a JSON object")]
+    NotJson,
     #[error(transparent)]
     RequestId(#[from] crate::domain::RequestIdError),
 }
@@ -79,6 +81,20 @@ impl QueuedRequest {
             trace_header: optional(field::TRACE_HEADER),
             traceparent: optional(field::TRACEPARENT),
         })
+    }
+
+    /// Reads a held or deferred trigger: its id, and the fields `enqueue.lua` keeps for it
+    /// as one JSON object until it enters the queue.
+    pub fn from_waiting(request_id: &str, json: &str) -> Result<Self, EntryError> {
+        let object: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(json).map_err(|_| EntryError::NotJson)?;
+        let text = |value: &str| Value::BulkString(value.as_bytes().to_vec());
+        let mut fields: HashMap<String, Value> = object
+            .iter()
+            .filter_map(|(name, value)| Some((name.clone(), text(value.as_str()?))))
+            .collect();
+        fields.insert(field::REQUEST_ID.to_owned(), text(request_id));
+        Self::from_fields(&fields)
     }
 }
 

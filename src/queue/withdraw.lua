@@ -1,19 +1,19 @@
 -- Takes back a trigger admitted held or deferred, whose audit record could not be written
 -- (fail_closed): as if it had never been admitted, if it has not reached the queue yet.
--- KEYS: as enqueue.lua. ARGV[1] request id. Returns 1 if withdrawn, 0 if already released.
-local id = ARGV[1]
-if redis.call('ZREM', KEYS[9], id) == 0 and redis.call('ZREM', KEYS[7], id) == 0 then
+-- Keys: `AdmissionKeys` (as enqueue.lua); arguments: `Withdraw`, both in scripts.rs.
+-- Returns 1 if withdrawn, 0 if already released.
+if redis.call('ZREM', held, request_id) == 0 and redis.call('ZREM', deferred, request_id) == 0 then
   return 0
 end
-redis.call('HDEL', KEYS[8], id)
-redis.call('DEL', KEYS[2])
+redis.call('HDEL', deferred_entries, request_id)
+redis.call('DEL', request_status)
 -- Quota given back; a retry may use the idempotency key and the one-time token again.
-redis.call('ZREM', KEYS[4], id)
-redis.call('ZREM', KEYS[5], id)
-if redis.call('HGET', KEYS[6], 'request_id') == id then
-  redis.call('DEL', KEYS[6])
+redis.call('ZREM', workflow_rate, request_id)
+redis.call('ZREM', caller_rate, request_id)
+if redis.call('HGET', idempotency, 'request_id') == request_id then
+  redis.call('DEL', idempotency)
 end
-if redis.call('GET', KEYS[3]) == id then
-  redis.call('DEL', KEYS[3])
+if redis.call('GET', used_token) == request_id then
+  redis.call('DEL', used_token)
 end
 return 1

@@ -1,5 +1,7 @@
 //! One delivery: an entry from the queue to `StartExecution`, retried with backoff while its
 //! claim is renewed, then completed (started, or dead-lettered) atomically with its ack.
+//! Each step returns a typed result; a delivery that yields (shutdown, or the entry is no
+//! longer ours) leaves its entry pending for a later delivery.
 
 use std::time::{Duration, Instant};
 
@@ -8,12 +10,42 @@ use tracing::Instrument;
 
 use super::breaker::Admit;
 use super::drain::{Drain, DrainTarget};
-use super::retry::jittered;
+use super::retry::{Next, RetrySchedule, jittered};
 use super::sfn::{SfnError, StepFunctions, execution_arn};
 use crate::audit::{AuditEvent, EventKind};
 use crate::clock::now_rfc3339;
+use crate::queue::QueuedRequest;
 use crate::queue::consumer::{self, Delivery, Outcome};
-use crate::queue::{QueuedRequest, WORKERS_GROUP};
+
+/// Attempts at recording an outcome in Redis before the entry is left for redelivery.
+const COMPLETE_ATTEMPTS: u32 = 5;
+/// The pause after the first failed attempt at recording an outcome (doubling after each).
+const COMPLETE_FIRST_PAUSE: Duration = Duration::from_millis(100);
+
+/// Why a delivery stopped before its outcome: the entry stays pending, and a later delivery
+/// (this process after a restart, or another consumer's reclaim) takes it up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Yielded {
+    /// The process is stopping.
+    Shutdown,
+    /// The entry is no longer pending for us: another delivery of it finished.
+    ClaimLost,
+}
+
+/// What one call of `StartExecution` came to, short of an outcome.
+enum Attempt {
+    Done(Outcome),
+    Failed { error: String, systemic: bool },
+}
+
+/// Who recorded a delivery's outcome in Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Recorded {
+    /// This delivery: it writes the audit record.
+    Here,
+    /// Another delivery of the same entry, which audits it.
+    Elsewhere,
+}
 
 impl Drain {
     /// Starts one entry's execution and records the outcome; on shutdown, leaves the entry
@@ -35,7 +67,7 @@ impl Drain {
             .await;
     }
 
-    pub(super) async fn deliver_in_span(
+    async fn deliver_in_span(
         &self,
         target: &DrainTarget,
         delivery: Delivery,
@@ -50,7 +82,7 @@ impl Drain {
         let outcome = match &delivery.request {
             Err(problem) => {
                 tracing::error!(problem = %problem, "unreadable queue entry; it can never start");
-                Some(Outcome::DeadLettered {
+                Ok(Outcome::DeadLettered {
                     reason: format!("unreadable queue entry: {problem}"),
                 })
             }
@@ -59,29 +91,37 @@ impl Drain {
                     .await
             }
         };
-        let Some(outcome) = outcome else { return };
+        let outcome = match outcome {
+            Ok(outcome) => outcome,
+            Err(yielded) => {
+                tracing::debug!(?yielded, "delivery yielded; the entry stays pending");
+                return;
+            }
+        };
         let request = delivery.request.as_ref().ok();
         match self
             .complete_with_retries(target, request, &delivery.entry_id, &outcome)
             .await
         {
-            Ok(true) => {}
-            Ok(false) => {
+            Ok(Recorded::Here) => self.audit_outcome(target, request, outcome).await,
+            Ok(Recorded::Elsewhere) => {
                 tracing::debug!("another delivery of this entry already recorded it");
-                return;
             }
             Err(e) => {
                 // Left pending: the redelivery meets ExecutionAlreadyExists and completes then.
                 tracing::warn!(error = %e, "could not record the outcome; the entry will be redelivered");
-                return;
             }
         }
-        let kind = match outcome {
-            Outcome::Started { .. } => EventKind::Started,
-            Outcome::DeadLettered { .. } => EventKind::DeadLettered,
-        };
-        let mut event = request_event(kind, target, request);
-        match outcome {
+    }
+
+    /// The audit record (and metric, and log line) of an outcome this delivery recorded.
+    async fn audit_outcome(
+        &self,
+        target: &DrainTarget,
+        request: Option<&QueuedRequest>,
+        outcome: Outcome,
+    ) {
+        let event = match outcome {
             Outcome::Started { execution_arn } => {
                 crate::metrics::metrics()
                     .executions_started
@@ -90,162 +130,177 @@ impl Drain {
                     })
                     .inc();
                 tracing::info!(execution.arn = %execution_arn, "execution started");
+                let mut event = request_event(EventKind::Started, target, request);
                 event.execution_arn = Some(execution_arn);
+                event
             }
             Outcome::DeadLettered { reason } => {
                 tracing::warn!(reason = %reason, "entry dead-lettered");
+                let mut event = request_event(EventKind::DeadLettered, target, request);
                 event.reason = Some(reason);
+                event
             }
-        }
+        };
         self.audit.record(event).await;
     }
 
     /// Calls Step Functions until the request started or can never start as it is.
-    /// Retryable failures are retried with exponential backoff and jitter; once the entry is
-    /// older than `retry_max_age_seconds`, the next failure dead-letters it. While the state
-    /// machine's breaker is open, the entry waits (it stays pending, renewed, and nothing
-    /// counts against it). `None` on shutdown, or when another consumer holds the entry now.
-    pub(super) async fn start_with_retries(
+    /// Retryable failures are retried on the [`RetrySchedule`], with jitter; once the entry
+    /// is older than `retry_max_age_seconds`, the next failure dead-letters it. While the
+    /// state machine's breaker is open, the entry waits (it stays pending, renewed, and
+    /// nothing counts against it).
+    async fn start_with_retries(
         &self,
         target: &DrainTarget,
         request: &QueuedRequest,
         claim: &mut Claim,
         shutdown: &CancellationToken,
-    ) -> Option<Outcome> {
-        let arn = target.state_machine_arn.as_str();
-        let mut backoff = Duration::from_millis(self.config.retry_initial_backoff_ms);
-        let max_backoff = Duration::from_millis(self.config.retry_max_backoff_ms);
-        let max_age = Duration::from_secs(self.config.retry_max_age_seconds);
-        let mut attempt = 0u32;
+    ) -> Result<Outcome, Yielded> {
+        let mut schedule = RetrySchedule::new(&self.config);
         loop {
-            let probe = loop {
-                match self.breakers.admit(arn) {
-                    Admit::Call => break false,
-                    Admit::Probe => break true,
-                    Admit::Wait(wait) => self.wait(wait, claim, shutdown).await?,
-                }
-            };
-            let Some(permits) = self.pace(target, claim, shutdown).await else {
-                if probe {
-                    self.breakers.abandoned(arn);
-                }
-                return None;
-            };
-            let started = start_once(self.sfn.as_ref(), target, request).await;
-            let mut systemic = false;
-            self.release(target, permits).await;
-            let error = match started {
-                Ok(execution_arn) => {
-                    self.breakers.succeeded(arn);
-                    return Some(Outcome::Started { execution_arn });
-                }
-                Err(e @ (SfnError::Terminal(_) | SfnError::AlreadyExists)) => {
-                    // The service answered; the request itself is the problem.
-                    self.breakers.succeeded(arn);
-                    return Some(Outcome::DeadLettered {
-                        reason: e.to_string(),
-                    });
-                }
-                Err(SfnError::Throttled(error)) => {
-                    // Healthy but busy: slow down without judging the service.
-                    if probe {
-                        self.breakers.abandoned(arn);
-                    }
-                    error
-                }
-                Err(SfnError::Retryable(error)) => {
-                    self.breakers.failed(arn);
-                    error
-                }
-                Err(SfnError::Systemic(error)) => {
-                    // Not the entry's fault: it waits however long the outage lasts.
-                    self.breakers.failed(arn);
-                    systemic = true;
-                    error
-                }
+            let (error, systemic) = match self.attempt(target, request, claim, shutdown).await? {
+                Attempt::Done(outcome) => return Ok(outcome),
+                Attempt::Failed { error, systemic } => (error, systemic),
             };
             let age = entry_age(&claim.entry_id);
-            if age > max_age && !systemic {
-                return Some(Outcome::DeadLettered {
-                    reason: format!(
-                        "still failing {} s after it was queued (worker.retry_max_age_seconds = {}): {error}",
-                        age.as_secs(),
-                        max_age.as_secs()
-                    ),
-                });
-            }
-            attempt += 1;
-            self.failures.note(arn, &error);
+            let (pause, attempt) = match schedule.after_failure(age, systemic) {
+                Next::GiveUp => {
+                    return Ok(Outcome::DeadLettered {
+                        reason: format!(
+                            "still failing {} s after it was queued (worker.retry_max_age_seconds = {}): {error}",
+                            age.as_secs(),
+                            schedule.max_age().as_secs()
+                        ),
+                    });
+                }
+                Next::RetryAfter { pause, attempt } => (pause, attempt),
+            };
+            self.failures.note(&target.state_machine_arn, &error);
             let mut event = request_event(EventKind::Retried, target, Some(request));
             event.attempt = Some(attempt);
-            event.reason = Some(error.to_string());
+            event.reason = Some(error);
             self.audit.record(event).await;
-            self.wait(jittered(backoff), claim, shutdown).await?;
-            backoff = (backoff * 2).min(max_backoff);
+            self.wait(jittered(pause), claim, shutdown).await?;
         }
     }
 
+    /// One call of `StartExecution`, once the state machine's breaker and the pacing allow
+    /// it; the breaker learns from its answer.
+    async fn attempt(
+        &self,
+        target: &DrainTarget,
+        request: &QueuedRequest,
+        claim: &mut Claim,
+        shutdown: &CancellationToken,
+    ) -> Result<Attempt, Yielded> {
+        let arn = target.state_machine_arn.as_str();
+        let probe = loop {
+            match self.breakers.admit(arn) {
+                Admit::Call => break false,
+                Admit::Probe => break true,
+                Admit::Wait(wait) => self.wait(wait, claim, shutdown).await?,
+            }
+        };
+        let permits = match self.pace(target, claim, shutdown).await {
+            Ok(permits) => permits,
+            Err(yielded) => {
+                if probe {
+                    self.breakers.abandoned(arn);
+                }
+                return Err(yielded);
+            }
+        };
+        let started = start_once(self.sfn.as_ref(), target, request).await;
+        self.release(target, permits).await;
+        let (error, systemic) = match started {
+            Ok(execution_arn) => {
+                self.breakers.succeeded(arn);
+                return Ok(Attempt::Done(Outcome::Started { execution_arn }));
+            }
+            Err(e @ (SfnError::Terminal(_) | SfnError::AlreadyExists)) => {
+                // The service answered; the request itself is the problem.
+                self.breakers.succeeded(arn);
+                let reason = e.to_string();
+                return Ok(Attempt::Done(Outcome::DeadLettered { reason }));
+            }
+            Err(SfnError::Throttled(error)) => {
+                // Healthy but busy: slow down without judging the service.
+                if probe {
+                    self.breakers.abandoned(arn);
+                }
+                (error, false)
+            }
+            Err(SfnError::Retryable(error)) => {
+                self.breakers.failed(arn);
+                (error, false)
+            }
+            Err(SfnError::Systemic(error)) => {
+                // Not the entry's fault: it waits however long the outage lasts.
+                self.breakers.failed(arn);
+                (error, true)
+            }
+        };
+        Ok(Attempt::Failed { error, systemic })
+    }
+
     /// Waits `duration` while keeping the claim on the entry: renews it whenever due, so no
-    /// other consumer takes over a live delivery. `None` on shutdown, or when the entry is no
-    /// longer pending (another delivery of it finished).
+    /// other consumer takes over a live delivery.
     pub(super) async fn wait(
         &self,
         duration: Duration,
         claim: &mut Claim,
         shutdown: &CancellationToken,
-    ) -> Option<()> {
+    ) -> Result<(), Yielded> {
         let until = Instant::now() + duration;
         loop {
-            if claim.renewed.elapsed() >= claim.every && !self.renew(claim).await {
-                return None;
+            if claim.renewed.elapsed() >= claim.every {
+                self.renew(claim).await?;
             }
             let now = Instant::now();
             if now >= until {
-                return Some(());
+                return Ok(());
             }
             let next_renewal = (claim.renewed + claim.every).max(now);
             tokio::select! {
                 () = tokio::time::sleep_until(until.min(next_renewal).into()) => {}
-                () = shutdown.cancelled() => return None,
+                () = shutdown.cancelled() => return Err(Yielded::Shutdown),
             }
         }
     }
 
-    /// Resets the entry's idle time (`XCLAIM` to ourselves); `false` when it is no longer
-    /// pending. A failed renewal is only logged: the delivery goes on.
-    pub(super) async fn renew(&self, claim: &mut Claim) -> bool {
-        let renewed: redis::RedisResult<Vec<String>> = redis::cmd("XCLAIM")
-            .arg(&claim.queue)
-            .arg(WORKERS_GROUP)
-            .arg(&self.consumer)
-            .arg(0)
-            .arg(&claim.entry_id)
-            .arg("JUSTID")
-            .query_async(&mut self.redis.clone())
-            .await;
+    /// Resets the entry's idle time. A failed renewal is only logged: the delivery goes on.
+    async fn renew(&self, claim: &mut Claim) -> Result<(), Yielded> {
+        let renewed = consumer::renew(
+            &mut self.redis.clone(),
+            &claim.queue,
+            &self.consumer,
+            &claim.entry_id,
+        )
+        .await;
         claim.renewed = Instant::now();
         match renewed {
-            Ok(ids) if ids.is_empty() => {
+            Ok(true) => Ok(()),
+            Ok(false) => {
                 tracing::info!("the entry is no longer pending; another delivery finished it");
-                false
+                Err(Yielded::ClaimLost)
             }
-            Ok(_) => true,
             Err(e) => {
                 tracing::warn!(error = %e, "could not renew the claim on an entry");
-                true
+                Ok(())
             }
         }
     }
 
-    pub(super) async fn complete_with_retries(
+    /// Records the outcome in Redis, retrying a failed call a few times.
+    async fn complete_with_retries(
         &self,
         target: &DrainTarget,
         request: Option<&QueuedRequest>,
         entry_id: &str,
         outcome: &Outcome,
-    ) -> redis::RedisResult<bool> {
+    ) -> redis::RedisResult<Recorded> {
         let mut redis = self.redis.clone();
-        let mut pause = Duration::from_millis(100);
+        let mut pause = COMPLETE_FIRST_PAUSE;
         let mut attempts = 0;
         loop {
             let id = request.map(|r| &r.request_id);
@@ -261,12 +316,14 @@ impl Drain {
             .await;
             attempts += 1;
             match done {
-                Err(e) if attempts < 5 => {
+                Err(e) if attempts < COMPLETE_ATTEMPTS => {
                     tracing::debug!(error = %e, "recording the outcome failed; retrying");
                     tokio::time::sleep(pause).await;
                     pause *= 2;
                 }
-                other => return other,
+                Err(e) => return Err(e),
+                Ok(true) => return Ok(Recorded::Here),
+                Ok(false) => return Ok(Recorded::Elsewhere),
             }
         }
     }

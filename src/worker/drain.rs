@@ -23,14 +23,17 @@ use super::breaker::Breakers;
 use super::repeated::RepeatedFailures;
 use super::sfn::StepFunctions;
 use crate::audit::AuditLog;
-use crate::config::{DrainPacing, WorkerConfig};
+use crate::config::{Config, DrainPacing, WorkerConfig};
 use crate::domain::WorkflowName;
 use crate::queue::Keys;
-use crate::queue::consumer::Delivery;
+use crate::queue::consumer::{self, Delivery};
 use crate::redis_conn::{RedisConnection, RedisEndpoint};
 
 /// Entries read or claimed in one call at most.
 pub(super) const MAX_BATCH: usize = 64;
+
+/// How often `run_until_empty` checks whether the queues are empty.
+const SETTLED_POLL: Duration = Duration::from_millis(10);
 
 /// A workflow the drain serves.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,30 +45,83 @@ pub struct DrainTarget {
     pub pacing: DrainPacing,
 }
 
-/// Everything one drain needs; shared by its tasks.
-pub struct Drain {
+/// What a drain talks to.
+pub struct DrainPartners {
     pub redis_endpoint: RedisEndpoint,
-    /// For completions and reclaim (non-blocking commands).
+    /// For completions, reclaim and pacing (non-blocking commands).
     pub redis: RedisConnection,
-    pub keys: Keys,
-    /// The workflows to serve; a configuration reload sends new ones.
-    pub targets: watch::Receiver<Vec<DrainTarget>>,
     pub sfn: Arc<dyn StepFunctions>,
     pub audit: AuditLog,
-    pub config: WorkerConfig,
-    pub consumer: String,
-    /// The account/region-wide pacing window and its starts per second, if any.
-    pub account_pace: Option<(String, u32)>,
     /// One circuit breaker per state machine (shared with `/readyz`).
     pub breakers: Arc<Breakers>,
+}
+
+/// Everything one drain needs; shared by its tasks.
+pub struct Drain {
+    pub(super) redis_endpoint: RedisEndpoint,
+    pub(super) redis: RedisConnection,
+    pub(super) keys: Keys,
+    /// The workflows to serve; a configuration reload sends new ones.
+    pub(super) targets: watch::Receiver<Vec<DrainTarget>>,
+    pub(super) sfn: Arc<dyn StepFunctions>,
+    pub(super) audit: AuditLog,
+    pub(super) config: WorkerConfig,
+    pub(super) consumer: String,
+    /// The account/region-wide pacing window and its starts per second, if any.
+    pub(super) account_pace: Option<(String, u32)>,
+    pub(super) breakers: Arc<Breakers>,
     /// `audit.fail_closed`: the write timeout for recovering held triggers whose admitting
     /// process stopped before releasing them.
-    pub held_recovery: Option<Duration>,
+    pub(super) held_recovery: Option<Duration>,
     /// Repeated start failures, logged once per interval with a count.
-    pub failures: RepeatedFailures,
+    pub(super) failures: RepeatedFailures,
 }
 
 impl Drain {
+    /// The drain `config` describes, serving the workflows `targets` sends.
+    pub fn new(
+        partners: DrainPartners,
+        keys: Keys,
+        targets: watch::Receiver<Vec<DrainTarget>>,
+        config: &Config,
+    ) -> Self {
+        let DrainPartners {
+            redis_endpoint,
+            redis,
+            sfn,
+            audit,
+            breakers,
+        } = partners;
+        let aws = &config.aws;
+        Self {
+            account_pace: (aws.starts_per_second > 0)
+                .then(|| (keys.account_pace(&aws.region), aws.starts_per_second)),
+            redis_endpoint,
+            redis,
+            keys,
+            targets,
+            sfn,
+            audit,
+            consumer: config
+                .worker
+                .consumer_name
+                .clone()
+                .unwrap_or_else(unique_consumer_name),
+            config: config.worker.clone(),
+            breakers,
+            held_recovery: config
+                .audit
+                .fail_closed
+                .then(|| config.audit.write_timeout()),
+            failures: RepeatedFailures::default(),
+        }
+    }
+
+    /// This drain's consumer name in the workers' group.
+    pub fn consumer(&self) -> &str {
+        &self.consumer
+    }
+
     /// Runs until `shutdown`; then stops reading and lets in-flight deliveries finish.
     /// Follows its targets: a reader per workflow starts when the workflow appears and
     /// stops when it goes (its entries stay in Redis) or its state machine changes.
@@ -126,6 +182,42 @@ impl Drain {
         tracing::info!(consumer = %drain.consumer, "drain stopped");
     }
 
+    /// Runs until nothing is left to start — every target's queue empty, nothing held, no
+    /// deferred trigger due — then stops as on `shutdown` (in-flight deliveries finish
+    /// first). Tests and benchmarks wait on this condition instead of sleeping; an entry
+    /// that keeps failing keeps it running until it is dead-lettered.
+    pub async fn run_until_empty(self, shutdown: CancellationToken) {
+        let stop = shutdown.child_token();
+        let (mut redis, keys, targets) =
+            (self.redis.clone(), self.keys.clone(), self.targets.clone());
+        let watch = async {
+            loop {
+                let current = targets.borrow().clone();
+                let mut settled = true;
+                for target in &current {
+                    let workflow = &target.workflow;
+                    match consumer::is_settled(&mut redis, &keys, workflow).await {
+                        Ok(true) => {}
+                        Ok(false) => settled = false,
+                        Err(e) => {
+                            tracing::debug!(error = %e, "cannot tell whether the queues are empty");
+                            settled = false;
+                        }
+                    }
+                }
+                if settled {
+                    stop.cancel();
+                    return;
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(SETTLED_POLL) => {}
+                    () = stop.cancelled() => return,
+                }
+            }
+        };
+        tokio::join!(self.run(stop.clone()), watch);
+    }
+
     /// Starts one task per delivery, each holding one of `held`'s permits.
     pub(super) fn dispatch(
         self: &Arc<Self>,
@@ -144,4 +236,15 @@ impl Drain {
             });
         }
     }
+}
+
+/// `<host>-<pid>-<random>`: unique per process, so a restarted process never mistakes a
+/// crashed one's deliveries for its own (those are reclaimed after `claim_idle_ms`).
+fn unique_consumer_name() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "stepgate".into());
+    let random = &uuid::Uuid::new_v4().simple().to_string()[..8];
+    format!("{host}-{}-{random}", std::process::id())
 }

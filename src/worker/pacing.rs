@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::delivery::Claim;
+use super::delivery::{Claim, Yielded};
 use super::drain::{Drain, DrainTarget};
+use crate::queue::pacing;
 use crate::redis_conn::RedisConnection;
 
 /// Longest single wait while paced (re-checked after it).
@@ -15,12 +16,6 @@ const PACING_POLL_MAX: Duration = Duration::from_millis(250);
 const IN_FLIGHT_POLL: Duration = Duration::from_millis(20);
 /// A lease outlives its call by this much before it expires on its own.
 const LEASE_MARGIN: Duration = Duration::from_secs(5);
-static LEASE: std::sync::LazyLock<redis::Script> =
-    std::sync::LazyLock::new(|| redis::Script::new(include_str!("../queue/lease.lua")));
-static PACE: std::sync::LazyLock<redis::Script> =
-    std::sync::LazyLock::new(|| redis::Script::new(include_str!("../queue/pace.lua")));
-/// The pacing window: at most N starts per second.
-const PACING_WINDOW_MS: u64 = 1_000;
 
 /// What a call holds while it runs: an in-flight lease, and one permit (`member`) in each
 /// pacing window; all given back by [`Drain::release`] once Step Functions answered.
@@ -35,15 +30,15 @@ impl Drain {
     /// Waits for permission to call `StartExecution` for `target`: first an in-flight lease
     /// (if the workflow caps calls in flight), then a permit of the account/region window and
     /// of the workflow's window (each: at most N calls reach Step Functions in any second,
-    /// shared by every replica; see `pace.lua`). Permits come last so that each is used at
+    /// shared by every replica; see `pace_reserve.lua`). Permits come last so that each is used at
     /// once: taken earlier, they would pile up while the service is slow and leave together,
-    /// in a burst. `None` on shutdown.
+    /// in a burst.
     pub(super) async fn pace(
         &self,
         target: &DrainTarget,
         claim: &mut Claim,
         shutdown: &CancellationToken,
-    ) -> Option<Permits> {
+    ) -> Result<Permits, Yielded> {
         let mut redis = self.redis.clone();
         let mut permits = Permits {
             member: uuid::Uuid::new_v4().simple().to_string(),
@@ -63,38 +58,33 @@ impl Drain {
                 .map(|rate| (self.keys.pace(&target.workflow), rate)),
         ];
         // A call may reach Step Functions until its bound has passed.
-        let bound_ms = self.config.call_timeout_ms;
+        let bound = Duration::from_millis(self.config.call_timeout_ms);
         for (key, starts_per_second) in windows.into_iter().flatten() {
             loop {
-                let reserved: redis::RedisResult<u64> = PACE
-                    .key(&key)
-                    .arg("reserve")
-                    .arg(&permits.member)
-                    .arg(starts_per_second)
-                    .arg(PACING_WINDOW_MS)
-                    .arg(bound_ms)
-                    .invoke_async(&mut redis)
-                    .await;
+                let reserved = pacing::reserve_permit(
+                    &mut redis,
+                    &key,
+                    &permits.member,
+                    starts_per_second,
+                    bound,
+                )
+                .await;
                 let wait = match reserved {
-                    Ok(0) => break,
-                    Ok(wait_ms) => Duration::from_millis(wait_ms),
+                    Ok(None) => break,
+                    Ok(Some(wait)) => wait,
                     Err(e) => {
                         tracing::warn!(error = %e, "drain pacing unavailable; waiting");
                         PACING_POLL_MAX
                     }
                 };
-                if self
-                    .wait(wait.min(PACING_POLL_MAX), claim, shutdown)
-                    .await
-                    .is_none()
-                {
+                if let Err(yielded) = self.wait(wait.min(PACING_POLL_MAX), claim, shutdown).await {
                     self.release(target, permits).await;
-                    return None;
+                    return Err(yielded);
                 }
             }
             permits.windows.push(key);
         }
-        Some(permits)
+        Ok(permits)
     }
 
     /// One of `max` in-flight leases of `target`, shared by every replica.
@@ -105,20 +95,15 @@ impl Drain {
         max: u32,
         claim: &mut Claim,
         shutdown: &CancellationToken,
-    ) -> Option<String> {
+    ) -> Result<String, Yielded> {
         let lease = uuid::Uuid::new_v4().simple().to_string();
         let ttl = Duration::from_millis(self.config.call_timeout_ms) + LEASE_MARGIN;
         loop {
-            let taken: redis::RedisResult<u64> = LEASE
-                .key(self.keys.in_flight(&target.workflow))
-                .arg(&lease)
-                .arg(max)
-                .arg(ttl.as_millis() as u64)
-                .invoke_async(redis)
-                .await;
+            let taken =
+                pacing::take_lease(redis, &self.keys, &target.workflow, &lease, max, ttl).await;
             let wait = match taken {
-                Ok(0) => return Some(lease),
-                Ok(_) => IN_FLIGHT_POLL,
+                Ok(None) => return Ok(lease),
+                Ok(Some(_)) => IN_FLIGHT_POLL,
                 Err(e) => {
                     tracing::warn!(error = %e, "in-flight lease unavailable; waiting");
                     PACING_POLL_MAX
@@ -134,22 +119,14 @@ impl Drain {
     pub(super) async fn release(&self, target: &DrainTarget, permits: Permits) {
         let mut redis = self.redis.clone();
         if let Some(lease) = permits.lease {
-            let released: redis::RedisResult<i64> = redis::cmd("ZREM")
-                .arg(self.keys.in_flight(&target.workflow))
-                .arg(lease)
-                .query_async(&mut redis)
-                .await;
+            let released =
+                pacing::give_back_lease(&mut redis, &self.keys, &target.workflow, &lease).await;
             if let Err(e) = released {
                 tracing::debug!(error = %e, "could not release an in-flight lease; it will expire");
             }
         }
         for window in permits.windows {
-            let settled: redis::RedisResult<i64> = PACE
-                .key(window)
-                .arg("settle")
-                .arg(&permits.member)
-                .invoke_async(&mut redis)
-                .await;
+            let settled = pacing::settle_permit(&mut redis, &window, &permits.member).await;
             if let Err(e) = settled {
                 tracing::debug!(error = %e, "could not settle a pacing permit; it counts until its bound");
             }

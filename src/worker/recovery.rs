@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::delivery::set_owner;
+use super::delivery::request_event;
 use super::drain::{Drain, DrainTarget, MAX_BATCH};
-use crate::audit::{AuditEvent, EventKind};
+use crate::audit::EventKind;
 use crate::queue::producer::{promote_due, release_held, stranded_held};
 use crate::redis_conn::RedisConnection;
 
@@ -60,25 +60,15 @@ impl Drain {
             }
         };
         let mut audited = Vec::with_capacity(stranded.len());
-        for (request_id, fields) in stranded {
-            let fields: serde_json::Value = fields
-                .and_then(|f| serde_json::from_str(&f).ok())
-                .unwrap_or_default();
-            let mut event = AuditEvent::now(EventKind::Accepted);
-            event.workflow = Some(target.workflow.to_string());
+        for (request_id, request) in stranded {
+            let request = request
+                .inspect_err(|e| tracing::warn!(error = %e, "a held trigger cannot be read"))
+                .ok();
+            let mut event = request_event(EventKind::Accepted, target, request.as_ref());
             event.request_id = Some(request_id.clone());
-            set_owner(&mut event, fields["owner"].as_str().unwrap_or_default());
-            event.http_request_id = fields["http_request_id"]
-                .as_str()
-                .filter(|id| !id.is_empty())
-                .map(str::to_owned);
-            event.client_id = fields["client_id"]
-                .as_str()
-                .filter(|c| !c.is_empty())
-                .map(str::to_owned);
-            event.input_sha256 = fields["input"]
-                .as_str()
-                .map(|input| crate::audit::record::sha256_hex(input.as_bytes()));
+            event.input_sha256 = request
+                .as_ref()
+                .map(|r| crate::audit::record::sha256_hex(r.input.as_bytes()));
             event.reason = Some(
                 "recovered: the admitting process stopped before releasing it (audit.fail_closed)"
                     .into(),

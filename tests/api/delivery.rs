@@ -261,3 +261,69 @@ async fn deferral_times_are_checked() -> TestResult {
     }
     Ok(())
 }
+
+/// `Drain::run_until_empty` returns once everything accepted has started, so a test or a
+/// benchmark drains without sleeping; an entry still waiting keeps it running.
+#[tokio::test]
+async fn a_drain_run_until_empty_returns_once_every_accepted_request_started() -> TestResult {
+    use std::sync::Arc;
+    use stepgate::config::{Config, DrainPacing};
+    use stepgate::domain::WorkflowName;
+    use stepgate::queue::Keys;
+    use stepgate::redis_conn::RedisEndpoint;
+    use stepgate::worker::{AwsStepFunctions, Breakers, Drain, DrainPartners, DrainTarget};
+
+    let app = spawn_app_with(
+        RedisServer::start(),
+        TestSettings {
+            worker_enabled: false,
+            ..TestSettings::default()
+        },
+    )
+    .await?;
+    let token = partners().idp.billing_token().await?;
+    let mut accepted = Vec::new();
+    for n in 0..20 {
+        accepted.push(app.accept(&token, &json!({"n": n})).await?);
+    }
+    assert_eq!(app.queue_len("orders").await?, 20);
+
+    let config = Config::load(&app.config_path)?;
+    let redis_endpoint = RedisEndpoint::from_config(&config.redis)?;
+    let partners = DrainPartners {
+        redis: redis_endpoint.connect(Duration::from_secs(2)).await?,
+        redis_endpoint,
+        sfn: Arc::new(AwsStepFunctions::new(&config.aws, Duration::from_secs(5)).await),
+        audit: stepgate::audit::AuditLog::disabled(),
+        breakers: Arc::new(Breakers::new(config.worker.breaker)),
+    };
+    let target = DrainTarget {
+        workflow: WorkflowName::parse("orders")?,
+        state_machine_arn: app.state_machine_arn.clone(),
+        role_arn: None,
+        pacing: DrainPacing::default(),
+    };
+    let (_targets, targets_rx) = tokio::sync::watch::channel(vec![target]);
+    let drain = Drain::new(
+        partners,
+        Keys::new(&config.redis.key_prefix),
+        targets_rx,
+        &config,
+    );
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        drain.run_until_empty(tokio_util::sync::CancellationToken::new()),
+    )
+    .await?;
+
+    // Returned: everything started, nothing left behind, and nothing waited on by the test.
+    assert_eq!(app.queue_len("orders").await?, 0);
+    assert_eq!(pending_count(&app).await?, 0);
+    let started = executions(&app.sfn, &app.state_machine_arn).await?;
+    assert_eq!(started.len(), 20, "{started:?}");
+    for request_id in &accepted {
+        let status: Value = app.request_status(request_id, &token).await?.json().await?;
+        assert_eq!(status["status"], "started", "{status}");
+    }
+    Ok(())
+}

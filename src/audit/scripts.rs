@@ -1,0 +1,59 @@
+//! The audit trail's Lua scripts and their keys and arguments by name (see [`crate::lua`]).
+//! Every key is in the `{audit}` slot.
+
+use crate::lua::{Contract, lua_args, lua_keys, lua_script};
+
+lua_keys! { pub struct AppendKeys { head, log, checkpoints, writer_batch } }
+lua_args! {
+    pub struct AppendArgs<'a> {
+        expected_seq: u64,
+        expected_hash: &'a str,
+        batch_id: u64,
+        new_seq: u64,
+        new_hash: &'a str,
+        kid: &'a str,
+        frontier: String,
+        checkpoint_body: &'a str,
+        checkpoint_sig: &'a str,
+        now_ms: u64,
+        ..records: Vec<(&'a [u8], &'a str)>,
+    }
+}
+lua_script! {
+    /// Appends chained, signed records (and a checkpoint) with compare-and-set on the head.
+    pub struct Append = "append.lua", AppendKeys, AppendArgs;
+}
+
+lua_keys! { pub struct TrimKeys { marker, log } }
+lua_args! {
+    pub struct TrimArgs<'a> {
+        expected_seq: u64,
+        seq: u64,
+        hash: &'a str,
+        frontier: String,
+        kid: &'a str,
+        ..entry_ids: &'a [String],
+    }
+}
+lua_script! {
+    /// Deletes exported records from the front and moves the trim marker with them.
+    pub struct Trim = "trim.lua", TrimKeys, TrimArgs;
+}
+
+lua_keys! { pub struct ExportLeaseKeys { lease } }
+lua_args! { pub struct ExportLeaseArgs<'a> { holder: &'a str, ttl_ms: u64 } }
+lua_script! {
+    /// Takes or renews the file exporter's lease.
+    pub struct ExportLease = "export_lease.lua", ExportLeaseKeys, ExportLeaseArgs;
+}
+
+/// Every script of the audit trail, for the contract test.
+pub const ALL: &[Contract] = &[Append::CONTRACT, Trim::CONTRACT, ExportLease::CONTRACT];
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_script_uses_exactly_the_names_it_declares() {
+        crate::lua::assert_contracts_hold(super::ALL);
+    }
+}
