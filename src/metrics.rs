@@ -103,6 +103,20 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.000_1, 2.5, 14))
 }
 
+/// Latency histograms, one per label set.
+fn latency_family<S: Clone + std::hash::Hash + Eq>() -> Family<S, Histogram> {
+    Family::new_with_constructor(latency_histogram as fn() -> Histogram)
+}
+
+/// `metric`, once registered as `name` with `help`.
+fn registered<M>(registry: &mut Registry, name: &str, help: &str, metric: M) -> M
+where
+    M: prometheus_client::registry::Metric + Clone,
+{
+    registry.register(name, help, metric.clone());
+    metric
+}
+
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
 
 /// This process's metrics.
@@ -113,117 +127,100 @@ pub fn metrics() -> &'static Metrics {
 impl Metrics {
     fn new() -> Self {
         let mut registry = Registry::with_prefix("stepgate");
-        let http_requests = Family::<HttpLabels, Counter>::default();
-        registry.register(
-            "http_requests",
-            "HTTP requests by route, method, status and (for triggers) decision",
-            http_requests.clone(),
-        );
-        let http_duration =
-            Family::<RouteLabels, Histogram>::new_with_constructor(latency_histogram as fn() -> _);
-        registry.register(
-            "http_request_duration_seconds",
-            "Time to answer an HTTP request",
-            http_duration.clone(),
-        );
-        let sfn_calls = Family::<SfnCallLabels, Counter>::default();
-        registry.register(
-            "sfn_calls",
-            "Step Functions calls by operation and outcome class",
-            sfn_calls.clone(),
-        );
-        let sfn_duration = Family::<OperationLabels, Histogram>::new_with_constructor(
-            latency_histogram as fn() -> _,
-        );
-        registry.register(
-            "sfn_call_duration_seconds",
-            "Step Functions call latency",
-            sfn_duration.clone(),
-        );
-        let executions_started = Family::<WorkflowLabels, Counter>::default();
-        registry.register(
-            "executions_started",
-            "Executions this process started (rate() = drain rate)",
-            executions_started.clone(),
-        );
-        let jwks_fetches = Family::<JwksLabels, Counter>::default();
-        registry.register(
-            "jwks_fetches",
-            "Issuer key (discovery + JWKS) fetches by outcome",
-            jwks_fetches.clone(),
-        );
-        let audit_append_duration = latency_histogram();
-        registry.register(
-            "audit_append_duration_seconds",
-            "Time to append one batch of audit records to Redis",
-            audit_append_duration.clone(),
-        );
-        let audit_records = Counter::default();
-        registry.register(
-            "audit_records",
-            "Audit records this process appended",
-            audit_records.clone(),
-        );
-        let gauge = |registry: &mut Registry, name: &str, help: &str| {
-            let family = Family::<WorkflowLabels, Gauge>::default();
-            registry.register(name, help, family.clone());
-            family
-        };
-        let backlog = gauge(
-            &mut registry,
-            "queue_backlog",
-            "Entries in the workflow's queue stream (waiting or in flight)",
-        );
-        let pending = gauge(
-            &mut registry,
-            "queue_pending",
-            "Entries delivered to a consumer and not yet acknowledged",
-        );
-        let deferred = gauge(
-            &mut registry,
-            "queue_deferred",
-            "Deferred triggers waiting for their time",
-        );
-        let dead_letters = gauge(
-            &mut registry,
-            "dead_letters",
-            "Dead letters waiting for an operator",
-        );
-        let circuit = Family::<CircuitLabels, Gauge>::default();
-        registry.register(
-            "circuit_state",
-            "1 for each state machine's current breaker state in this process",
-            circuit.clone(),
-        );
-        let connections_open = Gauge::default();
-        registry.register(
-            "http_connections_open",
-            "HTTP connections open on the API listener",
-            connections_open.clone(),
-        );
-        let connections_refused = Counter::default();
-        registry.register(
-            "http_connections_refused",
-            "Connections closed at once because server.max_connections were open",
-            connections_refused.clone(),
-        );
+        let r = &mut registry;
+        let per_workflow = Family::<WorkflowLabels, Gauge>::default;
         Self {
+            http_requests: registered(
+                r,
+                "http_requests",
+                "HTTP requests by route, method, status and (for triggers) decision",
+                Family::default(),
+            ),
+            http_duration: registered(
+                r,
+                "http_request_duration_seconds",
+                "Time to answer an HTTP request",
+                latency_family(),
+            ),
+            sfn_calls: registered(
+                r,
+                "sfn_calls",
+                "Step Functions calls by operation and outcome class",
+                Family::default(),
+            ),
+            sfn_duration: registered(
+                r,
+                "sfn_call_duration_seconds",
+                "Step Functions call latency",
+                latency_family(),
+            ),
+            executions_started: registered(
+                r,
+                "executions_started",
+                "Executions this process started (rate() = drain rate)",
+                Family::default(),
+            ),
+            jwks_fetches: registered(
+                r,
+                "jwks_fetches",
+                "Issuer key (discovery + JWKS) fetches by outcome",
+                Family::default(),
+            ),
+            audit_append_duration: registered(
+                r,
+                "audit_append_duration_seconds",
+                "Time to append one batch of audit records to Redis",
+                latency_histogram(),
+            ),
+            audit_records: registered(
+                r,
+                "audit_records",
+                "Audit records this process appended",
+                Counter::default(),
+            ),
+            backlog: registered(
+                r,
+                "queue_backlog",
+                "Entries in the workflow's queue stream (waiting or in flight)",
+                per_workflow(),
+            ),
+            pending: registered(
+                r,
+                "queue_pending",
+                "Entries delivered to a consumer and not yet acknowledged",
+                per_workflow(),
+            ),
+            deferred: registered(
+                r,
+                "queue_deferred",
+                "Deferred triggers waiting for their time",
+                per_workflow(),
+            ),
+            dead_letters: registered(
+                r,
+                "dead_letters",
+                "Dead letters waiting for an operator",
+                per_workflow(),
+            ),
+            circuit: registered(
+                r,
+                "circuit_state",
+                "1 for each state machine's current breaker state in this process",
+                Family::default(),
+            ),
+            connections_open: registered(
+                r,
+                "http_connections_open",
+                "HTTP connections open on the API listener",
+                Gauge::default(),
+            ),
+            connections_refused: registered(
+                r,
+                "http_connections_refused",
+                "Connections closed at once because server.max_connections were open",
+                Counter::default(),
+            ),
             registry,
-            http_requests,
-            http_duration,
-            sfn_calls,
-            sfn_duration,
-            executions_started,
-            jwks_fetches,
-            audit_append_duration,
-            audit_records,
-            backlog,
-            pending,
-            deferred,
-            dead_letters,
-            circuit,
-            connections_open,
-            connections_refused,
         }
     }
 

@@ -69,12 +69,7 @@ impl Application {
             .open_log(redis.clone(), keys.clone())
             .context("loading the audit signing keys")?;
 
-        let http = reqwest::Client::builder()
-            // Discovery and JWKS must come from the configured issuer, not wherever it redirects.
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(Duration::from_secs(5))
-            .build()
-            .context("building the HTTP client")?;
+        let http = identity_provider_client()?;
         let config_sha256 = source
             .as_ref()
             .map(|(_, sha)| sha.clone())
@@ -99,44 +94,13 @@ impl Application {
             Drain::new(partners, keys.clone(), targets_rx, &config)
         });
 
-        let listener = TcpListener::bind(config.server.listen)
-            .await
-            .with_context(|| format!("binding {}", config.server.listen))?;
-        let ops_listener = match config.server.ops_listen {
-            Some(addr) => Some(
-                TcpListener::bind(addr)
-                    .await
-                    .with_context(|| format!("binding server.ops_listen {addr}"))?,
-            ),
-            None => None,
+        let (listener, ops_listener) = bind_listeners(&config.server).await?;
+        let sfn_view = StepFunctionsView {
+            client: sfn_for_api,
+            breakers,
+            credentials_problem: std::sync::RwLock::new(None),
         };
-        let producer = Producer::new(
-            redis.clone(),
-            keys.clone(),
-            config.server.status_ttl_seconds,
-            config.audit.admission_hold(),
-        );
-        let state = AppState::new(
-            App::new(
-                Arc::new(runtime),
-                producer,
-                redis,
-                keys,
-                audit,
-                StepFunctionsView {
-                    client: sfn_for_api,
-                    breakers,
-                    credentials_problem: std::sync::RwLock::new(None),
-                },
-                &config.server,
-            )
-            .failing_closed(
-                config
-                    .audit
-                    .fail_closed
-                    .then(|| config.audit.write_timeout()),
-            ),
-        );
+        let state = app_state(&config, Arc::new(runtime), redis, keys, audit, sfn_view);
         Ok(Self {
             listener,
             ops_listener,
@@ -180,99 +144,17 @@ impl Application {
             source,
         } = self;
         let addr = listener.local_addr()?;
-        let config_grace_ms = config.server.shutdown_grace_ms;
         let config_server = config.server.clone();
         let writer = audit_writer.map(|writer| tokio::spawn(writer.run()));
-        if let Some(files) = &config.audit.files {
-            let exporter = crate::audit::export::Exporter::new(
-                state.redis.clone(),
-                state.keys.clone(),
-                crate::audit::export::ExportSettings {
-                    dir: files.dir.clone(),
-                    rotate_bytes: files.rotate_bytes,
-                    keep_records: files.redis_keep_records,
-                },
-            );
-            tokio::spawn(exporter.run(shutdown.clone()));
-        }
-        let mut loaded = AuditEvent::now(EventKind::ConfigLoaded);
-        loaded.config_sha256 = source.as_ref().map(|(_, sha)| sha.clone());
-        state.audit.record(loaded).await;
-
-        tokio::spawn(watch_aws_credentials(state.clone(), shutdown.clone()));
-        let mut refreshers = KeyRefreshers::default();
-        refreshers.follow(&state.runtime(), &shutdown);
-        let reloader = match source {
-            Some((path, sha)) => {
-                let poll = Duration::from_millis(config.server.config_poll_ms);
-                let reloader = Reloader {
-                    path,
-                    state: state.clone(),
-                    http,
-                    redis: state.redis.clone(),
-                    keys: state.keys.clone(),
-                    targets,
-                    refreshers,
-                    current: config,
-                    last_seen_sha256: sha,
-                };
-                Some(tokio::spawn(reloader.run(poll, shutdown.clone())))
-            }
-            None => None,
-        };
-
-        // Shutdown in two steps: first stop admitting (readiness false, triggers get 503) for
-        // the grace period, so load balancers move traffic away; then close the listener.
-        let grace = Duration::from_millis(config_grace_ms);
-        let close = CancellationToken::new();
-        {
-            let (state, shutdown, close) = (state.clone(), shutdown.clone(), close.clone());
-            tokio::spawn(async move {
-                shutdown.cancelled().await;
-                state.stop_admitting();
-                tracing::info!(
-                    grace_ms = grace.as_millis() as u64,
-                    "shutting down: admission stopped"
-                );
-                tokio::time::sleep(grace).await;
-                close.cancel();
-            });
-        }
-        let mut limits = crate::http::listener::ConnectionLimits::from_config(&config_server);
-        limits.max_connections = connections_within_open_files(limits.max_connections);
-        // Probes and scrapers need few connections, each brief: the ops port must not eat
-        // the API's budget, nor be held by a client that connects and waits.
-        let ops_limits = crate::http::listener::ConnectionLimits {
-            max_connections: OPS_MAX_CONNECTIONS,
-            header_read_timeout: limits.header_read_timeout.min(OPS_TIMEOUT),
-            idle_timeout: limits.idle_timeout.min(OPS_TIMEOUT),
-            ..limits
-        };
-        let ops = ops_listener.map(|ops_listener| {
-            if let Ok(ops_addr) = ops_listener.local_addr() {
-                tracing::info!(%ops_addr, "operations listener (/healthz, /readyz, /metrics)");
-            }
-            crate::http::listener::serve(
-                ops_listener,
-                crate::http::ops_router(state.clone()),
-                ops_limits,
-                close.clone(),
-            )
-        });
-        let server = crate::http::listener::serve(
-            listener,
-            crate::http::router(state, ops.is_some()),
-            limits,
-            close,
-        );
-        let server = async {
-            match ops {
-                Some(ops) => {
-                    tokio::join!(server, ops);
-                }
-                None => server.await,
-            }
-        };
+        let reloader = start_companions(
+            &state,
+            &config,
+            source.map(|(path, sha)| (path, sha, http, targets)),
+            &shutdown,
+        )
+        .await;
+        let close = stop_admitting_then_close(&state, &shutdown, config.server.shutdown_grace_ms);
+        let server = serve_listeners(listener, ops_listener, state, &config_server, close);
         tracing::info!(%addr, "stepgate listening");
         let drain = async {
             if let Some(drain) = drain {
@@ -291,6 +173,175 @@ impl Application {
             tracing::error!("audit writer did not finish in time; unwritten audit events are lost");
         }
         Ok(())
+    }
+}
+
+/// What request handlers share.
+fn app_state(
+    config: &Config,
+    runtime: Arc<Runtime>,
+    redis: RedisConnection,
+    keys: Keys,
+    audit: AuditLog,
+    sfn: StepFunctionsView,
+) -> AppState {
+    let producer = Producer::new(
+        redis.clone(),
+        keys.clone(),
+        config.server.status_ttl_seconds,
+        config.audit.admission_hold(),
+    );
+    let fail_closed = config
+        .audit
+        .fail_closed
+        .then(|| config.audit.write_timeout());
+    AppState::new(
+        App::new(runtime, producer, redis, keys, audit, sfn, &config.server)
+            .failing_closed(fail_closed),
+    )
+}
+
+/// The API's listener and the operations listener (`server.ops_listen`), if any.
+async fn bind_listeners(
+    server: &crate::config::ServerConfig,
+) -> anyhow::Result<(TcpListener, Option<TcpListener>)> {
+    let listener = TcpListener::bind(server.listen)
+        .await
+        .with_context(|| format!("binding {}", server.listen))?;
+    let ops_listener = match server.ops_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding server.ops_listen {addr}"))?,
+        ),
+        None => None,
+    };
+    Ok((listener, ops_listener))
+}
+
+/// The HTTP client for discovery, keys and introspection.
+fn identity_provider_client() -> anyhow::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        // Discovery and JWKS must come from the configured issuer, not wherever it redirects.
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(5))
+        .build()
+        .context("building the HTTP client")
+}
+
+/// What runs beside the API: the file exporter, the `config_loaded` record, the AWS
+/// credentials watch, the issuers' key refreshers and, for a file, the reloader (returned:
+/// it holds an audit handle, so it must end before the audit writer can).
+async fn start_companions(
+    state: &AppState,
+    config: &Config,
+    reload: Option<(
+        PathBuf,
+        String,
+        reqwest::Client,
+        watch::Sender<Vec<DrainTarget>>,
+    )>,
+    shutdown: &CancellationToken,
+) -> Option<tokio::task::JoinHandle<()>> {
+    if let Some(files) = &config.audit.files {
+        let exporter = crate::audit::export::Exporter::new(
+            state.redis.clone(),
+            state.keys.clone(),
+            crate::audit::export::ExportSettings {
+                dir: files.dir.clone(),
+                rotate_bytes: files.rotate_bytes,
+                keep_records: files.redis_keep_records,
+            },
+        );
+        tokio::spawn(exporter.run(shutdown.clone()));
+    }
+    let mut loaded = AuditEvent::now(EventKind::ConfigLoaded);
+    loaded.config_sha256 = reload.as_ref().map(|(_, sha, ..)| sha.clone());
+    state.audit.record(loaded).await;
+
+    tokio::spawn(watch_aws_credentials(state.clone(), shutdown.clone()));
+    let mut refreshers = KeyRefreshers::default();
+    refreshers.follow(&state.runtime(), shutdown);
+    let (path, sha, http, targets) = reload?;
+    let poll = Duration::from_millis(config.server.config_poll_ms);
+    let reloader = Reloader {
+        path,
+        state: state.clone(),
+        http,
+        redis: state.redis.clone(),
+        keys: state.keys.clone(),
+        targets,
+        refreshers,
+        current: config.clone(),
+        last_seen_sha256: sha,
+    };
+    Some(tokio::spawn(reloader.run(poll, shutdown.clone())))
+}
+
+/// Shutdown in two steps: first stop admitting (readiness false, triggers get 503) for the
+/// grace period, so load balancers move traffic away; then close the listeners (the token
+/// returned).
+fn stop_admitting_then_close(
+    state: &AppState,
+    shutdown: &CancellationToken,
+    grace_ms: u64,
+) -> CancellationToken {
+    let grace = Duration::from_millis(grace_ms);
+    let close = CancellationToken::new();
+    let (state, shutdown, closing) = (state.clone(), shutdown.clone(), close.clone());
+    tokio::spawn(async move {
+        shutdown.cancelled().await;
+        state.stop_admitting();
+        tracing::info!(
+            grace_ms = grace.as_millis() as u64,
+            "shutting down: admission stopped"
+        );
+        tokio::time::sleep(grace).await;
+        closing.cancel();
+    });
+    close
+}
+
+/// Serves the API (and the operations listener, if any) until `close`.
+async fn serve_listeners(
+    listener: TcpListener,
+    ops_listener: Option<TcpListener>,
+    state: AppState,
+    server: &crate::config::ServerConfig,
+    close: CancellationToken,
+) {
+    let mut limits = crate::http::listener::ConnectionLimits::from_config(server);
+    limits.max_connections = connections_within_open_files(limits.max_connections);
+    // Probes and scrapers need few connections, each brief: the ops port must not eat
+    // the API's budget, nor be held by a client that connects and waits.
+    let ops_limits = crate::http::listener::ConnectionLimits {
+        max_connections: OPS_MAX_CONNECTIONS,
+        header_read_timeout: limits.header_read_timeout.min(OPS_TIMEOUT),
+        idle_timeout: limits.idle_timeout.min(OPS_TIMEOUT),
+        ..limits
+    };
+    let ops = ops_listener.map(|ops_listener| {
+        if let Ok(ops_addr) = ops_listener.local_addr() {
+            tracing::info!(%ops_addr, "operations listener (/healthz, /readyz, /metrics)");
+        }
+        crate::http::listener::serve(
+            ops_listener,
+            crate::http::ops_router(state.clone()),
+            ops_limits,
+            close.clone(),
+        )
+    });
+    let api = crate::http::listener::serve(
+        listener,
+        crate::http::router(state, ops.is_some()),
+        limits,
+        close,
+    );
+    match ops {
+        Some(ops) => {
+            tokio::join!(api, ops);
+        }
+        None => api.await,
     }
 }
 

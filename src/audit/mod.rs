@@ -2,6 +2,7 @@
 
 pub mod canonical;
 pub mod checkpoint;
+mod events;
 pub mod export;
 pub mod files;
 pub mod merkle;

@@ -124,3 +124,27 @@ impl AuditConfig {
         Ok((log, Some(writer)))
     }
 }
+
+impl AuditConfig {
+    /// Its problems, each named by its key.
+    pub(super) fn check(&self, problems: &mut super::validate::Problems) {
+        if self.fail_closed && !self.enabled {
+            problems.add(
+                "audit.fail_closed",
+                "needs the audit enabled (audit.enabled = true)",
+            );
+        }
+        if self.checkpoint_every == 0 {
+            problems.add("audit.checkpoint_every", "must be at least 1");
+        }
+        if self.checkpoint_interval_seconds == 0 {
+            problems.add("audit.checkpoint_interval_seconds", "must be at least 1");
+        }
+        if self.files.as_ref().is_some_and(|f| f.rotate_bytes == 0) {
+            problems.add("audit.files.rotate_bytes", "must be at least 1");
+        }
+        if self.write_timeout_ms == 0 {
+            problems.add("audit.write_timeout_ms", "must be at least 1");
+        }
+    }
+}

@@ -103,3 +103,66 @@ fn default_leeway() -> u64 {
 fn default_refetch_cooldown() -> u64 {
     30
 }
+
+impl IssuerConfig {
+    /// Its problems, named by `issuers[i]`'s keys; `earlier` are the issuers listed before it.
+    pub(super) fn check(
+        &self,
+        i: usize,
+        earlier: &[IssuerConfig],
+        problems: &mut super::validate::Problems,
+    ) {
+        let key = |field: &str| format!("issuers[{i}].{field}");
+        if reqwest::Url::parse(&self.issuer).is_err() {
+            problems.add(key("issuer"), format!("{:?} is not a URL", self.issuer));
+        }
+        if earlier.iter().any(|other| other.issuer == self.issuer) {
+            problems.add(key("issuer"), "the same issuer is configured twice");
+        }
+        if self.audiences.is_empty() {
+            problems.add(key("audiences"), "at least one audience is required");
+        }
+        if self.algorithms.is_empty() {
+            problems.add(key("algorithms"), "at least one algorithm is required");
+        }
+        if self.jwks_file.is_some() && self.jwks_inline.is_some() {
+            problems.add(key("jwks_file"), "set jwks_file or jwks_inline, not both");
+        }
+        if self.jwks_refresh_min_seconds == 0
+            || self.jwks_refresh_min_seconds > self.jwks_refresh_max_seconds
+        {
+            problems.add(
+                key("jwks_refresh_min_seconds"),
+                "must be at least 1 and at most jwks_refresh_max_seconds",
+            );
+        }
+        if self.jwks_max_stale_seconds < self.jwks_refresh_max_seconds {
+            problems.add(
+                key("jwks_max_stale_seconds"),
+                "must be at least jwks_refresh_max_seconds, or keys go stale between refreshes",
+            );
+        }
+        if let Err(e) = crate::auth::fetch::check_issuer(self) {
+            problems.add(key("issuer"), e.to_string());
+        }
+        if let Some(endpoint) = self
+            .introspection
+            .as_ref()
+            .and_then(|i| i.endpoint.as_deref())
+            && let Err(e) = crate::auth::fetch::EndpointRules::of(self).check(endpoint)
+        {
+            problems.add(key("introspection.endpoint"), e.to_string());
+        }
+        if self.introspection_max_per_second == 0 {
+            problems.add(key("introspection_max_per_second"), "must be at least 1");
+        }
+        for alg in &self.algorithms {
+            if matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512) {
+                problems.add(
+                    key("algorithms"),
+                    format!("{alg:?} is symmetric; only public-key algorithms are accepted"),
+                );
+            }
+        }
+    }
+}

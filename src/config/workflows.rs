@@ -4,6 +4,8 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+use super::validate::Problems;
+use crate::domain::WorkflowName;
 use crate::policy::{InputRules, Rule, SchemaError};
 
 /// `[workflows.<name>]`
@@ -90,4 +92,102 @@ impl WorkflowConfig {
             self.input_schema_file.as_deref(),
         )
     }
+}
+
+impl WorkflowConfig {
+    /// Its problems, named by `workflows.<name>`'s keys; its state machine must be in
+    /// `aws_region`, where stepgate calls Step Functions.
+    pub(super) fn check(&self, name: &str, aws_region: &str, problems: &mut Problems) {
+        let key = |field: &str| format!("workflows.{name}.{field}");
+        if let Err(e) = WorkflowName::parse(name) {
+            problems.add(format!("workflows.{name}"), e.to_string());
+        }
+        if !is_state_machine_arn(&self.state_machine_arn) {
+            problems.add(
+                key("state_machine_arn"),
+                "expected arn:<partition>:states:<region>:<account>:stateMachine:<name>",
+            );
+        } else if let Some(region) = self.state_machine_arn.split(':').nth(3)
+            && region != aws_region
+        {
+            // One client per process, in aws.region: a start elsewhere would fail with
+            // StateMachineDoesNotExist at the first delivery, long after the config check.
+            problems.add(
+                key("state_machine_arn"),
+                format!(
+                    "the state machine is in {region}, but stepgate calls Step Functions in \
+                     aws.region ({aws_region}); run a stepgate per region"
+                ),
+            );
+        }
+        if self
+            .role_arn
+            .as_deref()
+            .is_some_and(|arn| !is_role_arn(arn))
+        {
+            problems.add(
+                key("role_arn"),
+                "expected arn:<partition>:iam::<account>:role/<name>",
+            );
+        }
+        if let Err(e) = self.input_rules() {
+            let written = if self.input_schema_file.is_some() {
+                "input_schema_file"
+            } else {
+                "input_schema"
+            };
+            problems.add(key(written), e.to_string());
+        }
+        for pointer in self.audit.invalid_pointers() {
+            problems.add(
+                key("audit.redact"),
+                format!("{pointer:?} is not a JSON Pointer (it starts with '/')"),
+            );
+        }
+        check_rate(
+            &key("rate_limits.workflow"),
+            self.rate_limits.workflow,
+            problems,
+        );
+        check_rate(
+            &key("rate_limits.per_caller"),
+            self.rate_limits.per_caller,
+            problems,
+        );
+        if self.drain.starts_per_second == Some(0) || self.drain.max_in_flight == Some(0) {
+            problems.add(
+                key("drain"),
+                "starts_per_second and max_in_flight must be at least 1",
+            );
+        }
+        if self.max_backlog == Some(0) {
+            problems.add(key("max_backlog"), "must be at least 1");
+        }
+    }
+}
+
+/// A rate limit's problem, named `key`.
+pub(super) fn check_rate(key: &str, rate: Option<Rate>, problems: &mut Problems) {
+    if rate.is_some_and(|r| r.requests == 0 || r.per_seconds == 0) {
+        problems.add(key, "requests and per_seconds must be at least 1");
+    }
+}
+
+fn is_state_machine_arn(arn: &str) -> bool {
+    let parts: Vec<&str> = arn.split(':').collect();
+    matches!(parts.as_slice(),
+        ["arn", partition, "states", region, account, "stateMachine", name]
+            if partition.starts_with("aws")
+            && !region.is_empty()
+            && account.len() == 12 && account.bytes().all(|b| b.is_ascii_digit())
+            && !name.is_empty() && name.len() <= 80)
+}
+
+fn is_role_arn(arn: &str) -> bool {
+    let parts: Vec<&str> = arn.splitn(6, ':').collect();
+    matches!(parts.as_slice(),
+        ["arn", partition, "iam", "", account, resource]
+            if partition.starts_with("aws")
+            && account.len() == 12 && account.bytes().all(|b| b.is_ascii_digit())
+            && resource.strip_prefix("role/").is_some_and(|name| !name.is_empty()))
 }

@@ -7,10 +7,12 @@ pub mod pacing;
 pub mod producer;
 pub mod request;
 pub mod scripts;
+pub mod waiting;
 
 pub use keys::{Keys, WORKERS_GROUP};
 pub use producer::{
-    Admission, Enqueued, IdempotencyKey, Limit, LimitScope, OneTimeToken, Producer, Quota,
+    Admission, Enqueued, IdempotencyKey, Limit, LimitScope, OneTimeToken, Placement, Producer,
+    Quota,
 };
 pub use request::{QueuedRequest, RequestState, StoredStatus};
 

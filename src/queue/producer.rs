@@ -9,86 +9,11 @@ use crate::redis_conn::RedisConnection;
 use serde::Serialize;
 
 use super::keys::Keys;
-use super::request::{EntryError, QueuedRequest};
+use super::request::QueuedRequest;
 use super::scripts::{
-    AdmissionKeys, Enqueue, EnqueueArgs, MoveKeys, Promote, PromoteArgs, Release, ReleaseArgs,
-    ReleaseKeys, Reserve, ReserveArgs, ReserveKeys, Withdraw, WithdrawArgs,
+    AdmissionKeys, Enqueue, EnqueueArgs, Reserve, ReserveArgs, ReserveKeys, Withdraw, WithdrawArgs,
 };
-
-/// Moves up to `batch` due deferred triggers of `workflow` into its queue; returns how many.
-pub async fn promote_due(
-    redis: &mut RedisConnection,
-    keys: &Keys,
-    workflow: &crate::domain::WorkflowName,
-    batch: usize,
-) -> redis::RedisResult<usize> {
-    let keys = MoveKeys {
-        deferred: keys.deferred(workflow),
-        deferred_entries: keys.deferred_entries(workflow),
-        queue: keys.queue(workflow),
-    };
-    Promote::invocation(keys, &PromoteArgs { batch })
-        .invoke_async(redis)
-        .await
-}
-
-/// Moves held triggers of `workflow` into its queue, each only if still held; returns how
-/// many moved.
-pub async fn release_held(
-    redis: &mut RedisConnection,
-    keys: &Keys,
-    workflow: &crate::domain::WorkflowName,
-    request_ids: &[String],
-) -> redis::RedisResult<usize> {
-    if request_ids.is_empty() {
-        return Ok(0);
-    }
-    let keys = ReleaseKeys {
-        held: keys.held(workflow),
-        deferred_entries: keys.deferred_entries(workflow),
-        queue: keys.queue(workflow),
-    };
-    Release::invocation(keys, &ReleaseArgs { request_ids })
-        .invoke_async(redis)
-        .await
-}
-
-/// Held triggers whose admitting process should have released them by now (it stopped in
-/// between): up to `batch`, each with its request id and what could be read of it.
-pub async fn stranded_held(
-    redis: &mut RedisConnection,
-    keys: &Keys,
-    workflow: &crate::domain::WorkflowName,
-    batch: usize,
-) -> redis::RedisResult<Vec<(String, Result<QueuedRequest, EntryError>)>> {
-    let ids: Vec<String> = redis::cmd("ZRANGEBYSCORE")
-        .arg(keys.held(workflow))
-        .arg("-inf")
-        .arg(crate::clock::unix_ms())
-        .arg("LIMIT")
-        .arg(0)
-        .arg(batch)
-        .query_async(redis)
-        .await?;
-    if ids.is_empty() {
-        return Ok(Vec::new());
-    }
-    let fields: Vec<Option<String>> = redis::cmd("HMGET")
-        .arg(keys.deferred_entries(workflow))
-        .arg(&ids)
-        .query_async(redis)
-        .await?;
-    Ok(ids
-        .into_iter()
-        .zip(fields)
-        .map(|(id, json)| {
-            let request = json
-                .ok_or(EntryError::Missing("held entry"))
-                .and_then(|json| QueuedRequest::from_waiting(&id, &json));
-            (id, request)
-        })
-        .collect())
-}
+use super::waiting::release_held;
 
 /// A one-time token to consume together with the write.
 #[derive(Debug, Clone)]
@@ -149,12 +74,24 @@ pub struct Quota {
     pub reset: Duration,
 }
 
+/// Where an admitted trigger waits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Placement {
+    /// In the workflow's queue, at this stream entry.
+    Queue { entry_id: String },
+    /// Held until its due time; the drain's promotion moves it into the queue.
+    Deferred,
+    /// Held until its admitting process released it, once its audit record is written
+    /// (`audit.fail_closed`), or until the drain recovers it.
+    Held,
+}
+
 /// What admission did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Enqueued {
-    /// Written; the stream entry id and each limit's quota, in `Admission::limits` order.
+    /// Written; where it waits, and each limit's quota, in `Admission::limits` order.
     Queued {
-        entry_id: String,
+        placement: Placement,
         quotas: Vec<Quota>,
     },
     /// Nothing written: this idempotency key already queued this request.
@@ -363,11 +300,11 @@ impl Producer {
         };
         match self.admit(request, admission).await {
             Ok(Enqueued::Queued {
-                entry_id,
+                placement,
                 mut quotas,
             }) => {
                 quotas.insert(total_index.min(quotas.len()), total_quota);
-                Ok(Enqueued::Queued { entry_id, quotas })
+                Ok(Enqueued::Queued { placement, quotas })
             }
             outcome => {
                 // Not queued (refused, a duplicate, or Redis failed): give the reservation back.
@@ -474,8 +411,14 @@ fn parse_reply(reply: &[String]) -> redis::RedisResult<Enqueued> {
             index: (number(index) as usize).saturating_sub(1),
             retry_after: Duration::from_millis(number(retry_ms)),
         }),
-        [status, entry_id, quotas @ ..] if status == "queued" => Ok(Enqueued::Queued {
-            entry_id: entry_id.clone(),
+        [status, placement, quotas @ ..] if status == "queued" => Ok(Enqueued::Queued {
+            placement: match placement.as_str() {
+                "deferred" => Placement::Deferred,
+                "held" => Placement::Held,
+                entry_id => Placement::Queue {
+                    entry_id: entry_id.to_owned(),
+                },
+            },
             quotas: quotas
                 .chunks(2)
                 .map(|pair| Quota {

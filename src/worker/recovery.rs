@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use super::delivery::request_event;
 use super::drain::{Drain, DrainTarget, MAX_BATCH};
 use crate::audit::EventKind;
-use crate::queue::producer::{promote_due, release_held, stranded_held};
+use crate::queue::waiting::{promote_due, release_held, stranded_held};
 use crate::redis_conn::RedisConnection;
 
 /// How often due deferred triggers are moved into their queues (their start precision).

@@ -10,9 +10,8 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use utoipa::{IntoParams, ToSchema};
 
-use crate::audit::EventKind;
 use crate::audit::store;
-use crate::http::admission::caller_event;
+use crate::audit::{AuditEvent, EventKind};
 use crate::http::error::{ApiError, Problem};
 use crate::http::extract::Caller;
 use crate::http::query::QueryParams;
@@ -116,7 +115,7 @@ pub async fn list_audit_records(
     RawQuery(query): RawQuery,
 ) -> Result<Json<AuditPage>, ApiError> {
     if let Decision::Denied { reason } = authorize(&caller, &runtime.audit_readers) {
-        let mut event = caller_event(EventKind::Denied, &caller, None);
+        let mut event = AuditEvent::by_caller(EventKind::Denied, &caller, None);
         event.reason = Some(format!("audit API: {reason}"));
         state.audit.record(event).await;
         return Err(ApiError::Forbidden(reason));

@@ -7,11 +7,11 @@ use axum::http::StatusCode;
 use serde::Serialize;
 use utoipa::{IntoParams, ToSchema};
 
-use crate::audit::EventKind;
+use crate::audit::{AuditEvent, EventKind};
 use crate::auth::Principal;
 use crate::clock::now_rfc3339;
 use crate::domain::WorkflowName;
-use crate::http::admission::{caller_event, requested_name};
+use crate::http::admission::requested_name;
 use crate::http::error::{ApiError, Problem};
 use crate::http::extract::Caller;
 use crate::http::query::QueryParams;
@@ -240,7 +240,7 @@ async fn authorize_admin(
     raw: &str,
 ) -> Result<WorkflowName, ApiError> {
     if let Decision::Denied { reason } = authorize(caller, &runtime.admin) {
-        let mut event = caller_event(EventKind::Denied, caller, None);
+        let mut event = AuditEvent::by_caller(EventKind::Denied, caller, None);
         event.requested = Some(requested_name(raw));
         event.reason = Some(format!("admin API: {reason}"));
         state.audit.record(event).await;
@@ -259,7 +259,7 @@ async fn audit_operation(
     kind: EventKind,
     id: &str,
 ) {
-    let mut event = caller_event(kind, caller, Some(workflow));
+    let mut event = AuditEvent::by_caller(kind, caller, Some(workflow));
     event.request_id = Some(id.to_owned());
     event.reason = Some(match kind {
         EventKind::Replayed => "dead letter replayed through the admin API".into(),

@@ -9,18 +9,17 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::audit::record::sha256_hex;
-use crate::audit::{AuditEvent, EventKind};
+use crate::audit::EventKind;
 use crate::auth::Principal;
 use crate::clock::now_rfc3339;
 use crate::domain::{RequestId, WorkflowName};
-use crate::http::admission;
+use crate::http::admission::{self, Admitted, Refusal};
 use crate::http::error::{ApiError, Problem};
 use crate::http::extract::Caller;
 use crate::http::listener::RequestDeadline;
 use crate::http::trigger_body::{CreateExecution, Trigger};
 use crate::policy::{Decision, authorize};
-use crate::queue::{Admission, QueuedRequest, RequestState};
+use crate::queue::{Placement, QueuedRequest, RequestState};
 use crate::runtime::Runtime;
 use crate::state::{AppState, Workflow};
 
@@ -104,106 +103,31 @@ pub async fn create_execution(
     deadline: Option<Extension<RequestDeadline>>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    if !state.is_admitting() {
-        return Err(ApiError::Unavailable {
-            what: "this instance",
-            detail: "shutting down".into(),
-            retry_after_seconds: 1,
-        });
-    }
-    // Authorize before reading the body: an unauthorized caller cannot make us buffer it.
-    let (workflow, rules) = authorize_trigger(&state, &runtime, &caller, &workflow).await?;
-    if !is_json(&headers) {
-        return Err(ApiError::UnsupportedMediaType);
-    }
-    let body = read_limited(body, state.max_body_bytes, deadline.map(|d| d.0.0)).await?;
-    let trigger = Trigger::parse(&body)?;
-    let now_ms = crate::clock::unix_ms();
-    let due_ms = trigger.due_ms(now_ms)?;
-    crate::policy::json_shape::check(&trigger.input)
-        .map_err(|e| ApiError::InvalidBody(e.to_string()))?;
-    rules.input.check(&trigger.input)?;
-    let fingerprint = trigger.fingerprint(&workflow);
-    let input = trigger.input;
-
-    let request = QueuedRequest {
-        request_id: RequestId::generate(workflow.clone()),
-        input,
-        owner: caller.owner(),
-        client_id: caller.client_id.clone(),
-        accepted_at: now_rfc3339(),
-        http_request_id: crate::http::correlation::request_id(&headers).map(str::to_owned),
-        trace_header: crate::http::correlation::trace_header(&headers).map(str::to_owned),
-        traceparent: crate::telemetry::traceparent(&tracing::Span::current()),
-    };
-    let ask = admission::Ask {
-        workflow: &workflow,
-        due_ms,
-        idempotency_key: admission::idempotency_key(&headers)?,
-        fingerprint,
-    };
-    let checks = match admission::admission(
-        &runtime,
-        rules,
-        &caller,
-        &ask,
-        state.idempotency_ttl_seconds,
-    ) {
-        Ok(checks) => checks,
-        Err(e) => {
-            admission::audit_refused_token(&state, &caller, &workflow, &e).await;
-            return Err(e);
-        }
-    };
-    let enqueued = state
-        .producer
-        .enqueue(&request, &checks)
-        .await
-        .map_err(|e| ApiError::redis_unavailable(&e))?;
-    let mut replayed = false;
-    let (request_id, quota, status) = match admission::outcome(
-        &state, &caller, &workflow, &checks, enqueued,
+    let deadline = deadline.map(|d| d.0.0);
+    let decided = admit(
+        &state, &runtime, &caller, &workflow, &headers, deadline, body,
     )
-    .await?
-    {
-        admission::Admitted::New {
-            quota,
-            deferred,
-            held,
-        } => {
-            let kind = if deferred {
-                EventKind::Deferred
-            } else {
-                EventKind::Accepted
-            };
-            let mut event = admission::caller_event(kind, &caller, Some(&workflow));
-            event.request_id = Some(request.request_id.to_string());
-            event.input_sha256 = Some(sha256_hex(request.input.as_bytes()));
-            event.input = rules.audit_input.stored(&request.input);
-            match state.audit_fail_closed {
-                None => state.audit.record(event).await,
-                Some(deadline) => {
-                    audit_before_answering(&state, &request, &checks, event, held, deadline)
-                        .await?;
-                }
-            }
-            tracing::info!(workflow = %workflow, request.id = %request.request_id, subject = %caller.subject, deferred, "trigger accepted");
+    .await;
+    let (request_id, status, quota) = match admission::record(&state, &caller, decided).await? {
+        Admitted::New(trigger) => {
+            let request_id = trigger.request.request_id.to_string();
+            let deferred = trigger.placement == Placement::Deferred;
+            tracing::info!(workflow = %trigger.workflow, request.id = %request_id, subject = %caller.subject, deferred, "trigger accepted");
             let status = if deferred {
                 RequestState::Deferred
             } else {
                 RequestState::Queued
             };
-            (request.request_id.to_string(), Some(quota), status)
+            (request_id, status, Some(trigger.quota))
         }
-        // A retry answered with the earlier request as it is now; it was audited then.
-        admission::Admitted::Duplicate(request_id) => {
-            tracing::info!(workflow = %workflow, request.id = %request_id, "idempotent retry answered with the earlier request");
+        // A retry answered with the earlier request as it is now.
+        Admitted::Duplicate { request_id } => {
+            tracing::info!(request.id = %request_id, "idempotent retry answered with the earlier request");
             let status = replayed_status(&state, &request_id).await?;
-            replayed = true;
-            (request_id, None, status)
+            (request_id, status, None)
         }
     };
-
+    let replayed = quota.is_none();
     let accepted = ExecutionAccepted {
         status_url: format!("/v1/requests/{request_id}"),
         request_id,
@@ -226,6 +150,101 @@ pub async fn create_execution(
     Ok(response)
 }
 
+/// Everything a trigger must pass, in order, up to Redis' answer: nothing here writes to
+/// the audit trail (the handler records the outcome, whichever it is).
+async fn admit(
+    state: &AppState,
+    runtime: &Runtime,
+    caller: &Principal,
+    raw_workflow: &str,
+    headers: &HeaderMap,
+    deadline: Option<tokio::time::Instant>,
+    body: Body,
+) -> Result<Admitted, Refusal> {
+    if !state.is_admitting() {
+        return Err(Refusal::not_audited(ApiError::Unavailable {
+            what: "this instance",
+            detail: "shutting down".into(),
+            retry_after_seconds: 1,
+        }));
+    }
+    // Authorize before reading the body: an unauthorized caller cannot make us buffer it.
+    let (workflow, rules) = authorize_trigger(runtime, caller, raw_workflow)?;
+    let (request, ask_parts) =
+        read_trigger(state, caller, &workflow, rules, headers, deadline, body)
+            .await
+            .map_err(Refusal::not_audited)?;
+    let ask = admission::Ask {
+        workflow: &workflow,
+        due_ms: ask_parts.due_ms,
+        idempotency_key: admission::idempotency_key(headers).map_err(Refusal::not_audited)?,
+        fingerprint: ask_parts.fingerprint,
+    };
+    let checks = admission::checks(runtime, rules, caller, &ask, state.idempotency_ttl_seconds)
+        .map_err(|e| match e {
+            ApiError::InvalidToken(reason) => Refusal::audited(
+                EventKind::AuthFailed,
+                &workflow,
+                reason.to_string(),
+                ApiError::InvalidToken(reason),
+            ),
+            other => Refusal::not_audited(other),
+        })?;
+    let enqueued = state
+        .producer
+        .enqueue(&request, &checks)
+        .await
+        .map_err(|e| Refusal::not_audited(ApiError::redis_unavailable(&e)))?;
+    let stored_input = rules.audit_input.stored(&request.input);
+    admission::decide(workflow, request, checks, stored_input, enqueued)
+}
+
+/// What of the body idempotency needs besides the input.
+struct BodyAsk {
+    due_ms: Option<u64>,
+    fingerprint: String,
+}
+
+/// Reads and checks the body (media type, size, shape, schema, timing) into the request
+/// to queue.
+async fn read_trigger(
+    state: &AppState,
+    caller: &Principal,
+    workflow: &WorkflowName,
+    rules: &Workflow,
+    headers: &HeaderMap,
+    deadline: Option<tokio::time::Instant>,
+    body: Body,
+) -> Result<(QueuedRequest, BodyAsk), ApiError> {
+    if !is_json(headers) {
+        return Err(ApiError::UnsupportedMediaType);
+    }
+    let body = read_limited(body, state.max_body_bytes, deadline).await?;
+    let trigger = Trigger::parse(&body)?;
+    let due_ms = trigger.due_ms(crate::clock::unix_ms())?;
+    crate::policy::json_shape::check(&trigger.input)
+        .map_err(|e| ApiError::InvalidBody(e.to_string()))?;
+    rules.input.check(&trigger.input)?;
+    let fingerprint = trigger.fingerprint(workflow);
+    let request = QueuedRequest {
+        request_id: RequestId::generate(workflow.clone()),
+        input: trigger.input,
+        owner: caller.owner(),
+        client_id: caller.client_id.clone(),
+        accepted_at: now_rfc3339(),
+        http_request_id: crate::http::correlation::request_id(headers).map(str::to_owned),
+        trace_header: crate::http::correlation::trace_header(headers).map(str::to_owned),
+        traceparent: crate::telemetry::traceparent(&tracing::Span::current()),
+    };
+    Ok((
+        request,
+        BodyAsk {
+            due_ms,
+            fingerprint,
+        },
+    ))
+}
+
 /// The current state of the request an idempotent retry refers to. Its status is kept at
 /// least as long as the idempotency record (a configuration rule); should someone have
 /// deleted it, the retry gets what the first answer said.
@@ -239,68 +258,12 @@ async fn replayed_status(state: &AppState, request_id: &str) -> Result<RequestSt
     }))
 }
 
-/// `audit.fail_closed`: the trigger's record must be in the trail before the 202; a held
-/// trigger is released to the drain only then. If the record cannot be written in time, the
-/// trigger is taken back and the caller told 503.
-async fn audit_before_answering(
-    state: &AppState,
-    request: &QueuedRequest,
-    checks: &Admission,
-    event: AuditEvent,
-    held: bool,
-    deadline: std::time::Duration,
-) -> Result<(), ApiError> {
-    let mut withdrawn = event.clone();
-    if state.audit.record_durably(event, deadline).await.is_ok() {
-        if held && let Err(e) = state.producer.release(request).await {
-            // Audited and in Redis: the drain recovers it once the hold expires.
-            tracing::warn!(request.id = %request.request_id, error = %e, "could not release a held trigger; the drain will recover it");
-        }
-        return Ok(());
-    }
-    let unavailable = |detail: &str| ApiError::Unavailable {
-        what: "the audit trail",
-        detail: detail.to_owned(),
-        retry_after_seconds: AUDIT_RETRY_SECONDS,
-    };
-    match state.producer.withdraw(request, checks).await {
-        Ok(true) => {
-            tracing::error!(request.id = %request.request_id, "audit record not written in time; trigger withdrawn");
-            withdrawn.event = EventKind::Withdrawn;
-            withdrawn.id = uuid::Uuid::now_v7().to_string();
-            withdrawn.time = now_rfc3339();
-            withdrawn.reason = Some(
-                "its audit record could not be written in time (audit.fail_closed); answered 503"
-                    .into(),
-            );
-            state.audit.record(withdrawn).await;
-            Err(unavailable(
-                "the trigger's audit record could not be written, so it was not queued",
-            ))
-        }
-        // Released already (this process stalled past the hold): it is queued, audited by
-        // the recovery that released it.
-        Ok(false) => Ok(()),
-        Err(e) => {
-            tracing::error!(request.id = %request.request_id, error = %e, "audit record not written and the trigger could not be withdrawn");
-            Err(unavailable(
-                "the trigger's audit record could not be written and Redis could not take the trigger back: \
-                 it starts once its record is written; retry with the same Idempotency-Key to learn its request id",
-            ))
-        }
-    }
-}
-
-/// Retry-After when the audit trail cannot take a trigger's record.
-const AUDIT_RETRY_SECONDS: u64 = 5;
-
 /// The workflow, if `caller` may trigger it. Unknown and forbidden look the same to callers.
-async fn authorize_trigger<'r>(
-    state: &AppState,
+fn authorize_trigger<'r>(
     runtime: &'r Runtime,
     caller: &Principal,
     raw: &str,
-) -> Result<(WorkflowName, &'r Workflow), ApiError> {
+) -> Result<(WorkflowName, &'r Workflow), Refusal> {
     let known = WorkflowName::parse(raw)
         .ok()
         .and_then(|name| runtime.workflows.get(&name).map(|w| (name, w)));
@@ -311,17 +274,11 @@ async fn authorize_trigger<'r>(
         },
         None => "unknown workflow".to_owned(),
     };
-    let mut event = admission::caller_event(
-        EventKind::Denied,
-        caller,
+    Err(Refusal::denied(
         known.as_ref().map(|(name, _)| name),
-    );
-    if known.is_none() {
-        event.requested = Some(admission::requested_name(raw));
-    }
-    event.reason = Some(reason.clone());
-    state.audit.record(event).await;
-    Err(ApiError::Forbidden(reason))
+        raw,
+        reason,
+    ))
 }
 
 /// `application/json`, optionally with parameters; an absent Content-Type is accepted as JSON.

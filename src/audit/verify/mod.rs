@@ -169,49 +169,62 @@ impl ChainVerifier {
         self.seq
     }
 
+    /// Checks the next record: its form, its key, its place in the chain, its signature;
+    /// then takes it into the chain and the Merkle tree and checks any checkpoint it closes.
     pub fn push(&mut self, record: &StoredRecord) -> Result<(), Problem> {
         let expected = self.seq + 1;
-        let problem = |kind, detail: String| Problem {
+        let problem = |(kind, detail): Finding| Problem {
             kind,
             seq: expected,
             location: record.location.clone(),
             detail,
         };
-        let body: Value = serde_json::from_str(&record.body)
-            .map_err(|_| problem(ProblemKind::Malformed, "body is not JSON".into()))?;
-        if canonical_json(&body) != record.body.as_bytes() {
-            return Err(problem(
-                ProblemKind::Malformed,
-                "body is not in canonical form (edited)".into(),
-            ));
-        }
-        if !matches!(body["v"].as_u64(), Some(1..=4)) {
-            return Err(problem(
-                ProblemKind::Malformed,
-                format!("unknown record schema version {}", body["v"]),
-            ));
-        }
+        let body = canonical_body(record).map_err(problem)?;
         let kid = body["kid"].as_str().unwrap_or_default();
+        let key = *self.signing_key(kid).map_err(problem)?;
+        let seq = self.check_place(&body, expected).map_err(problem)?;
+        self.check_signature(record, &body, &key, expected)
+            .map_err(problem)?;
+        if body["event"] == "key_rotated" {
+            self.rotate(kid, &body, seq)
+                .map_err(|e| problem((ProblemKind::Malformed, e.to_string())))?;
+        } else {
+            self.active = Some(kid.to_owned());
+        }
+        self.seq = seq;
+        self.prev = sha256_hex(record.body.as_bytes());
+        self.prev_location.clone_from(&record.location);
+        self.frontier.push(leaf_hash(record.body.as_bytes()));
+        self.check_checkpoints(&record.location)
+    }
+
+    /// The key `kid` names, if it may sign the next record.
+    fn signing_key(&self, kid: &str) -> Result<&VerifyingKey, Finding> {
         if let Some(retired_at) = self.retired.get(kid) {
-            return Err(problem(
+            return Err((
                 ProblemKind::RetiredKey,
                 format!("signed by key {kid}, retired by the rotation at record {retired_at}"),
             ));
         }
         let Some(key) = self.keys.get(kid) else {
-            return Err(problem(
+            return Err((
                 ProblemKind::UnknownKey,
                 format!("signed by unknown key {kid:?}"),
             ));
         };
         if let Some(active) = self.active.as_deref().filter(|active| *active != kid) {
-            return Err(problem(
+            return Err((
                 ProblemKind::UnknownKey,
                 format!(
                     "signed by key {kid} while key {active} is active, and no rotation introduced it"
                 ),
             ));
         }
+        Ok(key)
+    }
+
+    /// The record's `seq`, if it is the `expected` one and chained on the previous record.
+    fn check_place(&self, body: &Value, expected: u64) -> Result<u64, Finding> {
         let seq = body["seq"].as_u64().unwrap_or(0);
         if seq != expected {
             let detail = if seq > expected {
@@ -221,10 +234,10 @@ impl ChainVerifier {
                     "seq is {seq} where {expected} was expected: a record was inserted, repeated or moved"
                 )
             };
-            return Err(problem(ProblemKind::Sequence, detail));
+            return Err((ProblemKind::Sequence, detail));
         }
         if body["prev"] != self.prev.as_str() {
-            return Err(problem(
+            return Err((
                 ProblemKind::ChainBroken,
                 format!(
                     "`prev` is not the hash of record {} ({}): that record or this one was edited",
@@ -232,41 +245,43 @@ impl ChainVerifier {
                 ),
             ));
         }
+        Ok(seq)
+    }
+
+    /// Verifies the record's signature; an unsigned record (a batch is signed at its end)
+    /// is remembered until a signed one covers it.
+    fn check_signature(
+        &mut self,
+        record: &StoredRecord,
+        body: &Value,
+        key: &VerifyingKey,
+        seq: u64,
+    ) -> Result<(), Finding> {
         if record.signature.is_empty() {
             if body["event"] == "key_rotated" {
-                return Err(problem(
+                return Err((
                     ProblemKind::Malformed,
                     "a key_rotated record must be signed (by the key it retires)".into(),
                 ));
             }
             self.unsigned_from
-                .get_or_insert_with(|| (expected, record.location.clone()));
-        } else {
-            let signature = BASE64
-                .decode(&record.signature)
-                .ok()
-                .and_then(|bytes| Signature::from_slice(&bytes).ok())
-                .ok_or_else(|| problem(ProblemKind::Modified, "signature is malformed".into()))?;
-            key.verify(record.body.as_bytes(), &signature)
-                .map_err(|_| {
-                    problem(
-                        ProblemKind::Modified,
-                        "signature does not verify (record edited)".into(),
-                    )
-                })?;
-            self.unsigned_from = None;
+                .get_or_insert_with(|| (seq, record.location.clone()));
+            return Ok(());
         }
-        if body["event"] == "key_rotated" {
-            self.rotate(kid, &body, seq)
-                .map_err(|e| problem(ProblemKind::Malformed, e.to_string()))?;
-        } else {
-            self.active = Some(kid.to_owned());
-        }
-        self.seq = seq;
-        self.prev = sha256_hex(record.body.as_bytes());
-        self.prev_location.clone_from(&record.location);
-        self.frontier.push(leaf_hash(record.body.as_bytes()));
-        self.check_checkpoints(&record.location)
+        let signature = BASE64
+            .decode(&record.signature)
+            .ok()
+            .and_then(|bytes| Signature::from_slice(&bytes).ok())
+            .ok_or((ProblemKind::Modified, "signature is malformed".to_owned()))?;
+        key.verify(record.body.as_bytes(), &signature)
+            .map_err(|_| {
+                (
+                    ProblemKind::Modified,
+                    "signature does not verify (record edited)".to_owned(),
+                )
+            })?;
+        self.unsigned_from = None;
+        Ok(())
     }
 
     fn rotate(&mut self, old: &str, body: &Value, seq: u64) -> Result<(), RotationError> {
@@ -392,233 +407,27 @@ enum RotationError {
     WrongKid,
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::audit::record::{AuditEvent, EventKind};
-    use crate::audit::signer::AuditSigner;
+/// A problem's kind and detail, before it is placed at a record.
+type Finding = (ProblemKind, String);
 
-    struct Trail {
-        records: Vec<StoredRecord>,
-        checkpoints: Vec<SignedCheckpoint>,
-        head: ChainHead,
+/// A record's body, if it is JSON in canonical form with a known schema version.
+fn canonical_body(record: &StoredRecord) -> Result<Value, Finding> {
+    let body: Value = serde_json::from_str(&record.body)
+        .map_err(|_| (ProblemKind::Malformed, "body is not JSON".to_owned()))?;
+    if canonical_json(&body) != record.body.as_bytes() {
+        return Err((
+            ProblemKind::Malformed,
+            "body is not in canonical form (edited)".into(),
+        ));
     }
-
-    /// `n` records signed by `first`, rotating to `second` after record `rotate_at`, with a
-    /// checkpoint after every 4 records.
-    fn trail(first: &AuditSigner, second: &AuditSigner, n: u64, rotate_at: u64) -> Trail {
-        let mut head = ChainHead::empty();
-        let mut records = Vec::new();
-        let mut checkpoints = Vec::new();
-        let mut signer = first;
-        while head.seq < n {
-            let event = if head.seq + 1 == rotate_at {
-                let mut rotation = AuditEvent::now(EventKind::KeyRotated);
-                rotation.new_kid = Some(second.kid().to_owned());
-                rotation.public_key = Some(BASE64.encode(second.verifying_key().as_bytes()));
-                rotation
-            } else {
-                AuditEvent::now(EventKind::Accepted)
-            };
-            let body = event.body(head.seq + 1, &head.hash, signer.kid());
-            head.seq += 1;
-            head.hash = sha256_hex(&body);
-            head.frontier.push(leaf_hash(&body));
-            records.push(StoredRecord {
-                location: format!("entry {}", head.seq),
-                signature: BASE64.encode(signer.sign(&body)),
-                body: String::from_utf8_lossy(&body).into_owned(),
-            });
-            if head.seq == rotate_at {
-                signer = second;
-            }
-            if head.seq % 4 == 0 {
-                checkpoints.push(
-                    Checkpoint::new(head.seq, &head.frontier.root(), &head.hash, signer.kid())
-                        .sign(signer),
-                );
-            }
-        }
-        Trail {
-            records,
-            checkpoints,
-            head,
-        }
+    if !matches!(body["v"].as_u64(), Some(1..=4)) {
+        return Err((
+            ProblemKind::Malformed,
+            format!("unknown record schema version {}", body["v"]),
+        ));
     }
-
-    fn check(
-        trail: &Trail,
-        records: &[StoredRecord],
-        key: &AuditSigner,
-    ) -> Result<Verified, Problem> {
-        verify_records(
-            records,
-            &[key.verifying_key()],
-            StartPoint::genesis(),
-            &trail.checkpoints,
-            Some(&trail.head),
-        )
-    }
-
-    fn resign(record: &mut StoredRecord, signer: &AuditSigner) {
-        record.signature = BASE64.encode(signer.sign(record.body.as_bytes()));
-    }
-
-    #[test]
-    fn an_intact_trail_with_a_rotation_verifies_from_the_first_key_alone() {
-        let (first, second) = (AuditSigner::generate(), AuditSigner::generate());
-        let trail = trail(&first, &second, 10, 6);
-        let verified = check(&trail, &trail.records, &first);
-        assert_eq!(
-            verified.map(|v| (v.records, v.checkpoints, v.active_kid, v.rotations)),
-            Ok((
-                10,
-                2,
-                Some(second.kid().to_owned()),
-                vec![second.kid().to_owned()]
-            ))
-        );
-    }
-
-    #[test]
-    fn every_kind_of_tampering_is_found_at_its_record() {
-        let (first, second) = (AuditSigner::generate(), AuditSigner::generate());
-        let trail = trail(&first, &second, 10, 6);
-        let found = |records: &[StoredRecord]| {
-            check(&trail, records, &first)
-                .err()
-                .map(|p| (p.kind, p.seq))
-        };
-
-        let mut modified = trail.records.clone();
-        modified[2].body = modified[2].body.replace("accepted", "denied");
-        assert_eq!(found(&modified), Some((ProblemKind::Modified, 3)));
-
-        let mut removed = trail.records.clone();
-        removed.remove(1);
-        assert_eq!(found(&removed), Some((ProblemKind::Sequence, 2)));
-
-        let mut inserted = trail.records.clone();
-        inserted.insert(3, trail.records[1].clone());
-        assert_eq!(found(&inserted), Some((ProblemKind::Sequence, 4)));
-
-        let mut reordered = trail.records.clone();
-        reordered.swap(1, 3);
-        assert_eq!(found(&reordered), Some((ProblemKind::Sequence, 2)));
-
-        // Cut after the checkpoint at 8: the checkpoint notices (the head alone would too).
-        assert_eq!(
-            found(&trail.records[..7]),
-            Some((ProblemKind::Truncated, 8))
-        );
-
-        let stranger = AuditSigner::generate();
-        let mut wrong_key = trail.records.clone();
-        let forged = AuditEvent::now(EventKind::Accepted).body(
-            3,
-            &sha256_hex(wrong_key[1].body.as_bytes()),
-            stranger.kid(),
-        );
-        wrong_key[2].body = String::from_utf8_lossy(&forged).into_owned();
-        resign(&mut wrong_key[2], &stranger);
-        assert_eq!(found(&wrong_key), Some((ProblemKind::UnknownKey, 3)));
-
-        // Record 8 rewritten and re-signed with the key that was retired at record 6.
-        let mut retired = trail.records.clone();
-        let forged = AuditEvent::now(EventKind::Started).body(
-            8,
-            &sha256_hex(retired[6].body.as_bytes()),
-            first.kid(),
-        );
-        retired[7].body = String::from_utf8_lossy(&forged).into_owned();
-        resign(&mut retired[7], &first);
-        assert_eq!(found(&retired), Some((ProblemKind::RetiredKey, 8)));
-
-        // A rewritten history, consistently re-chained and re-signed with the current key:
-        // only the checkpoint can tell.
-        let mut rewritten = trail.records.clone();
-        let mut prev = sha256_hex(rewritten[6].body.as_bytes());
-        for (i, record) in rewritten.iter_mut().enumerate().skip(7) {
-            let body = AuditEvent::now(EventKind::Denied).body(i as u64 + 1, &prev, second.kid());
-            prev = sha256_hex(&body);
-            record.body = String::from_utf8_lossy(&body).into_owned();
-            resign(record, &second);
-        }
-        let mut head = trail.head.clone();
-        head.hash = prev;
-        assert_eq!(
-            verify_records(
-                &rewritten,
-                &[first.verifying_key()],
-                StartPoint::genesis(),
-                &trail.checkpoints,
-                Some(&head)
-            )
-            .err()
-            .map(|p| (p.kind, p.seq)),
-            Some((ProblemKind::CheckpointMismatch, 8))
-        );
-    }
-
-    #[test]
-    fn records_between_signatures_are_covered_by_the_next_one() {
-        let (first, second) = (AuditSigner::generate(), AuditSigner::generate());
-        let mut trail = trail(&first, &second, 9, 100);
-        // Appended in three batches: only each batch's last record is signed.
-        for (i, record) in trail.records.iter_mut().enumerate() {
-            if (i + 1) % 3 != 0 {
-                record.signature.clear();
-            }
-        }
-        assert!(check(&trail, &trail.records, &first).is_ok());
-
-        let mut edited = trail.records.clone();
-        edited[4].body = edited[4].body.replace("accepted", "denied");
-        let found = check(&trail, &edited, &first).err();
-        assert_eq!(
-            found.as_ref().map(|p| (p.kind, p.seq)),
-            Some((ProblemKind::ChainBroken, 6))
-        );
-        assert!(found.is_some_and(|p| p.detail.contains("record 5 (entry 5)")));
-
-        // The signed record closing the last batch cut off (the head rewritten to match).
-        let mut head = trail.head.clone();
-        head.seq = 8;
-        head.hash = sha256_hex(trail.records[7].body.as_bytes());
-        let cut = verify_records(
-            &trail.records[..8],
-            &[first.verifying_key()],
-            StartPoint::genesis(),
-            &trail.checkpoints,
-            Some(&head),
-        );
-        assert_eq!(
-            cut.err().map(|p| (p.kind, p.seq)),
-            Some((ProblemKind::Truncated, 7))
-        );
-    }
-
-    #[test]
-    fn a_trimmed_trail_verifies_from_its_start_point() {
-        let (first, second) = (AuditSigner::generate(), AuditSigner::generate());
-        let trail = trail(&first, &second, 10, 20);
-        let mut frontier = Frontier::default();
-        for record in &trail.records[..5] {
-            frontier.push(leaf_hash(record.body.as_bytes()));
-        }
-        let start = StartPoint {
-            seq: 5,
-            hash: sha256_hex(trail.records[4].body.as_bytes()),
-            frontier,
-            kid: Some(first.kid().to_owned()),
-        };
-        let verified = verify_records(
-            &trail.records[5..],
-            &[first.verifying_key()],
-            start,
-            &trail.checkpoints,
-            Some(&trail.head),
-        );
-        assert_eq!(verified.map(|v| (v.records, v.checkpoints)), Ok((5, 1)));
-    }
+    Ok(body)
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,49 @@
+//! Typed constructors for the events of a caller's request: each names what its kind needs,
+//! so a record never lacks its caller, workflow or reason by accident.
+
+use super::record::{AuditEvent, EventKind, sha256_hex};
+use crate::auth::Principal;
+use crate::domain::WorkflowName;
+
+impl AuditEvent {
+    /// An event about `caller`'s request to `workflow` (if known): the verified identity and
+    /// the token's digest, never the token.
+    pub fn by_caller(kind: EventKind, caller: &Principal, workflow: Option<&WorkflowName>) -> Self {
+        let mut event = AuditEvent::now(kind);
+        event.workflow = workflow.map(ToString::to_string);
+        event.issuer = Some(caller.issuer.clone());
+        event.subject = Some(caller.subject.clone());
+        event.client_id.clone_from(&caller.client_id);
+        event.token_sha256 = Some(caller.token_sha256.clone());
+        event
+    }
+
+    /// A refusal of `caller`'s request (`denied`, `auth_failed`, `rate_limited`), and why.
+    pub fn refusal(
+        kind: EventKind,
+        caller: &Principal,
+        workflow: Option<&WorkflowName>,
+        reason: String,
+    ) -> Self {
+        let mut event = Self::by_caller(kind, caller, workflow);
+        event.reason = Some(reason);
+        event
+    }
+
+    /// A trigger admitted (`accepted`, or `deferred`): its request id and the digest of its
+    /// input, plus the input itself where the workflow keeps it (`stored_input`).
+    pub fn admission(
+        kind: EventKind,
+        caller: &Principal,
+        workflow: &WorkflowName,
+        request_id: &str,
+        input: &str,
+        stored_input: Option<serde_json::Value>,
+    ) -> Self {
+        let mut event = Self::by_caller(kind, caller, Some(workflow));
+        event.request_id = Some(request_id.to_owned());
+        event.input_sha256 = Some(sha256_hex(input.as_bytes()));
+        event.input = stored_input;
+        event
+    }
+}
