@@ -103,13 +103,80 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.000_1, 2.5, 14))
 }
 
+/// A metric's name (after the `stepgate_` prefix) and help text.
+type Named = (&'static str, &'static str);
+
+/// `stepgate_http_requests`
+const HTTP_REQUESTS: Named = (
+    "http_requests",
+    "HTTP requests by route, method, status and (for triggers) decision",
+);
+/// `stepgate_http_request_duration_seconds`
+const HTTP_DURATION: Named = (
+    "http_request_duration_seconds",
+    "Time to answer an HTTP request",
+);
+/// `stepgate_sfn_calls`
+const SFN_CALLS: Named = (
+    "sfn_calls",
+    "Step Functions calls by operation and outcome class",
+);
+/// `stepgate_sfn_call_duration_seconds`
+const SFN_DURATION: Named = ("sfn_call_duration_seconds", "Step Functions call latency");
+/// `stepgate_executions_started`
+const EXECUTIONS_STARTED: Named = (
+    "executions_started",
+    "Executions this process started (rate() = drain rate)",
+);
+/// `stepgate_jwks_fetches`
+const JWKS_FETCHES: Named = (
+    "jwks_fetches",
+    "Issuer key (discovery + JWKS) fetches by outcome",
+);
+/// `stepgate_audit_append_duration_seconds`
+const AUDIT_APPEND_DURATION: Named = (
+    "audit_append_duration_seconds",
+    "Time to append one batch of audit records to Redis",
+);
+/// `stepgate_audit_records`
+const AUDIT_RECORDS: Named = ("audit_records", "Audit records this process appended");
+/// `stepgate_queue_backlog`
+const BACKLOG: Named = (
+    "queue_backlog",
+    "Entries in the workflow's queue stream (waiting or in flight)",
+);
+/// `stepgate_queue_pending`
+const PENDING: Named = (
+    "queue_pending",
+    "Entries delivered to a consumer and not yet acknowledged",
+);
+/// `stepgate_queue_deferred`
+const DEFERRED: Named = ("queue_deferred", "Deferred triggers waiting for their time");
+/// `stepgate_dead_letters`
+const DEAD_LETTERS: Named = ("dead_letters", "Dead letters waiting for an operator");
+/// `stepgate_circuit_state`
+const CIRCUIT: Named = (
+    "circuit_state",
+    "1 for each state machine's current breaker state in this process",
+);
+/// `stepgate_http_connections_open`
+const CONNECTIONS_OPEN: Named = (
+    "http_connections_open",
+    "HTTP connections open on the API listener",
+);
+/// `stepgate_http_connections_refused`
+const CONNECTIONS_REFUSED: Named = (
+    "http_connections_refused",
+    "Connections closed at once because server.max_connections were open",
+);
+
 /// Latency histograms, one per label set.
 fn latency_family<S: Clone + std::hash::Hash + Eq>() -> Family<S, Histogram> {
     Family::new_with_constructor(latency_histogram as fn() -> Histogram)
 }
 
-/// `metric`, once registered as `name` with `help`.
-fn registered<M>(registry: &mut Registry, name: &str, help: &str, metric: M) -> M
+/// `metric`, once registered under its name, with its help.
+fn registered<M>(registry: &mut Registry, (name, help): Named, metric: M) -> M
 where
     M: prometheus_client::registry::Metric + Clone,
 {
@@ -130,96 +197,21 @@ impl Metrics {
         let r = &mut registry;
         let per_workflow = Family::<WorkflowLabels, Gauge>::default;
         Self {
-            http_requests: registered(
-                r,
-                "http_requests",
-                "HTTP requests by route, method, status and (for triggers) decision",
-                Family::default(),
-            ),
-            http_duration: registered(
-                r,
-                "http_request_duration_seconds",
-                "Time to answer an HTTP request",
-                latency_family(),
-            ),
-            sfn_calls: registered(
-                r,
-                "sfn_calls",
-                "Step Functions calls by operation and outcome class",
-                Family::default(),
-            ),
-            sfn_duration: registered(
-                r,
-                "sfn_call_duration_seconds",
-                "Step Functions call latency",
-                latency_family(),
-            ),
-            executions_started: registered(
-                r,
-                "executions_started",
-                "Executions this process started (rate() = drain rate)",
-                Family::default(),
-            ),
-            jwks_fetches: registered(
-                r,
-                "jwks_fetches",
-                "Issuer key (discovery + JWKS) fetches by outcome",
-                Family::default(),
-            ),
-            audit_append_duration: registered(
-                r,
-                "audit_append_duration_seconds",
-                "Time to append one batch of audit records to Redis",
-                latency_histogram(),
-            ),
-            audit_records: registered(
-                r,
-                "audit_records",
-                "Audit records this process appended",
-                Counter::default(),
-            ),
-            backlog: registered(
-                r,
-                "queue_backlog",
-                "Entries in the workflow's queue stream (waiting or in flight)",
-                per_workflow(),
-            ),
-            pending: registered(
-                r,
-                "queue_pending",
-                "Entries delivered to a consumer and not yet acknowledged",
-                per_workflow(),
-            ),
-            deferred: registered(
-                r,
-                "queue_deferred",
-                "Deferred triggers waiting for their time",
-                per_workflow(),
-            ),
-            dead_letters: registered(
-                r,
-                "dead_letters",
-                "Dead letters waiting for an operator",
-                per_workflow(),
-            ),
-            circuit: registered(
-                r,
-                "circuit_state",
-                "1 for each state machine's current breaker state in this process",
-                Family::default(),
-            ),
-            connections_open: registered(
-                r,
-                "http_connections_open",
-                "HTTP connections open on the API listener",
-                Gauge::default(),
-            ),
-            connections_refused: registered(
-                r,
-                "http_connections_refused",
-                "Connections closed at once because server.max_connections were open",
-                Counter::default(),
-            ),
+            http_requests: registered(r, HTTP_REQUESTS, Family::default()),
+            http_duration: registered(r, HTTP_DURATION, latency_family()),
+            sfn_calls: registered(r, SFN_CALLS, Family::default()),
+            sfn_duration: registered(r, SFN_DURATION, latency_family()),
+            executions_started: registered(r, EXECUTIONS_STARTED, Family::default()),
+            jwks_fetches: registered(r, JWKS_FETCHES, Family::default()),
+            audit_append_duration: registered(r, AUDIT_APPEND_DURATION, latency_histogram()),
+            audit_records: registered(r, AUDIT_RECORDS, Counter::default()),
+            backlog: registered(r, BACKLOG, per_workflow()),
+            pending: registered(r, PENDING, per_workflow()),
+            deferred: registered(r, DEFERRED, per_workflow()),
+            dead_letters: registered(r, DEAD_LETTERS, per_workflow()),
+            circuit: registered(r, CIRCUIT, Family::default()),
+            connections_open: registered(r, CONNECTIONS_OPEN, Gauge::default()),
+            connections_refused: registered(r, CONNECTIONS_REFUSED, Counter::default()),
             registry,
         }
     }

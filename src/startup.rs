@@ -40,12 +40,15 @@ pub struct Application {
 impl Application {
     /// Loads the configuration file and builds; the file is watched for reloads when running.
     pub async fn from_file(path: &Path) -> anyhow::Result<Self> {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let config = Config::from_file_text(&text, path)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let (config, text) = load_file(path)?;
+        Self::from_loaded(config, &text, path).await
+    }
+
+    /// Builds from a configuration already read from `path` (its text, `text`): the file
+    /// is read once, and watched for reloads when running.
+    pub async fn from_loaded(config: Config, text: &str, path: &Path) -> anyhow::Result<Self> {
         let sfn = aws_step_functions(&config).await;
-        let sha256 = crate::config::digest(&text, &config);
+        let sha256 = crate::config::digest(text, &config);
         Self::build_with(config, sfn, Some((path.to_owned(), sha256))).await
     }
 
@@ -58,15 +61,9 @@ impl Application {
         let keys = Keys::new(&config.redis.key_prefix);
         let redis_endpoint =
             RedisEndpoint::from_config(&config.redis).context("invalid redis.url")?;
-        let redis = connect_redis(
-            &redis_endpoint,
-            Duration::from_millis(config.redis.command_timeout_ms),
-        )
-        .await?;
+        let redis = connect_redis(&redis_endpoint, config.redis.command_timeout).await?;
 
-        let (audit, audit_writer) = config
-            .audit
-            .open_log(redis.clone(), keys.clone())
+        let (audit, audit_writer) = AuditLog::open(&config.audit, redis.clone(), keys.clone())
             .context("loading the audit signing keys")?;
 
         let http = identity_provider_client()?;
@@ -153,7 +150,7 @@ impl Application {
             &shutdown,
         )
         .await;
-        let close = stop_admitting_then_close(&state, &shutdown, config.server.shutdown_grace_ms);
+        let close = stop_admitting_then_close(&state, &shutdown, config.server.shutdown_grace);
         let server = serve_listeners(listener, ops_listener, state, &config_server, close);
         tracing::info!(%addr, "stepgate listening");
         let drain = async {
@@ -176,6 +173,15 @@ impl Application {
     }
 }
 
+/// The configuration in `path`, and the text it was read from.
+pub fn load_file(path: &Path) -> anyhow::Result<(Config, String)> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let config = Config::from_file_text(&text, path)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    Ok((config, text))
+}
+
 /// What request handlers share.
 fn app_state(
     config: &Config,
@@ -188,13 +194,10 @@ fn app_state(
     let producer = Producer::new(
         redis.clone(),
         keys.clone(),
-        config.server.status_ttl_seconds,
+        config.server.status_ttl,
         config.audit.admission_hold(),
     );
-    let fail_closed = config
-        .audit
-        .fail_closed
-        .then(|| config.audit.write_timeout());
+    let fail_closed = config.audit.fail_closed.then_some(config.audit.write_timeout);
     AppState::new(
         App::new(runtime, producer, redis, keys, audit, sfn, &config.server)
             .failing_closed(fail_closed),
@@ -263,7 +266,7 @@ async fn start_companions(
     let mut refreshers = KeyRefreshers::default();
     refreshers.follow(&state.runtime(), shutdown);
     let (path, sha, http, targets) = reload?;
-    let poll = Duration::from_millis(config.server.config_poll_ms);
+    let poll = config.server.config_poll;
     let reloader = Reloader {
         path,
         state: state.clone(),
@@ -284,9 +287,8 @@ async fn start_companions(
 fn stop_admitting_then_close(
     state: &AppState,
     shutdown: &CancellationToken,
-    grace_ms: u64,
+    grace: Duration,
 ) -> CancellationToken {
-    let grace = Duration::from_millis(grace_ms);
     let close = CancellationToken::new();
     let (state, shutdown, closing) = (state.clone(), shutdown.clone(), close.clone());
     tokio::spawn(async move {
@@ -417,13 +419,7 @@ async fn watch_aws_credentials(state: AppState, shutdown: CancellationToken) {
 }
 
 pub async fn aws_step_functions(config: &Config) -> Arc<dyn StepFunctions> {
-    Arc::new(
-        AwsStepFunctions::new(
-            &config.aws,
-            Duration::from_millis(config.worker.call_timeout_ms),
-        )
-        .await,
-    )
+    Arc::new(AwsStepFunctions::new(&config.aws, config.worker.call_timeout).await)
 }
 
 /// A connection with bounded connect and response times: a request must never hang on an

@@ -48,7 +48,7 @@ pub struct App {
     pub keys: Keys,
     pub audit: AuditLog,
     pub max_body_bytes: usize,
-    pub idempotency_ttl_seconds: u64,
+    pub idempotency_ttl: std::time::Duration,
     /// Step Functions as the API sees it: the drain's breakers (for `/readyz`) and a
     /// client for started requests' live state.
     pub step_functions: StepFunctionsView,
@@ -76,11 +76,11 @@ impl App {
             keys,
             audit,
             max_body_bytes: server.max_body_bytes,
-            idempotency_ttl_seconds: server.idempotency_ttl_seconds,
+            idempotency_ttl: server.idempotency_ttl,
             step_functions,
             live_status_ttl: crate::live_status::LiveStatusTtl {
-                changing: std::time::Duration::from_millis(server.live_status_ttl_ms),
-                ended: std::time::Duration::from_secs(server.status_ttl_seconds),
+                changing: server.live_status_ttl,
+                ended: server.status_ttl,
             },
             audit_fail_closed: None,
             admitting: AtomicBool::new(true),

@@ -6,6 +6,7 @@ mod events;
 pub mod export;
 pub mod files;
 pub mod merkle;
+mod open;
 pub mod proof;
 pub mod record;
 pub mod redact;

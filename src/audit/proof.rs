@@ -224,22 +224,7 @@ pub fn verify_proof(proof: &Proof, keys: &[VerifyingKey]) -> Result<ProofChecked
             if body["seq"].as_u64() != Some(leaf_index + 1) {
                 return Err(ProofError::WrongSeq);
             }
-            // The record's own signature, where its key is among those given (a record
-            // from before a rotation is signed by an older key).
-            let record_kid = body["kid"].as_str().unwrap_or_default();
-            if let Some(key) = keys
-                .iter()
-                .find(|k| key_id(k) == record_kid)
-                .filter(|_| !record.signature.is_empty())
-            {
-                let signature = BASE64
-                    .decode(&record.signature)
-                    .ok()
-                    .and_then(|b| Signature::from_slice(&b).ok())
-                    .ok_or(ProofError::MalformedSignature)?;
-                key.verify(record.body.as_bytes(), &signature)
-                    .map_err(|_| ProofError::BadSignature)?;
-            }
+            check_record_signature(record, &body, keys)?;
             let root = merkle::root_from_inclusion(
                 *leaf_index,
                 *tree_size,
@@ -280,6 +265,30 @@ pub fn verify_proof(proof: &Proof, keys: &[VerifyingKey]) -> Result<ProofChecked
             })
         }
     }
+}
+
+/// The record's own signature, where its key is among those given (a record from before a
+/// rotation is signed by an older key) and it is signed (a batch is signed at its end).
+fn check_record_signature(
+    record: &Signed,
+    body: &serde_json::Value,
+    keys: &[VerifyingKey],
+) -> Result<(), ProofError> {
+    let record_kid = body["kid"].as_str().unwrap_or_default();
+    let Some(key) = keys
+        .iter()
+        .find(|k| key_id(k) == record_kid)
+        .filter(|_| !record.signature.is_empty())
+    else {
+        return Ok(());
+    };
+    let signature = BASE64
+        .decode(&record.signature)
+        .ok()
+        .and_then(|b| Signature::from_slice(&b).ok())
+        .ok_or(ProofError::MalformedSignature)?;
+    key.verify(record.body.as_bytes(), &signature)
+        .map_err(|_| ProofError::BadSignature)
 }
 
 #[cfg(test)]

@@ -103,88 +103,100 @@ pub async fn run(command: AuditCommand) -> anyhow::Result<ExitCode> {
             record,
             checkpoint,
             consistency,
-        } => {
-            let trail = match read(&sources).await? {
-                Ok(trail) => trail,
-                Err(code) => return Ok(code),
-            };
-            if trail.start.seq > 0 {
-                anyhow::bail!(
-                    "Redis holds records from {} on (earlier ones were trimmed); add --files",
-                    trail.start.seq + 1
-                );
-            }
-            let proof = match (record, consistency.as_deref()) {
-                (Some(seq), _) => {
-                    proof::prove_inclusion(&trail.records, &trail.checkpoints, seq, checkpoint)
-                }
-                (None, Some([old, new])) => {
-                    proof::prove_consistency(&trail.records, &trail.checkpoints, *old, *new)
-                }
-                _ => anyhow::bail!("give --record N or --consistency OLD NEW"),
-            }?;
-            println!("{}", serde_json::to_string_pretty(&proof)?);
-            Ok(ExitCode::SUCCESS)
-        }
+        } => prove(&sources, record, checkpoint, consistency.as_deref()).await,
         AuditCommand::VerifyProof {
             public_keys,
             proof,
             json,
-        } => {
-            let keys = public_keys_from(&public_keys)?;
-            let text = if proof == Path::new("-") {
-                std::io::read_to_string(std::io::stdin())?
-            } else {
-                std::fs::read_to_string(&proof)
-                    .with_context(|| format!("reading {}", proof.display()))?
-            };
-            let proof: Proof = serde_json::from_str(&text).context("not a proof document")?;
-            let checked = proof::verify_proof(&proof, &keys);
-            if json {
-                println!(
-                    "{}",
-                    match &checked {
-                        Ok(ok) =>
-                            json!({"valid": true, "statement": ok.statement, "kids": ok.kids}),
-                        Err(e) => json!({"valid": false, "problem": e.to_string()}),
-                    }
-                );
-            } else {
-                match &checked {
-                    Ok(ok) => println!("proof valid: {}", ok.statement),
-                    Err(e) => println!("proof INVALID: {e}"),
-                }
-            }
-            Ok(if checked.is_ok() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
+        } => verify_proof(&public_keys, &proof, json),
+        AuditCommand::Checkpoints { sources, json } => checkpoints(&sources, json).await,
+    }
+}
+
+/// `audit prove`: an inclusion or consistency proof from the trail.
+async fn prove(
+    sources: &Sources,
+    record: Option<u64>,
+    checkpoint: Option<u64>,
+    consistency: Option<&[u64]>,
+) -> anyhow::Result<ExitCode> {
+    let trail = match read(sources).await? {
+        Ok(trail) => trail,
+        Err(code) => return Ok(code),
+    };
+    if trail.start.seq > 0 {
+        anyhow::bail!(
+            "Redis holds records from {} on (earlier ones were trimmed); add --files",
+            trail.start.seq + 1
+        );
+    }
+    let proof = match (record, consistency) {
+        (Some(seq), _) => {
+            proof::prove_inclusion(&trail.records, &trail.checkpoints, seq, checkpoint)
         }
-        AuditCommand::Checkpoints { sources, json } => {
-            let trail = match read(&sources).await? {
-                Ok(trail) => trail,
-                Err(code) => return Ok(code),
-            };
-            let mut listed: Vec<Checkpoint> = trail
-                .checkpoints
-                .iter()
-                .filter_map(|c| serde_json::from_str(&c.body).ok())
-                .collect();
-            listed.sort_by_key(|c| c.size);
-            for checkpoint in &listed {
-                if json {
-                    println!("{}", serde_json::to_string(checkpoint)?);
-                } else {
-                    println!(
-                        "size {:>10}  root {}  {}  key {}",
-                        checkpoint.size, checkpoint.root, checkpoint.time, checkpoint.kid
-                    );
-                }
+        (None, Some([old, new])) => {
+            proof::prove_consistency(&trail.records, &trail.checkpoints, *old, *new)
+        }
+        _ => anyhow::bail!("give --record N or --consistency OLD NEW"),
+    }?;
+    println!("{}", serde_json::to_string_pretty(&proof)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `audit verify-proof`: checks a proof document with the public keys alone.
+fn verify_proof(public_keys: &[PathBuf], proof: &Path, json: bool) -> anyhow::Result<ExitCode> {
+    let keys = public_keys_from(public_keys)?;
+    let text = if proof == Path::new("-") {
+        std::io::read_to_string(std::io::stdin())?
+    } else {
+        std::fs::read_to_string(proof).with_context(|| format!("reading {}", proof.display()))?
+    };
+    let proof: Proof = serde_json::from_str(&text).context("not a proof document")?;
+    let checked = proof::verify_proof(&proof, &keys);
+    if json {
+        println!(
+            "{}",
+            match &checked {
+                Ok(ok) => json!({"valid": true, "statement": ok.statement, "kids": ok.kids}),
+                Err(e) => json!({"valid": false, "problem": e.to_string()}),
             }
-            Ok(ExitCode::SUCCESS)
+        );
+    } else {
+        match &checked {
+            Ok(ok) => println!("proof valid: {}", ok.statement),
+            Err(e) => println!("proof INVALID: {e}"),
         }
     }
+    Ok(if checked.is_ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// `audit checkpoints`: the signed checkpoints, by size.
+async fn checkpoints(sources: &Sources, json: bool) -> anyhow::Result<ExitCode> {
+    let trail = match read(sources).await? {
+        Ok(trail) => trail,
+        Err(code) => return Ok(code),
+    };
+    let mut listed: Vec<Checkpoint> = trail
+        .checkpoints
+        .iter()
+        .filter_map(|c| serde_json::from_str(&c.body).ok())
+        .collect();
+    listed.sort_by_key(|c| c.size);
+    for checkpoint in &listed {
+        if json {
+            println!("{}", serde_json::to_string(checkpoint)?);
+        } else {
+            println!(
+                "size {:>10}  root {}  {}  key {}",
+                checkpoint.size, checkpoint.root, checkpoint.time, checkpoint.kid
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn verify(

@@ -113,7 +113,7 @@ async fn operate(selection: Selection, operation: Operation) -> anyhow::Result<E
     let workflow = WorkflowName::parse(&selection.workflow)?;
     let keys = Keys::new(&config.redis.key_prefix);
     let mut redis = connect_redis(&redis_endpoint(&config)?, Duration::from_secs(5)).await?;
-    let (audit, writer) = config.audit.open_log(redis.clone(), keys.clone())?;
+    let (audit, writer) = crate::audit::AuditLog::open(&config.audit, redis.clone(), keys.clone())?;
     let writing = writer.map(|writer| tokio::spawn(writer.run()));
 
     let ids = if selection.all {

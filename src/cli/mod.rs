@@ -3,7 +3,9 @@
 
 mod audit;
 mod dlq;
+mod explain;
 mod operator;
+mod setup;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -12,14 +14,11 @@ use anyhow::Context;
 use clap::{ArgGroup, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-use crate::audit::AuditSigner;
-use crate::auth::{Principal, Verifier};
 use crate::config::Config;
 use crate::http::openapi;
-use crate::policy::Decision;
-use crate::queue::Keys;
 use crate::redis_conn::RedisEndpoint;
-use crate::startup::{Application, connect_redis};
+use crate::startup::Application;
+use explain::PolicySection;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -126,72 +125,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         .unwrap_or_else(|| Command::Serve(default_config()))
     {
         Command::Serve(arg) => serve(&arg).await,
-        Command::Migrate(arg) => {
-            let config = load(&arg)?;
-            let redis =
-                connect_redis(&redis_endpoint(&config)?, std::time::Duration::from_secs(5)).await?;
-            let names: Vec<_> = config.workflow_names().map(|(name, _)| name).collect();
-            let ran = crate::migrations::apply(
-                &mut redis.clone(),
-                &Keys::new(&config.redis.key_prefix),
-                &names,
-            )
-            .await?;
-            println!("migrations applied: {ran} step(s) ran");
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Migrate(arg) => setup::migrate(&arg).await,
         Command::Healthcheck { url, ready, config } => healthcheck(url, ready, &config).await,
-        Command::CheckConfig(arg) => {
-            let config = load(&arg)?;
-            // The digest the trail's config events record: the file and every file it reads.
-            let text = std::fs::read_to_string(&arg.config)
-                .with_context(|| format!("reading {}", arg.config.display()))?;
-            println!(
-                "configuration is valid: {} issuer(s), {} workflow(s); sha256 {}",
-                config.issuers.len(),
-                config.workflows.len(),
-                crate::config::digest(&text, &config)
-            );
-            // Not a configuration error (they may come from the environment later), but the
-            // first thing to know when nothing starts.
-            let sfn = crate::startup::aws_step_functions(&config).await;
-            if let Some(problem) = sfn.credentials_problem().await {
-                println!("warning: {problem}");
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Openapi { check, write, path } => {
-            let generated = openapi::document_json()?;
-            if check {
-                let committed = std::fs::read_to_string(&path).unwrap_or_default();
-                if committed != generated {
-                    eprintln!(
-                        "{} is stale: run `stepgate openapi --write`",
-                        path.display()
-                    );
-                    return Ok(ExitCode::FAILURE);
-                }
-                println!("{} is up to date", path.display());
-            } else if write {
-                std::fs::write(&path, generated)
-                    .with_context(|| format!("writing {}", path.display()))?;
-                println!("wrote {}", path.display());
-            } else {
-                print!("{generated}");
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Keygen { out } => {
-            let signer = AuditSigner::generate();
-            let public = signer.write_pair(&out)?;
-            println!(
-                "wrote {} (private) and {} (public); key id {}",
-                out.display(),
-                public.display(),
-                signer.kid()
-            );
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::CheckConfig(arg) => setup::check_config(&arg).await,
+        Command::Openapi { check, write, path } => setup::openapi(check, write, &path),
+        Command::Keygen { out } => setup::keygen(&out),
         Command::Audit(command) => audit::run(command).await,
         Command::Policy(PolicyCommand::Explain {
             config,
@@ -206,114 +144,22 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 (None, true, _) => PolicySection::Admin,
                 _ => PolicySection::AuditReaders,
             };
-            explain_policy(&config, &section, token.as_deref(), claims.as_deref()).await
+            explain::explain_policy(&config, &section, token.as_deref(), claims.as_deref()).await
         }
         Command::Dlq(command) => dlq::run(command).await,
     }
 }
 
 async fn serve(arg: &ConfigArg) -> anyhow::Result<ExitCode> {
-    let config = load(arg)?;
+    let (config, text) = crate::startup::load_file(&arg.config)?;
     let telemetry = crate::telemetry::init(&config.log)?;
-    let app = Application::from_file(&arg.config).await?;
+    let app = Application::from_loaded(config, &text, &arg.config).await?;
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
     let served = app.run_until_stopped(shutdown).await;
     telemetry.shutdown().await;
     served?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// Which policy `policy explain` evaluates.
-enum PolicySection {
-    Workflow(String),
-    Admin,
-    AuditReaders,
-}
-
-async fn explain_policy(
-    arg: &ConfigArg,
-    section: &PolicySection,
-    token: Option<&str>,
-    claims: Option<&std::path::Path>,
-) -> anyhow::Result<ExitCode> {
-    let config = load(arg)?;
-    let access = |access: &crate::config::AccessConfig| crate::policy::Policy {
-        allow: access.allow.clone(),
-        deny: access.deny.clone(),
-    };
-    let (title, policy) = match section {
-        PolicySection::Workflow(workflow) => {
-            let workflows = crate::runtime::workflows(&config)?;
-            let Some((name, rules)) = workflows
-                .into_iter()
-                .find(|(name, _)| name.as_str() == workflow)
-            else {
-                anyhow::bail!("no workflow named {workflow:?} in {}", arg.config.display());
-            };
-            (format!("workflow {name}"), rules.policy)
-        }
-        PolicySection::Admin => ("[admin]".to_owned(), access(&config.admin)),
-        PolicySection::AuditReaders => {
-            ("[audit_readers]".to_owned(), access(&config.audit_readers))
-        }
-    };
-    let caller = match (token, claims) {
-        (Some(token), _) => {
-            let token = if token == "-" {
-                std::io::read_to_string(std::io::stdin())?.trim().to_owned()
-            } else {
-                token.to_owned()
-            };
-            let verifier = Verifier::new(&config.issuers, reqwest::Client::new(), 0, None)?;
-            for issuer in verifier.issuers() {
-                if let Err(e) = issuer.keys.refresh().await {
-                    eprintln!("issuer {}: {e}", issuer.config.issuer);
-                }
-            }
-            match verifier.verify(&token).await {
-                Ok(principal) => (*principal).clone(),
-                Err(e) => {
-                    println!("token refused: {e}");
-                    return Ok(ExitCode::FAILURE);
-                }
-            }
-        }
-        (None, Some(path)) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading {}", path.display()))?;
-            let claims: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&text)
-                .with_context(|| format!("{} is not a JSON object", path.display()))?;
-            let issuer = claims
-                .get("iss")
-                .and_then(|v| v.as_str())
-                .unwrap_or_default()
-                .to_owned();
-            Principal::from_claims(issuer, claims, String::new())
-        }
-        (None, None) => anyhow::bail!("give --token or --claims"),
-    };
-    let explanation = crate::policy::explain(&caller, &policy);
-    let allowed = matches!(explanation.decision, Decision::Allowed { .. });
-    match &explanation.decision {
-        Decision::Allowed { rule } => println!("{title}: ALLOWED by allow[{rule}]"),
-        Decision::Denied { reason } => println!("{title}: DENIED ({reason})"),
-    }
-    println!(
-        "  caller: issuer {}, subject {}, client {}, scopes [{}]",
-        caller.issuer,
-        caller.subject,
-        caller.client_id.as_deref().unwrap_or("(none)"),
-        caller.scopes.join(" ")
-    );
-    for line in &explanation.rules {
-        println!("  {line}");
-    }
-    Ok(if allowed {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
 }
 
 async fn healthcheck(

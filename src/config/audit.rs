@@ -1,6 +1,7 @@
 //! `[audit]`: the signed trail's keys, checkpoints and export.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -22,20 +23,32 @@ pub struct AuditConfig {
     #[serde(default = "default_checkpoint_every")]
     pub checkpoint_every: u64,
     /// …and at least this often while records arrive.
-    #[serde(default = "default_checkpoint_interval")]
-    pub checkpoint_interval_seconds: u64,
+    #[serde(
+        rename = "checkpoint_interval_seconds",
+        with = "super::duration::seconds",
+        default = "default_checkpoint_interval"
+    )]
+    pub checkpoint_interval: Duration,
     /// Refuse a trigger (503) when its `accepted` record cannot be written within
     /// `write_timeout_ms`: no workflow starts unaudited. Off, the record is buffered and
     /// retried while the trigger goes ahead.
     #[serde(default)]
     pub fail_closed: bool,
-    #[serde(default = "default_audit_write_timeout")]
-    pub write_timeout_ms: u64,
+    #[serde(
+        rename = "write_timeout_ms",
+        with = "super::duration::millis",
+        default = "default_audit_write_timeout"
+    )]
+    pub write_timeout: Duration,
     /// `auth_failed` and `denied` records of one source (address, caller, workflow, reason)
     /// are aggregated over this many seconds: the first at once, the repeats as one record
     /// with a `count` (0: a record per refusal).
-    #[serde(default = "default_refusal_window")]
-    pub refusal_window_seconds: u64,
+    #[serde(
+        rename = "refusal_window_seconds",
+        with = "super::duration::seconds",
+        default = "default_refusal_window"
+    )]
+    pub refusal_window: Duration,
     /// Export to rotated JSON Lines files (and trim Redis behind the export).
     #[serde(default)]
     pub files: Option<AuditFilesConfig>,
@@ -56,8 +69,8 @@ pub struct AuditFilesConfig {
     pub redis_keep_records: u64,
 }
 
-fn default_refusal_window() -> u64 {
-    10
+fn default_refusal_window() -> Duration {
+    Duration::from_secs(10)
 }
 
 fn default_rotate_bytes() -> u64 {
@@ -72,56 +85,21 @@ fn default_checkpoint_every() -> u64 {
     1_000
 }
 
-fn default_checkpoint_interval() -> u64 {
-    60
+fn default_checkpoint_interval() -> Duration {
+    Duration::from_secs(60)
 }
 
-fn default_audit_write_timeout() -> u64 {
-    2_000
+fn default_audit_write_timeout() -> Duration {
+    Duration::from_secs(2)
 }
 
 impl AuditConfig {
-    pub fn write_timeout(&self) -> std::time::Duration {
-        std::time::Duration::from_millis(self.write_timeout_ms)
-    }
-
     /// Failing closed, how long an admitted trigger stays invisible to the drain for its
     /// admitting process to write the audit record and release it; after that, the drain
     /// takes the process for dead and recovers the trigger (auditing it first).
     pub fn admission_hold(&self) -> Option<std::time::Duration> {
         self.fail_closed
-            .then(|| self.write_timeout() + std::time::Duration::from_secs(10))
-    }
-
-    /// The trail's handle and writer, with this configuration's keys and checkpoints; no
-    /// writer when the audit is off.
-    pub fn open_log(
-        &self,
-        redis: crate::redis_conn::RedisConnection,
-        keys: crate::queue::Keys,
-    ) -> Result<
-        (crate::audit::AuditLog, Option<crate::audit::AuditWriter>),
-        crate::audit::signer::KeyError,
-    > {
-        if !self.enabled {
-            tracing::warn!("the audit trail is OFF (audit.enabled = false): nothing is recorded");
-            return Ok((crate::audit::AuditLog::disabled(), None));
-        }
-        let signer = crate::audit::AuditSigner::load(&self.signing_key)?;
-        let retired = self
-            .retired_keys
-            .iter()
-            .map(|path| crate::audit::AuditSigner::load(path))
-            .collect::<Result<_, _>>()?;
-        tracing::info!(audit.kid = signer.kid(), "audit signing key loaded");
-        let settings = crate::audit::WriterSettings {
-            checkpoint_every: self.checkpoint_every,
-            checkpoint_interval: std::time::Duration::from_secs(self.checkpoint_interval_seconds),
-            refusal_window: std::time::Duration::from_secs(self.refusal_window_seconds),
-            ..Default::default()
-        };
-        let (log, writer) = crate::audit::AuditLog::new(redis, keys, signer, retired, settings);
-        Ok((log, Some(writer)))
+            .then(|| self.write_timeout + Duration::from_secs(10))
     }
 }
 
@@ -137,13 +115,13 @@ impl AuditConfig {
         if self.checkpoint_every == 0 {
             problems.add("audit.checkpoint_every", "must be at least 1");
         }
-        if self.checkpoint_interval_seconds == 0 {
+        if self.checkpoint_interval.is_zero() {
             problems.add("audit.checkpoint_interval_seconds", "must be at least 1");
         }
         if self.files.as_ref().is_some_and(|f| f.rotate_bytes == 0) {
             problems.add("audit.files.rotate_bytes", "must be at least 1");
         }
-        if self.write_timeout_ms == 0 {
+        if self.write_timeout.is_zero() {
             problems.add("audit.write_timeout_ms", "must be at least 1");
         }
     }

@@ -8,12 +8,14 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use figment::Figment;
 use figment::providers::{Env, Format, Toml};
 use serde::Deserialize;
 
 mod audit;
+mod duration;
 mod files;
 mod issuers;
 mod worker;
@@ -79,25 +81,33 @@ pub struct ServerConfig {
     /// Largest accepted request body, in bytes.
     pub max_body_bytes: usize,
     /// How long an accepted request's status stays readable.
-    pub status_ttl_seconds: u64,
+    #[serde(rename = "status_ttl_seconds", with = "duration::seconds")]
+    pub status_ttl: Duration,
     /// How long a running execution's state (from `DescribeExecution`) is reused for status
     /// requests; an ended execution's state is kept as long as the status.
-    pub live_status_ttl_ms: u64,
+    #[serde(rename = "live_status_ttl_ms", with = "duration::millis")]
+    pub live_status_ttl: Duration,
     /// How often the configuration file is checked for changes (0: only on SIGHUP).
-    pub config_poll_ms: u64,
+    #[serde(rename = "config_poll_ms", with = "duration::millis")]
+    pub config_poll: Duration,
     /// How long an `Idempotency-Key` is remembered.
-    pub idempotency_ttl_seconds: u64,
+    #[serde(rename = "idempotency_ttl_seconds", with = "duration::seconds")]
+    pub idempotency_ttl: Duration,
     /// On SIGTERM, how long to keep answering (readiness false, triggers 503) before the
     /// listener closes, so that load balancers stop sending traffic first.
-    pub shutdown_grace_ms: u64,
+    #[serde(rename = "shutdown_grace_ms", with = "duration::millis")]
+    pub shutdown_grace: Duration,
     /// A connection must send a request's complete head within this time of its first byte
     /// (of being accepted, for its first request), else it is closed.
-    pub header_read_timeout_ms: u64,
+    #[serde(rename = "header_read_timeout_ms", with = "duration::millis")]
+    pub header_read_timeout: Duration,
     /// A kept-alive connection that sends nothing for this long after an answer is closed.
-    pub idle_timeout_ms: u64,
+    #[serde(rename = "idle_timeout_ms", with = "duration::millis")]
+    pub idle_timeout: Duration,
     /// The whole request, body included, must arrive within this time of its first byte,
     /// else it is answered 408.
-    pub request_timeout_ms: u64,
+    #[serde(rename = "request_timeout_ms", with = "duration::millis")]
+    pub request_timeout: Duration,
     /// Open connections at most; beyond, a new connection is closed at once.
     pub max_connections: usize,
     /// Largest request head (request line and headers), in bytes; beyond: 431.
@@ -112,14 +122,14 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             ops_listen: None,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
-            status_ttl_seconds: 7 * 24 * 3600,
-            live_status_ttl_ms: 2_000,
-            config_poll_ms: 2_000,
-            idempotency_ttl_seconds: 24 * 3600,
-            shutdown_grace_ms: 5_000,
-            header_read_timeout_ms: 10_000,
-            idle_timeout_ms: 60_000,
-            request_timeout_ms: 30_000,
+            status_ttl: Duration::from_secs(7 * 24 * 3600),
+            live_status_ttl: Duration::from_secs(2),
+            config_poll: Duration::from_secs(2),
+            idempotency_ttl: Duration::from_secs(24 * 3600),
+            shutdown_grace: Duration::from_secs(5),
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            request_timeout: Duration::from_secs(30),
             max_connections: 10_000,
             max_header_bytes: 32 * 1024,
             max_headers: 100,
@@ -137,8 +147,12 @@ pub struct RedisConfig {
     #[serde(default = "default_key_prefix")]
     pub key_prefix: String,
     /// Bound on any single Redis command on the request path.
-    #[serde(default = "default_redis_timeout_ms")]
-    pub command_timeout_ms: u64,
+    #[serde(
+        rename = "command_timeout_ms",
+        with = "duration::millis",
+        default = "default_redis_timeout"
+    )]
+    pub command_timeout: Duration,
     /// Redis Cluster: `url` (and `cluster_seeds`) are seed nodes; the other nodes are
     /// discovered from them.
     #[serde(default)]
@@ -152,8 +166,8 @@ fn default_key_prefix() -> String {
     "stepgate".to_owned()
 }
 
-fn default_redis_timeout_ms() -> u64 {
-    2_000
+fn default_redis_timeout() -> Duration {
+    Duration::from_secs(2)
 }
 
 /// `[aws]`

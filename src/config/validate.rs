@@ -22,8 +22,7 @@ impl Config {
         self.check_server(&mut problems);
         self.check_aws_and_log(&mut problems);
         self.audit.check(&mut problems);
-        self.worker
-            .check(self.redis.command_timeout_ms, &mut problems);
+        self.worker.check(self.redis.command_timeout, &mut problems);
         super::workflows::check_rate(
             "rate_limits.per_caller",
             self.rate_limits.per_caller,
@@ -87,9 +86,18 @@ impl Config {
             problems.add("server.max_body_bytes", "must be greater than 0");
         }
         let at_least_one = [
-            ("header_read_timeout_ms", self.server.header_read_timeout_ms),
-            ("idle_timeout_ms", self.server.idle_timeout_ms),
-            ("request_timeout_ms", self.server.request_timeout_ms),
+            (
+                "header_read_timeout_ms",
+                self.server.header_read_timeout.as_millis() as u64,
+            ),
+            (
+                "idle_timeout_ms",
+                self.server.idle_timeout.as_millis() as u64,
+            ),
+            (
+                "request_timeout_ms",
+                self.server.request_timeout.as_millis() as u64,
+            ),
             ("max_connections", self.server.max_connections as u64),
             ("max_headers", self.server.max_headers as u64),
         ];
@@ -106,7 +114,7 @@ impl Config {
                 ),
             );
         }
-        if self.server.idempotency_ttl_seconds > self.server.status_ttl_seconds {
+        if self.server.idempotency_ttl > self.server.status_ttl {
             problems.add(
                 "server.idempotency_ttl_seconds",
                 "must not exceed status_ttl_seconds: a retry is answered with its request's status",

@@ -1,5 +1,7 @@
 //! `[worker]`: the drain from Redis into Step Functions, and its checks.
 
+use std::time::Duration;
+
 use serde::Deserialize;
 
 use super::validate::Problems;
@@ -13,18 +15,24 @@ pub struct WorkerConfig {
     /// `StartExecution` calls in flight at once, over all workflows.
     pub max_in_flight: usize,
     /// Bound on one `StartExecution` call.
-    pub call_timeout_ms: u64,
+    #[serde(rename = "call_timeout_ms", with = "super::duration::millis")]
+    pub call_timeout: Duration,
     /// First pause after a retryable failure; each further one doubles (±20% jitter)...
-    pub retry_initial_backoff_ms: u64,
+    #[serde(rename = "retry_initial_backoff_ms", with = "super::duration::millis")]
+    pub retry_initial_backoff: Duration,
     /// ...up to this.
-    pub retry_max_backoff_ms: u64,
+    #[serde(rename = "retry_max_backoff_ms", with = "super::duration::millis")]
+    pub retry_max_backoff: Duration,
     /// An entry still failing this long after it entered the queue goes to the dead letters.
-    pub retry_max_age_seconds: u64,
+    #[serde(rename = "retry_max_age_seconds", with = "super::duration::seconds")]
+    pub retry_max_age: Duration,
     /// A delivering consumer renews its claim on an entry every `claim_idle_ms / 5`; another
     /// consumer takes over an entry left unrenewed this long (its consumer died).
-    pub claim_idle_ms: u64,
+    #[serde(rename = "claim_idle_ms", with = "super::duration::millis")]
+    pub claim_idle: Duration,
     /// How long a blocking read waits for new entries.
-    pub block_ms: u64,
+    #[serde(rename = "block_ms", with = "super::duration::millis")]
+    pub block: Duration,
     /// Consumer name in the group; default `<host>-<pid>-<random>`, unique per process.
     pub consumer_name: Option<String>,
     pub breaker: BreakerConfig,
@@ -35,12 +43,12 @@ impl Default for WorkerConfig {
         Self {
             enabled: true,
             max_in_flight: 32,
-            call_timeout_ms: 10_000,
-            retry_initial_backoff_ms: 200,
-            retry_max_backoff_ms: 30_000,
-            retry_max_age_seconds: 24 * 3600,
-            claim_idle_ms: 60_000,
-            block_ms: 2_000,
+            call_timeout: Duration::from_secs(10),
+            retry_initial_backoff: Duration::from_millis(200),
+            retry_max_backoff: Duration::from_secs(30),
+            retry_max_age: Duration::from_secs(24 * 3600),
+            claim_idle: Duration::from_secs(60),
+            block: Duration::from_secs(2),
             consumer_name: None,
             breaker: BreakerConfig::default(),
         }
@@ -54,17 +62,19 @@ pub struct BreakerConfig {
     /// Consecutive failed calls (5xx, timeouts, connection errors) that open it.
     pub failure_threshold: u32,
     /// How long it stays open before a probe call; doubles after a failed probe...
-    pub open_ms: u64,
+    #[serde(rename = "open_ms", with = "super::duration::millis")]
+    pub open: Duration,
     /// ...up to this.
-    pub max_open_ms: u64,
+    #[serde(rename = "max_open_ms", with = "super::duration::millis")]
+    pub max_open: Duration,
 }
 
 impl Default for BreakerConfig {
     fn default() -> Self {
         Self {
             failure_threshold: 5,
-            open_ms: 5_000,
-            max_open_ms: 60_000,
+            open: Duration::from_secs(5),
+            max_open: Duration::from_secs(60),
         }
     }
 }
@@ -72,42 +82,43 @@ impl Default for BreakerConfig {
 impl WorkerConfig {
     /// The longest a delivering consumer can go without renewing its claim: a
     /// `StartExecution` and a `DescribeExecution` timing out, and a Redis command.
-    pub fn longest_silence_ms(&self, redis_command_timeout_ms: u64) -> u64 {
-        2 * self.call_timeout_ms + redis_command_timeout_ms
+    pub fn longest_silence(&self, redis_command_timeout: Duration) -> Duration {
+        2 * self.call_timeout + redis_command_timeout
     }
 
     /// How often a delivering consumer renews its claim on an entry.
-    pub fn claim_renewal_ms(&self) -> u64 {
-        self.claim_idle_ms / 5
+    pub fn claim_renewal(&self) -> Duration {
+        self.claim_idle / 5
     }
 }
 
 impl WorkerConfig {
     /// Its problems, each named by its key; a claim must outlive the longest silence of a
     /// delivery, which depends on Redis' command timeout.
-    pub(super) fn check(&self, redis_command_timeout_ms: u64, problems: &mut Problems) {
+    pub(super) fn check(&self, redis_command_timeout: Duration, problems: &mut Problems) {
         if self.max_in_flight == 0 {
             problems.add("worker.max_in_flight", "must be at least 1");
         }
-        let silence = self.longest_silence_ms(redis_command_timeout_ms);
-        if self.claim_idle_ms <= self.claim_renewal_ms() + silence {
+        let silence = self.longest_silence(redis_command_timeout);
+        if self.claim_idle <= self.claim_renewal() + silence {
             problems.add(
                 "worker.claim_idle_ms",
                 format!(
-                    "must exceed claim_idle_ms / 5 + {silence} ms (2 x call_timeout_ms + \
-                     redis.command_timeout_ms), or a live delivery could be taken over"
+                    "must exceed claim_idle_ms / 5 + {} ms (2 x call_timeout_ms + \
+                     redis.command_timeout_ms), or a live delivery could be taken over",
+                    silence.as_millis()
                 ),
             );
         }
-        if self.retry_initial_backoff_ms == 0
-            || self.retry_max_backoff_ms < self.retry_initial_backoff_ms
+        if self.retry_initial_backoff.is_zero()
+            || self.retry_max_backoff < self.retry_initial_backoff
         {
             problems.add(
                 "worker.retry_max_backoff_ms",
                 "retry_initial_backoff_ms must be at least 1 and at most retry_max_backoff_ms",
             );
         }
-        if self.breaker.failure_threshold == 0 || self.breaker.open_ms == 0 {
+        if self.breaker.failure_threshold == 0 || self.breaker.open.is_zero() {
             problems.add(
                 "worker.breaker",
                 "failure_threshold and open_ms must be at least 1",

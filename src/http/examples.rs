@@ -89,14 +89,35 @@ fn show_schema_example(content: &mut Content, schema_examples: &BTreeMap<String,
 
 /// Every error an operation can answer with, named; which apply depends on what the
 /// operation takes (a body, query parameters).
-fn error_causes(operation: &Operation) -> Vec<(&'static str, &'static str, ApiError)> {
+fn error_causes(operation: &Operation) -> Vec<Cause> {
     let takes_body = operation.request_body.is_some();
     let takes_query = operation
         .parameters
         .iter()
         .flatten()
         .any(|p| serde_json::to_value(p).is_ok_and(|p| p["in"] == "query"));
-    let mut causes = vec![
+    let mut causes = common_causes();
+    if takes_query {
+        causes.push((
+            "invalid_parameter",
+            "A query parameter is out of range",
+            ApiError::InvalidParameter(
+                "Failed to deserialize query string: limit: invalid digit found in string".into(),
+            ),
+        ));
+    }
+    if takes_body {
+        causes.extend(body_causes());
+    }
+    causes
+}
+
+/// A named error: its name, what it means, an example.
+type Cause = (&'static str, &'static str, ApiError);
+
+/// The errors any operation can answer with.
+fn common_causes() -> Vec<Cause> {
+    vec![
         (
             "malformed_authorization",
             "The Authorization header is not one `Bearer <token>`",
@@ -133,81 +154,70 @@ fn error_causes(operation: &Operation) -> Vec<(&'static str, &'static str, ApiEr
                 retry_after_seconds: 5,
             },
         ),
-    ];
-    if takes_query {
-        causes.push((
-            "invalid_parameter",
-            "A query parameter is out of range",
-            ApiError::InvalidParameter(
-                "Failed to deserialize query string: limit: invalid digit found in string".into(),
+    ]
+}
+
+/// The errors of an operation that takes a body.
+fn body_causes() -> [Cause; 8] {
+    [
+        (
+            "invalid_body",
+            "The body is not the documented JSON object",
+            ApiError::InvalidBody(
+                "invalid JSON body: expected `,` or `}` at line 1 column 24".into(),
             ),
-        ));
-    }
-    if takes_body {
-        causes.extend([
-            (
-                "invalid_body",
-                "The body is not the documented JSON object",
-                ApiError::InvalidBody(
-                    "invalid JSON body: expected `,` or `}` at line 1 column 24".into(),
-                ),
-            ),
-            (
-                "payload_too_large",
-                "The body, or the workflow's input, is larger than its limit",
-                ApiError::PayloadTooLarge { limit: 65_536 },
-            ),
-            (
-                "request_timeout",
-                "The body did not arrive within server.request_timeout_ms",
-                ApiError::RequestTimeout,
-            ),
-            (
-                "unsupported_media_type",
-                "The body is not application/json",
-                ApiError::UnsupportedMediaType,
-            ),
-            (
-                "invalid_input",
-                "The input fails the workflow's JSON Schema",
-                ApiError::InvalidInput(vec![InputViolation {
-                    path: "/amount_cents".into(),
-                    message: "-5 is less than the minimum of 1".into(),
-                }]),
-            ),
-            (
-                "idempotency_key_reused",
-                "The Idempotency-Key was used with another request",
-                ApiError::IdempotencyKeyReused,
-            ),
-            (
-                "rate_limited",
-                "A rate limit of the workflow is exhausted",
-                ApiError::RateLimited {
-                    policy: "caller",
-                    retry_after_seconds: 12,
-                    headers: RateLimitHeaders::default(),
-                },
-            ),
-            (
-                "backlog_full",
-                "The workflow's backlog is full (backpressure)",
-                ApiError::Unavailable {
-                    what: "the workflow's queue",
-                    detail: String::new(),
-                    retry_after_seconds: 5,
-                },
-            ),
-        ]);
-    }
-    causes
+        ),
+        (
+            "payload_too_large",
+            "The body, or the workflow's input, is larger than its limit",
+            ApiError::PayloadTooLarge { limit: 65_536 },
+        ),
+        (
+            "request_timeout",
+            "The body did not arrive within server.request_timeout_ms",
+            ApiError::RequestTimeout,
+        ),
+        (
+            "unsupported_media_type",
+            "The body is not application/json",
+            ApiError::UnsupportedMediaType,
+        ),
+        (
+            "invalid_input",
+            "The input fails the workflow's JSON Schema",
+            ApiError::InvalidInput(vec![InputViolation {
+                path: "/amount_cents".into(),
+                message: "-5 is less than the minimum of 1".into(),
+            }]),
+        ),
+        (
+            "idempotency_key_reused",
+            "The Idempotency-Key was used with another request",
+            ApiError::IdempotencyKeyReused,
+        ),
+        (
+            "rate_limited",
+            "A rate limit of the workflow is exhausted",
+            ApiError::RateLimited {
+                policy: "caller",
+                retry_after_seconds: 12,
+                headers: RateLimitHeaders::default(),
+            },
+        ),
+        (
+            "backlog_full",
+            "The workflow's backlog is full (backpressure)",
+            ApiError::Unavailable {
+                what: "the workflow's queue",
+                detail: String::new(),
+                retry_after_seconds: 5,
+            },
+        ),
+    ]
 }
 
 /// The named problem examples of one response status.
-fn problem_examples(
-    status: &str,
-    causes: &[(&'static str, &'static str, ApiError)],
-) -> BTreeMap<String, RefOr<Example>> {
+fn problem_examples(status: &str, causes: &[Cause]) -> BTreeMap<String, RefOr<Example>> {
     causes
         .iter()
         .map(|(name, summary, error)| (name, summary, error.problem()))

@@ -24,6 +24,7 @@
 //! ends.
 
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
@@ -36,7 +37,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -63,9 +64,9 @@ pub struct ConnectionLimits {
 impl ConnectionLimits {
     pub fn from_config(server: &crate::config::ServerConfig) -> Self {
         Self {
-            header_read_timeout: Duration::from_millis(server.header_read_timeout_ms),
-            idle_timeout: Duration::from_millis(server.idle_timeout_ms),
-            request_timeout: Duration::from_millis(server.request_timeout_ms),
+            header_read_timeout: server.header_read_timeout,
+            idle_timeout: server.idle_timeout,
+            request_timeout: server.request_timeout,
             max_connections: server.max_connections,
             max_header_bytes: server.max_header_bytes,
             max_headers: server.max_headers,
@@ -85,20 +86,8 @@ pub async fn serve(
     limits: ConnectionLimits,
     close: CancellationToken,
 ) {
-    let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new())
-        // Both clocks are kept by GuardedIo (see the module docs).
-        .header_read_timeout(None)
-        .max_header_size(limits.max_header_bytes);
-    if limits.max_headers != HYPER_DEFAULT_MAX_HEADERS {
-        http.max_headers(limits.max_headers);
-    }
     let permits = Arc::new(Semaphore::new(limits.max_connections));
-    let graceful = GracefulShutdown::new();
-    // Every connection task, so that the ones still open after the shutdown's bound can be
-    // ended (they hold the application state, and with it the audit trail's handle).
-    let connections = TaskTracker::new();
-    let abandon = CancellationToken::new();
+    let connections = Connections::new(router, limits);
     loop {
         let (stream, peer) = tokio::select! {
             () = close.cancelled() => break,
@@ -118,6 +107,46 @@ pub async fn serve(
             crate::metrics::metrics().connections_refused.inc();
             continue;
         };
+        connections.spawn(stream, peer, permit);
+    }
+    drop(listener);
+    connections.finish().await;
+}
+
+/// The connections of one listener: how each is served, and every one's task, so that the
+/// ones still open after the shutdown's bound can be ended (they hold the application
+/// state, and with it the audit trail's handle).
+struct Connections {
+    http: hyper::server::conn::http1::Builder,
+    router: Router,
+    limits: ConnectionLimits,
+    graceful: GracefulShutdown,
+    tasks: TaskTracker,
+    abandon: CancellationToken,
+}
+
+impl Connections {
+    fn new(router: Router, limits: ConnectionLimits) -> Self {
+        let mut http = hyper::server::conn::http1::Builder::new();
+        http.timer(TokioTimer::new())
+            // Both clocks are kept by GuardedIo (see the module docs).
+            .header_read_timeout(None)
+            .max_header_size(limits.max_header_bytes);
+        if limits.max_headers != HYPER_DEFAULT_MAX_HEADERS {
+            http.max_headers(limits.max_headers);
+        }
+        Self {
+            http,
+            router,
+            limits,
+            graceful: GracefulShutdown::new(),
+            tasks: TaskTracker::new(),
+            abandon: CancellationToken::new(),
+        }
+    }
+
+    /// Serves one accepted connection in a task of its own, holding `permit` until it ends.
+    fn spawn(&self, stream: TcpStream, peer: SocketAddr, permit: OwnedSemaphorePermit) {
         let _ = stream.set_nodelay(true);
         let phase = Arc::new(Mutex::new(ConnState {
             phase: Phase::ReadingHead {
@@ -125,9 +154,9 @@ pub async fn serve(
             },
             parked_reader: None,
         }));
-        let io = TokioIo::new(GuardedIo::new(stream, Arc::clone(&phase), limits));
-        let router = router.clone();
-        let request_timeout = limits.request_timeout;
+        let io = TokioIo::new(GuardedIo::new(stream, Arc::clone(&phase), self.limits));
+        let router = self.router.clone();
+        let request_timeout = self.limits.request_timeout;
         let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
             let head_began = begin_request(&phase);
             let extensions = request.extensions_mut();
@@ -141,10 +170,10 @@ pub async fn serve(
                 response
             }
         });
-        let connection = graceful.watch(http.serve_connection(io, service));
+        let connection = self.graceful.watch(self.http.serve_connection(io, service));
         let open = crate::metrics::metrics().connections_open.clone();
-        let abandon = abandon.clone();
-        connections.spawn(async move {
+        let abandon = self.abandon.clone();
+        self.tasks.spawn(async move {
             open.inc();
             tokio::select! {
                 served = connection => {
@@ -159,19 +188,21 @@ pub async fn serve(
             drop(permit);
         });
     }
-    drop(listener);
-    // Open requests may finish; a client that holds its connection past that (a request
-    // never completed, an answer never read) must not keep the process from stopping and
-    // writing its audit trail.
-    connections.close();
-    if tokio::time::timeout(limits.request_timeout, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!("connections still open after the request timeout; closing them");
-        abandon.cancel();
+
+    /// Lets open requests finish. A client that holds its connection past that (a request
+    /// never completed, an answer never read) must not keep the process from stopping and
+    /// writing its audit trail.
+    async fn finish(self) {
+        self.tasks.close();
+        if tokio::time::timeout(self.limits.request_timeout, self.graceful.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!("connections still open after the request timeout; closing them");
+            self.abandon.cancel();
+        }
+        self.tasks.wait().await;
     }
-    connections.wait().await;
 }
 
 /// Errors of one connection that was being accepted (the client gave up): nothing to report.

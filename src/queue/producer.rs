@@ -147,7 +147,7 @@ enum PlanWindow {
 pub struct Producer {
     redis: RedisConnection,
     keys: Keys,
-    status_ttl_seconds: u64,
+    status_ttl: Duration,
     /// With the audit failing closed: how long an immediate trigger is held for its
     /// admitting process to release it before the drain recovers it.
     hold: Option<Duration>,
@@ -157,13 +157,13 @@ impl Producer {
     pub fn new(
         redis: RedisConnection,
         keys: Keys,
-        status_ttl_seconds: u64,
+        status_ttl: Duration,
         hold: Option<Duration>,
     ) -> Self {
         Self {
             redis,
             keys,
-            status_ttl_seconds,
+            status_ttl,
             hold,
         }
     }
@@ -343,7 +343,7 @@ impl Producer {
             http_request_id: request.http_request_id.as_deref().unwrap_or(""),
             trace_header: request.trace_header.as_deref().unwrap_or(""),
             traceparent: request.traceparent.as_deref().unwrap_or(""),
-            status_ttl: self.status_ttl_seconds,
+            status_ttl: self.status_ttl.as_secs(),
             jti_ttl: admission
                 .one_time_token
                 .as_ref()

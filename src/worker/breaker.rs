@@ -101,8 +101,8 @@ impl Breaker {
 
     /// The call failed in a way that says the service or the path to it is unwell.
     pub fn failed(&mut self, now: Instant) {
-        let base = Duration::from_millis(self.config.open_ms);
-        let max = Duration::from_millis(self.config.max_open_ms.max(self.config.open_ms));
+        let base = self.config.open;
+        let max = self.config.max_open.max(self.config.open);
         self.state = match self.state {
             State::Closed { failures } if failures + 1 < self.config.failure_threshold => {
                 State::Closed {
@@ -246,8 +246,8 @@ mod tests {
     fn breaker() -> Breaker {
         Breaker::new(BreakerConfig {
             failure_threshold: 3,
-            open_ms: 1_000,
-            max_open_ms: 3_000,
+            open: Duration::from_secs(1),
+            max_open: Duration::from_secs(3),
         })
     }
 
@@ -334,8 +334,8 @@ mod tests {
     fn breakers_are_per_state_machine() {
         let breakers = Breakers::new(BreakerConfig {
             failure_threshold: 1,
-            open_ms: 60_000,
-            max_open_ms: 60_000,
+            open: Duration::from_secs(60),
+            max_open: Duration::from_secs(60),
         });
         breakers.failed("arn:a");
         assert!(matches!(breakers.admit("arn:a"), Admit::Wait(_)));

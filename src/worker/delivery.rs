@@ -77,7 +77,7 @@ impl Drain {
             queue: self.keys.queue(&target.workflow),
             entry_id: delivery.entry_id.clone(),
             renewed: Instant::now(),
-            every: Duration::from_millis(self.config.claim_renewal_ms().max(1)),
+            every: self.config.claim_renewal().max(Duration::from_millis(1)),
         };
         let outcome = match &delivery.request {
             Err(problem) => {

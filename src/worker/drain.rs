@@ -109,10 +109,7 @@ impl Drain {
                 .unwrap_or_else(unique_consumer_name),
             config: config.worker.clone(),
             breakers,
-            held_recovery: config
-                .audit
-                .fail_closed
-                .then(|| config.audit.write_timeout()),
+            held_recovery: config.audit.fail_closed.then_some(config.audit.write_timeout),
             failures: RepeatedFailures::default(),
         }
     }

@@ -58,7 +58,7 @@ impl Drain {
                 .map(|rate| (self.keys.pace(&target.workflow), rate)),
         ];
         // A call may reach Step Functions until its bound has passed.
-        let bound = Duration::from_millis(self.config.call_timeout_ms);
+        let bound = self.config.call_timeout;
         for (key, starts_per_second) in windows.into_iter().flatten() {
             loop {
                 let reserved = pacing::reserve_permit(
@@ -97,7 +97,7 @@ impl Drain {
         shutdown: &CancellationToken,
     ) -> Result<String, Yielded> {
         let lease = uuid::Uuid::new_v4().simple().to_string();
-        let ttl = Duration::from_millis(self.config.call_timeout_ms) + LEASE_MARGIN;
+        let ttl = self.config.call_timeout + LEASE_MARGIN;
         loop {
             let taken =
                 pacing::take_lease(redis, &self.keys, &target.workflow, &lease, max, ttl).await;

@@ -45,7 +45,7 @@ impl Drain {
             let Some(mut held) = acquire_batch(&permits, &shutdown).await else {
                 return;
             };
-            let block = self.config.block_ms as usize;
+            let block = self.config.block.as_millis() as usize;
             let read = tokio::select! {
                 read = consumer::read_from(&mut redis, &queue, &self.consumer, held.len(), block, own_pending_cursor.as_deref()) => read,
                 () = shutdown.cancelled() => return,
@@ -82,7 +82,7 @@ impl Drain {
         tracker: TaskTracker,
         shutdown: CancellationToken,
     ) {
-        let every = Duration::from_millis((self.config.claim_idle_ms / 2).max(250));
+        let every = (self.config.claim_idle / 2).max(Duration::from_millis(250));
         let mut redis = self.redis.clone();
         loop {
             tokio::select! {
@@ -104,7 +104,7 @@ impl Drain {
                         &mut redis,
                         &queue,
                         &self.consumer,
-                        self.config.claim_idle_ms,
+                        self.config.claim_idle.as_millis() as u64,
                         &cursor,
                         held.len(),
                     )
@@ -138,7 +138,7 @@ impl Drain {
         &self,
         shutdown: &CancellationToken,
     ) -> Option<RedisConnection> {
-        let timeout = Duration::from_millis(self.config.block_ms) + Duration::from_secs(3);
+        let timeout = self.config.block + Duration::from_secs(3);
         let mut pause = Duration::from_millis(100);
         loop {
             match self.redis_endpoint.connect(timeout).await {

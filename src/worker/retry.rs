@@ -26,9 +26,9 @@ pub(super) struct RetrySchedule {
 impl RetrySchedule {
     pub(super) fn new(config: &WorkerConfig) -> Self {
         Self {
-            next_pause: Duration::from_millis(config.retry_initial_backoff_ms),
-            max_pause: Duration::from_millis(config.retry_max_backoff_ms),
-            max_age: Duration::from_secs(config.retry_max_age_seconds),
+            next_pause: config.retry_initial_backoff,
+            max_pause: config.retry_max_backoff,
+            max_age: config.retry_max_age,
             failures: 0,
         }
     }

@@ -121,7 +121,9 @@ fn the_kubernetes_example_hangs_together() -> TestResult {
     );
     // Stop admitting, finish the longest call, flush: all before the kubelet kills.
     let grace_ms = pod["terminationGracePeriodSeconds"].as_u64().unwrap_or(0) * 1000;
-    assert!(grace_ms > parsed.server.shutdown_grace_ms + parsed.worker.call_timeout_ms);
+    assert!(
+        grace_ms > (parsed.server.shutdown_grace + parsed.worker.call_timeout).as_millis() as u64
+    );
     Ok(())
 }
 

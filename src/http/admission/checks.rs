@@ -55,13 +55,13 @@ pub fn checks(
     workflow: &Workflow,
     caller: &Principal,
     ask: &Ask<'_>,
-    idempotency_ttl_seconds: u64,
+    idempotency_ttl: Duration,
 ) -> Result<Admission, ApiError> {
     let idempotency_key = ask.idempotency_key.map(|key| IdempotencyKey {
         // Digests: the caller's identity and key are caller-chosen text.
         id: sha256_hex(format!("{}\n{key}", caller.owner()).as_bytes()),
         fingerprint: ask.fingerprint.clone(),
-        ttl_seconds: idempotency_ttl_seconds,
+        ttl_seconds: idempotency_ttl.as_secs(),
     });
     let one_time_token = if workflow.one_time_tokens {
         Some(one_time_token(runtime, caller)?)

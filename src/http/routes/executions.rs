@@ -180,8 +180,8 @@ async fn admit(
         idempotency_key: admission::idempotency_key(headers).map_err(Refusal::not_audited)?,
         fingerprint: ask_parts.fingerprint,
     };
-    let checks = admission::checks(runtime, rules, caller, &ask, state.idempotency_ttl_seconds)
-        .map_err(|e| match e {
+    let checks = admission::checks(runtime, rules, caller, &ask, state.idempotency_ttl).map_err(
+        |e| match e {
             ApiError::InvalidToken(reason) => Refusal::audited(
                 EventKind::AuthFailed,
                 &workflow,
@@ -189,7 +189,8 @@ async fn admit(
                 ApiError::InvalidToken(reason),
             ),
             other => Refusal::not_audited(other),
-        })?;
+        },
+    )?;
     let enqueued = state
         .producer
         .enqueue(&request, &checks)
