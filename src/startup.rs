@@ -197,7 +197,10 @@ fn app_state(
         config.server.status_ttl,
         config.audit.admission_hold(),
     );
-    let fail_closed = config.audit.fail_closed.then_some(config.audit.write_timeout);
+    let fail_closed = config
+        .audit
+        .fail_closed
+        .then_some(config.audit.write_timeout);
     AppState::new(
         App::new(runtime, producer, redis, keys, audit, sfn, &config.server)
             .failing_closed(fail_closed),

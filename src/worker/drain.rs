@@ -109,7 +109,10 @@ impl Drain {
                 .unwrap_or_else(unique_consumer_name),
             config: config.worker.clone(),
             breakers,
-            held_recovery: config.audit.fail_closed.then_some(config.audit.write_timeout),
+            held_recovery: config
+                .audit
+                .fail_closed
+                .then_some(config.audit.write_timeout),
             failures: RepeatedFailures::default(),
         }
     }

@@ -13,12 +13,9 @@ use stepgate::audit::record::sha256_hex;
 use stepgate::audit::{AuditEvent, AuditSigner, EventKind};
 
 use crate::helpers::{
-    RedisServer, TestApp, TestResult, TestSettings, partners, request_id_of, root, spawn_app,
-    spawn_app_with,
+    RedisServer, TestApp, TestResult, TestSettings, keys, partners, request_id_of, root, spawn_app,
+    spawn_app_with, workflow_named,
 };
-
-const LOG: &str = "stepgate:{audit}:log";
-const HEAD: &str = "stepgate:{audit}:head";
 
 /// A trail with every kind of record of this version: config_loaded, accepted, started,
 /// denied, auth_failed; a checkpoint after each append when `checkpoint_every` is 1.
@@ -80,7 +77,7 @@ struct Entry {
 async fn entries(app: &TestApp) -> TestResult<Vec<Entry>> {
     let mut redis = app.redis.connection().await?;
     let reply: StreamRangeReply = redis::cmd("XRANGE")
-        .arg(LOG)
+        .arg(keys().audit_log())
         .arg("-")
         .arg("+")
         .query_async(&mut redis)
@@ -98,10 +95,13 @@ async fn entries(app: &TestApp) -> TestResult<Vec<Entry>> {
 /// Replaces the record stream (streams are append-only, so: delete and re-add).
 async fn rewrite(app: &TestApp, records: &[Entry]) -> TestResult {
     let mut redis = app.redis.connection().await?;
-    let _: () = redis::cmd("DEL").arg(LOG).query_async(&mut redis).await?;
+    let _: () = redis::cmd("DEL")
+        .arg(keys().audit_log())
+        .query_async(&mut redis)
+        .await?;
     for record in records {
         let _: String = redis::cmd("XADD")
-            .arg(LOG)
+            .arg(keys().audit_log())
             .arg("*")
             .arg("body")
             .arg(&record.body)
@@ -126,7 +126,7 @@ fn forged(event: EventKind, seq: u64, previous: &Entry, signer: &AuditSigner) ->
 async fn set_head(app: &TestApp, seq: usize, last: &Entry) -> TestResult {
     let mut redis = app.redis.connection().await?;
     let _: () = redis::cmd("HSET")
-        .arg(HEAD)
+        .arg(keys().audit_head())
         .arg("seq")
         .arg(seq)
         .arg("hash")
@@ -561,12 +561,12 @@ async fn failing_closed_refuses_triggers_the_trail_cannot_record() -> TestResult
     // Every append fails while the record stream is not a stream.
     let mut redis = app.redis.connection().await?;
     let _: () = redis::cmd("RENAME")
-        .arg(LOG)
+        .arg(keys().audit_log())
         .arg("aside")
         .query_async(&mut redis)
         .await?;
     let _: () = redis::cmd("SET")
-        .arg(LOG)
+        .arg(keys().audit_log())
         .arg("broken")
         .query_async(&mut redis)
         .await?;
@@ -577,15 +577,18 @@ async fn failing_closed_refuses_triggers_the_trail_cannot_record() -> TestResult
     assert_eq!(crate::helpers::header(&refused, "retry-after"), "5");
     assert_eq!(app.queue_len("orders").await?, 0, "nothing queued");
     let held: u64 = redis::cmd("ZCARD")
-        .arg("stepgate:{wf:orders}:held")
+        .arg(keys().held(&workflow_named("orders")?))
         .query_async(&mut redis)
         .await?;
     assert_eq!(held, 0, "nothing held");
 
-    let _: () = redis::cmd("DEL").arg(LOG).query_async(&mut redis).await?;
+    let _: () = redis::cmd("DEL")
+        .arg(keys().audit_log())
+        .query_async(&mut redis)
+        .await?;
     let _: () = redis::cmd("RENAME")
         .arg("aside")
-        .arg(LOG)
+        .arg(keys().audit_log())
         .query_async(&mut redis)
         .await?;
     crate::helpers::eventually(
@@ -788,7 +791,7 @@ async fn exported_files_and_a_trimmed_stream_keep_verifying() -> TestResult {
 async fn trimmed_through(app: &TestApp) -> TestResult<u64> {
     let mut redis = app.redis.connection().await?;
     let seq: Option<u64> = redis::cmd("HGET")
-        .arg("stepgate:{audit}:trimmed")
+        .arg(keys().audit_trimmed())
         .arg("seq")
         .query_async(&mut redis)
         .await?;

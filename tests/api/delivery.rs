@@ -8,12 +8,15 @@ use redis::streams::{StreamReadOptions, StreamReadReply};
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    RedisServer, TestApp, TestResult, TestSettings, eventually, executions, partners,
-    spawn_app_with,
+    RedisServer, TestApp, TestResult, TestSettings, eventually, executions, keys, partners,
+    spawn_app_with, workflow_named,
 };
 
-const QUEUE: &str = "stepgate:{wf:orders}:queue";
-const GROUP: &str = "stepgate-workers";
+/// The `orders` workflow's queue.
+fn queue() -> TestResult<String> {
+    Ok(keys().queue(&workflow_named("orders")?))
+}
+const GROUP: &str = stepgate::queue::WORKERS_GROUP;
 
 /// Accepts connections and never answers: a Step Functions call into it hangs until timeout.
 async fn black_hole() -> TestResult<(String, tokio::task::JoinHandle<()>)> {
@@ -30,7 +33,7 @@ async fn black_hole() -> TestResult<(String, tokio::task::JoinHandle<()>)> {
 
 async fn pending_count(app: &TestApp) -> TestResult<u64> {
     let mut redis = app.redis.connection().await?;
-    let summary: redis::streams::StreamPendingReply = redis.xpending(QUEUE, GROUP).await?;
+    let summary: redis::streams::StreamPendingReply = redis.xpending(queue()?, GROUP).await?;
     Ok(summary.count() as u64)
 }
 
@@ -84,7 +87,7 @@ async fn crash_after_start(app: &TestApp, input_override: Option<&str>) -> TestR
     let options = StreamReadOptions::default()
         .group(GROUP, "crashed-worker")
         .count(1);
-    let read: StreamReadReply = redis.xread_options(&[QUEUE], &[">"], &options).await?;
+    let read: StreamReadReply = redis.xread_options(&[queue()?], &[">"], &options).await?;
     let entry = read
         .keys
         .first()

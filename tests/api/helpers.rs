@@ -33,6 +33,16 @@ pub const REGION: &str = "us-east-1";
 pub const ROLE_ARN: &str = "arn:aws:iam::123456789012:role/sfn";
 
 /// The repository root.
+/// The Redis keys of a test app (prefix `stepgate`): tests name keys only through these.
+pub fn keys() -> Keys {
+    Keys::new("stepgate")
+}
+
+/// A workflow's name, parsed.
+pub fn workflow_named(name: &str) -> TestResult<WorkflowName> {
+    Ok(WorkflowName::parse(name)?)
+}
+
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -224,7 +234,7 @@ impl RedisServer {
     /// How many entries wait in `workflow`'s queue stream.
     pub async fn queue_len(&self, workflow: &str) -> TestResult<u64> {
         let mut redis = self.connection().await?;
-        let key = Keys::new("stepgate").queue(&WorkflowName::parse(workflow)?);
+        let key = keys().queue(&workflow_named(workflow)?);
         Ok(redis::cmd("XLEN").arg(key).query_async(&mut redis).await?)
     }
 }
@@ -972,7 +982,7 @@ impl TestApp {
     pub async fn audit_records_written(&self) -> TestResult<Vec<Value>> {
         let mut redis = self.redis.connection().await?;
         let entries: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-            .arg("stepgate:{audit}:log")
+            .arg(keys().audit_log())
             .arg("-")
             .arg("+")
             .query_async(&mut redis)

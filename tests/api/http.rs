@@ -3,7 +3,7 @@
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{TestResult, header, partners, root, spawn_app};
+use crate::helpers::{TestResult, header, keys, partners, root, spawn_app, workflow_named};
 
 #[tokio::test]
 async fn bodies_are_checked_after_authorization() -> TestResult {
@@ -204,12 +204,12 @@ async fn migrate_is_idempotent_and_creates_the_consumer_group() -> TestResult {
     let mut redis = app.redis.connection().await?;
     let groups: Vec<redis::Value> = redis::cmd("XINFO")
         .arg("GROUPS")
-        .arg("stepgate:{wf:orders}:queue")
+        .arg(keys().queue(&workflow_named("orders")?))
         .query_async(&mut redis)
         .await?;
     assert_eq!(groups.len(), 1);
     let _: () = redis::cmd("DEL")
-        .arg("stepgate:{wf:orders}:schema")
+        .arg(keys().workflow_schema(&workflow_named("orders")?))
         .query_async(&mut redis)
         .await?;
     let output = app.stepgate(&["migrate"])?;

@@ -3,7 +3,9 @@
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{RedisServer, TestResult, TestSettings, header, partners, spawn_app_with};
+use crate::helpers::{
+    RedisServer, TestResult, TestSettings, header, keys, partners, spawn_app_with, workflow_named,
+};
 
 #[tokio::test]
 async fn a_matching_deny_rule_wins_over_allow() -> TestResult {
@@ -243,7 +245,7 @@ clients = ["billing-service"]
     // The marker expires with the token, and holds only a digest of it.
     let mut redis = app.redis.connection().await?;
     let markers: Vec<String> = redis::cmd("KEYS")
-        .arg("stepgate:{wf:payouts}:jti:*")
+        .arg(keys().used_token(&workflow_named("payouts")?, "*"))
         .query_async(&mut redis)
         .await?;
     assert_eq!(markers.len(), 2);

@@ -66,13 +66,17 @@ impl Store {
         match self {
             Store::Standalone(server) => server.restart(),
             Store::Cluster(cluster) => {
+                let queue_key = match stepgate::domain::WorkflowName::parse("orders") {
+                    Ok(orders) => stepgate::queue::Keys::new("stepgate").queue(&orders),
+                    Err(e) => panic!("{e}"),
+                };
                 let holder = cluster
                     .nodes
                     .iter_mut()
                     .find(|node| {
                         let reply = Command::new("redis-cli")
                             .args(["-p", &node.port.to_string(), "type"])
-                            .arg("stepgate:{wf:orders}:queue")
+                            .arg(&queue_key)
                             .output()
                             .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
                             .unwrap_or_default();
