@@ -61,6 +61,12 @@ impl Contract {
             .copied()
             .collect();
         for (i, name) in declared.iter().enumerate() {
+            if RESERVED.contains(name) {
+                problems.push(format!(
+                    "{}: `{name}` is a Lua keyword or global of Redis' Lua",
+                    self.file
+                ));
+            }
             if declared[..i].contains(name) {
                 problems.push(format!("{}: `{name}` declared twice", self.file));
             }
@@ -75,6 +81,59 @@ impl Contract {
         problems
     }
 }
+
+/// Names a declared key or argument must not take: Lua's keywords, and the globals Redis'
+/// Lua offers (a local of that name would hide the library the script needs).
+const RESERVED: &[&str] = &[
+    "and",
+    "break",
+    "do",
+    "else",
+    "elseif",
+    "end",
+    "false",
+    "for",
+    "function",
+    "if",
+    "in",
+    "local",
+    "nil",
+    "not",
+    "or",
+    "repeat",
+    "return",
+    "then",
+    "true",
+    "until",
+    "while",
+    "redis",
+    "cjson",
+    "cmsgpack",
+    "bit",
+    "struct",
+    "table",
+    "string",
+    "math",
+    "os",
+    "tostring",
+    "tonumber",
+    "type",
+    "unpack",
+    "pairs",
+    "ipairs",
+    "next",
+    "select",
+    "error",
+    "pcall",
+    "assert",
+    "setmetatable",
+    "getmetatable",
+    "rawget",
+    "rawset",
+    "_G",
+    "KEYS",
+    "ARGV",
+];
 
 /// The file without comments and string literals (names inside them do not count).
 fn code_only(body: &str) -> String {
@@ -226,6 +285,22 @@ mod tests {
         );
         assert_eq!(body, SAMPLE.body);
         assert!(SAMPLE.problems().is_empty(), "{:?}", SAMPLE.problems());
+    }
+
+    #[test]
+    fn a_name_that_would_hide_a_lua_library_is_a_problem() {
+        let hiding = Contract {
+            body: "return table .. entry .. ids[1]",
+            keys: &["table"],
+            ..SAMPLE
+        };
+        let problems = hiding.problems();
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("`table` is a Lua keyword or global")),
+            "{problems:?}"
+        );
     }
 
     #[test]

@@ -175,11 +175,7 @@ impl Application {
 
 /// The configuration in `path`, and the text it was read from.
 pub fn load_file(path: &Path) -> anyhow::Result<(Config, String)> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let config = Config::from_file_text(&text, path)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    Ok((config, text))
+    Config::load_with_text(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 
 /// What request handlers share.

@@ -321,11 +321,17 @@ impl fmt::Display for Problem {
 impl Config {
     /// Reads `path`, applies `STEPGATE_*` overrides, and validates the result.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        Self::load_with_text(path).map(|(config, _)| config)
+    }
+
+    /// [`Config::load`], and the text the file held (for its digest).
+    pub fn load_with_text(path: &Path) -> Result<(Self, String), ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;
-        Self::from_file_text(&text, path)
+        let config = Self::from_file_text(&text, path)?;
+        Ok((config, text))
     }
 
     /// The configuration in `text`, the contents of the file at `path`: `STEPGATE_*`

@@ -166,16 +166,19 @@ pub async fn renew(
 }
 
 /// Whether `workflow` has nothing left to start: no entry in its queue (waiting or in
-/// flight: completed entries are deleted), none held for release, no deferred trigger due.
+/// flight: completed entries are deleted), none held for release, no deferred trigger due
+/// (by this process' clock). Triggers only move from the held and deferred sets into the
+/// queue, so the sets are read first: a release or promotion between the reads shows in
+/// one or the other.
 pub async fn is_settled(
     redis: &mut RedisConnection,
     keys: &Keys,
     workflow: &WorkflowName,
 ) -> RedisResult<bool> {
-    let (queued, held, due): (u64, u64, u64) = redis::pipe()
-        .xlen(keys.queue(workflow))
+    let (held, due, queued): (u64, u64, u64) = redis::pipe()
         .zcard(keys.held(workflow))
         .zcount(keys.deferred(workflow), "-inf", crate::clock::unix_ms())
+        .xlen(keys.queue(workflow))
         .query_async(redis)
         .await?;
     Ok(queued + held + due == 0)

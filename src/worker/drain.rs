@@ -184,8 +184,10 @@ impl Drain {
 
     /// Runs until nothing is left to start — every target's queue empty, nothing held, no
     /// deferred trigger due — then stops as on `shutdown` (in-flight deliveries finish
-    /// first). Tests and benchmarks wait on this condition instead of sleeping; an entry
-    /// that keeps failing keeps it running until it is dead-lettered.
+    /// first). Tests and benchmarks wait on this condition instead of sleeping. An entry
+    /// that keeps failing keeps it running until it is dead-lettered; so do held triggers
+    /// left from a time `audit.fail_closed` was on, when it is off now (nothing recovers
+    /// them); with no targets it returns at once.
     pub async fn run_until_empty(self, shutdown: CancellationToken) {
         let stop = shutdown.child_token();
         let (mut redis, keys, targets) =

@@ -61,18 +61,22 @@ impl Drain {
         };
         let mut audited = Vec::with_capacity(stranded.len());
         for (request_id, request) in stranded {
-            let request = request
-                .inspect_err(|e| tracing::warn!(error = %e, "a held trigger cannot be read"))
-                .ok();
+            let unreadable = request.as_ref().err().map(ToString::to_string);
+            let request = request.ok();
             let mut event = request_event(EventKind::Accepted, target, request.as_ref());
             event.request_id = Some(request_id.clone());
             event.input_sha256 = request
                 .as_ref()
                 .map(|r| crate::audit::record::sha256_hex(r.input.as_bytes()));
-            event.reason = Some(
-                "recovered: the admitting process stopped before releasing it (audit.fail_closed)"
-                    .into(),
-            );
+            let recovered =
+                "recovered: the admitting process stopped before releasing it (audit.fail_closed)";
+            event.reason = Some(match unreadable {
+                None => recovered.to_owned(),
+                Some(problem) => {
+                    tracing::warn!(problem = %problem, "a held trigger cannot be read");
+                    format!("{recovered}; its fields cannot be read: {problem}")
+                }
+            });
             if self.audit.record_durably(event, deadline).await.is_err() {
                 tracing::warn!(workflow = %target.workflow, "audit unavailable; held triggers stay held");
                 break;

@@ -31,7 +31,10 @@ pub fn decide(
             placement,
             stored_input,
         }))),
-        Enqueued::Duplicate { request_id } => Ok(Admitted::Duplicate { request_id }),
+        Enqueued::Duplicate { request_id } => Ok(Admitted::Duplicate {
+            workflow,
+            request_id,
+        }),
         Enqueued::KeyReused => Err(Refusal::not_audited(ApiError::IdempotencyKeyReused)),
         Enqueued::Replayed => Err(Refusal::audited(
             EventKind::AuthFailed,

@@ -33,7 +33,10 @@ pub enum Admitted {
     New(Box<NewTrigger>),
     /// A retry with the same idempotency key and body: the request it admitted before
     /// (audited then).
-    Duplicate { request_id: String },
+    Duplicate {
+        workflow: WorkflowName,
+        request_id: String,
+    },
 }
 
 /// A newly admitted trigger and what its answer and its audit record need.

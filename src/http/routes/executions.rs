@@ -19,7 +19,7 @@ use crate::http::extract::Caller;
 use crate::http::listener::RequestDeadline;
 use crate::http::trigger_body::{CreateExecution, Trigger};
 use crate::policy::{Decision, authorize};
-use crate::queue::{Placement, QueuedRequest, RequestState};
+use crate::queue::{Enqueued, Placement, QueuedRequest, RequestState};
 use crate::runtime::Runtime;
 use crate::state::{AppState, Workflow};
 
@@ -121,8 +121,11 @@ pub async fn create_execution(
             (request_id, status, Some(trigger.quota))
         }
         // A retry answered with the earlier request as it is now.
-        Admitted::Duplicate { request_id } => {
-            tracing::info!(request.id = %request_id, "idempotent retry answered with the earlier request");
+        Admitted::Duplicate {
+            workflow,
+            request_id,
+        } => {
+            tracing::info!(workflow = %workflow, request.id = %request_id, "idempotent retry answered with the earlier request");
             let status = replayed_status(&state, &request_id).await?;
             (request_id, status, None)
         }
@@ -196,7 +199,10 @@ async fn admit(
         .enqueue(&request, &checks)
         .await
         .map_err(|e| Refusal::not_audited(ApiError::redis_unavailable(&e)))?;
-    let stored_input = rules.audit_input.stored(&request.input);
+    // Redacted (parsed) only for a trigger the trail will keep: refusals do not pay for it.
+    let stored_input = matches!(enqueued, Enqueued::Queued { .. })
+        .then(|| rules.audit_input.stored(&request.input))
+        .flatten();
     admission::decide(workflow, request, checks, stored_input, enqueued)
 }
 
