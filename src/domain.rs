@@ -118,6 +118,42 @@ impl fmt::Display for RequestId {
     }
 }
 
+/// Who owns a request: the verified issuer and subject of the caller that made it. Stored
+/// as `"<issuer> <subject>"` (issuers are URLs, without spaces); only that caller may read
+/// the request's status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    /// Empty for an owner stored without an issuer.
+    pub issuer: String,
+    pub subject: String,
+}
+
+impl Owner {
+    /// Reads the stored form; text without a space is a subject alone.
+    pub fn parse(stored: &str) -> Self {
+        match stored.split_once(' ') {
+            Some((issuer, subject)) => Self {
+                issuer: issuer.to_owned(),
+                subject: subject.to_owned(),
+            },
+            None => Self {
+                issuer: String::new(),
+                subject: stored.to_owned(),
+            },
+        }
+    }
+}
+
+impl fmt::Display for Owner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.issuer.is_empty() {
+            f.write_str(&self.subject)
+        } else {
+            write!(f, "{} {}", self.issuer, self.subject)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -164,5 +200,15 @@ mod tests {
         ] {
             assert!(RequestId::parse(bad).is_err(), "{bad:?} must be refused");
         }
+    }
+
+    #[test]
+    fn an_owner_reads_back_as_it_was_stored() {
+        for stored in ["https://idp.example.com billing-service", "legacy-subject"] {
+            assert_eq!(Owner::parse(stored).to_string(), stored);
+        }
+        let owner = Owner::parse("https://idp.example.com svc with spaces");
+        assert_eq!(owner.issuer, "https://idp.example.com");
+        assert_eq!(owner.subject, "svc with spaces");
     }
 }

@@ -3,7 +3,8 @@
 
 use super::record::{AuditEvent, EventKind, sha256_hex};
 use crate::auth::Principal;
-use crate::domain::WorkflowName;
+use crate::domain::{Owner, WorkflowName};
+use crate::queue::QueuedRequest;
 
 impl AuditEvent {
     /// An event about `caller`'s request to `workflow` (if known): the verified identity and
@@ -45,5 +46,64 @@ impl AuditEvent {
         event.input_sha256 = Some(sha256_hex(input.as_bytes()));
         event.input = stored_input;
         event
+    }
+
+    /// An event of the drain about `request` of `workflow` (when its queue entry could be
+    /// read): who asked for it, and the HTTP request that did.
+    pub fn about_request(
+        kind: EventKind,
+        workflow: &WorkflowName,
+        request: Option<&QueuedRequest>,
+    ) -> Self {
+        let mut event = AuditEvent::now(kind);
+        event.workflow = Some(workflow.to_string());
+        if let Some(request) = request {
+            event.request_id = Some(request.request_id.to_string());
+            event.set_owner(&request.owner);
+            event.client_id.clone_from(&request.client_id);
+            event.http_request_id.clone_from(&request.http_request_id);
+        }
+        event
+    }
+
+    /// `started`: Step Functions started `execution_arn` for the request.
+    pub fn started(
+        workflow: &WorkflowName,
+        request: Option<&QueuedRequest>,
+        execution_arn: String,
+    ) -> Self {
+        let mut event = Self::about_request(EventKind::Started, workflow, request);
+        event.execution_arn = Some(execution_arn);
+        event
+    }
+
+    /// `dead_lettered`: the request can never start as it is, for `reason`.
+    pub fn dead_lettered(
+        workflow: &WorkflowName,
+        request: Option<&QueuedRequest>,
+        reason: String,
+    ) -> Self {
+        let mut event = Self::about_request(EventKind::DeadLettered, workflow, request);
+        event.reason = Some(reason);
+        event
+    }
+
+    /// `retried`: failed start number `attempt`, for `reason`; another follows.
+    pub fn retried(
+        workflow: &WorkflowName,
+        request: &QueuedRequest,
+        attempt: u32,
+        reason: String,
+    ) -> Self {
+        let mut event = Self::about_request(EventKind::Retried, workflow, Some(request));
+        event.attempt = Some(attempt);
+        event.reason = Some(reason);
+        event
+    }
+
+    /// The owner's issuer (when it has one) and subject.
+    fn set_owner(&mut self, owner: &Owner) {
+        self.issuer = (!owner.issuer.is_empty()).then(|| owner.issuer.clone());
+        self.subject = Some(owner.subject.clone());
     }
 }

@@ -42,8 +42,11 @@ impl Principal {
     }
 
     /// Identifies the caller across issuers: the owner of the requests it creates.
-    pub fn owner(&self) -> String {
-        format!("{} {}", self.issuer, self.subject)
+    pub fn owner(&self) -> crate::domain::Owner {
+        crate::domain::Owner {
+            issuer: self.issuer.clone(),
+            subject: self.subject.clone(),
+        }
     }
 
     /// Whether the string claim, or any element of the array claim, `name` is one of `values`.

@@ -16,7 +16,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, Header, Validation, decode, decode_header};
@@ -144,10 +143,10 @@ impl Verifier {
                 continue;
             }
             let policy = RefreshPolicy {
-                refetch_cooldown: Duration::from_secs(config.jwks_refetch_cooldown_seconds),
-                refresh_min: Duration::from_secs(config.jwks_refresh_min_seconds),
-                refresh_max: Duration::from_secs(config.jwks_refresh_max_seconds),
-                max_stale: Duration::from_secs(config.jwks_max_stale_seconds),
+                refetch_cooldown: config.jwks_refetch_cooldown,
+                refresh_min: config.jwks_refresh_min,
+                refresh_max: config.jwks_refresh_max,
+                max_stale: config.jwks_max_stale,
             };
             let issuer = config.issuer.clone();
             let keys = match (&config.jwks_file, &config.jwks_inline) {
@@ -327,7 +326,7 @@ impl Verifier {
             .verdict(
                 &digest,
                 now,
-                issuer.config.introspection_negative_cache_seconds,
+                issuer.config.introspection_negative_cache.as_secs(),
                 introspect,
             )
             .await?;

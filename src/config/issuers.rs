@@ -1,6 +1,7 @@
 //! `[[issuers]]`: the OpenID providers whose tokens are accepted.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use jsonwebtoken::Algorithm;
 use serde::Deserialize;
@@ -18,20 +19,37 @@ pub struct IssuerConfig {
     /// Signature algorithms accepted from this issuer (asymmetric only).
     #[serde(default = "default_algorithms")]
     pub algorithms: Vec<Algorithm>,
-    /// Clock skew tolerated on `exp` and `nbf`.
+    /// Clock skew tolerated on `exp` and `nbf`, in seconds: the unit of those claims and of
+    /// the JWT library's leeway, so it stays a number.
     #[serde(default = "default_leeway")]
     pub leeway_seconds: u64,
     /// Minimum time between two JWKS fetches caused by unknown `kid`s.
-    #[serde(default = "default_refetch_cooldown")]
-    pub jwks_refetch_cooldown_seconds: u64,
+    #[serde(
+        rename = "jwks_refetch_cooldown_seconds",
+        with = "super::duration::seconds",
+        default = "default_refetch_cooldown"
+    )]
+    pub jwks_refetch_cooldown: Duration,
     /// Bounds on the periodic JWKS refresh, which follows the response's `Cache-Control`.
-    #[serde(default = "default_refresh_min")]
-    pub jwks_refresh_min_seconds: u64,
-    #[serde(default = "default_refresh_max")]
-    pub jwks_refresh_max_seconds: u64,
+    #[serde(
+        rename = "jwks_refresh_min_seconds",
+        with = "super::duration::seconds",
+        default = "default_refresh_min"
+    )]
+    pub jwks_refresh_min: Duration,
+    #[serde(
+        rename = "jwks_refresh_max_seconds",
+        with = "super::duration::seconds",
+        default = "default_refresh_max"
+    )]
+    pub jwks_refresh_max: Duration,
     /// How long the last good keys keep serving while the issuer cannot be reached.
-    #[serde(default = "default_max_stale")]
-    pub jwks_max_stale_seconds: u64,
+    #[serde(
+        rename = "jwks_max_stale_seconds",
+        with = "super::duration::seconds",
+        default = "default_max_stale"
+    )]
+    pub jwks_max_stale: Duration,
     /// A fixed JWKS file instead of discovery (air-gapped sites).
     pub jwks_file: Option<PathBuf>,
     /// A fixed JWKS document, inline, instead of discovery.
@@ -48,8 +66,12 @@ pub struct IssuerConfig {
     /// issuer that did not mint it).
     pub opaque_token_prefix: Option<String>,
     /// How long an introspection's "not active" is remembered (by the token's hash).
-    #[serde(default = "default_introspection_negative_cache")]
-    pub introspection_negative_cache_seconds: u64,
+    #[serde(
+        rename = "introspection_negative_cache_seconds",
+        with = "super::duration::seconds",
+        default = "default_introspection_negative_cache"
+    )]
+    pub introspection_negative_cache: Duration,
     /// Introspection calls per second to this issuer at most (per process); beyond, callers
     /// with unknown opaque tokens get 503.
     #[serde(default = "default_introspection_rate")]
@@ -60,8 +82,8 @@ pub struct IssuerConfig {
     pub allow_insecure_http: bool,
 }
 
-fn default_introspection_negative_cache() -> u64 {
-    60
+fn default_introspection_negative_cache() -> Duration {
+    Duration::from_secs(60)
 }
 
 fn default_introspection_rate() -> u32 {
@@ -79,16 +101,16 @@ pub struct IntrospectionConfig {
     pub endpoint: Option<String>,
 }
 
-fn default_refresh_min() -> u64 {
-    60
+fn default_refresh_min() -> Duration {
+    Duration::from_secs(60)
 }
 
-fn default_refresh_max() -> u64 {
-    3600
+fn default_refresh_max() -> Duration {
+    Duration::from_secs(3600)
 }
 
-fn default_max_stale() -> u64 {
-    24 * 3600
+fn default_max_stale() -> Duration {
+    Duration::from_secs(24 * 3600)
 }
 
 fn default_algorithms() -> Vec<Algorithm> {
@@ -100,8 +122,8 @@ fn default_leeway() -> u64 {
     30
 }
 
-fn default_refetch_cooldown() -> u64 {
-    30
+fn default_refetch_cooldown() -> Duration {
+    Duration::from_secs(30)
 }
 
 impl IssuerConfig {
@@ -128,15 +150,13 @@ impl IssuerConfig {
         if self.jwks_file.is_some() && self.jwks_inline.is_some() {
             problems.add(key("jwks_file"), "set jwks_file or jwks_inline, not both");
         }
-        if self.jwks_refresh_min_seconds == 0
-            || self.jwks_refresh_min_seconds > self.jwks_refresh_max_seconds
-        {
+        if self.jwks_refresh_min.is_zero() || self.jwks_refresh_min > self.jwks_refresh_max {
             problems.add(
                 key("jwks_refresh_min_seconds"),
                 "must be at least 1 and at most jwks_refresh_max_seconds",
             );
         }
-        if self.jwks_max_stale_seconds < self.jwks_refresh_max_seconds {
+        if self.jwks_max_stale < self.jwks_refresh_max {
             problems.add(
                 key("jwks_max_stale_seconds"),
                 "must be at least jwks_refresh_max_seconds, or keys go stale between refreshes",

@@ -80,7 +80,8 @@ pub struct WorkflowRateLimits {
 #[serde(deny_unknown_fields)]
 pub struct Rate {
     pub requests: u32,
-    pub per_seconds: u64,
+    #[serde(rename = "per_seconds", with = "super::duration::seconds")]
+    pub per: std::time::Duration,
 }
 
 impl WorkflowConfig {
@@ -168,7 +169,7 @@ impl WorkflowConfig {
 
 /// A rate limit's problem, named `key`.
 pub(super) fn check_rate(key: &str, rate: Option<Rate>, problems: &mut Problems) {
-    if rate.is_some_and(|r| r.requests == 0 || r.per_seconds == 0) {
+    if rate.is_some_and(|r| r.requests == 0 || r.per.is_zero()) {
         problems.add(key, "requests and per_seconds must be at least 1");
     }
 }

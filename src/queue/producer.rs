@@ -109,7 +109,7 @@ pub enum Enqueued {
 #[derive(Serialize)]
 struct Plan<'a> {
     request_id: String,
-    owner: &'a str,
+    owner: String,
     client_id: &'a str,
     accepted_at: &'a str,
     http_request_id: &'a str,
@@ -337,7 +337,7 @@ impl Producer {
             .collect();
         let plan = Plan {
             request_id: id.to_string(),
-            owner: &request.owner,
+            owner: request.owner.to_string(),
             client_id: request.client_id.as_deref().unwrap_or(""),
             accepted_at: &request.accepted_at,
             http_request_id: request.http_request_id.as_deref().unwrap_or(""),

@@ -6,7 +6,7 @@ use redis::{FromRedisValue, Value};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::domain::RequestId;
+use crate::domain::{Owner, RequestId};
 
 /// Fields of a queue entry.
 pub mod field {
@@ -36,7 +36,7 @@ pub struct QueuedRequest {
     pub request_id: RequestId,
     /// The caller's input, byte for byte as received (valid JSON).
     pub input: String,
-    pub owner: String,
+    pub owner: Owner,
     pub client_id: Option<String>,
     pub accepted_at: String,
     /// The `x-request-id` of the HTTP request that accepted it (carried into the audit).
@@ -74,7 +74,7 @@ impl QueuedRequest {
         Ok(Self {
             request_id,
             input: text(field::INPUT)?,
-            owner: text(field::OWNER)?,
+            owner: Owner::parse(&text(field::OWNER)?),
             client_id,
             accepted_at: text(field::ACCEPTED_AT)?,
             http_request_id: optional(field::HTTP_REQUEST_ID),

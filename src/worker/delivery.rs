@@ -12,7 +12,7 @@ use super::breaker::Admit;
 use super::drain::{Drain, DrainTarget};
 use super::retry::{Next, RetrySchedule, jittered};
 use super::sfn::{SfnError, StepFunctions, execution_arn};
-use crate::audit::{AuditEvent, EventKind};
+use crate::audit::AuditEvent;
 use crate::clock::now_rfc3339;
 use crate::queue::QueuedRequest;
 use crate::queue::consumer::{self, Delivery, Outcome};
@@ -121,6 +121,7 @@ impl Drain {
         request: Option<&QueuedRequest>,
         outcome: Outcome,
     ) {
+        let workflow = &target.workflow;
         let event = match outcome {
             Outcome::Started { execution_arn } => {
                 crate::metrics::metrics()
@@ -130,15 +131,11 @@ impl Drain {
                     })
                     .inc();
                 tracing::info!(execution.arn = %execution_arn, "execution started");
-                let mut event = request_event(EventKind::Started, target, request);
-                event.execution_arn = Some(execution_arn);
-                event
+                AuditEvent::started(workflow, request, execution_arn)
             }
             Outcome::DeadLettered { reason } => {
                 tracing::warn!(reason = %reason, "entry dead-lettered");
-                let mut event = request_event(EventKind::DeadLettered, target, request);
-                event.reason = Some(reason);
-                event
+                AuditEvent::dead_lettered(workflow, request, reason)
             }
         };
         self.audit.record(event).await;
@@ -176,9 +173,7 @@ impl Drain {
                 Next::RetryAfter { pause, attempt } => (pause, attempt),
             };
             self.failures.note(&target.state_machine_arn, &error);
-            let mut event = request_event(EventKind::Retried, target, Some(request));
-            event.attempt = Some(attempt);
-            event.reason = Some(error);
+            let event = AuditEvent::retried(&target.workflow, request, attempt, error);
             self.audit.record(event).await;
             self.wait(jittered(pause), claim, shutdown).await?;
         }
@@ -387,35 +382,6 @@ pub(super) fn entry_age(entry_id: &str) -> Duration {
     Duration::from_millis(crate::clock::unix_ms().saturating_sub(queued_ms))
 }
 
-/// An event about `request` (when its entry could be read) of `target`'s workflow.
-pub(super) fn request_event(
-    kind: EventKind,
-    target: &DrainTarget,
-    request: Option<&QueuedRequest>,
-) -> AuditEvent {
-    let mut event = AuditEvent::now(kind);
-    event.workflow = Some(target.workflow.to_string());
-    if let Some(request) = request {
-        event.request_id = Some(request.request_id.to_string());
-        set_owner(&mut event, &request.owner);
-        event.client_id.clone_from(&request.client_id);
-        event.http_request_id.clone_from(&request.http_request_id);
-    }
-    event
-}
-
-/// Issuer and subject from a request's owner, `"<issuer> <subject>"` (issuers are URLs,
-/// without spaces).
-pub(super) fn set_owner(event: &mut AuditEvent, owner: &str) {
-    match owner.split_once(' ') {
-        Some((issuer, subject)) => {
-            event.issuer = Some(issuer.to_owned());
-            event.subject = Some(subject.to_owned());
-        }
-        None => event.subject = Some(owner.to_owned()),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -438,7 +404,7 @@ mod tests {
         Ok(QueuedRequest {
             request_id: RequestId::generate(WorkflowName::parse("orders")?),
             input: input.into(),
-            owner: "iss sub".into(),
+            owner: crate::domain::Owner::parse("iss sub"),
             client_id: None,
             accepted_at: now_rfc3339(),
             http_request_id: None,

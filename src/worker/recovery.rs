@@ -6,9 +6,8 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::delivery::request_event;
 use super::drain::{Drain, DrainTarget, MAX_BATCH};
-use crate::audit::EventKind;
+use crate::audit::{AuditEvent, EventKind};
 use crate::queue::waiting::{promote_due, release_held, stranded_held};
 use crate::redis_conn::RedisConnection;
 
@@ -63,7 +62,8 @@ impl Drain {
         for (request_id, request) in stranded {
             let unreadable = request.as_ref().err().map(ToString::to_string);
             let request = request.ok();
-            let mut event = request_event(EventKind::Accepted, target, request.as_ref());
+            let mut event =
+                AuditEvent::about_request(EventKind::Accepted, &target.workflow, request.as_ref());
             event.request_id = Some(request_id.clone());
             event.input_sha256 = request
                 .as_ref()

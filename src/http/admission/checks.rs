@@ -72,14 +72,14 @@ pub fn checks(
         name,
         scope,
         requests: rate.requests,
-        period: Duration::from_secs(rate.per_seconds),
+        period: rate.per,
     };
     let mut limits = Vec::new();
     if let Some(rate) = workflow.rate_limits.workflow {
         limits.push(limit("workflow", LimitScope::Workflow, rate));
     }
     // A digest: the identity is caller-chosen text and must not shape Redis keys.
-    let digest = || sha256_hex(caller.owner().as_bytes())[..32].to_owned();
+    let digest = || sha256_hex(caller.owner().to_string().as_bytes())[..32].to_owned();
     if let Some(rate) = workflow.rate_limits.per_caller {
         limits.push(limit("caller", LimitScope::Caller(digest()), rate));
     }

@@ -129,7 +129,7 @@ mod tests {
         Ok(QueuedRequest {
             request_id: RequestId::generate(workflow()?),
             input: "{}".into(),
-            owner: "iss sub".into(),
+            owner: crate::domain::Owner::parse("iss sub"),
             client_id: None,
             accepted_at: String::new(),
             http_request_id: None,

@@ -81,7 +81,7 @@ pub async fn get_request(
     let stored = stored_status(&state, &id)
         .await?
         .ok_or(ApiError::NotFound)?;
-    if stored.owner != caller.owner() {
+    if stored.owner != caller.owner().to_string() {
         return Err(ApiError::NotFound);
     }
     let not_before = (stored.not_before_ms > 0)
