@@ -32,9 +32,14 @@ pub struct Reloader {
     pub keys: Keys,
     pub targets: watch::Sender<Vec<DrainTarget>>,
     pub refreshers: KeyRefreshers,
-    /// The installed configuration, and the SHA-256 of the file content last looked at.
+    /// The installed configuration, and the SHA-256 of the file content last looked at
+    /// (with the files the installed configuration reads).
     pub current: Config,
     pub last_seen_sha256: String,
+    /// Why the content last looked at was refused, while it stays refused. It is tried
+    /// again at every poll: a file it names may appear, a partner may come back. A refusal
+    /// is recorded again only when its reason changes.
+    pub refusal: Option<String>,
 }
 
 impl Reloader {
@@ -62,8 +67,8 @@ impl Reloader {
             Ok(text) => text,
             Err(e) => {
                 if forced {
-                    self.refused(None, format!("cannot read {}: {e}", self.path.display()))
-                        .await;
+                    let reason = format!("cannot read {}: {e}", self.path.display());
+                    self.refused(None, reason, true).await;
                 }
                 return;
             }
@@ -71,25 +76,30 @@ impl Reloader {
         // The files the running configuration reads count too: a changed schema file is a
         // changed policy. (They are small; read in place like the poll's own file.)
         let seen = crate::config::digest(&text, &self.current);
-        if !forced && seen == self.last_seen_sha256 {
+        let changed = seen != self.last_seen_sha256;
+        if !forced && !changed && self.refusal.is_none() {
             return;
         }
         self.last_seen_sha256.clone_from(&seen);
+        // Recorded when asked for, when the content changed, or when the reason did.
+        let report = forced || changed;
         let config = match Config::from_file_text(&text, &self.path) {
             Ok(config) => config,
-            Err(e) => return self.refused(Some(seen), e.to_string()).await,
+            Err(e) => return self.refused(Some(seen), e.to_string(), report).await,
         };
         // Hashed over the files the new configuration reads: what the trail says took effect.
         let sha256 = crate::config::digest(&text, &config);
-        self.last_seen_sha256.clone_from(&sha256);
         match self.install(config, &sha256, shutdown).await {
             Ok(workflows) => {
+                // The next poll hashes with the files the new configuration reads.
+                self.last_seen_sha256 = crate::config::digest(&text, &self.current);
+                self.refusal = None;
                 tracing::info!(config.sha256 = %sha256, workflows, "configuration reloaded");
                 let mut event = AuditEvent::now(EventKind::ConfigReloaded);
                 event.config_sha256 = Some(sha256);
                 self.state.audit.record(event).await;
             }
-            Err(e) => self.refused(Some(sha256), e.to_string()).await,
+            Err(e) => self.refused(Some(sha256), e.to_string(), report).await,
         }
     }
 
@@ -117,7 +127,14 @@ impl Reloader {
         Ok(runtime.workflows.len())
     }
 
-    async fn refused(&self, sha256: Option<String>, reason: String) {
+    /// Keeps the running configuration; records why, unless this is a retry refused for the
+    /// same reason as the last (`report` false).
+    async fn refused(&mut self, sha256: Option<String>, reason: String, report: bool) {
+        let repeated = self.refusal.as_deref() == Some(reason.as_str());
+        self.refusal = Some(reason.clone());
+        if repeated && !report {
+            return;
+        }
         tracing::error!(config.sha256 = sha256.as_deref().unwrap_or("-"), %reason, "configuration reload refused; the running configuration stays");
         let mut event = AuditEvent::now(EventKind::ConfigRefused);
         event.config_sha256 = sha256;

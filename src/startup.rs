@@ -187,16 +187,14 @@ fn app_state(
     audit: AuditLog,
     sfn: StepFunctionsView,
 ) -> AppState {
+    let fail_closed = config.audit.fail_closed_timing();
     let producer = Producer::new(
         redis.clone(),
         keys.clone(),
         config.server.status_ttl,
-        config.audit.admission_hold(),
+        fail_closed.map(|timing| timing.hold),
     );
-    let fail_closed = config
-        .audit
-        .fail_closed
-        .then_some(config.audit.write_timeout);
+    let fail_closed = fail_closed.map(|timing| timing.write_timeout);
     AppState::new(
         App::new(runtime, producer, redis, keys, audit, sfn, &config.server)
             .failing_closed(fail_closed),
@@ -276,6 +274,7 @@ async fn start_companions(
         refreshers,
         current: config.clone(),
         last_seen_sha256: sha,
+        refusal: None,
     };
     Some(tokio::spawn(reloader.run(poll, shutdown.clone())))
 }

@@ -173,7 +173,8 @@ async fn healthcheck(
         None => {
             // Probes go to the operations listener when there is one (`/readyz` is only
             // there then).
-            let server = load(arg)?.server;
+            let server = Config::server_only(&arg.config)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", arg.config.display()))?;
             let listen = server.ops_listen.unwrap_or(server.listen);
             // A server listening on every interface answers on loopback.
             let host = if listen.ip().is_unspecified() {

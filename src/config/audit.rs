@@ -93,13 +93,30 @@ fn default_audit_write_timeout() -> Duration {
     Duration::from_secs(2)
 }
 
+/// How long an admitted trigger stays held beyond its record's write timeout before the
+/// drain takes its admitting process for dead.
+const HOLD_MARGIN: Duration = Duration::from_secs(10);
+
+/// `audit.fail_closed`'s timing, derived in this one place for admission, the API and the
+/// drain's recovery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FailClosed {
+    /// How long a trigger's record may take to be written before the trigger is refused
+    /// (503) and withdrawn; also the bound on the recovery's own write.
+    pub write_timeout: Duration,
+    /// How long an admitted trigger stays invisible to the drain for its admitting process
+    /// to write the record and release it; after that, the drain takes the process for dead
+    /// and recovers the trigger (auditing it first).
+    pub hold: Duration,
+}
+
 impl AuditConfig {
-    /// Failing closed, how long an admitted trigger stays invisible to the drain for its
-    /// admitting process to write the audit record and release it; after that, the drain
-    /// takes the process for dead and recovers the trigger (auditing it first).
-    pub fn admission_hold(&self) -> Option<std::time::Duration> {
-        self.fail_closed
-            .then(|| self.write_timeout + Duration::from_secs(10))
+    /// The timing of failing closed, when `fail_closed` is on.
+    pub fn fail_closed_timing(&self) -> Option<FailClosed> {
+        self.fail_closed.then(|| FailClosed {
+            write_timeout: self.write_timeout,
+            hold: self.write_timeout + HOLD_MARGIN,
+        })
     }
 }
 

@@ -20,7 +20,7 @@ mod files;
 mod issuers;
 mod worker;
 mod workflows;
-pub use audit::{AuditConfig, AuditFilesConfig};
+pub use audit::{AuditConfig, AuditFilesConfig, FailClosed};
 pub use files::digest;
 pub use issuers::{IntrospectionConfig, IssuerConfig};
 pub use worker::{BreakerConfig, WorkerConfig};
@@ -318,6 +318,21 @@ impl fmt::Display for Problem {
     }
 }
 
+/// The settings in `text` with the `STEPGATE_*` environment overrides on top.
+fn settings(text: &str) -> Figment {
+    Figment::new().merge(Toml::string(text)).merge(
+        // STEPGATE_CONFIG names the file itself and STEPGATE_BIN the binary (scripts/demo):
+        // they are not settings.
+        Env::prefixed("STEPGATE_")
+            .filter(|key| {
+                !NOT_SETTINGS
+                    .iter()
+                    .any(|n| key.as_str().eq_ignore_ascii_case(n))
+            })
+            .split("__"),
+    )
+}
+
 impl Config {
     /// Reads `path`, applies `STEPGATE_*` overrides, and validates the result.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -338,22 +353,27 @@ impl Config {
     /// overrides applied, relative paths resolved against the file's directory, validated,
     /// and every file it names read. Every problem is reported at once, by key and line.
     pub fn from_file_text(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let figment = Figment::new()
-            .merge(Toml::string(text))
-            // STEPGATE_CONFIG names the file itself and STEPGATE_BIN the binary (scripts/demo):
-            // they are not settings.
-            .merge(
-                Env::prefixed("STEPGATE_")
-                    .filter(|key| {
-                        !NOT_SETTINGS
-                            .iter()
-                            .any(|n| key.as_str().eq_ignore_ascii_case(n))
-                    })
-                    .split("__"),
-            );
+        let figment = settings(text);
         let directory = path.parent().unwrap_or(Path::new(""));
         let directory = std::path::absolute(directory).unwrap_or_else(|_| directory.into());
         Self::checked(&figment, text, Some(&directory))
+    }
+
+    /// Only `[server]` of the file at `path` (with its `STEPGATE_SERVER__*` overrides):
+    /// where a probe finds the process. Nothing else is read or checked — a probe must not
+    /// fail because a key file became unreadable while the process runs on what it loaded.
+    pub fn server_only(path: &Path) -> Result<ServerConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let figment = settings(&text);
+        if !figment.contains("server") {
+            return Ok(ServerConfig::default());
+        }
+        figment
+            .extract_inner::<ServerConfig>("server")
+            .map_err(|e| ConfigError::Invalid(vec![Problem::new("server", e.to_string())]))
     }
 
     /// Reads, then validates; with a `directory` (the file's), relative paths are resolved

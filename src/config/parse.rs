@@ -92,9 +92,27 @@ fn segments(key: &str) -> Vec<Segment> {
 fn syntax_problem(error: &figment::Error) -> Problem {
     Problem {
         key: "(file)".into(),
-        message: error.kind.to_string(),
+        message: without_source_lines(&error.kind.to_string()),
         line: None,
     }
+}
+
+/// The TOML parser's message without the source lines it quotes (`3 | url = "…`, and the
+/// `|` lines around them): the line may hold a secret, and the message goes to the log and
+/// to the trail's `config_refused` record. The line and column it names stay.
+fn without_source_lines(message: &str) -> String {
+    let quoted = |line: &str| {
+        let line = line.trim_start();
+        line.starts_with('|')
+            || line
+                .split_once('|')
+                .is_some_and(|(number, _)| number.trim().parse::<u64>().is_ok())
+    };
+    let kept: Vec<&str> = message
+        .lines()
+        .filter(|line| !quoted(line) && !line.trim().is_empty())
+        .collect();
+    kept.join(": ")
 }
 
 /// The dotted key and the message of one problem, in the configuration's own terms.

@@ -197,3 +197,14 @@ fn secrets_do_not_show_in_debug_output() -> Result<(), ConfigError> {
     assert!(!format!("{config:?}").contains("hunter2"));
     Ok(())
 }
+
+#[test]
+fn a_syntax_error_names_its_line_but_never_quotes_it() {
+    let text = VALID.replacen("[redis]", "[redis]\nurl = \"redis://:hunter2@h\n", 1);
+    let message = match Config::from_toml(&text) {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("a string without its closing quote was accepted"),
+    };
+    assert!(!message.contains("hunter2"), "{message}");
+    assert!(message.contains("line"), "{message}");
+}

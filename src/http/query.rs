@@ -21,7 +21,7 @@ impl QueryParams {
             form_urlencoded::parse(query.unwrap_or_default().as_bytes())
                 .map(|(name, value)| (name.into_owned(), value.into_owned()))
                 .collect();
-        for (i, (name, _)) in pairs.iter().enumerate() {
+        for (i, (name, value)) in pairs.iter().enumerate() {
             if !known.contains(&name.as_str()) {
                 return Err(ApiError::InvalidParameter(format!(
                     "unknown query parameter `{}`; this route takes: {}",
@@ -32,6 +32,13 @@ impl QueryParams {
             if !repeatable.contains(&name.as_str()) && pairs[..i].iter().any(|(n, _)| n == name) {
                 return Err(ApiError::InvalidParameter(format!(
                     "`{name}` is given more than once"
+                )));
+            }
+            // An empty filter would either match nothing or, dropped, everything: neither is
+            // what was meant.
+            if value.split(',').all(|piece| piece.trim().is_empty()) {
+                return Err(ApiError::InvalidParameter(format!(
+                    "`{name}` is given without a value"
                 )));
             }
         }
@@ -91,6 +98,12 @@ mod tests {
         let known = ["event", "limit"];
         assert!(QueryParams::parse(Some("evnt=accepted"), &known, &["event"]).is_err());
         assert!(QueryParams::parse(Some("limit=1&limit=2"), &known, &["event"]).is_err());
+        for empty in ["event=", "event=,", "event=accepted&event=", "limit="] {
+            assert!(
+                QueryParams::parse(Some(empty), &known, &["event"]).is_err(),
+                "{empty} would filter on nothing"
+            );
+        }
         let params = QueryParams::parse(
             Some("event=accepted&event=started,denied"),
             &known,

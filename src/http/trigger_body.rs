@@ -136,6 +136,12 @@ impl Trigger {
         );
         sha256_hex(framed.as_bytes())
     }
+
+    /// The fingerprint versions before v2 stored: the workflow and the body's bytes. Kept
+    /// so a retry of a request admitted before an upgrade is still recognised.
+    pub fn legacy_fingerprint(workflow: &WorkflowName, body: &[u8]) -> String {
+        sha256_hex(&[workflow.as_str().as_bytes(), b"\n", body].concat())
+    }
 }
 
 #[cfg(test)]

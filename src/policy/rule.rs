@@ -135,6 +135,12 @@ pub enum ClaimMatcherError {
     NotOneTest(String),
     #[error("claim path {0:?} is empty or has an empty segment")]
     EmptySegment(String),
+    /// Every string starts with "": most often a templated value left empty. A claim that
+    /// may hold anything says so with `glob = "*"`.
+    #[error(
+        "claim matcher on {0:?} has an empty prefix, which every string has (write glob = \"*\" to mean any value)"
+    )]
+    EmptyPrefix(String),
 }
 
 impl TryFrom<RawClaimMatcher> for ClaimMatcher {
@@ -152,6 +158,9 @@ impl TryFrom<RawClaimMatcher> for ClaimMatcher {
         let (Some(test), None) = (given.next(), given.next()) else {
             return Err(ClaimMatcherError::NotOneTest(raw.path));
         };
+        if matches!(&test, ClaimTest::Prefix(prefix) if prefix.is_empty()) {
+            return Err(ClaimMatcherError::EmptyPrefix(raw.path));
+        }
         let pointer = to_pointer(&raw.path)?;
         Ok(Self {
             path: raw.path,
@@ -371,6 +380,10 @@ mod tests {
         assert!(matcher(r#"{ path = "a" }"#).is_err());
         assert!(matcher(r#"{ path = "a", equals = 1, prefix = "x" }"#).is_err());
         assert!(matcher(r#"{ path = "a..b", equals = 1 }"#).is_err());
+        assert!(
+            matcher(r#"{ path = "sub", prefix = "" }"#).is_err(),
+            "an empty prefix would match everyone"
+        );
         assert!(
             matcher(r#"{ path = "a", equal = 1 }"#).is_err(),
             "unknown keys are refused"

@@ -5,6 +5,7 @@
 --   trace_header, traceparent ('' when absent), status_ttl,
 --   jti_ttl (0: none), max_backlog (0: none), limits: [{window, requests, period_ms}]
 --   (window: 'workflow' or 'caller'), idempotency_fingerprint ('': no key),
+--   idempotency_legacy_fingerprint (what versions before fingerprint v2 stored),
 --   idempotency_ttl, due_ms (0: now), hold_ms (0: none; else an immediate trigger is held,
 --   invisible to the drain, until the admitting process releases it once its audit record
 --   is written, or withdraws it)}
@@ -21,7 +22,8 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 if plan.idempotency_fingerprint ~= '' then
   local earlier = redis.call('HMGET', idempotency, 'request_id', 'fingerprint')
   if earlier[1] then
-    if earlier[2] == plan.idempotency_fingerprint then
+    if earlier[2] == plan.idempotency_fingerprint
+        or earlier[2] == plan.idempotency_legacy_fingerprint then
       return {'duplicate', earlier[1]}
     end
     return {'conflict'}

@@ -52,6 +52,11 @@ pub struct IdempotencyKey {
     pub id: String,
     /// Digest of what was asked (the workflow and the body): a retry must ask the same.
     pub fingerprint: String,
+    /// The same request's digest as versions before fingerprint v2 stored it (the workflow
+    /// and the body's bytes): a retry of a request admitted before an upgrade is still
+    /// recognised while its key lives (`idempotency_ttl_seconds`, a day by default). Drop it
+    /// one release after v2.
+    pub legacy_fingerprint: String,
     pub ttl_seconds: u64,
 }
 
@@ -120,6 +125,7 @@ struct Plan<'a> {
     max_backlog: u64,
     limits: Vec<PlanLimit>,
     idempotency_fingerprint: &'a str,
+    idempotency_legacy_fingerprint: &'a str,
     idempotency_ttl: u64,
     due_ms: u64,
     hold_ms: u64,
@@ -365,6 +371,10 @@ impl Producer {
                 .idempotency_key
                 .as_ref()
                 .map_or("", |k| k.fingerprint.as_str()),
+            idempotency_legacy_fingerprint: admission
+                .idempotency_key
+                .as_ref()
+                .map_or("", |k| k.legacy_fingerprint.as_str()),
             idempotency_ttl: admission
                 .idempotency_key
                 .as_ref()

@@ -111,8 +111,8 @@ impl Drain {
             breakers,
             held_recovery: config
                 .audit
-                .fail_closed
-                .then_some(config.audit.write_timeout),
+                .fail_closed_timing()
+                .map(|timing| timing.write_timeout),
             failures: RepeatedFailures::default(),
         }
     }

@@ -2,8 +2,11 @@
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
 
-use crate::helpers::{RedisServer, TestResult, TestSettings, header, partners, spawn_app_with};
+use crate::helpers::{
+    RedisServer, TestResult, TestSettings, header, keys, partners, spawn_app_with, workflow_named,
+};
 
 fn settings(workflow_toml: &str) -> TestSettings {
     // Keys of [workflows.orders] itself cannot follow its allow table: a second workflow.
@@ -286,5 +289,54 @@ async fn a_callers_total_limit_spans_workflows_and_refused_admissions_are_refund
         StatusCode::SERVICE_UNAVAILABLE,
         "backlog"
     );
+    Ok(())
+}
+
+/// A retry of a request an earlier version admitted (its idempotency record holds the old
+/// fingerprint: the workflow and the body's bytes) is still recognised after an upgrade.
+#[tokio::test]
+async fn a_retry_of_a_request_admitted_before_an_upgrade_is_recognised() -> TestResult {
+    let app = spawn_app_with(RedisServer::start(), settings("")).await?;
+    let token = partners().idp.billing_token().await?;
+    let body = serde_json::to_vec(&json!({"input": {"order_id": "A-9"}}))?;
+    let send = || {
+        app.http
+            .post(app.url("/v1/workflows/limited/executions"))
+            .bearer_auth(&token)
+            .header("idempotency-key", "order-A-9")
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+    };
+    let first = send().await?;
+    assert_eq!(first.status(), StatusCode::ACCEPTED);
+    let first: Value = first.json().await?;
+
+    // What the earlier version stored instead of today's fingerprint.
+    let mut redis = app.redis.connection().await?;
+    let workflow = workflow_named("limited")?;
+    let records: Vec<String> = redis::cmd("KEYS")
+        .arg(keys().idempotency(&workflow, "*"))
+        .query_async(&mut redis)
+        .await?;
+    let [record] = records.as_slice() else {
+        return Err(format!("one idempotency record expected: {records:?}").into());
+    };
+    let legacy = hex::encode(Sha256::digest([b"limited\n".as_slice(), &body].concat()));
+    let _: () = redis::cmd("HSET")
+        .arg(record)
+        .arg("fingerprint")
+        .arg(&legacy)
+        .query_async(&mut redis)
+        .await?;
+
+    let retry = send().await?;
+    assert_eq!(retry.status(), StatusCode::ACCEPTED);
+    assert_eq!(header(&retry, "idempotent-replayed"), "true");
+    assert_eq!(
+        retry.json::<Value>().await?["request_id"],
+        first["request_id"]
+    );
+    assert_eq!(app.queue_len("limited").await?, 1, "queued once");
     Ok(())
 }

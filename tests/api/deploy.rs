@@ -147,3 +147,35 @@ async fn the_binary_probes_a_server() -> TestResult {
     assert_eq!(down.status.code(), Some(1));
     Ok(())
 }
+
+/// The probe reads only `[server]`: a key file gone unreadable while the process runs (on
+/// what it loaded at start) must not make a live gateway look dead and get it restarted.
+#[tokio::test]
+async fn the_probe_reads_only_where_the_server_listens() -> TestResult {
+    let app = crate::helpers::spawn_app().await?;
+    let addr = app.base.trim_start_matches("http://").to_owned();
+    let running = std::fs::read_to_string(&app.config_path)?;
+    let key = app
+        .config_path
+        .with_file_name("audit.key")
+        .display()
+        .to_string();
+    assert!(
+        running.contains(&key),
+        "the test's configuration names its key"
+    );
+    let probed = running
+        .replace("listen = \"127.0.0.1:0\"", &format!("listen = \"{addr}\""))
+        .replace(&key, "/nonexistent/audit.key");
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("probe.toml");
+    std::fs::write(&config, probed)?;
+    let probe = tokio::process::Command::new(env!("CARGO_BIN_EXE_stepgate"))
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .args(["healthcheck", "--config"])
+        .arg(&config)
+        .output()
+        .await?;
+    assert!(probe.status.success(), "{probe:?}");
+    Ok(())
+}

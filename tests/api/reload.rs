@@ -260,3 +260,66 @@ clients = ["billing-service"]
     );
     Ok(())
 }
+
+/// A refused change is recorded once, not at every poll, even when the refused file names
+/// other files than the running one (a new signing key here: a restart-only change).
+#[tokio::test]
+async fn a_refused_change_is_recorded_once_while_it_stays() -> TestResult {
+    let app = spawn_app_without_drain().await?;
+    let original = std::fs::read_to_string(&app.config_path)?;
+    let dir = app.config_path.parent().ok_or("no directory")?;
+    let new_key = dir.join("new.key");
+    stepgate::audit::AuditSigner::generate().write_pair(&new_key)?;
+    let old_key = dir.join("audit.key").display().to_string();
+    std::fs::write(
+        &app.config_path,
+        original.replace(&old_key, &new_key.display().to_string()),
+    )?;
+    let events = wait_for_config_event(&app, 2).await;
+    assert_eq!(events[1]["event"], "config_refused");
+    assert_eq!(events[1]["reason"], "changes to [audit] need a restart");
+
+    // Twenty polls (config_poll_ms = 100) later, still the one record.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let events = config_events(&app).await?;
+    assert_eq!(events.len(), 2, "{events:#?}");
+    Ok(())
+}
+
+/// A change refused because a file it names is missing is installed once the file appears,
+/// although the running configuration never named that file.
+#[tokio::test]
+async fn a_file_a_refused_change_waits_for_is_noticed_when_it_appears() -> TestResult {
+    let app = spawn_app_without_drain().await?;
+    let original = std::fs::read_to_string(&app.config_path)?;
+    let schemas = tempfile::tempdir()?;
+    let schema = schemas.path().join("refunds.json");
+    let state_machine_arn = &app.state_machine_arn;
+    std::fs::write(
+        &app.config_path,
+        format!(
+            r#"{original}
+[workflows.refunds]
+state_machine_arn = "{state_machine_arn}"
+input_schema_file = "{}"
+[[workflows.refunds.allow]]
+clients = ["billing-service"]
+"#,
+            schema.display()
+        ),
+    )?;
+    let events = wait_for_config_event(&app, 2).await;
+    assert_eq!(events[1]["event"], "config_refused", "{}", events[1]);
+
+    std::fs::write(&schema, r#"{"type": "object"}"#)?;
+    let events = wait_for_config_event(&app, 3).await;
+    assert_eq!(events[2]["event"], "config_reloaded", "{}", events[2]);
+    let billing = partners().idp.billing_token().await?;
+    assert_eq!(
+        app.trigger("refunds", &billing, &json!({"input": {}}))
+            .await?
+            .status(),
+        StatusCode::ACCEPTED
+    );
+    Ok(())
+}

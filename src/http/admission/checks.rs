@@ -24,6 +24,7 @@ pub struct Ask<'a> {
     pub due_ms: Option<u64>,
     pub idempotency_key: Option<&'a str>,
     pub fingerprint: String,
+    pub legacy_fingerprint: String,
 }
 
 /// The `Idempotency-Key` header, if one (valid) was sent.
@@ -61,6 +62,7 @@ pub fn checks(
         // Digests: the caller's identity and key are caller-chosen text.
         id: sha256_hex(format!("{}\n{key}", caller.owner()).as_bytes()),
         fingerprint: ask.fingerprint.clone(),
+        legacy_fingerprint: ask.legacy_fingerprint.clone(),
         ttl_seconds: idempotency_ttl.as_secs(),
     });
     let one_time_token = if workflow.one_time_tokens {

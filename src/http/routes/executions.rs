@@ -182,6 +182,7 @@ async fn admit(
         due_ms: ask_parts.due_ms,
         idempotency_key: admission::idempotency_key(headers).map_err(Refusal::not_audited)?,
         fingerprint: ask_parts.fingerprint,
+        legacy_fingerprint: ask_parts.legacy_fingerprint,
     };
     let checks = admission::checks(runtime, rules, caller, &ask, state.idempotency_ttl).map_err(
         |e| match e {
@@ -210,6 +211,8 @@ async fn admit(
 struct BodyAsk {
     due_ms: Option<u64>,
     fingerprint: String,
+    /// The fingerprint versions before 2 stored (see `Trigger::legacy_fingerprint`).
+    legacy_fingerprint: String,
 }
 
 /// Reads and checks the body (media type, size, shape, schema, timing) into the request
@@ -233,6 +236,7 @@ async fn read_trigger(
         .map_err(|e| ApiError::InvalidBody(e.to_string()))?;
     rules.input.check(&trigger.input)?;
     let fingerprint = trigger.fingerprint(workflow);
+    let legacy_fingerprint = Trigger::legacy_fingerprint(workflow, &body);
     let request = QueuedRequest {
         request_id: RequestId::generate(workflow.clone()),
         input: trigger.input,
@@ -248,6 +252,7 @@ async fn read_trigger(
         BodyAsk {
             due_ms,
             fingerprint,
+            legacy_fingerprint,
         },
     ))
 }
