@@ -23,6 +23,20 @@ fn file_sha256(app: &TestApp) -> TestResult<String> {
     Ok(stepgate::config::digest(&text, &config))
 }
 
+/// A `refunds` workflow on `state_machine_arn` whose input schema is the file `schema`.
+fn refunds_with_schema(state_machine_arn: &str, schema: &std::path::Path) -> String {
+    format!(
+        r#"
+[workflows.refunds]
+state_machine_arn = "{state_machine_arn}"
+input_schema_file = "{}"
+[[workflows.refunds.allow]]
+clients = ["billing-service"]
+"#,
+        schema.display()
+    )
+}
+
 async fn config_events(app: &TestApp) -> TestResult<Vec<Value>> {
     Ok(app
         .audit_records()
@@ -227,16 +241,7 @@ async fn a_changed_schema_file_is_a_changed_configuration() -> TestResult {
         RedisServer::start(),
         TestSettings {
             worker_enabled: false,
-            extra_toml: format!(
-                r#"
-[workflows.refunds]
-state_machine_arn = "$STATE_MACHINE_ARN"
-input_schema_file = "{}"
-[[workflows.refunds.allow]]
-clients = ["billing-service"]
-"#,
-                schema.display()
-            ),
+            extra_toml: refunds_with_schema("$STATE_MACHINE_ARN", &schema),
             ..TestSettings::default()
         },
     )
@@ -294,19 +299,9 @@ async fn a_file_a_refused_change_waits_for_is_noticed_when_it_appears() -> TestR
     let original = std::fs::read_to_string(&app.config_path)?;
     let schemas = tempfile::tempdir()?;
     let schema = schemas.path().join("refunds.json");
-    let state_machine_arn = &app.state_machine_arn;
     std::fs::write(
         &app.config_path,
-        format!(
-            r#"{original}
-[workflows.refunds]
-state_machine_arn = "{state_machine_arn}"
-input_schema_file = "{}"
-[[workflows.refunds.allow]]
-clients = ["billing-service"]
-"#,
-            schema.display()
-        ),
+        original + &refunds_with_schema(&app.state_machine_arn, &schema),
     )?;
     let events = wait_for_config_event(&app, 2).await;
     assert_eq!(events[1]["event"], "config_refused", "{}", events[1]);
