@@ -12,6 +12,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use crate::redis_conn::RedisConnection;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -36,11 +38,24 @@ pub struct Reloader {
     /// (with the files the installed configuration reads).
     pub current: Config,
     pub last_seen_sha256: String,
-    /// Why the content last looked at was refused, while it stays refused. It is tried
-    /// again at every poll: a file it names may appear, a partner may come back. A refusal
-    /// is recorded again only when its reason changes.
-    pub refusal: Option<String>,
+    /// Why the content last looked at was refused, while it stays refused, and when to try
+    /// it again (a file it names may appear, a partner may come back); never, for a change
+    /// only a restart can make. A refusal is recorded again only when its reason changes.
+    pub refusal: Option<Refusal>,
 }
+
+/// A refused change that stays on disk.
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    reason: String,
+    /// When to try again (`None`: not until the content changes), and the pause after that.
+    retry_at: Option<Instant>,
+    pause: Duration,
+}
+
+/// The first pause before a refused change is tried again; it doubles up to the longest.
+const FIRST_RETRY: Duration = Duration::from_secs(1);
+const LONGEST_RETRY: Duration = Duration::from_secs(60);
 
 impl Reloader {
     /// Reloads on SIGHUP, and whenever the file's content changes (checked every `poll`).
@@ -67,8 +82,9 @@ impl Reloader {
             Ok(text) => text,
             Err(e) => {
                 if forced {
+                    // Recorded, but not remembered as the content's refusal: there is none.
                     let reason = format!("cannot read {}: {e}", self.path.display());
-                    self.refused(None, reason, true).await;
+                    self.record_refusal(None, reason).await;
                 }
                 return;
             }
@@ -77,15 +93,24 @@ impl Reloader {
         // changed policy. (They are small; read in place like the poll's own file.)
         let seen = crate::config::digest(&text, &self.current);
         let changed = seen != self.last_seen_sha256;
-        if !forced && !changed && self.refusal.is_none() {
+        let retry_due = self
+            .refusal
+            .as_ref()
+            .and_then(|refusal| refusal.retry_at)
+            .is_some_and(|at| Instant::now() >= at);
+        if !forced && !changed && !retry_due {
             return;
+        }
+        if changed {
+            self.refusal = None;
         }
         self.last_seen_sha256.clone_from(&seen);
         // Recorded when asked for, when the content changed, or when the reason did.
         let report = forced || changed;
         let config = match Config::from_file_text(&text, &self.path) {
             Ok(config) => config,
-            Err(e) => return self.refused(Some(seen), e.to_string(), report).await,
+            // A file it names may appear: worth trying again.
+            Err(e) => return self.refused(Some(seen), e.to_string(), report, true).await,
         };
         // Hashed over the files the new configuration reads: what the trail says took effect.
         let sha256 = crate::config::digest(&text, &config);
@@ -99,7 +124,12 @@ impl Reloader {
                 event.config_sha256 = Some(sha256);
                 self.state.audit.record(event).await;
             }
-            Err(e) => self.refused(Some(sha256), e.to_string(), report).await,
+            Err(e) => {
+                // Only a restart makes a restart-only change: trying again changes nothing.
+                let retry = !matches!(e, InstallError::RestartOnly(_));
+                self.refused(Some(sha256), e.to_string(), report, retry)
+                    .await;
+            }
         }
     }
 
@@ -127,14 +157,25 @@ impl Reloader {
         Ok(runtime.workflows.len())
     }
 
-    /// Keeps the running configuration; records why, unless this is a retry refused for the
-    /// same reason as the last (`report` false).
-    async fn refused(&mut self, sha256: Option<String>, reason: String, report: bool) {
-        let repeated = self.refusal.as_deref() == Some(reason.as_str());
-        self.refusal = Some(reason.clone());
+    /// Keeps the running configuration and remembers the refusal (to try it again after a
+    /// growing pause when `retry`); records why, unless this is a retry refused for the same
+    /// reason as the last (`report` false).
+    async fn refused(&mut self, sha256: Option<String>, reason: String, report: bool, retry: bool) {
+        let previous = self.refusal.take();
+        let repeated = previous.as_ref().is_some_and(|p| p.reason == reason);
+        let pause = previous.map_or(FIRST_RETRY, |p| (p.pause * 2).min(LONGEST_RETRY));
+        self.refusal = Some(Refusal {
+            reason: reason.clone(),
+            retry_at: retry.then(|| Instant::now() + pause),
+            pause,
+        });
         if repeated && !report {
             return;
         }
+        self.record_refusal(sha256, reason).await;
+    }
+
+    async fn record_refusal(&self, sha256: Option<String>, reason: String) {
         tracing::error!(config.sha256 = sha256.as_deref().unwrap_or("-"), %reason, "configuration reload refused; the running configuration stays");
         let mut event = AuditEvent::now(EventKind::ConfigRefused);
         event.config_sha256 = sha256;

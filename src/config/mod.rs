@@ -368,12 +368,22 @@ impl Config {
             source,
         })?;
         let figment = settings(&text);
+        // A file that does not parse is an error here too, never a silent default address.
+        if let Err(e) = figment.extract::<figment::value::Dict>() {
+            return Err(ConfigError::Invalid(vec![parse::syntax_problem(&e)]));
+        }
         if !figment.contains("server") {
             return Ok(ServerConfig::default());
         }
         figment
             .extract_inner::<ServerConfig>("server")
-            .map_err(|e| ConfigError::Invalid(vec![Problem::new("server", e.to_string())]))
+            .map_err(|e| {
+                let mut problem = parse::problem_from(&e);
+                if !problem.key.starts_with("server") {
+                    problem.key = format!("server.{}", problem.key);
+                }
+                ConfigError::Invalid(vec![problem])
+            })
     }
 
     /// Reads, then validates; with a `directory` (the file's), relative paths are resolved

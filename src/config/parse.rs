@@ -54,9 +54,24 @@ pub(super) fn extract(figment: &Figment, text: &str) -> (Option<Config>, Vec<Pro
         }
     }
     if problems.is_empty() {
-        problems.push(syntax_problem(&first));
+        problems.push(problem_from(&first));
     }
     (rest, problems)
+}
+
+/// One reading error as a problem: by key when it names one, else as a syntax error (never
+/// quoting the file's lines).
+pub(super) fn problem_from(error: &figment::Error) -> Problem {
+    if error.path.is_empty() {
+        return syntax_problem(error);
+    }
+    let path: Vec<Segment> = error.path.iter().map(|p| Segment::Key(p.clone())).collect();
+    let (key, message) = describe(&path, &error.kind);
+    Problem {
+        key,
+        message,
+        line: None,
+    }
 }
 
 /// `problems` (from the checks after reading), each with its key's line in `text`.
@@ -89,7 +104,7 @@ fn segments(key: &str) -> Vec<Segment> {
 }
 
 /// An error that is not about one key (a TOML syntax error carries its own line).
-fn syntax_problem(error: &figment::Error) -> Problem {
+pub(super) fn syntax_problem(error: &figment::Error) -> Problem {
     Problem {
         key: "(file)".into(),
         message: without_source_lines(&error.kind.to_string()),

@@ -35,8 +35,13 @@ impl QueryParams {
                 )));
             }
             // An empty filter would either match nothing or, dropped, everything: neither is
-            // what was meant.
-            if value.split(',').all(|piece| piece.trim().is_empty()) {
+            // what was meant. Only a repeatable parameter is a comma-separated list.
+            let empty = if repeatable.contains(&name.as_str()) {
+                value.split(',').all(|piece| piece.trim().is_empty())
+            } else {
+                value.is_empty()
+            };
+            if empty {
                 return Err(ApiError::InvalidParameter(format!(
                     "`{name}` is given without a value"
                 )));
@@ -98,6 +103,8 @@ mod tests {
         let known = ["event", "limit"];
         assert!(QueryParams::parse(Some("evnt=accepted"), &known, &["event"]).is_err());
         assert!(QueryParams::parse(Some("limit=1&limit=2"), &known, &["event"]).is_err());
+        // A single value is taken whole: commas are just characters of it.
+        assert!(QueryParams::parse(Some("subject=%2C"), &["subject"], &[]).is_ok());
         for empty in ["event=", "event=,", "event=accepted&event=", "limit="] {
             assert!(
                 QueryParams::parse(Some(empty), &known, &["event"]).is_err(),

@@ -179,3 +179,26 @@ async fn the_probe_reads_only_where_the_server_listens() -> TestResult {
     assert!(probe.status.success(), "{probe:?}");
     Ok(())
 }
+
+/// A file that does not parse fails the probe (never a silent probe of a default address),
+/// and its error does not quote the broken line.
+#[tokio::test]
+async fn the_probe_of_a_broken_file_fails_without_quoting_it() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("broken.toml");
+    std::fs::write(
+        &config,
+        "[server]\nlisten = \"127.0.0.1:1\"\n[redis]\nurl = \"redis://:hunter2@h\n",
+    )?;
+    let probe = tokio::process::Command::new(env!("CARGO_BIN_EXE_stepgate"))
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .args(["healthcheck", "--config"])
+        .arg(&config)
+        .output()
+        .await?;
+    assert!(!probe.status.success());
+    let stderr = String::from_utf8_lossy(&probe.stderr);
+    assert!(stderr.contains("line"), "{stderr}");
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+    Ok(())
+}

@@ -35,18 +35,23 @@ const APPEND_DELAY_ALLOWANCE_MS: u64 = 5 * 60 * 1_000;
 #[allow(dead_code)]
 pub struct AuditQuery {
     /// Only records about this workflow.
+    #[param(min_length = 1)]
     pub workflow: Option<String>,
     /// Only records whose `subject` is this (for a trigger: the caller's `sub`).
+    #[param(min_length = 1)]
     pub subject: Option<String>,
     /// Only records of these decisions or events: repeat the parameter
     /// (`event=accepted&event=started`) or separate them by commas.
     #[param(style = Form, explode)]
     pub event: Option<Vec<EventKind>>,
     /// Only records about this request (every step of one trigger: `accepted`, `started`, …).
+    #[param(min_length = 1)]
     pub request_id: Option<String>,
     /// Only records at or after this time (RFC 3339).
+    #[param(min_length = 1)]
     pub since: Option<String>,
     /// Only records at or before this time (RFC 3339).
+    #[param(min_length = 1)]
     pub until: Option<String>,
     /// Continue after this cursor (the previous page's `next_after`).
     #[param(pattern = r"^[0-9]{1,20}-[0-9]{1,20}$")]

@@ -236,7 +236,12 @@ async fn read_trigger(
         .map_err(|e| ApiError::InvalidBody(e.to_string()))?;
     rules.input.check(&trigger.input)?;
     let fingerprint = trigger.fingerprint(workflow);
-    let legacy_fingerprint = Trigger::legacy_fingerprint(workflow, &body);
+    // Only a request with a key is compared with an earlier one.
+    let legacy_fingerprint = if headers.contains_key("idempotency-key") {
+        Trigger::legacy_fingerprint(workflow, &body)
+    } else {
+        String::new()
+    };
     let request = QueuedRequest {
         request_id: RequestId::generate(workflow.clone()),
         input: trigger.input,
