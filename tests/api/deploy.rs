@@ -170,12 +170,7 @@ async fn the_probe_reads_only_where_the_server_listens() -> TestResult {
     let dir = tempfile::tempdir()?;
     let config = dir.path().join("probe.toml");
     std::fs::write(&config, probed)?;
-    let probe = tokio::process::Command::new(env!("CARGO_BIN_EXE_stepgate"))
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .args(["healthcheck", "--config"])
-        .arg(&config)
-        .output()
-        .await?;
+    let probe = probe_with(&config).await?;
     assert!(probe.status.success(), "{probe:?}");
     Ok(())
 }
@@ -190,15 +185,21 @@ async fn the_probe_of_a_broken_file_fails_without_quoting_it() -> TestResult {
         &config,
         "[server]\nlisten = \"127.0.0.1:1\"\n[redis]\nurl = \"redis://:hunter2@h\n",
     )?;
-    let probe = tokio::process::Command::new(env!("CARGO_BIN_EXE_stepgate"))
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .args(["healthcheck", "--config"])
-        .arg(&config)
-        .output()
-        .await?;
+    let probe = probe_with(&config).await?;
     assert!(!probe.status.success());
     let stderr = String::from_utf8_lossy(&probe.stderr);
     assert!(stderr.contains("line"), "{stderr}");
     assert!(!stderr.contains("hunter2"), "{stderr}");
     Ok(())
+}
+
+/// `stepgate healthcheck --config <config>`, from this test's runtime (the server runs on it).
+async fn probe_with(config: &std::path::Path) -> std::io::Result<std::process::Output> {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_stepgate"))
+        // Never the instance metadata service (a non-loopback address) from a test.
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .args(["healthcheck", "--config"])
+        .arg(config)
+        .output()
+        .await
 }
