@@ -21,4 +21,6 @@ pub mod runtime;
 pub mod startup;
 pub mod state;
 pub mod telemetry;
+#[cfg(any(test, feature = "test-helpers"))]
+pub mod testing;
 pub mod worker;

@@ -18,12 +18,12 @@ use crate::redis_conn::RedisConnection;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::audit::{AuditEvent, EventKind};
+use crate::audit::AuditEvent;
 use crate::config::Config;
+use crate::config::Workflow;
 use crate::queue::Keys;
 use crate::runtime::{KeyRefreshers, Runtime};
 use crate::state::AppState;
-use crate::worker::DrainTarget;
 
 /// Owns the running configuration and replaces it on request.
 pub struct Reloader {
@@ -32,7 +32,7 @@ pub struct Reloader {
     pub http: reqwest::Client,
     pub redis: RedisConnection,
     pub keys: Keys,
-    pub targets: watch::Sender<Vec<DrainTarget>>,
+    pub targets: watch::Sender<Vec<Arc<Workflow>>>,
     pub refreshers: KeyRefreshers,
     /// The installed configuration, and the SHA-256 of the file content last looked at
     /// (with the files the installed configuration reads).
@@ -120,9 +120,10 @@ impl Reloader {
                 self.last_seen_sha256 = crate::config::digest(&text, &self.current);
                 self.refusal = None;
                 tracing::info!(config.sha256 = %sha256, workflows, "configuration reloaded");
-                let mut event = AuditEvent::now(EventKind::ConfigReloaded);
-                event.config_sha256 = Some(sha256);
-                self.state.audit.record(event).await;
+                self.state
+                    .audit
+                    .record(AuditEvent::config_reloaded(sha256))
+                    .await;
             }
             Err(e) => {
                 // Only a restart makes a restart-only change: trying again changes nothing.
@@ -177,10 +178,10 @@ impl Reloader {
 
     async fn record_refusal(&self, sha256: Option<String>, reason: String) {
         tracing::error!(config.sha256 = sha256.as_deref().unwrap_or("-"), %reason, "configuration reload refused; the running configuration stays");
-        let mut event = AuditEvent::now(EventKind::ConfigRefused);
-        event.config_sha256 = sha256;
-        event.reason = Some(reason);
-        self.state.audit.record(event).await;
+        self.state
+            .audit
+            .record(AuditEvent::config_refused(sha256, reason))
+            .await;
     }
 }
 

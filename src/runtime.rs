@@ -10,11 +10,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::Verifier;
 use crate::auth::verifier::TrustedIssuer;
-use crate::config::Config;
+use crate::config::{Config, Workflow};
 use crate::domain::WorkflowName;
 use crate::policy::Policy;
-use crate::state::Workflow;
-use crate::worker::DrainTarget;
 
 /// How long building a runtime waits for new issuers' keys; a slow IdP delays readiness,
 /// not start-up or a reload.
@@ -25,7 +23,7 @@ const KEY_RETRY_MAX: Duration = Duration::from_secs(30);
 /// Issuers and workflows of one configuration.
 pub struct Runtime {
     pub verifier: Verifier,
-    pub workflows: HashMap<WorkflowName, Workflow>,
+    pub workflows: HashMap<WorkflowName, Arc<Workflow>>,
     /// SHA-256 (hex) of the configuration file this came from.
     pub config_sha256: String,
     /// Each caller's limit over all workflows.
@@ -61,63 +59,24 @@ impl Runtime {
         futures_util::future::join_all(loads).await;
         Ok(Self {
             verifier,
-            workflows: workflows(config)?.into_iter().collect(),
+            workflows: config
+                .checked_workflows()
+                .iter()
+                .map(|workflow| (workflow.name.clone(), Arc::clone(workflow)))
+                .collect(),
             config_sha256,
             caller_limit: config.rate_limits.per_caller,
-            admin: Policy {
-                allow: config.admin.allow.clone(),
-                deny: config.admin.deny.clone(),
-            },
-            audit_readers: Policy {
-                allow: config.audit_readers.allow.clone(),
-                deny: config.audit_readers.deny.clone(),
-            },
+            admin: config.admin.policy(),
+            audit_readers: config.audit_readers.policy(),
         })
     }
 
-    /// What the drain serves under this configuration.
-    pub fn drain_targets(&self) -> Vec<DrainTarget> {
-        let mut targets: Vec<DrainTarget> = self
-            .workflows
-            .iter()
-            .map(|(name, w)| DrainTarget {
-                workflow: name.clone(),
-                state_machine_arn: w.state_machine_arn.clone(),
-                role_arn: w.role_arn.clone(),
-                pacing: w.drain,
-            })
-            .collect();
-        targets.sort_by(|a, b| a.workflow.cmp(&b.workflow));
+    /// What the drain serves under this configuration, in name order.
+    pub fn drain_targets(&self) -> Vec<Arc<Workflow>> {
+        let mut targets: Vec<Arc<Workflow>> = self.workflows.values().cloned().collect();
+        targets.sort_by(|a, b| a.name.cmp(&b.name));
         targets
     }
-}
-
-/// The configured workflows as the request path needs them (schemas compiled).
-pub fn workflows(config: &Config) -> anyhow::Result<Vec<(WorkflowName, Workflow)>> {
-    config
-        .workflow_names()
-        .map(|(name, w)| {
-            let input = w
-                .input_rules()
-                .map_err(|e| anyhow::anyhow!("workflows.{name}.input_schema: {e}"))?;
-            let policy = Policy {
-                allow: w.allow.clone(),
-                deny: w.deny.clone(),
-            };
-            let workflow = Workflow {
-                state_machine_arn: w.state_machine_arn.clone(),
-                role_arn: w.role_arn.clone(),
-                policy,
-                input,
-                one_time_tokens: w.one_time_tokens,
-                rate_limits: w.rate_limits.clone(),
-                max_backlog: w.max_backlog,
-                drain: w.drain,
-                audit_input: w.audit.clone(),
-            };
-            Ok((name, workflow))
-        })
-        .collect()
 }
 
 /// One background task per issuer that keeps its keys fresh; follows reloads.

@@ -10,14 +10,15 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::audit::{AuditEvent, AuditLog, AuditWriter, EventKind};
+use crate::audit::{AuditEvent, AuditLog, AuditWriter};
 use crate::config::Config;
+use crate::config::Workflow;
 use crate::queue::{Keys, Producer};
 use crate::redis_conn::{RedisConnection, RedisEndpoint};
 use crate::reload::Reloader;
 use crate::runtime::{KeyRefreshers, Runtime};
 use crate::state::{App, AppState, StepFunctionsView};
-use crate::worker::{AwsStepFunctions, Breakers, Drain, DrainPartners, DrainTarget, StepFunctions};
+use crate::worker::{AwsStepFunctions, Breakers, Drain, DrainPartners, StepFunctions};
 
 /// How long the audit writer may take to write what is left at shutdown.
 const AUDIT_DRAIN: Duration = Duration::from_secs(10);
@@ -31,7 +32,7 @@ pub struct Application {
     drain: Option<Drain>,
     audit_writer: Option<AuditWriter>,
     http: reqwest::Client,
-    targets: watch::Sender<Vec<DrainTarget>>,
+    targets: watch::Sender<Vec<Arc<Workflow>>>,
     config: Config,
     /// The file the configuration came from (and is reloaded from), with its SHA-256.
     source: Option<(PathBuf, String)>,
@@ -146,7 +147,12 @@ impl Application {
         let reloader = start_companions(
             &state,
             &config,
-            source.map(|(path, sha)| (path, sha, http, targets)),
+            source.map(|(path, sha256)| ReloadSource {
+                path,
+                sha256,
+                http,
+                targets,
+            }),
             &shutdown,
         )
         .await;
@@ -229,18 +235,22 @@ fn identity_provider_client() -> anyhow::Result<reqwest::Client> {
         .context("building the HTTP client")
 }
 
+/// Where a reload comes from, and what it hands the drain.
+struct ReloadSource {
+    path: PathBuf,
+    /// The digest of the configuration the process started with.
+    sha256: String,
+    http: reqwest::Client,
+    targets: watch::Sender<Vec<Arc<Workflow>>>,
+}
+
 /// What runs beside the API: the file exporter, the `config_loaded` record, the AWS
 /// credentials watch, the issuers' key refreshers and, for a file, the reloader (returned:
 /// it holds an audit handle, so it must end before the audit writer can).
 async fn start_companions(
     state: &AppState,
     config: &Config,
-    reload: Option<(
-        PathBuf,
-        String,
-        reqwest::Client,
-        watch::Sender<Vec<DrainTarget>>,
-    )>,
+    reload: Option<ReloadSource>,
     shutdown: &CancellationToken,
 ) -> Option<tokio::task::JoinHandle<()>> {
     if let Some(files) = &config.audit.files {
@@ -255,14 +265,18 @@ async fn start_companions(
         );
         tokio::spawn(exporter.run(shutdown.clone()));
     }
-    let mut loaded = AuditEvent::now(EventKind::ConfigLoaded);
-    loaded.config_sha256 = reload.as_ref().map(|(_, sha, ..)| sha.clone());
-    state.audit.record(loaded).await;
+    let sha256 = reload.as_ref().map(|source| source.sha256.clone());
+    state.audit.record(AuditEvent::config_loaded(sha256)).await;
 
     tokio::spawn(watch_aws_credentials(state.clone(), shutdown.clone()));
     let mut refreshers = KeyRefreshers::default();
     refreshers.follow(&state.runtime(), shutdown);
-    let (path, sha, http, targets) = reload?;
+    let ReloadSource {
+        path,
+        sha256,
+        http,
+        targets,
+    } = reload?;
     let poll = config.server.config_poll;
     let reloader = Reloader {
         path,
@@ -273,7 +287,7 @@ async fn start_companions(
         targets,
         refreshers,
         current: config.clone(),
-        last_seen_sha256: sha,
+        last_seen_sha256: sha256,
         refusal: None,
     };
     Some(tokio::spawn(reloader.run(poll, shutdown.clone())))

@@ -7,25 +7,9 @@ use std::sync::{Arc, RwLock};
 use crate::redis_conn::RedisConnection;
 
 use crate::audit::AuditLog;
-use crate::config::{DrainPacing, WorkflowRateLimits};
-use crate::policy::{InputRules, Policy};
 use crate::queue::{Keys, Producer};
 use crate::runtime::Runtime;
 use crate::worker::Breakers;
-
-/// A workflow as the request path needs it.
-#[derive(Debug, Clone)]
-pub struct Workflow {
-    pub state_machine_arn: String,
-    pub role_arn: Option<String>,
-    pub policy: Policy,
-    pub input: InputRules,
-    pub one_time_tokens: bool,
-    pub rate_limits: WorkflowRateLimits,
-    pub max_backlog: Option<u64>,
-    pub drain: DrainPacing,
-    pub audit_input: crate::audit::redact::InputAudit,
-}
 
 /// The application state behind every handler; cheap to clone.
 #[derive(Clone)]

@@ -1,5 +1,6 @@
-//! Typed constructors for the events of a caller's request: each names what its kind needs,
-//! so a record never lacks its caller, workflow or reason by accident.
+//! Typed constructors for every event stepgate records: each names what its kind needs, so
+//! a record never lacks its caller, workflow or reason by accident. A caller's request and
+//! the drain's deliveries first, then operators' and the process's own events.
 
 use super::record::{AuditEvent, EventKind, sha256_hex};
 use crate::auth::Principal;
@@ -28,6 +29,22 @@ impl AuditEvent {
     ) -> Self {
         let mut event = Self::by_caller(kind, caller, workflow);
         event.reason = Some(reason);
+        event
+    }
+
+    /// `auth_failed` before any caller is known: the token's digest (if one was sent), the
+    /// issuer it claims (unverified, a bounded hint), and the client's address.
+    pub fn token_refused(
+        reason: &str,
+        token_sha256: Option<String>,
+        claimed_issuer: Option<String>,
+        client_addr: Option<std::net::IpAddr>,
+    ) -> Self {
+        let mut event = AuditEvent::now(EventKind::AuthFailed);
+        event.reason = Some(reason.to_owned());
+        event.token_sha256 = token_sha256;
+        event.issuer = claimed_issuer;
+        event.client_addr = client_addr.map(|addr| addr.to_string());
         event
     }
 
@@ -101,9 +118,136 @@ impl AuditEvent {
         event
     }
 
+    /// `denied`: `caller` may not use an operator API (`api`); `requested` is the workflow
+    /// asked for, where the route names one (cut to a bounded hint).
+    pub fn operator_denied(
+        api: OperatorApi,
+        caller: &Principal,
+        requested: Option<String>,
+        reason: &str,
+    ) -> Self {
+        let mut event = Self::by_caller(EventKind::Denied, caller, None);
+        event.requested = requested;
+        event.reason = Some(format!("{}: {reason}", api.name()));
+        event
+    }
+
+    /// A dead letter replayed (`replayed`) or purged (`failed`) by `caller` through the
+    /// admin API.
+    pub fn dead_letter_by_caller(
+        handled: DeadLetterHandled,
+        caller: &Principal,
+        workflow: &WorkflowName,
+        request_id: &str,
+    ) -> Self {
+        let mut event = Self::by_caller(handled.kind(), caller, Some(workflow));
+        event.request_id = Some(request_id.to_owned());
+        event.reason = Some(format!(
+            "dead letter {} through the admin API",
+            handled.verb()
+        ));
+        event
+    }
+
+    /// A dead letter replayed or purged with the stepgate CLI by `operator` (the account
+    /// the CLI ran as, see `cli::operator`).
+    pub fn dead_letter_by_cli(
+        handled: DeadLetterHandled,
+        operator: &str,
+        workflow: &WorkflowName,
+        request_id: &str,
+    ) -> Self {
+        let mut event = AuditEvent::now(handled.kind());
+        event.workflow = Some(workflow.to_string());
+        event.request_id = Some(request_id.to_owned());
+        event.subject = Some(operator.to_owned());
+        event.reason = Some(format!(
+            "dead letter {} with the stepgate CLI",
+            handled.verb()
+        ));
+        event
+    }
+
+    /// `config_loaded`: the process started with the configuration of digest `sha256`.
+    pub fn config_loaded(sha256: Option<String>) -> Self {
+        let mut event = AuditEvent::now(EventKind::ConfigLoaded);
+        event.config_sha256 = sha256;
+        event
+    }
+
+    /// `config_reloaded`: the configuration of digest `sha256` took effect.
+    pub fn config_reloaded(sha256: String) -> Self {
+        let mut event = AuditEvent::now(EventKind::ConfigReloaded);
+        event.config_sha256 = Some(sha256);
+        event
+    }
+
+    /// `config_refused`: a changed configuration (digest `sha256`, when it could be read)
+    /// did not take effect, for `reason`; the running one stays.
+    pub fn config_refused(sha256: Option<String>, reason: String) -> Self {
+        let mut event = AuditEvent::now(EventKind::ConfigRefused);
+        event.config_sha256 = sha256;
+        event.reason = Some(reason);
+        event
+    }
+
+    /// `key_rotated`: signed by the retiring key `old_kid`, it hands the chain to `new_kid`,
+    /// whose Ed25519 public key (base64) it carries.
+    pub fn key_rotated(old_kid: &str, new_kid: &str, public_key_base64: String) -> Self {
+        let mut event = AuditEvent::now(EventKind::KeyRotated);
+        event.new_kid = Some(new_kid.to_owned());
+        event.public_key = Some(public_key_base64);
+        event.reason = Some(format!("signing key {old_kid} retired"));
+        event
+    }
+
     /// The owner's issuer (when it has one) and subject.
     fn set_owner(&mut self, owner: &Owner) {
         self.issuer = (!owner.issuer.is_empty()).then(|| owner.issuer.clone());
         self.subject = Some(owner.subject.clone());
+    }
+}
+
+/// The operator APIs a caller may be refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OperatorApi {
+    /// `/v1/admin/…`: dead letters.
+    Admin,
+    /// `GET /v1/audit`.
+    Audit,
+}
+
+impl OperatorApi {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Admin => "admin API",
+            Self::Audit => "audit API",
+        }
+    }
+}
+
+/// What an operator did with a dead letter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeadLetterHandled {
+    /// Queued again (`replayed`).
+    Replayed,
+    /// Removed for good (`failed`).
+    Purged,
+}
+
+impl DeadLetterHandled {
+    fn kind(self) -> EventKind {
+        match self {
+            Self::Replayed => EventKind::Replayed,
+            Self::Purged => EventKind::Failed,
+        }
+    }
+
+    /// The past participle the trail and the CLI print.
+    pub fn verb(self) -> &'static str {
+        match self {
+            Self::Replayed => "replayed",
+            Self::Purged => "purged",
+        }
     }
 }

@@ -18,6 +18,7 @@ pub mod trail;
 pub mod verify;
 pub mod writer;
 
+pub use events::{DeadLetterHandled, OperatorApi};
 pub use record::{AuditEvent, EventKind};
 pub use signer::AuditSigner;
 pub use writer::{AuditLog, AuditWriter, WriterSettings};

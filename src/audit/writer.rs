@@ -20,7 +20,7 @@ use tokio::time::Instant;
 
 use super::checkpoint::Checkpoint;
 use super::merkle::leaf_hash;
-use super::record::{AuditEvent, EventKind, sha256_hex};
+use super::record::{AuditEvent, sha256_hex};
 use super::refusals::{RefusalAggregator, SharedRefusals};
 use super::scripts::{Append, AppendArgs, AppendKeys};
 use super::signer::AuditSigner;
@@ -410,10 +410,8 @@ impl AuditWriter {
             records.push((body, sig));
         };
         if let (Some(old), false) = (rotating_from, events.is_empty()) {
-            let mut rotation = AuditEvent::now(EventKind::KeyRotated);
-            rotation.new_kid = Some(ours.to_owned());
-            rotation.public_key = Some(BASE64.encode(self.signer.verifying_key().as_bytes()));
-            rotation.reason = Some(format!("signing key {} retired", old.kid()));
+            let public_key = BASE64.encode(self.signer.verifying_key().as_bytes());
+            let rotation = AuditEvent::key_rotated(old.kid(), ours, public_key);
             push(&rotation, old, true);
         }
         for (i, event) in events.iter().enumerate() {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::Subcommand;
 
 use super::{ConfigArg, load, redis_endpoint};
-use crate::audit::{AuditEvent, EventKind};
+use crate::audit::{AuditEvent, DeadLetterHandled};
 use crate::clock::now_rfc3339;
 use crate::domain::WorkflowName;
 use crate::queue::Keys;
@@ -139,17 +139,16 @@ async fn operate(selection: Selection, operation: Operation) -> anyhow::Result<E
             missing += 1;
             continue;
         }
-        let (kind, verb) = match operation {
-            Operation::Replay => (EventKind::Replayed, "replayed"),
-            Operation::Purge => (EventKind::Failed, "purged"),
+        let handled = match operation {
+            Operation::Replay => DeadLetterHandled::Replayed,
+            Operation::Purge => DeadLetterHandled::Purged,
         };
-        let mut event = AuditEvent::now(kind);
-        event.workflow = Some(workflow.to_string());
-        event.request_id = Some(id.clone());
-        event.subject = Some(operator.clone());
-        event.reason = Some(format!("dead letter {verb} with the stepgate CLI"));
-        audit.record(event).await;
-        println!("{id}: {verb}");
+        audit
+            .record(AuditEvent::dead_letter_by_cli(
+                handled, &operator, &workflow, id,
+            ))
+            .await;
+        println!("{id}: {}", handled.verb());
     }
     // Every record is in the trail before the command reports success.
     audit.flush().await;

@@ -23,24 +23,20 @@ pub(super) async fn explain_policy(
     claims: Option<&std::path::Path>,
 ) -> anyhow::Result<ExitCode> {
     let config = load(arg)?;
-    let access = |access: &crate::config::AccessConfig| crate::policy::Policy {
-        allow: access.allow.clone(),
-        deny: access.deny.clone(),
-    };
     let (title, policy) = match section {
         PolicySection::Workflow(workflow) => {
-            let workflows = crate::runtime::workflows(&config)?;
-            let Some((name, rules)) = workflows
-                .into_iter()
-                .find(|(name, _)| name.as_str() == workflow)
+            let Some(found) = config
+                .checked_workflows()
+                .iter()
+                .find(|checked| checked.name.as_str() == workflow)
             else {
                 anyhow::bail!("no workflow named {workflow:?} in {}", arg.config.display());
             };
-            (format!("workflow {name}"), rules.policy)
+            (format!("workflow {}", found.name), found.policy.clone())
         }
-        PolicySection::Admin => ("[admin]".to_owned(), access(&config.admin)),
+        PolicySection::Admin => ("[admin]".to_owned(), config.admin.policy()),
         PolicySection::AuditReaders => {
-            ("[audit_readers]".to_owned(), access(&config.audit_readers))
+            ("[audit_readers]".to_owned(), config.audit_readers.policy())
         }
     };
     let Some(caller) = caller_to_explain(&config, token, claims).await? else {

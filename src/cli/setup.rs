@@ -15,7 +15,11 @@ use crate::startup::connect_redis;
 pub(super) async fn migrate(arg: &ConfigArg) -> anyhow::Result<ExitCode> {
     let config = load(arg)?;
     let redis = connect_redis(&redis_endpoint(&config)?, std::time::Duration::from_secs(5)).await?;
-    let names: Vec<_> = config.workflow_names().map(|(name, _)| name).collect();
+    let names: Vec<_> = config
+        .checked_workflows()
+        .iter()
+        .map(|workflow| workflow.name.clone())
+        .collect();
     let ran = crate::migrations::apply(
         &mut redis.clone(),
         &Keys::new(&config.redis.key_prefix),

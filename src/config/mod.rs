@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use figment::Figment;
@@ -24,11 +25,12 @@ pub use audit::{AuditConfig, AuditFilesConfig, FailClosed};
 pub use files::digest;
 pub use issuers::{IntrospectionConfig, IssuerConfig};
 pub use worker::{BreakerConfig, WorkerConfig};
-pub use workflows::{DrainPacing, GlobalRateLimits, Rate, WorkflowConfig, WorkflowRateLimits};
+pub use workflows::{
+    DrainPacing, GlobalRateLimits, Rate, Workflow, WorkflowConfig, WorkflowRateLimits,
+};
 mod parse;
 mod validate;
 
-use crate::domain::WorkflowName;
 use crate::policy::Rule;
 
 /// Step Functions rejects inputs over 256 KiB; a larger body could never start.
@@ -65,7 +67,12 @@ pub struct Config {
     #[serde(default)]
     pub audit_readers: AccessConfig,
     pub issuers: Vec<IssuerConfig>,
+    /// As written; [`Config::checked_workflows`] is what the rest of stepgate uses.
     pub workflows: BTreeMap<String, WorkflowConfig>,
+    /// Filled once every check passed: the workflows under their parsed names, schemas
+    /// compiled.
+    #[serde(skip)]
+    checked_workflows: Vec<Arc<Workflow>>,
 }
 
 /// `[server]`
@@ -239,6 +246,16 @@ pub struct AccessConfig {
     pub deny: Vec<Rule>,
 }
 
+impl AccessConfig {
+    /// The policy these rules make.
+    pub fn policy(&self) -> crate::policy::Policy {
+        crate::policy::Policy {
+            allow: self.allow.clone(),
+            deny: self.deny.clone(),
+        }
+    }
+}
+
 /// `[auth]`: settings common to all issuers.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -402,9 +419,14 @@ impl Config {
         if let Some(directory) = directory {
             config.resolve_paths(directory);
         }
-        if let Err(ConfigError::Invalid(found)) = config.validate() {
-            later.extend(found);
-        }
+        let checked_workflows = match config.validate() {
+            Ok(workflows) => workflows,
+            Err(ConfigError::Invalid(found)) => {
+                later.extend(found);
+                Vec::new()
+            }
+            Err(_) => Vec::new(),
+        };
         if directory.is_some() {
             later.extend(config.check_files());
         }
@@ -422,6 +444,7 @@ impl Config {
         });
         problems.extend(later);
         if problems.is_empty() {
+            config.checked_workflows = checked_workflows;
             return Ok(config);
         }
         let mut problems = parse::with_lines(problems, text);
@@ -470,11 +493,9 @@ impl Config {
         sections
     }
 
-    /// The configured workflows under their parsed names (valid after [`Config::validate`]).
-    pub fn workflow_names(&self) -> impl Iterator<Item = (WorkflowName, &WorkflowConfig)> {
-        self.workflows
-            .iter()
-            .filter_map(|(name, wf)| WorkflowName::parse(name).ok().map(|n| (n, wf)))
+    /// The configured workflows, checked: names parsed, schemas compiled (in name order).
+    pub fn checked_workflows(&self) -> &[Arc<Workflow>] {
+        &self.checked_workflows
     }
 }
 

@@ -2,7 +2,9 @@
 //! section checks itself (`check` in its module); this file runs them in order, and the
 //! checks that span sections.
 
-use super::{Config, ConfigError, IssuerConfig, MIN_HEADER_BYTES, Problem};
+use std::sync::Arc;
+
+use super::{Config, ConfigError, IssuerConfig, MIN_HEADER_BYTES, Problem, Workflow};
 
 /// The problems found so far, reported all at once.
 #[derive(Debug, Default)]
@@ -15,8 +17,9 @@ impl Problems {
 }
 
 impl Config {
-    /// Checks what types cannot say; reports every problem at once.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    /// Checks what types cannot say; reports every problem at once. Without problems, the
+    /// checked workflows.
+    pub(super) fn validate(&self) -> Result<Vec<Arc<Workflow>>, ConfigError> {
         let mut problems = Problems::default();
         self.check_redis(&mut problems);
         self.check_server(&mut problems);
@@ -51,11 +54,13 @@ impl Config {
         if self.workflows.is_empty() {
             problems.add("workflows", "at least one workflow is required");
         }
-        for (name, workflow) in &self.workflows {
-            workflow.check(name, &self.aws.region, &mut problems);
-        }
+        let checked: Vec<_> = self
+            .workflows
+            .iter()
+            .filter_map(|(name, workflow)| workflow.check(name, &self.aws.region, &mut problems))
+            .collect();
         if problems.0.is_empty() {
-            Ok(())
+            Ok(checked)
         } else {
             Err(ConfigError::Invalid(problems.0))
         }

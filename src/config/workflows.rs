@@ -1,12 +1,14 @@
 //! `[workflows.<name>]` and the rate limits over them.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use serde::Deserialize;
 
 use super::validate::Problems;
+use crate::audit::redact::InputAudit;
 use crate::domain::WorkflowName;
-use crate::policy::{InputRules, Rule, SchemaError};
+use crate::policy::{InputRules, Policy, Rule, SchemaError};
 
 /// `[workflows.<name>]`
 #[derive(Debug, Clone, Deserialize)]
@@ -84,25 +86,50 @@ pub struct Rate {
     pub per: std::time::Duration,
 }
 
-impl WorkflowConfig {
-    /// The compiled input rules (the schema file is read here).
-    pub fn input_rules(&self) -> Result<InputRules, SchemaError> {
-        InputRules::load(
-            self.max_input_bytes,
-            self.input_schema.as_deref(),
-            self.input_schema_file.as_deref(),
-        )
+/// A workflow as every part of stepgate sees it once its configuration is checked: the
+/// request path (policy, input rules, limits) and the drain (state machine, role, pacing)
+/// share this one shape. Built only by [`WorkflowConfig::check`], so its name is parsed
+/// and its schema compiled once, whether at start-up or on a reload.
+#[derive(Debug, Clone)]
+pub struct Workflow {
+    pub name: WorkflowName,
+    pub state_machine_arn: String,
+    /// The role to start executions with, if not the process's own.
+    pub role_arn: Option<String>,
+    pub policy: Policy,
+    pub input: InputRules,
+    pub one_time_tokens: bool,
+    pub rate_limits: WorkflowRateLimits,
+    pub max_backlog: Option<u64>,
+    pub drain: DrainPacing,
+    pub audit_input: InputAudit,
+}
+
+impl Workflow {
+    /// Whether `other` is delivered exactly as this one: a reload that changes only the
+    /// policy, limits or input rules keeps the workflow's reader (and its pending entries).
+    pub fn same_delivery(&self, other: &Workflow) -> bool {
+        self.name == other.name
+            && self.state_machine_arn == other.state_machine_arn
+            && self.role_arn == other.role_arn
+            && self.drain == other.drain
     }
 }
 
 impl WorkflowConfig {
     /// Its problems, named by `workflows.<name>`'s keys; its state machine must be in
-    /// `aws_region`, where stepgate calls Step Functions.
-    pub(super) fn check(&self, name: &str, aws_region: &str, problems: &mut Problems) {
+    /// `aws_region`, where stepgate calls Step Functions. Without problems, the checked
+    /// workflow (the schema file is read and compiled here, once).
+    pub(super) fn check(
+        &self,
+        name: &str,
+        aws_region: &str,
+        problems: &mut Problems,
+    ) -> Option<Arc<Workflow>> {
         let key = |field: &str| format!("workflows.{name}.{field}");
-        if let Err(e) = WorkflowName::parse(name) {
-            problems.add(format!("workflows.{name}"), e.to_string());
-        }
+        let parsed = WorkflowName::parse(name)
+            .inspect_err(|e| problems.add(format!("workflows.{name}"), e.to_string()))
+            .ok();
         if !is_state_machine_arn(&self.state_machine_arn) {
             problems.add(
                 key("state_machine_arn"),
@@ -131,14 +158,17 @@ impl WorkflowConfig {
                 "expected arn:<partition>:iam::<account>:role/<name>",
             );
         }
-        if let Err(e) = self.input_rules() {
-            let written = if self.input_schema_file.is_some() {
-                "input_schema_file"
-            } else {
-                "input_schema"
-            };
-            problems.add(key(written), e.to_string());
-        }
+        let input = self
+            .input_rules()
+            .inspect_err(|e| {
+                let written = if self.input_schema_file.is_some() {
+                    "input_schema_file"
+                } else {
+                    "input_schema"
+                };
+                problems.add(key(written), e.to_string());
+            })
+            .ok();
         for pointer in self.audit.invalid_pointers() {
             problems.add(
                 key("audit.redact"),
@@ -164,6 +194,34 @@ impl WorkflowConfig {
         if self.max_backlog == Some(0) {
             problems.add(key("max_backlog"), "must be at least 1");
         }
+        Some(Arc::new(self.checked(parsed?, input?)))
+    }
+
+    fn checked(&self, name: WorkflowName, input: InputRules) -> Workflow {
+        Workflow {
+            name,
+            state_machine_arn: self.state_machine_arn.clone(),
+            role_arn: self.role_arn.clone(),
+            policy: Policy {
+                allow: self.allow.clone(),
+                deny: self.deny.clone(),
+            },
+            input,
+            one_time_tokens: self.one_time_tokens,
+            rate_limits: self.rate_limits.clone(),
+            max_backlog: self.max_backlog,
+            drain: self.drain,
+            audit_input: self.audit.clone(),
+        }
+    }
+
+    /// The compiled input rules (the schema file is read here).
+    fn input_rules(&self) -> Result<InputRules, SchemaError> {
+        InputRules::load(
+            self.max_input_bytes,
+            self.input_schema.as_deref(),
+            self.input_schema_file.as_deref(),
+        )
     }
 }
 

@@ -9,7 +9,7 @@ use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 
 use super::error::ApiError;
-use crate::audit::{AuditEvent, EventKind};
+use crate::audit::AuditEvent;
 use crate::auth::verifier::token_sha256;
 use crate::auth::{Principal, unverified};
 use crate::runtime::Runtime;
@@ -79,17 +79,16 @@ pub fn bearer_token<'a>(
 }
 
 async fn audit_refusal(state: &AppState, parts: &Parts, token: Option<&str>, reason: &str) {
-    let mut event = AuditEvent::now(EventKind::AuthFailed);
-    event.reason = Some(reason.to_owned());
-    event.token_sha256 = token.map(token_sha256);
-    // Attacker-controlled: kept only as a bounded hint of who the token claims to be from.
-    event.issuer = token
-        .and_then(unverified::issuer)
-        .map(|iss| iss.chars().take(MAX_UNVERIFIED_ISSUER).collect());
-    event.client_addr = parts
+    let client_addr = parts
         .extensions
         .get::<ConnectInfo<SocketAddr>>()
-        .map(|ConnectInfo(addr)| addr.ip().to_string());
+        .map(|ConnectInfo(addr)| addr.ip());
+    // Attacker-controlled: kept only as a bounded hint of who the token claims to be from.
+    let claimed_issuer = token
+        .and_then(unverified::issuer)
+        .map(|iss| iss.chars().take(MAX_UNVERIFIED_ISSUER).collect());
+    let mut event =
+        AuditEvent::token_refused(reason, token.map(token_sha256), claimed_issuer, client_addr);
     // Only a configured workflow: a made-up name would tell nothing and, as a source of
     // refusals, let a client mint one record per request (see audit::refusals).
     let runtime = state.runtime();

@@ -9,11 +9,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::breaker::Admit;
-use super::drain::{Drain, DrainTarget};
+use super::drain::Drain;
 use super::retry::{Next, RetrySchedule, jittered};
 use super::sfn::{SfnError, StepFunctions, execution_arn};
 use crate::audit::AuditEvent;
 use crate::clock::now_rfc3339;
+use crate::config::Workflow;
 use crate::queue::QueuedRequest;
 use crate::queue::consumer::{self, Delivery, Outcome};
 
@@ -52,12 +53,12 @@ impl Drain {
     /// pending for a later delivery.
     pub(super) async fn deliver(
         &self,
-        target: &DrainTarget,
+        target: &Workflow,
         delivery: Delivery,
         shutdown: &CancellationToken,
     ) {
         let span =
-            tracing::info_span!("deliver", workflow = %target.workflow, entry = %delivery.entry_id);
+            tracing::info_span!("deliver", workflow = %target.name, entry = %delivery.entry_id);
         // Before the span is first entered: entering starts it, with whatever parent it has.
         if let Ok(request) = &delivery.request {
             crate::telemetry::continue_trace(&span, request.traceparent.as_deref());
@@ -69,12 +70,12 @@ impl Drain {
 
     async fn deliver_in_span(
         &self,
-        target: &DrainTarget,
+        target: &Workflow,
         delivery: Delivery,
         shutdown: &CancellationToken,
     ) {
         let mut claim = Claim {
-            queue: self.keys.queue(&target.workflow),
+            queue: self.keys.queue(&target.name),
             entry_id: delivery.entry_id.clone(),
             renewed: Instant::now(),
             every: self.config.claim_renewal().max(Duration::from_millis(1)),
@@ -117,17 +118,17 @@ impl Drain {
     /// The audit record (and metric, and log line) of an outcome this delivery recorded.
     async fn audit_outcome(
         &self,
-        target: &DrainTarget,
+        target: &Workflow,
         request: Option<&QueuedRequest>,
         outcome: Outcome,
     ) {
-        let workflow = &target.workflow;
+        let workflow = &target.name;
         let event = match outcome {
             Outcome::Started { execution_arn } => {
                 crate::metrics::metrics()
                     .executions_started
                     .get_or_create(&crate::metrics::WorkflowLabels {
-                        workflow: target.workflow.to_string(),
+                        workflow: target.name.to_string(),
                     })
                     .inc();
                 tracing::info!(execution.arn = %execution_arn, "execution started");
@@ -148,7 +149,7 @@ impl Drain {
     /// nothing counts against it).
     async fn start_with_retries(
         &self,
-        target: &DrainTarget,
+        target: &Workflow,
         request: &QueuedRequest,
         claim: &mut Claim,
         shutdown: &CancellationToken,
@@ -173,7 +174,7 @@ impl Drain {
                 Next::RetryAfter { pause, attempt } => (pause, attempt),
             };
             self.failures.note(&target.state_machine_arn, &error);
-            let event = AuditEvent::retried(&target.workflow, request, attempt, error);
+            let event = AuditEvent::retried(&target.name, request, attempt, error);
             self.audit.record(event).await;
             self.wait(jittered(pause), claim, shutdown).await?;
         }
@@ -183,7 +184,7 @@ impl Drain {
     /// it; the breaker learns from its answer.
     async fn attempt(
         &self,
-        target: &DrainTarget,
+        target: &Workflow,
         request: &QueuedRequest,
         claim: &mut Claim,
         shutdown: &CancellationToken,
@@ -289,7 +290,7 @@ impl Drain {
     /// Records the outcome in Redis, retrying a failed call a few times.
     async fn complete_with_retries(
         &self,
-        target: &DrainTarget,
+        target: &Workflow,
         request: Option<&QueuedRequest>,
         entry_id: &str,
         outcome: &Outcome,
@@ -302,7 +303,7 @@ impl Drain {
             let done = consumer::complete(
                 &mut redis,
                 &self.keys,
-                &target.workflow,
+                &target.name,
                 id,
                 entry_id,
                 outcome,
@@ -327,7 +328,7 @@ impl Drain {
 /// One `StartExecution`, treating "already exists with the same input" as started.
 pub async fn start_once(
     sfn: &dyn StepFunctions,
-    target: &DrainTarget,
+    target: &Workflow,
     request: &QueuedRequest,
 ) -> Result<String, SfnError> {
     let name = request.request_id.execution_name();
@@ -391,12 +392,18 @@ mod tests {
 
     const ARN: &str = "arn:aws:states:us-east-1:123456789012:stateMachine:orders";
 
-    fn target() -> DrainTarget {
-        DrainTarget {
-            workflow: WorkflowName::parse("orders").unwrap_or_else(|e| panic!("{e}")),
+    fn target() -> Workflow {
+        Workflow {
+            name: WorkflowName::parse("orders").unwrap_or_else(|e| panic!("{e}")),
             state_machine_arn: ARN.into(),
             role_arn: None,
-            pacing: DrainPacing::default(),
+            policy: crate::policy::Policy::default(),
+            input: crate::policy::InputRules::default(),
+            one_time_tokens: false,
+            rate_limits: crate::config::WorkflowRateLimits::default(),
+            max_backlog: None,
+            drain: DrainPacing::default(),
+            audit_input: crate::audit::redact::InputAudit::default(),
         }
     }
 

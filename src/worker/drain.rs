@@ -23,7 +23,7 @@ use super::breaker::Breakers;
 use super::repeated::RepeatedFailures;
 use super::sfn::StepFunctions;
 use crate::audit::AuditLog;
-use crate::config::{Config, DrainPacing, WorkerConfig};
+use crate::config::{Config, WorkerConfig, Workflow};
 use crate::domain::WorkflowName;
 use crate::queue::Keys;
 use crate::queue::consumer::{self, Delivery};
@@ -34,16 +34,6 @@ pub(super) const MAX_BATCH: usize = 64;
 
 /// How often `run_until_empty` checks whether the queues are empty.
 const SETTLED_POLL: Duration = Duration::from_millis(10);
-
-/// A workflow the drain serves.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DrainTarget {
-    pub workflow: WorkflowName,
-    pub state_machine_arn: String,
-    /// The role to start executions with, if not the process's own.
-    pub role_arn: Option<String>,
-    pub pacing: DrainPacing,
-}
 
 /// What a drain talks to.
 pub struct DrainPartners {
@@ -62,7 +52,7 @@ pub struct Drain {
     pub(super) redis: RedisConnection,
     pub(super) keys: Keys,
     /// The workflows to serve; a configuration reload sends new ones.
-    pub(super) targets: watch::Receiver<Vec<DrainTarget>>,
+    pub(super) targets: watch::Receiver<Vec<Arc<Workflow>>>,
     pub(super) sfn: Arc<dyn StepFunctions>,
     pub(super) audit: AuditLog,
     pub(super) config: WorkerConfig,
@@ -82,7 +72,7 @@ impl Drain {
     pub fn new(
         partners: DrainPartners,
         keys: Keys,
-        targets: watch::Receiver<Vec<DrainTarget>>,
+        targets: watch::Receiver<Vec<Arc<Workflow>>>,
         config: &Config,
     ) -> Self {
         let DrainPartners {
@@ -144,23 +134,23 @@ impl Drain {
             loops.spawn(async move { drain.promote_loop(shutdown).await });
         }
         tracing::info!(consumer = %drain.consumer, "drain started");
-        let mut readers: HashMap<WorkflowName, (DrainTarget, CancellationToken)> = HashMap::new();
+        let mut readers: HashMap<WorkflowName, (Arc<Workflow>, CancellationToken)> = HashMap::new();
         let mut targets = drain.targets.clone();
         loop {
             let current = targets.borrow_and_update().clone();
             readers.retain(|_, (target, stop)| {
-                let keep = current.contains(target);
+                let keep = current.iter().any(|now| now.same_delivery(target));
                 if !keep {
                     stop.cancel();
                 }
                 keep
             });
             for target in current {
-                if readers.contains_key(&target.workflow) {
+                if readers.contains_key(&target.name) {
                     continue;
                 }
                 let stop = shutdown.child_token();
-                readers.insert(target.workflow.clone(), (target.clone(), stop.clone()));
+                readers.insert(target.name.clone(), (target.clone(), stop.clone()));
                 let (drain, permits, tracker) =
                     (Arc::clone(&drain), Arc::clone(&permits), tracker.clone());
                 loops.spawn(async move { drain.read_loop(target, permits, tracker, stop).await });
@@ -197,7 +187,7 @@ impl Drain {
                 let current = targets.borrow().clone();
                 let mut settled = true;
                 for target in &current {
-                    let workflow = &target.workflow;
+                    let workflow = &target.name;
                     match consumer::is_settled(&mut redis, &keys, workflow).await {
                         Ok(true) => {}
                         Ok(false) => settled = false,
@@ -223,7 +213,7 @@ impl Drain {
     /// Starts one task per delivery, each holding one of `held`'s permits.
     pub(super) fn dispatch(
         self: &Arc<Self>,
-        target: &DrainTarget,
+        target: &Workflow,
         deliveries: Vec<Delivery>,
         held: &mut Vec<OwnedSemaphorePermit>,
         tracker: &TaskTracker,

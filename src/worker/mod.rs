@@ -11,5 +11,5 @@ mod retry;
 pub mod sfn;
 
 pub use breaker::Breakers;
-pub use drain::{Drain, DrainPartners, DrainTarget};
+pub use drain::{Drain, DrainPartners};
 pub use sfn::{AwsStepFunctions, SfnError, StepFunctions};

@@ -6,7 +6,8 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::delivery::{Claim, Yielded};
-use super::drain::{Drain, DrainTarget};
+use super::drain::Drain;
+use crate::config::Workflow;
 use crate::queue::pacing;
 use crate::redis_conn::RedisConnection;
 
@@ -35,7 +36,7 @@ impl Drain {
     /// in a burst.
     pub(super) async fn pace(
         &self,
-        target: &DrainTarget,
+        target: &Workflow,
         claim: &mut Claim,
         shutdown: &CancellationToken,
     ) -> Result<Permits, Yielded> {
@@ -44,7 +45,7 @@ impl Drain {
             member: uuid::Uuid::new_v4().simple().to_string(),
             ..Permits::default()
         };
-        if let Some(max) = target.pacing.max_in_flight {
+        if let Some(max) = target.drain.max_in_flight {
             permits.lease = Some(
                 self.take_lease(&mut redis, target, max, claim, shutdown)
                     .await?,
@@ -53,9 +54,9 @@ impl Drain {
         let windows = [
             self.account_pace.clone(),
             target
-                .pacing
+                .drain
                 .starts_per_second
-                .map(|rate| (self.keys.pace(&target.workflow), rate)),
+                .map(|rate| (self.keys.pace(&target.name), rate)),
         ];
         // A call may reach Step Functions until its bound has passed.
         let bound = self.config.call_timeout;
@@ -91,7 +92,7 @@ impl Drain {
     pub(super) async fn take_lease(
         &self,
         redis: &mut RedisConnection,
-        target: &DrainTarget,
+        target: &Workflow,
         max: u32,
         claim: &mut Claim,
         shutdown: &CancellationToken,
@@ -99,8 +100,7 @@ impl Drain {
         let lease = uuid::Uuid::new_v4().simple().to_string();
         let ttl = self.config.call_timeout + LEASE_MARGIN;
         loop {
-            let taken =
-                pacing::take_lease(redis, &self.keys, &target.workflow, &lease, max, ttl).await;
+            let taken = pacing::take_lease(redis, &self.keys, &target.name, &lease, max, ttl).await;
             let wait = match taken {
                 Ok(None) => return Ok(lease),
                 Ok(Some(_)) => IN_FLIGHT_POLL,
@@ -116,11 +116,11 @@ impl Drain {
     /// Gives back what a call held: the in-flight lease (one not given back expires by
     /// itself), and each pacing permit, settled at the time of the answer (one not settled
     /// counts until its call's bound).
-    pub(super) async fn release(&self, target: &DrainTarget, permits: Permits) {
+    pub(super) async fn release(&self, target: &Workflow, permits: Permits) {
         let mut redis = self.redis.clone();
         if let Some(lease) = permits.lease {
             let released =
-                pacing::give_back_lease(&mut redis, &self.keys, &target.workflow, &lease).await;
+                pacing::give_back_lease(&mut redis, &self.keys, &target.name, &lease).await;
             if let Err(e) = released {
                 tracing::debug!(error = %e, "could not release an in-flight lease; it will expire");
             }

@@ -8,7 +8,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::drain::{Drain, DrainTarget, MAX_BATCH};
+use super::drain::{Drain, MAX_BATCH};
+use crate::config::Workflow;
 use crate::queue::consumer::{self};
 use crate::redis_conn::RedisConnection;
 
@@ -22,12 +23,12 @@ impl Drain {
     /// restart with a stable name), then new entries.
     pub(super) async fn read_loop(
         self: Arc<Self>,
-        target: DrainTarget,
+        target: Arc<Workflow>,
         permits: Arc<Semaphore>,
         tracker: TaskTracker,
         shutdown: CancellationToken,
     ) {
-        let queue = self.keys.queue(&target.workflow);
+        let queue = self.keys.queue(&target.name);
         let Some(mut redis) = self.blocking_connection(&shutdown).await else {
             return;
         };
@@ -64,7 +65,7 @@ impl Drain {
                         let _ = consumer::ensure_group(&mut redis, &queue).await;
                         continue;
                     }
-                    tracing::warn!(workflow = %target.workflow, error = %e, "queue read failed");
+                    tracing::warn!(workflow = %target.name, error = %e, "queue read failed");
                     tokio::select! {
                         () = tokio::time::sleep(pause) => {}
                         () = shutdown.cancelled() => return,
@@ -94,7 +95,7 @@ impl Drain {
                 if self.breakers.hold_off(&target.state_machine_arn).is_some() {
                     continue;
                 }
-                let queue = self.keys.queue(&target.workflow);
+                let queue = self.keys.queue(&target.name);
                 let mut cursor = "0-0".to_owned();
                 loop {
                     let Some(mut held) = acquire_batch(&permits, &shutdown).await else {
@@ -112,14 +113,14 @@ impl Drain {
                     match claimed {
                         Ok((next, deliveries)) => {
                             if !deliveries.is_empty() {
-                                tracing::info!(workflow = %target.workflow, entries = deliveries.len(), "reclaimed stale entries");
+                                tracing::info!(workflow = %target.name, entries = deliveries.len(), "reclaimed stale entries");
                             }
                             self.dispatch(target, deliveries, &mut held, &tracker, &shutdown);
                             cursor = next;
                         }
                         Err(e) => {
                             if e.code() != Some("NOGROUP") {
-                                tracing::warn!(workflow = %target.workflow, error = %e, "reclaim failed");
+                                tracing::warn!(workflow = %target.name, error = %e, "reclaim failed");
                             }
                             break;
                         }

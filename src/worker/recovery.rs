@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::drain::{Drain, DrainTarget, MAX_BATCH};
+use super::drain::{Drain, MAX_BATCH};
 use crate::audit::{AuditEvent, EventKind};
+use crate::config::Workflow;
 use crate::queue::waiting::{promote_due, release_held, stranded_held};
 use crate::redis_conn::RedisConnection;
 
@@ -26,11 +27,11 @@ impl Drain {
             let targets = self.targets.borrow().clone();
             for target in &targets {
                 loop {
-                    match promote_due(&mut redis, &self.keys, &target.workflow, MAX_BATCH).await {
+                    match promote_due(&mut redis, &self.keys, &target.name, MAX_BATCH).await {
                         Ok(moved) if moved == MAX_BATCH => continue,
                         Ok(_) => break,
                         Err(e) => {
-                            tracing::warn!(workflow = %target.workflow, error = %e, "moving due deferred triggers failed");
+                            tracing::warn!(workflow = %target.name, error = %e, "moving due deferred triggers failed");
                             break;
                         }
                     }
@@ -48,13 +49,13 @@ impl Drain {
     pub(super) async fn recover_held(
         &self,
         redis: &mut RedisConnection,
-        target: &DrainTarget,
+        target: &Workflow,
         deadline: Duration,
     ) {
-        let stranded = match stranded_held(redis, &self.keys, &target.workflow, MAX_BATCH).await {
+        let stranded = match stranded_held(redis, &self.keys, &target.name, MAX_BATCH).await {
             Ok(stranded) => stranded,
             Err(e) => {
-                tracing::warn!(workflow = %target.workflow, error = %e, "reading held triggers failed");
+                tracing::warn!(workflow = %target.name, error = %e, "reading held triggers failed");
                 return;
             }
         };
@@ -63,7 +64,7 @@ impl Drain {
             let unreadable = request.as_ref().err().map(ToString::to_string);
             let request = request.ok();
             let mut event =
-                AuditEvent::about_request(EventKind::Accepted, &target.workflow, request.as_ref());
+                AuditEvent::about_request(EventKind::Accepted, &target.name, request.as_ref());
             event.request_id = Some(request_id.clone());
             event.input_sha256 = request
                 .as_ref()
@@ -78,13 +79,13 @@ impl Drain {
                 }
             });
             if self.audit.record_durably(event, deadline).await.is_err() {
-                tracing::warn!(workflow = %target.workflow, "audit unavailable; held triggers stay held");
+                tracing::warn!(workflow = %target.name, "audit unavailable; held triggers stay held");
                 break;
             }
             audited.push(request_id);
         }
-        if let Err(e) = release_held(redis, &self.keys, &target.workflow, &audited).await {
-            tracing::warn!(workflow = %target.workflow, error = %e, "releasing recovered triggers failed");
+        if let Err(e) = release_held(redis, &self.keys, &target.name, &audited).await {
+            tracing::warn!(workflow = %target.name, error = %e, "releasing recovered triggers failed");
         }
     }
 }

@@ -270,11 +270,10 @@ async fn deferral_times_are_checked() -> TestResult {
 #[tokio::test]
 async fn a_drain_run_until_empty_returns_once_every_accepted_request_started() -> TestResult {
     use std::sync::Arc;
-    use stepgate::config::{Config, DrainPacing};
-    use stepgate::domain::WorkflowName;
+    use stepgate::config::Config;
     use stepgate::queue::Keys;
     use stepgate::redis_conn::RedisEndpoint;
-    use stepgate::worker::{AwsStepFunctions, Breakers, Drain, DrainPartners, DrainTarget};
+    use stepgate::worker::{AwsStepFunctions, Breakers, Drain, DrainPartners};
 
     let app = spawn_app_with(
         RedisServer::start(),
@@ -300,13 +299,10 @@ async fn a_drain_run_until_empty_returns_once_every_accepted_request_started() -
         audit: stepgate::audit::AuditLog::disabled(),
         breakers: Arc::new(Breakers::new(config.worker.breaker)),
     };
-    let target = DrainTarget {
-        workflow: WorkflowName::parse("orders")?,
-        state_machine_arn: app.state_machine_arn.clone(),
-        role_arn: None,
-        pacing: DrainPacing::default(),
-    };
-    let (_targets, targets_rx) = tokio::sync::watch::channel(vec![target]);
+    // The drain serves what the configuration holds, as start-up would.
+    let targets = config.checked_workflows().to_vec();
+    assert_eq!(targets.len(), 1);
+    let (_targets, targets_rx) = tokio::sync::watch::channel(targets);
     let drain = Drain::new(
         partners,
         Keys::new(&config.redis.key_prefix),

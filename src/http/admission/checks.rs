@@ -7,11 +7,11 @@ use std::time::Duration;
 use crate::audit::record::sha256_hex;
 use crate::auth::{AuthError, Principal};
 use crate::config::Rate;
+use crate::config::Workflow;
 use crate::domain::WorkflowName;
 use crate::http::error::ApiError;
 use crate::queue::{Admission, IdempotencyKey, Limit, LimitScope, OneTimeToken};
 use crate::runtime::Runtime;
-use crate::state::Workflow;
 
 /// The longest `Idempotency-Key` accepted.
 const MAX_IDEMPOTENCY_KEY: usize = 255;

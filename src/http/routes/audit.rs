@@ -11,7 +11,7 @@ use time::format_description::well_known::Rfc3339;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::audit::store;
-use crate::audit::{AuditEvent, EventKind};
+use crate::audit::{AuditEvent, EventKind, OperatorApi};
 use crate::http::error::{ApiError, Problem};
 use crate::http::extract::Caller;
 use crate::http::query::QueryParams;
@@ -120,8 +120,7 @@ pub async fn list_audit_records(
     RawQuery(query): RawQuery,
 ) -> Result<Json<AuditPage>, ApiError> {
     if let Decision::Denied { reason } = authorize(&caller, &runtime.audit_readers) {
-        let mut event = AuditEvent::by_caller(EventKind::Denied, &caller, None);
-        event.reason = Some(format!("audit API: {reason}"));
+        let event = AuditEvent::operator_denied(OperatorApi::Audit, &caller, None, &reason);
         state.audit.record(event).await;
         return Err(ApiError::Forbidden(reason));
     }

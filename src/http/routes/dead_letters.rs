@@ -7,7 +7,7 @@ use axum::http::StatusCode;
 use serde::Serialize;
 use utoipa::{IntoParams, ToSchema};
 
-use crate::audit::{AuditEvent, EventKind};
+use crate::audit::{AuditEvent, DeadLetterHandled, OperatorApi};
 use crate::auth::Principal;
 use crate::clock::now_rfc3339;
 use crate::domain::WorkflowName;
@@ -174,7 +174,7 @@ pub async fn replay_dead_letter(
     .await
     .map_err(|e| ApiError::redis_unavailable(&e))?
     .ok_or(ApiError::NotFound)?;
-    audit_operation(&state, &caller, &workflow, EventKind::Replayed, &id).await;
+    audit_operation(&state, &caller, &workflow, DeadLetterHandled::Replayed, &id).await;
     tracing::info!(workflow = %workflow, dead_letter = %id, subject = %caller.subject, "dead letter replayed");
     let is_request = id.starts_with(&format!("{workflow}_"));
     Ok(Json(Replayed {
@@ -226,7 +226,7 @@ pub async fn purge_dead_letter(
     if !purged {
         return Err(ApiError::NotFound);
     }
-    audit_operation(&state, &caller, &workflow, EventKind::Failed, &id).await;
+    audit_operation(&state, &caller, &workflow, DeadLetterHandled::Purged, &id).await;
     tracing::info!(workflow = %workflow, dead_letter = %id, subject = %caller.subject, "dead letter purged");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -240,9 +240,12 @@ async fn authorize_admin(
     raw: &str,
 ) -> Result<WorkflowName, ApiError> {
     if let Decision::Denied { reason } = authorize(caller, &runtime.admin) {
-        let mut event = AuditEvent::by_caller(EventKind::Denied, caller, None);
-        event.requested = Some(requested_name(raw));
-        event.reason = Some(format!("admin API: {reason}"));
+        let event = AuditEvent::operator_denied(
+            OperatorApi::Admin,
+            caller,
+            Some(requested_name(raw)),
+            &reason,
+        );
         state.audit.record(event).await;
         return Err(ApiError::Forbidden(reason));
     }
@@ -256,14 +259,9 @@ async fn audit_operation(
     state: &AppState,
     caller: &Principal,
     workflow: &WorkflowName,
-    kind: EventKind,
+    handled: DeadLetterHandled,
     id: &str,
 ) {
-    let mut event = AuditEvent::by_caller(kind, caller, Some(workflow));
-    event.request_id = Some(id.to_owned());
-    event.reason = Some(match kind {
-        EventKind::Replayed => "dead letter replayed through the admin API".into(),
-        _ => "dead letter purged through the admin API".into(),
-    });
+    let event = AuditEvent::dead_letter_by_caller(handled, caller, workflow, id);
     state.audit.record(event).await;
 }

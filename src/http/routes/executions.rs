@@ -12,6 +12,7 @@ use utoipa::ToSchema;
 use crate::audit::EventKind;
 use crate::auth::Principal;
 use crate::clock::now_rfc3339;
+use crate::config::Workflow;
 use crate::domain::{RequestId, WorkflowName};
 use crate::http::admission::{self, Admitted, Refusal};
 use crate::http::error::{ApiError, Problem};
@@ -21,7 +22,7 @@ use crate::http::trigger_body::{CreateExecution, Trigger};
 use crate::policy::{Decision, authorize};
 use crate::queue::{Enqueued, Placement, QueuedRequest, RequestState};
 use crate::runtime::Runtime;
-use crate::state::{AppState, Workflow};
+use crate::state::AppState;
 
 /// The answer to an accepted trigger: the request is safely queued.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
