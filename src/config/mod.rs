@@ -15,12 +15,14 @@ use figment::Figment;
 use figment::providers::{Env, Format, Toml};
 use serde::Deserialize;
 
+mod access;
 mod audit;
 mod duration;
 mod files;
 mod issuers;
 mod worker;
 mod workflows;
+pub use access::{AccessConfig, AuthConfig};
 pub use audit::{AuditConfig, AuditFilesConfig, FailClosed};
 pub use files::digest;
 pub use issuers::{IntrospectionConfig, IssuerConfig};
@@ -233,44 +235,6 @@ impl Default for LogConfig {
 pub enum LogFormat {
     Json,
     Pretty,
-}
-
-/// `[admin]`, `[audit_readers]`: who may use an operator API, as rules over verified tokens
-/// (as for a workflow: any allow rule matches and no deny rule does). Empty: nobody.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct AccessConfig {
-    #[serde(default)]
-    pub allow: Vec<Rule>,
-    #[serde(default)]
-    pub deny: Vec<Rule>,
-}
-
-impl AccessConfig {
-    /// The policy these rules make.
-    pub fn policy(&self) -> crate::policy::Policy {
-        crate::policy::Policy {
-            allow: self.allow.clone(),
-            deny: self.deny.clone(),
-        }
-    }
-}
-
-/// `[auth]`: settings common to all issuers.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct AuthConfig {
-    /// Verified tokens remembered (by SHA-256) until they expire, so repeated calls with the
-    /// same token skip signature work; 0 turns the cache off.
-    pub token_cache_entries: usize,
-}
-
-impl Default for AuthConfig {
-    fn default() -> Self {
-        Self {
-            token_cache_entries: 10_000,
-        }
-    }
 }
 
 /// A string that never shows in `Debug` output or logs.

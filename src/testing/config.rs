@@ -47,7 +47,10 @@ impl TestConfig {
             .set("aws.static_credentials.secret_access_key", "test")
             .set("worker.enabled", true)
             .set_ms("worker.call_timeout_ms", Duration::from_secs(1))
-            .set_ms("worker.retry_initial_backoff_ms", Duration::from_millis(100))
+            .set_ms(
+                "worker.retry_initial_backoff_ms",
+                Duration::from_millis(100),
+            )
             .set_ms("worker.retry_max_backoff_ms", Duration::from_secs(1))
             .set_ms("worker.claim_idle_ms", Duration::from_secs(4))
             .set_ms("worker.block_ms", Duration::from_millis(500))
@@ -204,11 +207,16 @@ mod tests {
                 "workflows.refunds.deny",
                 json!({"subjects": ["blocked \"one\""]}),
             )
-            .set("rate_limits.per_caller", json!({"requests": 4, "per_seconds": 60}))
-            .push("audit_readers.allow", json!({"clients": ["reporting-service"]}))
+            .set(
+                "rate_limits.per_caller",
+                json!({"requests": 4, "per_seconds": 60}),
+            )
+            .push(
+                "audit_readers.allow",
+                json!({"clients": ["reporting-service"]}),
+            )
             .render();
-        let config = crate::config::Config::from_toml(&text)
-            .map_err(|e| format!("{e}\n{text}"))?;
+        let config = crate::config::Config::from_toml(&text).map_err(|e| format!("{e}\n{text}"))?;
         assert_eq!(config.worker.breaker.failure_threshold, 3);
         assert_eq!(config.worker.breaker.open, Duration::from_millis(1500));
         assert_eq!(config.worker.block, Duration::from_millis(500));

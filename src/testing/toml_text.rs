@@ -102,9 +102,7 @@ mod tests {
         };
         let mut out = String::new();
         write_table(&mut out, &[], &root);
-        let parsed: toml_edit::DocumentMut = out
-            .parse()
-            .unwrap_or_else(|e| panic!("{e}\n{out}"));
+        let parsed: toml_edit::DocumentMut = out.parse().unwrap_or_else(|e| panic!("{e}\n{out}"));
         assert_eq!(parsed["top"].as_integer(), Some(1));
         assert_eq!(parsed["server"]["odd key"].as_str(), Some("a\"b\\c"));
         assert_eq!(

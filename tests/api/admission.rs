@@ -4,33 +4,40 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::helpers::{
-    RedisServer, TestResult, TestSettings, header, keys, partners, spawn_app_with, workflow_named,
+use stepgate::testing::TestConfig;
+
+use crate::support::{
+    RedisServer, TestResult, header, keys, partners, spawn_app_with, workflow_named,
 };
 
-fn settings(workflow_toml: &str) -> TestSettings {
-    // Keys of [workflows.orders] itself cannot follow its allow table: a second workflow.
-    let extra_toml = format!(
-        r#"
-[workflows.limited]
-state_machine_arn = "$STATE_MACHINE_ARN"
-{workflow_toml}
-[[workflows.limited.allow]]
-clients = ["billing-service", "reporting-service"]
-"#
-    );
-    TestSettings {
-        worker_enabled: false,
-        extra_toml,
-        ..TestSettings::default()
+/// The drain off, and a second workflow `limited` on the app's state machine, open to two
+/// clients, with the settings in `own` (an object) besides.
+fn limited(own: Value) -> impl FnOnce(TestConfig) -> TestConfig {
+    move |config| {
+        let arn = config.orders_arn();
+        let config = config
+            .set("worker.enabled", false)
+            .set("workflows.limited.state_machine_arn", arn)
+            .set(
+                "workflows.limited.allow",
+                json!([{"clients": ["billing-service", "reporting-service"]}]),
+            );
+        let own = own.as_object().cloned().unwrap_or_default();
+        own.into_iter().fold(config, |config, (key, value)| {
+            config.set(&format!("workflows.limited.{key}"), value)
+        })
     }
+}
+
+fn per_seconds(requests: u32, seconds: u32) -> Value {
+    json!({"requests": requests, "per_seconds": seconds})
 }
 
 #[tokio::test]
 async fn a_caller_limit_admits_exactly_its_quota_across_two_replicas() -> TestResult {
     let app = spawn_app_with(
         RedisServer::start(),
-        settings("rate_limits = { per_caller = { requests = 100, per_seconds = 60 } }"),
+        limited(json!({"rate_limits": {"per_caller": per_seconds(100, 60)}})),
     )
     .await?;
     let replica = app.replica().await?;
@@ -97,7 +104,10 @@ async fn a_caller_limit_admits_exactly_its_quota_across_two_replicas() -> TestRe
 async fn a_workflow_limit_counts_all_callers_and_reports_the_quota() -> TestResult {
     let app = spawn_app_with(
         RedisServer::start(),
-        settings("rate_limits = { workflow = { requests = 3, per_seconds = 60 }, per_caller = { requests = 2, per_seconds = 60 } }"),
+        limited(json!({"rate_limits": {
+            "workflow": per_seconds(3, 60),
+            "per_caller": per_seconds(2, 60),
+        }})),
     )
     .await?;
     let (billing, reporting) = (
@@ -154,7 +164,7 @@ async fn a_workflow_limit_counts_all_callers_and_reports_the_quota() -> TestResu
 
 #[tokio::test]
 async fn a_full_backlog_answers_503_and_keeps_every_queued_entry() -> TestResult {
-    let app = spawn_app_with(RedisServer::start(), settings("max_backlog = 3")).await?;
+    let app = spawn_app_with(RedisServer::start(), limited(json!({"max_backlog": 3}))).await?;
     let token = partners().idp.billing_token().await?;
     for i in 0..3 {
         assert_eq!(
@@ -188,7 +198,7 @@ async fn a_retry_with_the_same_idempotency_key_gets_the_same_request_and_queues_
 -> TestResult {
     let app = spawn_app_with(
         RedisServer::start(),
-        settings("rate_limits = { per_caller = { requests = 1, per_seconds = 60 } }"),
+        limited(json!({"rate_limits": {"per_caller": per_seconds(1, 60)}})),
     )
     .await?;
     let token = partners().idp.billing_token().await?;
@@ -247,12 +257,11 @@ async fn a_retry_with_the_same_idempotency_key_gets_the_same_request_and_queues_
 
 #[tokio::test]
 async fn a_callers_total_limit_spans_workflows_and_refused_admissions_are_refunded() -> TestResult {
-    let mut settings = settings("max_backlog = 1");
-    settings.extra_toml = format!(
-        "{}\n[rate_limits]\nper_caller = {{ requests = 3, per_seconds = 60 }}\n",
-        settings.extra_toml
-    );
-    let app = spawn_app_with(RedisServer::start(), settings).await?;
+    let backlog_of_one = limited(json!({"max_backlog": 1}));
+    let app = spawn_app_with(RedisServer::start(), |config| {
+        backlog_of_one(config).set("rate_limits.per_caller", per_seconds(3, 60))
+    })
+    .await?;
     let token = partners().idp.billing_token().await?;
 
     let first = app.trigger("limited", &token, &json!({})).await?;
@@ -296,7 +305,7 @@ async fn a_callers_total_limit_spans_workflows_and_refused_admissions_are_refund
 /// fingerprint: the workflow and the body's bytes) is still recognised after an upgrade.
 #[tokio::test]
 async fn a_retry_of_a_request_admitted_before_an_upgrade_is_recognised() -> TestResult {
-    let app = spawn_app_with(RedisServer::start(), settings("")).await?;
+    let app = spawn_app_with(RedisServer::start(), limited(json!({}))).await?;
     let token = partners().idp.billing_token().await?;
     let body = serde_json::to_vec(&json!({"input": {"order_id": "A-9"}}))?;
     let send = || {

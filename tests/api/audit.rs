@@ -12,21 +12,18 @@ use serde_json::{Value, json};
 use stepgate::audit::record::sha256_hex;
 use stepgate::audit::{AuditEvent, AuditSigner, EventKind};
 
-use crate::helpers::{
-    RedisServer, TestApp, TestResult, TestSettings, keys, partners, request_id_of, root, spawn_app,
+use crate::support::{
+    RedisServer, TestApp, TestResult, keys, partners, request_id_of, root, spawn_app,
     spawn_app_with, workflow_named,
 };
 
 /// A trail with every kind of record of this version: config_loaded, accepted, started,
 /// denied, auth_failed; a checkpoint after each append when `checkpoint_every` is 1.
-async fn app_with_a_trail(audit_toml: &str) -> TestResult<(TestApp, String)> {
-    let app = spawn_app_with(
-        RedisServer::start(),
-        TestSettings {
-            audit_toml: audit_toml.to_owned(),
-            ..TestSettings::default()
-        },
-    )
+async fn app_with_a_trail(checkpoint_every: Option<u64>) -> TestResult<(TestApp, String)> {
+    let app = spawn_app_with(RedisServer::start(), |config| match checkpoint_every {
+        Some(every) => config.set("audit.checkpoint_every", every),
+        None => config,
+    })
     .await?;
     let token = add_records(&app).await?;
     let events: Vec<_> = app
@@ -138,7 +135,7 @@ async fn set_head(app: &TestApp, seq: usize, last: &Entry) -> TestResult {
 
 #[tokio::test]
 async fn verify_passes_on_a_real_trail_with_the_public_key_alone() -> TestResult {
-    let (app, token) = app_with_a_trail("checkpoint_every = 1").await?;
+    let (app, token) = app_with_a_trail(Some(1)).await?;
     let (code, report) = verify_json(&app, &[])?;
     assert_eq!((code, &report["ok"]), (0, &json!(true)), "{report}");
     assert_eq!(report["verified"]["records"], 5);
@@ -180,7 +177,7 @@ async fn verify_passes_on_a_real_trail_with_the_public_key_alone() -> TestResult
 /// the record's seq and where it is, with the exit code of its class.
 #[tokio::test]
 async fn tamper_matrix() -> TestResult {
-    let (app, _) = app_with_a_trail("checkpoint_every = 1").await?;
+    let (app, _) = app_with_a_trail(Some(1)).await?;
     let original = entries(&app).await?;
     assert_eq!(original.len(), 5);
     let key = AuditSigner::load(&app.config_path.with_file_name("audit.key"))?;
@@ -264,17 +261,15 @@ async fn tamper_matrix() -> TestResult {
 /// refused as such.
 #[tokio::test]
 async fn key_rotation_is_introduced_by_the_old_key_and_retires_it() -> TestResult {
-    let (mut app, _) = app_with_a_trail("").await?;
+    let (mut app, _) = app_with_a_trail(None).await?;
     app.stop().await;
     let dir = app.config_path.parent().ok_or("no dir")?.to_owned();
     std::fs::rename(dir.join("audit.key"), dir.join("old.key"))?;
     std::fs::rename(dir.join("audit.pub"), dir.join("old.pub"))?;
     let new_key = AuditSigner::generate();
     new_key.write_pair(&dir.join("audit.key"))?;
-    app.reconfigure(&TestSettings {
-        audit_toml: format!("retired_keys = [\"{}\"]", dir.join("old.key").display()),
-        ..TestSettings::default()
-    })?;
+    let old_key = dir.join("old.key").display().to_string();
+    app.reconfigure(|config| config.set("audit.retired_keys", json!([old_key])))?;
     app.start().await?;
     add_records(&app).await?;
 
@@ -366,7 +361,7 @@ fn prove(app: &TestApp, args: &[&str]) -> TestResult<Value> {
 
 #[tokio::test]
 async fn inclusion_and_consistency_proofs_check_out_independently() -> TestResult {
-    let (app, _) = app_with_a_trail("checkpoint_every = 1").await?;
+    let (app, _) = app_with_a_trail(Some(1)).await?;
     add_records(&app).await?;
     let listed = app.stepgate(&["audit", "checkpoints", "--json"])?;
     let sizes: Vec<u64> = String::from_utf8_lossy(&listed.stdout)
@@ -422,13 +417,11 @@ async fn inclusion_and_consistency_proofs_check_out_independently() -> TestResul
 async fn two_writers_under_load_make_one_complete_chain() -> TestResult {
     const TRIGGERS: usize = 300;
     const DENIALS: usize = 60;
-    let app = spawn_app_with(
-        RedisServer::start(),
-        TestSettings {
-            audit_toml: "checkpoint_every = 50\nrefusal_window_seconds = 1".into(),
-            ..TestSettings::default()
-        },
-    )
+    let app = spawn_app_with(RedisServer::start(), |config| {
+        config
+            .set("audit.checkpoint_every", 50)
+            .set("audit.refusal_window_seconds", 1)
+    })
     .await?;
     let replica = app.replica().await?;
     let idp = &partners().idp;
@@ -473,7 +466,7 @@ async fn two_writers_under_load_make_one_complete_chain() -> TestResult {
             .filter_map(|r| r["count"].as_u64())
             .sum()
     };
-    let records = crate::helpers::eventually(
+    let records = crate::support::eventually(
         std::time::Duration::from_secs(60),
         "every event in the trail",
         || async {
@@ -532,13 +525,12 @@ async fn a_trail_without_checkpoints_yet_verifies() -> TestResult {
 }
 
 async fn spawn_app_failing_closed() -> TestResult<TestApp> {
-    spawn_app_with(
-        RedisServer::start(),
-        TestSettings {
-            audit_toml: "fail_closed = true\nwrite_timeout_ms = 500".into(),
-            ..TestSettings::default()
-        },
-    )
+    spawn_app_with(RedisServer::start(), |config| {
+        config.set("audit.fail_closed", true).set_ms(
+            "audit.write_timeout_ms",
+            std::time::Duration::from_millis(500),
+        )
+    })
     .await
 }
 
@@ -574,7 +566,7 @@ async fn failing_closed_refuses_triggers_the_trail_cannot_record() -> TestResult
         .trigger("orders", &token, &json!({"input": {"n": 2}}))
         .await?;
     assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(crate::helpers::header(&refused, "retry-after"), "5");
+    assert_eq!(crate::support::header(&refused, "retry-after"), "5");
     assert_eq!(app.queue_len("orders").await?, 0, "nothing queued");
     let held: u64 = redis::cmd("ZCARD")
         .arg(keys().held(&workflow_named("orders")?))
@@ -591,7 +583,7 @@ async fn failing_closed_refuses_triggers_the_trail_cannot_record() -> TestResult
         .arg(keys().audit_log())
         .query_async(&mut redis)
         .await?;
-    crate::helpers::eventually(
+    crate::support::eventually(
         std::time::Duration::from_secs(15),
         "the trail to catch up",
         || async {
@@ -635,7 +627,7 @@ async fn failing_closed_refuses_triggers_the_trail_cannot_record() -> TestResult
             ("started", third.as_str()),
         ]
     );
-    let started = crate::helpers::executions(&app.sfn, &app.state_machine_arn).await?;
+    let started = crate::support::executions(&app.sfn, &app.state_machine_arn).await?;
     assert_eq!(started.len(), 2, "the refused trigger never started");
     assert_eq!(verify_json(&app, &[])?.0, 0);
     Ok(())
@@ -696,7 +688,7 @@ async fn held_triggers_of_a_stopped_process_are_audited_then_started() -> TestRe
             .is_some_and(|r| r.starts_with("recovered"))
     );
     assert_eq!(records[0]["request_id"], id.to_string());
-    let started = crate::helpers::executions(&app.sfn, &app.state_machine_arn).await?;
+    let started = crate::support::executions(&app.sfn, &app.state_machine_arn).await?;
     assert_eq!(started.len(), 1);
     assert_eq!(started[0].1, "{\"n\":7}");
     Ok(())
@@ -709,16 +701,13 @@ async fn held_triggers_of_a_stopped_process_are_audited_then_started() -> TestRe
 async fn exported_files_and_a_trimmed_stream_keep_verifying() -> TestResult {
     let dir = tempfile::tempdir()?;
     let trail_dir = dir.path().join("trail");
-    let app = spawn_app_with(
-        RedisServer::start(),
-        TestSettings {
-            audit_toml: format!(
-                "checkpoint_every = 2\n[audit.files]\ndir = \"{}\"\nrotate_bytes = 2000\nredis_keep_records = 3",
-                trail_dir.display()
-            ),
-            ..TestSettings::default()
-        },
-    )
+    let app = spawn_app_with(RedisServer::start(), |config| {
+        config
+            .set("audit.checkpoint_every", 2)
+            .set("audit.files.dir", trail_dir.display().to_string())
+            .set("audit.files.rotate_bytes", 2000)
+            .set("audit.files.redis_keep_records", 3)
+    })
     .await?;
     for _ in 0..3 {
         add_records(&app).await?;
@@ -726,7 +715,7 @@ async fn exported_files_and_a_trimmed_stream_keep_verifying() -> TestResult {
     let total = app.audit_records().await?.len() as u64 + trimmed_through(&app).await?;
     assert_eq!(total, 13);
     // Exported, checkpointed and trimmed down to what retention keeps.
-    crate::helpers::eventually(
+    crate::support::eventually(
         std::time::Duration::from_secs(20),
         "export and trimming",
         || async {
@@ -803,13 +792,12 @@ async fn trimmed_through(app: &TestApp) -> TestResult<u64> {
 #[tokio::test]
 async fn the_audit_api_filters_and_pages_for_audit_readers_only() -> TestResult {
     use ed25519_dalek::Verifier as _;
-    let app = spawn_app_with(
-        RedisServer::start(),
-        TestSettings {
-            extra_toml: "[[audit_readers.allow]]\nclients = [\"reporting-service\"]\n".into(),
-            ..TestSettings::default()
-        },
-    )
+    let app = spawn_app_with(RedisServer::start(), |config| {
+        config.push(
+            "audit_readers.allow",
+            json!({"clients": ["reporting-service"]}),
+        )
+    })
     .await?;
     add_records(&app).await?;
     add_records(&app).await?;
@@ -823,7 +811,7 @@ async fn the_audit_api_filters_and_pages_for_audit_readers_only() -> TestResult 
     };
     let refused = get("", &billing).await?;
     assert_eq!(refused.status(), StatusCode::FORBIDDEN);
-    assert!(crate::helpers::header(&refused, "www-authenticate").starts_with("Bearer"));
+    assert!(crate::support::header(&refused, "www-authenticate").starts_with("Bearer"));
     assert!(
         app.reasons("denied")
             .await?
@@ -940,13 +928,12 @@ async fn the_audit_api_filters_and_pages_for_audit_readers_only() -> TestResult 
 /// its JSON Pointers, and the secret never reaches the trail.
 #[tokio::test]
 async fn inputs_are_hashed_or_stored_redacted() -> TestResult {
-    let app = spawn_app_with(
-        RedisServer::start(),
-        TestSettings {
-            extra_toml: "[workflows.orders.audit]\ninput = \"redacted\"\nredact = [\"/card/number\", \"/items/*/secret\"]\n".into(),
-            ..TestSettings::default()
-        },
-    )
+    let app = spawn_app_with(RedisServer::start(), |config| {
+        config.set("workflows.orders.audit.input", "redacted").set(
+            "workflows.orders.audit.redact",
+            json!(["/card/number", "/items/*/secret"]),
+        )
+    })
     .await?;
     let token = partners().idp.billing_token().await?;
     let input = r#"{"card":{"number":"4111111111111111","brand":"visa"},"items":[{"secret":"s1","n":1},{"secret":"s2"}],"amount":12.5}"#;
@@ -993,13 +980,9 @@ async fn inputs_are_hashed_or_stored_redacted() -> TestResult {
 async fn a_file_sink_outage_is_retried_without_loss() -> TestResult {
     let dir = tempfile::tempdir()?;
     let trail_dir = dir.path().join("trail");
-    let app = spawn_app_with(
-        RedisServer::start(),
-        TestSettings {
-            audit_toml: format!("[audit.files]\ndir = \"{}\"", trail_dir.display()),
-            ..TestSettings::default()
-        },
-    )
+    let app = spawn_app_with(RedisServer::start(), |config| {
+        config.set("audit.files.dir", trail_dir.display().to_string())
+    })
     .await?;
     let in_files = || {
         stepgate::audit::files::read_dir(&trail_dir)
@@ -1007,7 +990,7 @@ async fn a_file_sink_outage_is_retried_without_loss() -> TestResult {
             .unwrap_or(0)
     };
     add_records(&app).await?;
-    crate::helpers::eventually(
+    crate::support::eventually(
         std::time::Duration::from_secs(10),
         "the first export",
         || async { (in_files() == 5).then_some(()) },
@@ -1024,7 +1007,7 @@ async fn a_file_sink_outage_is_retried_without_loss() -> TestResult {
 
     std::fs::remove_file(&trail_dir)?;
     std::fs::rename(&away, &trail_dir)?;
-    crate::helpers::eventually(
+    crate::support::eventually(
         std::time::Duration::from_secs(10),
         "the export to catch up",
         || async { (in_files() == 9).then_some(()) },

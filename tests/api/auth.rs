@@ -8,7 +8,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{AUDIENCE, Idp, TestApp, TestResult, header, partners, spawn_app};
+use crate::support::{AUDIENCE, Idp, TestApp, TestResult, header, partners, spawn_app};
 
 fn now() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
@@ -76,13 +76,9 @@ async fn assert_refused(app: &TestApp, case: &str, token: &str) -> TestResult {
 #[tokio::test]
 async fn every_forged_or_invalid_token_gets_401_and_an_audit_record() -> TestResult {
     // A record per refusal (no aggregation), to see each attack's own token hash.
-    let app = crate::helpers::spawn_app_with(
-        crate::helpers::RedisServer::start(),
-        crate::helpers::TestSettings {
-            audit_toml: "refusal_window_seconds = 0".into(),
-            ..crate::helpers::TestSettings::default()
-        },
-    )
+    let app = crate::support::spawn_app_with(crate::support::RedisServer::start(), |config| {
+        config.set("audit.refusal_window_seconds", 0)
+    })
     .await?;
     let idp = &partners().idp;
 
@@ -328,7 +324,7 @@ async fn every_forged_or_invalid_token_gets_401_and_an_audit_record() -> TestRes
         .filter(|r| r["event"] == "accepted")
         .collect();
     assert_eq!(accepted.len(), 1, "only the positive control was queued");
-    let executions = crate::helpers::executions(&app.sfn, &app.state_machine_arn).await?;
+    let executions = crate::support::executions(&app.sfn, &app.state_machine_arn).await?;
     assert!(
         executions.iter().all(|(_, input)| input == "{}"),
         "no attack input reached Step Functions: {executions:?}"

@@ -5,9 +5,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::helpers::{
-    Proxy, RedisServer, TestApp, TestResult, TestSettings, eventually, executions, partners,
-    spawn_app_with,
+use crate::support::{
+    Proxy, RedisServer, TestApp, TestResult, eventually, executions, partners, spawn_app_with,
 };
 
 pub async fn circuit(app: &TestApp) -> Option<Value> {
@@ -36,14 +35,15 @@ async fn the_breaker_opens_holds_entries_in_redis_and_closes_when_the_service_is
 {
     let proxy = Proxy::start(&partners().sfn_endpoint).await?;
     proxy.down();
-    let settings = TestSettings {
-        sfn_endpoint: Some(proxy.url.clone()),
-        worker_toml:
-            "[worker.breaker]\nfailure_threshold = 3\nopen_ms = 1500\nmax_open_ms = 1500\n".into(),
-        server_toml: "ops_listen = \"127.0.0.1:0\"".into(),
-        ..TestSettings::default()
-    };
-    let app = spawn_app_with(RedisServer::start(), settings).await?;
+    let app = spawn_app_with(RedisServer::start(), |config| {
+        config
+            .set("aws.endpoint_url", proxy.url.clone())
+            .set("worker.breaker.failure_threshold", 3)
+            .set_ms("worker.breaker.open_ms", Duration::from_millis(1500))
+            .set_ms("worker.breaker.max_open_ms", Duration::from_millis(1500))
+            .set("server.ops_listen", "127.0.0.1:0")
+    })
+    .await?;
     let token = partners().idp.billing_token().await?;
     let mut ids = Vec::new();
     for n in 0..5 {

@@ -4,8 +4,8 @@
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{
-    RedisCluster, RedisServer, TestResult, TestSettings, partners, request_id_of, spawn_app_with,
+use crate::support::{
+    RedisCluster, RedisServer, TestResult, partners, request_id_of, spawn_app_with,
     state_machine_arn, unique_name,
 };
 
@@ -13,28 +13,18 @@ use crate::helpers::{
 async fn triggers_limits_deferral_and_dead_letters_work_on_a_redis_cluster() -> TestResult {
     let cluster = RedisCluster::start(3);
     let urls = cluster.urls();
-    let settings = TestSettings {
-        redis_toml: Some(format!(
-            "url = \"{}\"\ncluster = true\ncluster_seeds = {}",
-            urls[0],
-            json!(urls[1..])
-        )),
-        extra_toml: format!(
-            r#"
-[rate_limits]
-per_caller = {{ requests = 4, per_seconds = 60 }}
-
-[workflows.refunds]
-state_machine_arn = "{missing}"
-[[workflows.refunds.allow]]
-clients = ["billing-service"]
-"#,
-            missing = state_machine_arn(&unique_name("refunds"))
-        ),
-        ..TestSettings::default()
-    };
+    let missing = state_machine_arn(&unique_name("refunds"));
     // The app's own standalone server stays unused.
-    let app = spawn_app_with(RedisServer::start(), settings).await?;
+    let app = spawn_app_with(RedisServer::start(), |config| {
+        config
+            .redis_cluster(&urls)
+            .set(
+                "rate_limits.per_caller",
+                json!({"requests": 4, "per_seconds": 60}),
+            )
+            .workflow("refunds", &missing)
+    })
+    .await?;
     let token = partners().idp.billing_token().await?;
 
     let now = app.accept(&token, &json!({"at": "once"})).await?;

@@ -4,20 +4,16 @@
 
 use serde_json::json;
 
-use crate::helpers::{
-    Proxy, RedisServer, TestResult, TestSettings, header, partners, request_id_of, spawn_app_with,
+use crate::support::{
+    Proxy, RedisServer, TestResult, header, partners, request_id_of, spawn_app_with,
 };
 
 #[tokio::test]
 async fn request_ids_reach_the_audit_and_trace_headers_reach_step_functions() -> TestResult {
     let proxy = Proxy::start(&partners().sfn_endpoint).await?;
-    let app = spawn_app_with(
-        RedisServer::start(),
-        TestSettings {
-            sfn_endpoint: Some(proxy.url.clone()),
-            ..TestSettings::default()
-        },
-    )
+    let app = spawn_app_with(RedisServer::start(), |config| {
+        config.set("aws.endpoint_url", proxy.url.clone())
+    })
     .await?;
     let idp = &partners().idp;
     let token = idp.billing_token().await?;

@@ -6,29 +6,26 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{
-    RedisServer, TestApp, TestResult, TestSettings, create_named_state_machine, eventually,
-    executions, header, partners, request_id_of, spawn_app_with, state_machine_arn, unique_name,
+use stepgate::testing::TestConfig;
+
+use crate::support::{
+    RedisServer, TestApp, TestResult, create_named_state_machine, eventually, executions, header,
+    partners, request_id_of, spawn_app_with, state_machine_arn, unique_name,
 };
 
 /// A workflow `refunds` whose state machine does not exist (yet): its starts are refused
 /// for good, with `StateMachineDoesNotExist`.
-pub(crate) fn missing_state_machine(admin: &str) -> (String, TestSettings) {
+pub(crate) fn missing_state_machine() -> (String, impl FnOnce(TestConfig) -> TestConfig) {
     let name = unique_name("refunds");
-    let settings = TestSettings {
-        extra_toml: format!(
-            r#"
-[workflows.refunds]
-state_machine_arn = "{arn}"
-[[workflows.refunds.allow]]
-clients = ["billing-service"]
-{admin}
-"#,
-            arn = state_machine_arn(&name)
-        ),
-        ..TestSettings::default()
-    };
-    (name, settings)
+    let arn = state_machine_arn(&name);
+    (name, move |config: TestConfig| {
+        config.workflow("refunds", &arn)
+    })
+}
+
+/// billing-service may use the admin API.
+pub(crate) fn billing_is_admin(config: TestConfig) -> TestConfig {
+    config.push("admin.allow", json!({"clients": ["billing-service"]}))
 }
 
 async fn trigger_refund(app: &TestApp, token: &str, input: &Value) -> TestResult<String> {
@@ -50,8 +47,8 @@ fn dead_letters_via_cli(app: &TestApp) -> TestResult<Vec<Value>> {
 
 #[tokio::test]
 async fn a_request_that_cannot_start_is_dead_lettered_and_a_replay_starts_it_once() -> TestResult {
-    let (name, settings) = missing_state_machine("");
-    let app = spawn_app_with(RedisServer::start(), settings).await?;
+    let (name, refunds) = missing_state_machine();
+    let app = spawn_app_with(RedisServer::start(), refunds).await?;
     let token = partners().idp.billing_token().await?;
     let request_id = trigger_refund(&app, &token, &json!({"refund": 7})).await?;
 
@@ -93,6 +90,7 @@ async fn a_request_that_cannot_start_is_dead_lettered_and_a_replay_starts_it_onc
     let again = app.stepgate(&["dlq", "replay", "--workflow", "refunds", &request_id])?;
     assert_eq!(again.status.code(), Some(1), "{again:?}");
     assert!(String::from_utf8_lossy(&again.stderr).contains("no such dead letter"));
+    // A negative: give a wrongly queued entry the time the drain takes to start one.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(executions(&app.sfn, &arn).await?.len(), 1);
 
@@ -109,12 +107,11 @@ async fn a_request_that_cannot_start_is_dead_lettered_and_a_replay_starts_it_onc
 
 #[tokio::test]
 async fn admins_page_replay_and_purge_dead_letters_through_the_api() -> TestResult {
-    let admin = r#"
-[[admin.allow]]
-clients = ["billing-service"]
-"#;
-    let (_, settings) = missing_state_machine(admin);
-    let app = spawn_app_with(RedisServer::start(), settings).await?;
+    let (_, refunds) = missing_state_machine();
+    let app = spawn_app_with(RedisServer::start(), |config| {
+        billing_is_admin(refunds(config))
+    })
+    .await?;
     let token = partners().idp.billing_token().await?;
     let first = trigger_refund(&app, &token, &json!({"n": 1})).await?;
     let second = trigger_refund(&app, &token, &json!({"n": 2})).await?;
@@ -236,14 +233,14 @@ clients = ["billing-service"]
 #[tokio::test]
 async fn a_request_still_failing_past_the_retry_age_is_dead_lettered() -> TestResult {
     // Nothing listens there: every call fails to connect (retryable).
-    let closed = format!("http://127.0.0.1:{}", crate::helpers::free_port());
-    let settings = TestSettings {
-        sfn_endpoint: Some(closed),
-        worker_toml: "retry_max_age_seconds = 1\n[worker.breaker]\nfailure_threshold = 1000\n"
-            .into(),
-        ..TestSettings::default()
-    };
-    let app = spawn_app_with(RedisServer::start(), settings).await?;
+    let closed = format!("http://127.0.0.1:{}", crate::support::free_port());
+    let app = spawn_app_with(RedisServer::start(), |config| {
+        config
+            .set("aws.endpoint_url", closed)
+            .set_seconds("worker.retry_max_age_seconds", Duration::from_secs(1))
+            .set("worker.breaker.failure_threshold", 1000)
+    })
+    .await?;
     let token = partners().idp.billing_token().await?;
     let request_id = app.accept(&token, &json!({"late": true})).await?;
     let status = app.settled_status(&request_id, &token).await;

@@ -7,9 +7,9 @@ use redis::AsyncCommands;
 use redis::streams::{StreamReadOptions, StreamReadReply};
 use serde_json::{Value, json};
 
-use crate::helpers::{
-    RedisServer, TestApp, TestResult, TestSettings, eventually, executions, keys, partners,
-    spawn_app_with, workflow_named,
+use crate::support::{
+    RedisServer, TestApp, TestResult, eventually, executions, keys, partners, spawn_app_with,
+    workflow_named,
 };
 
 /// The `orders` workflow's queue.
@@ -41,11 +41,10 @@ async fn pending_count(app: &TestApp) -> TestResult<u64> {
 async fn a_worker_stopped_between_read_and_ack_starts_exactly_one_execution_after_restart()
 -> TestResult {
     let (hang, _hole) = black_hole().await?;
-    let settings = TestSettings {
-        sfn_endpoint: Some(hang),
-        ..TestSettings::default()
-    };
-    let mut app = spawn_app_with(RedisServer::start(), settings).await?;
+    let mut app = spawn_app_with(RedisServer::start(), |config| {
+        config.set("aws.endpoint_url", hang)
+    })
+    .await?;
     let token = partners().idp.billing_token().await?;
     let input = json!({"order_id": "crash-1"});
     let request_id = app.accept(&token, &input).await?;
@@ -66,7 +65,7 @@ async fn a_worker_stopped_between_read_and_ack_starts_exactly_one_execution_afte
     );
 
     // A new process (new consumer name) with Step Functions reachable takes it over.
-    app.reconfigure(&TestSettings::default())?;
+    app.reconfigure(|config| config)?;
     app.start().await?;
     let status = app.settled_status(&request_id, &token).await;
     assert_eq!(status["status"], "started", "{status}");
@@ -108,17 +107,16 @@ async fn crash_after_start(app: &TestApp, input_override: Option<&str>) -> TestR
 
 #[tokio::test]
 async fn a_redelivered_entry_whose_execution_already_started_is_not_started_again() -> TestResult {
-    let settings = TestSettings {
-        worker_enabled: false,
-        ..TestSettings::default()
-    };
-    let mut app = spawn_app_with(RedisServer::start(), settings).await?;
+    let mut app = spawn_app_with(RedisServer::start(), |config| {
+        config.set("worker.enabled", false)
+    })
+    .await?;
     let token = partners().idp.billing_token().await?;
     let request_id = app.accept(&token, &json!({"order_id": "crash-2"})).await?;
     let execution_arn = crash_after_start(&app, None).await?;
 
     app.stop().await;
-    app.reconfigure(&TestSettings::default())?;
+    app.reconfigure(|config| config)?;
     app.start().await?;
     let status = app.settled_status(&request_id, &token).await;
     assert_eq!(status["status"], "started", "{status}");
@@ -134,17 +132,16 @@ async fn a_redelivered_entry_whose_execution_already_started_is_not_started_agai
 
 #[tokio::test]
 async fn an_execution_name_taken_with_another_input_dead_letters_the_request() -> TestResult {
-    let settings = TestSettings {
-        worker_enabled: false,
-        ..TestSettings::default()
-    };
-    let mut app = spawn_app_with(RedisServer::start(), settings).await?;
+    let mut app = spawn_app_with(RedisServer::start(), |config| {
+        config.set("worker.enabled", false)
+    })
+    .await?;
     let token = partners().idp.billing_token().await?;
     let request_id = app.accept(&token, &json!({"order_id": "mine"})).await?;
     crash_after_start(&app, Some(r#"{"order_id": "someone else's"}"#)).await?;
 
     app.stop().await;
-    app.reconfigure(&TestSettings::default())?;
+    app.reconfigure(|config| config)?;
     app.start().await?;
     let status = app.settled_status(&request_id, &token).await;
     assert_eq!(status["status"], "dead_lettered", "{status}");
@@ -166,7 +163,7 @@ async fn an_execution_name_taken_with_another_input_dead_letters_the_request() -
 
 #[tokio::test]
 async fn a_deferred_trigger_waits_in_redis_and_starts_once_when_due() -> TestResult {
-    let app = crate::helpers::spawn_app().await?;
+    let app = crate::support::spawn_app().await?;
     let token = partners().idp.billing_token().await?;
     let response = app
         .trigger(
@@ -188,6 +185,7 @@ async fn a_deferred_trigger_waits_in_redis_and_starts_once_when_due() -> TestRes
             .is_some_and(|t| t.ends_with('Z')),
         "{status}"
     );
+    // A negative: half its delay passes with nothing started.
     tokio::time::sleep(Duration::from_millis(1_000)).await;
     assert!(
         executions(&app.sfn, &app.state_machine_arn)
@@ -211,7 +209,7 @@ async fn a_deferred_trigger_waits_in_redis_and_starts_once_when_due() -> TestRes
 
 #[tokio::test]
 async fn a_deferred_trigger_survives_a_restart() -> TestResult {
-    let mut app = crate::helpers::spawn_app().await?;
+    let mut app = crate::support::spawn_app().await?;
     let token = partners().idp.billing_token().await?;
     let response = app
         .trigger(
@@ -220,8 +218,9 @@ async fn a_deferred_trigger_survives_a_restart() -> TestResult {
             &json!({"input": {"n": 1}, "delay_seconds": 2}),
         )
         .await?;
-    let request_id = crate::helpers::request_id_of(response).await?;
+    let request_id = crate::support::request_id_of(response).await?;
     app.stop().await;
+    // Past its due time while no process runs.
     tokio::time::sleep(Duration::from_millis(2_500)).await;
     assert!(
         executions(&app.sfn, &app.state_machine_arn)
@@ -239,7 +238,7 @@ async fn a_deferred_trigger_survives_a_restart() -> TestResult {
 
 #[tokio::test]
 async fn deferral_times_are_checked() -> TestResult {
-    let app = crate::helpers::spawn_app_without_drain().await?;
+    let app = crate::support::spawn_app_without_drain().await?;
     let token = partners().idp.billing_token().await?;
     let past = app
         .trigger(
@@ -275,13 +274,9 @@ async fn a_drain_run_until_empty_returns_once_every_accepted_request_started() -
     use stepgate::redis_conn::RedisEndpoint;
     use stepgate::worker::{AwsStepFunctions, Breakers, Drain, DrainPartners};
 
-    let app = spawn_app_with(
-        RedisServer::start(),
-        TestSettings {
-            worker_enabled: false,
-            ..TestSettings::default()
-        },
-    )
+    let app = spawn_app_with(RedisServer::start(), |config| {
+        config.set("worker.enabled", false)
+    })
     .await?;
     let token = partners().idp.billing_token().await?;
     let mut accepted = Vec::new();

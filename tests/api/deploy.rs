@@ -6,7 +6,7 @@ use std::process::Command;
 
 use serde_json::Value;
 
-use crate::helpers::{TestResult, root};
+use crate::support::{TestResult, root};
 
 /// Every manifest document, as JSON (parsed with PyYAML from the test venv).
 fn manifests() -> TestResult<Vec<Value>> {
@@ -131,7 +131,7 @@ fn the_kubernetes_example_hangs_together() -> TestResult {
 /// nothing answers.
 #[tokio::test]
 async fn the_binary_probes_a_server() -> TestResult {
-    let app = crate::helpers::spawn_app().await?;
+    let app = crate::support::spawn_app().await?;
     // Not std's Command: the server runs on this test's (single) runtime thread.
     let probe = |url: String| {
         tokio::process::Command::new(env!("CARGO_BIN_EXE_stepgate"))
@@ -142,7 +142,7 @@ async fn the_binary_probes_a_server() -> TestResult {
     };
     assert!(probe(app.url("/healthz")).await?.status.success());
     assert!(probe(app.url("/readyz")).await?.status.success());
-    let port = crate::helpers::free_port();
+    let port = crate::support::free_port();
     let down = probe(format!("http://127.0.0.1:{port}/healthz")).await?;
     assert_eq!(down.status.code(), Some(1));
     Ok(())
@@ -152,21 +152,14 @@ async fn the_binary_probes_a_server() -> TestResult {
 /// what it loaded at start) must not make a live gateway look dead and get it restarted.
 #[tokio::test]
 async fn the_probe_reads_only_where_the_server_listens() -> TestResult {
-    let app = crate::helpers::spawn_app().await?;
+    let app = crate::support::spawn_app().await?;
     let addr = app.base.trim_start_matches("http://").to_owned();
-    let running = std::fs::read_to_string(&app.config_path)?;
-    let key = app
-        .config_path
-        .with_file_name("audit.key")
-        .display()
-        .to_string();
-    assert!(
-        running.contains(&key),
-        "the test's configuration names its key"
-    );
-    let probed = running
-        .replace("listen = \"127.0.0.1:0\"", &format!("listen = \"{addr}\""))
-        .replace(&key, "/nonexistent/audit.key");
+    // Where the running app listens, and a signing key nobody can read.
+    let probed = app
+        .base_config()
+        .set("server.listen", addr)
+        .set("audit.signing_key", "/nonexistent/audit.key")
+        .render();
     let dir = tempfile::tempdir()?;
     let config = dir.path().join("probe.toml");
     std::fs::write(&config, probed)?;

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 
 use serde_json::Value;
 
-use crate::helpers::{TestResult, partners, root, spawn_app};
+use crate::support::{TestResult, partners, root, spawn_app};
 
 #[tokio::test]
 async fn the_docs_page_lists_every_operation_and_offers_client_credentials() -> TestResult {

@@ -9,8 +9,10 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use stepgate::audit::AuditSigner;
 
-use crate::helpers::{
-    RedisServer, TestResult, TestSettings, minimal_config, partners, request_id_of, spawn_app_with,
+use stepgate::testing::TestConfig;
+
+use crate::support::{
+    RedisServer, TestResult, minimal_config, partners, request_id_of, spawn_app_with,
 };
 
 /// `stepgate <args>` (never the instance metadata service), from `cwd`.
@@ -241,16 +243,12 @@ max_body_bytes = "big"
 
 /// A workflow whose state machine does not exist (its start is refused for good), with
 /// `billing-service` as admin and audit reader.
-fn missing_state_machine() -> TestSettings {
-    crate::dead_letters::missing_state_machine(
-        r#"
-[[admin.allow]]
-clients = ["billing-service"]
-[[audit_readers.allow]]
-clients = ["billing-service"]
-"#,
+fn missing_state_machine(config: TestConfig) -> TestConfig {
+    let (_, refunds) = crate::dead_letters::missing_state_machine();
+    crate::dead_letters::billing_is_admin(refunds(config)).push(
+        "audit_readers.allow",
+        json!({"clients": ["billing-service"]}),
     )
-    .1
 }
 
 /// Marks of an SDK error's `Debug` output (and of the emulator's HTTP answer).
@@ -271,7 +269,7 @@ fn assert_short_and_clean(place: &str, text: &str) {
 
 #[tokio::test]
 async fn step_functions_errors_reach_callers_and_records_in_short() -> TestResult {
-    let app = spawn_app_with(RedisServer::start(), missing_state_machine()).await?;
+    let app = spawn_app_with(RedisServer::start(), missing_state_machine).await?;
     let token = partners().idp.billing_token().await?;
     let response = app
         .trigger("refunds", &token, &json!({"input": {"n": 1}}))
@@ -329,7 +327,7 @@ async fn step_functions_errors_reach_callers_and_records_in_short() -> TestResul
 
 #[tokio::test]
 async fn cli_actions_are_attributed_by_the_process_uid_and_the_kernel_hostname() -> TestResult {
-    let app = spawn_app_with(RedisServer::start(), missing_state_machine()).await?;
+    let app = spawn_app_with(RedisServer::start(), missing_state_machine).await?;
     let token = partners().idp.billing_token().await?;
     let request_id = request_id_of(
         app.trigger("refunds", &token, &json!({"input": {}}))
@@ -451,7 +449,7 @@ clients = ["auditor"]
 
 #[tokio::test]
 async fn the_readme_quickstart_configuration_checks_as_written() -> TestResult {
-    let readme = std::fs::read_to_string(crate::helpers::root().join("README.md"))?;
+    let readme = std::fs::read_to_string(crate::support::root().join("README.md"))?;
     let (_, after) = readme
         .split_once("<!-- quickstart-config")
         .ok_or("the README has no quickstart configuration")?;

@@ -9,19 +9,18 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::helpers::{
-    RedisServer, TestApp, TestResult, TestSettings, partners, spawn_app, spawn_app_with,
-    spawn_app_without_drain,
+use crate::support::{
+    RedisServer, TestApp, TestResult, partners, spawn_app, spawn_app_with, spawn_app_without_drain,
 };
 
-async fn app_with_server(server_toml: &str) -> TestResult<TestApp> {
-    spawn_app_with(
-        RedisServer::start(),
-        TestSettings {
-            server_toml: server_toml.to_owned(),
-            ..TestSettings::default()
-        },
-    )
+/// An app with `server` (an object) among its `[server]` settings.
+async fn app_with_server(server: serde_json::Value) -> TestResult<TestApp> {
+    spawn_app_with(RedisServer::start(), |config| {
+        let server = server.as_object().cloned().unwrap_or_default();
+        server.into_iter().fold(config, |config, (key, value)| {
+            config.set(&format!("server.{key}"), value)
+        })
+    })
     .await
 }
 
@@ -66,7 +65,7 @@ async fn get_healthz(stream: &mut TcpStream) -> TestResult<String> {
 
 #[tokio::test]
 async fn a_half_sent_head_is_closed_after_the_header_timeout() -> TestResult {
-    let app = app_with_server("header_read_timeout_ms = 1000").await?;
+    let app = app_with_server(json!({"header_read_timeout_ms": 1000})).await?;
     let mut stream = connect(&app).await?;
     stream
         .write_all(b"POST /v1/workflows/orders/executions HTTP/1.1\r\nHost: x\r\nX-a: ")
@@ -94,7 +93,7 @@ async fn a_half_sent_head_is_closed_after_the_header_timeout() -> TestResult {
 
 #[tokio::test]
 async fn a_trickled_body_is_answered_408() -> TestResult {
-    let app = app_with_server("request_timeout_ms = 1500").await?;
+    let app = app_with_server(json!({"request_timeout_ms": 1500})).await?;
     let token = partners().idp.billing_token().await?;
     let mut stream = connect(&app).await?;
     let head = format!(
@@ -135,9 +134,12 @@ async fn a_trickled_body_is_answered_408() -> TestResult {
 async fn an_idle_kept_alive_connection_is_closed() -> TestResult {
     // The idle clock is not the header clock: idle for longer than the header timeout is
     // fine, idle past the idle timeout is not.
-    let app = app_with_server("header_read_timeout_ms = 500\nidle_timeout_ms = 2000").await?;
+    let app =
+        app_with_server(json!({"header_read_timeout_ms": 500, "idle_timeout_ms": 2000})).await?;
     let mut stream = connect(&app).await?;
     assert_eq!(get_healthz(&mut stream).await?, "HTTP/1.1 200 OK");
+    // Idle between requests for longer than the header timeout, shorter than the idle one:
+    // time itself is what is tested, so this waits rather than polls.
     tokio::time::sleep(Duration::from_millis(1000)).await;
     assert_eq!(
         get_healthz(&mut stream).await?,
@@ -179,7 +181,7 @@ async fn a_real_caller_is_served_beside_two_thousand_idle_connections() -> TestR
 
 #[tokio::test]
 async fn connections_past_the_limit_are_closed_at_once() -> TestResult {
-    let app = app_with_server("max_connections = 50").await?;
+    let app = app_with_server(json!({"max_connections": 50})).await?;
     let mut open = Vec::new();
     for _ in 0..50 {
         let mut stream = connect(&app).await?;
@@ -202,7 +204,7 @@ async fn connections_past_the_limit_are_closed_at_once() -> TestResult {
     }
     // A place frees when a connection ends.
     drop(open.pop());
-    let answered = crate::helpers::eventually(Duration::from_secs(5), "a freed place", || async {
+    let answered = crate::support::eventually(Duration::from_secs(5), "a freed place", || async {
         let mut stream = connect(&app).await.ok()?;
         get_healthz(&mut stream)
             .await
@@ -333,27 +335,28 @@ async fn inputs_parsers_would_read_differently_are_refused() -> TestResult {
 async fn a_refused_signature_is_not_the_requests_fault() -> TestResult {
     // Step Functions refusing stepgate's signature (clock skew) for longer than the retry
     // age: the entries wait, the breaker opens, nothing is dead-lettered.
-    let proxy = crate::helpers::Proxy::start(&partners().sfn_endpoint).await?;
-    proxy.answer_with(Some(crate::helpers::aws_json_error(
+    let proxy = crate::support::Proxy::start(&partners().sfn_endpoint).await?;
+    proxy.answer_with(Some(crate::support::aws_json_error(
         400,
         "InvalidSignatureException",
         "Signature expired: 20261202T100000Z is now earlier than 20261202T100500Z",
     )));
-    let settings = TestSettings {
-        sfn_endpoint: Some(proxy.url.clone()),
-        worker_toml: "retry_max_age_seconds = 1\n\
-                      [worker.breaker]\nfailure_threshold = 3\nopen_ms = 500\nmax_open_ms = 500\n"
-            .into(),
-        server_toml: "ops_listen = \"127.0.0.1:0\"".into(),
-        ..TestSettings::default()
-    };
-    let app = spawn_app_with(RedisServer::start(), settings).await?;
+    let app = spawn_app_with(RedisServer::start(), |config| {
+        config
+            .set("aws.endpoint_url", proxy.url.clone())
+            .set_seconds("worker.retry_max_age_seconds", Duration::from_secs(1))
+            .set("worker.breaker.failure_threshold", 3)
+            .set_ms("worker.breaker.open_ms", Duration::from_millis(500))
+            .set_ms("worker.breaker.max_open_ms", Duration::from_millis(500))
+            .set("server.ops_listen", "127.0.0.1:0")
+    })
+    .await?;
     let token = partners().idp.billing_token().await?;
     let mut ids = Vec::new();
     for n in 0..3 {
         ids.push(app.accept(&token, &json!({ "n": n })).await?);
     }
-    crate::helpers::eventually(Duration::from_secs(10), "the breaker to open", || async {
+    crate::support::eventually(Duration::from_secs(10), "the breaker to open", || async {
         (crate::breaker::circuit(&app).await?["state"] == "open").then_some(())
     })
     .await;
@@ -377,7 +380,7 @@ async fn a_refused_signature_is_not_the_requests_fault() -> TestResult {
         let status = app.settled_status(id, &token).await;
         assert_eq!(status["status"], "started", "{status}");
     }
-    let started = crate::helpers::executions(&app.sfn, &app.state_machine_arn).await?;
+    let started = crate::support::executions(&app.sfn, &app.state_machine_arn).await?;
     assert_eq!(started.len(), 3);
     Ok(())
 }
@@ -386,11 +389,8 @@ async fn a_refused_signature_is_not_the_requests_fault() -> TestResult {
 async fn a_tokenless_flood_adds_a_handful_of_records_that_count_every_refusal() -> TestResult {
     let app = spawn_app_with(
         RedisServer::start(),
-        TestSettings {
-            // Two records per source and window: 10 records would take 10 s of flood.
-            audit_toml: "refusal_window_seconds = 2".into(),
-            ..TestSettings::default()
-        },
+        // Two records per source and window: 10 records would take 10 s of flood.
+        |config| config.set("audit.refusal_window_seconds", 2),
     )
     .await?;
     let before = app.audit_records().await?.len();
@@ -465,7 +465,7 @@ async fn operator_endpoints_name_nothing_to_callers() -> TestResult {
 
     // With one: the API port serves /healthz only of the three; the operations port serves
     // them all, naming state machines (never ARNs) there.
-    let app = app_with_server("ops_listen = \"127.0.0.1:0\"").await?;
+    let app = app_with_server(json!({"ops_listen": "127.0.0.1:0"})).await?;
     app.one_of_each_decision().await?;
     for path in ["/metrics", "/readyz"] {
         let status = app.http.get(app.url(path)).send().await?.status();
@@ -496,7 +496,7 @@ async fn operator_endpoints_name_nothing_to_callers() -> TestResult {
 
 #[tokio::test]
 async fn a_client_that_stops_reading_is_closed() -> TestResult {
-    let app = app_with_server("idle_timeout_ms = 1000").await?;
+    let app = app_with_server(json!({"idle_timeout_ms": 1000})).await?;
     let path = "/docs/swagger-ui-bundle.js";
     let size = app
         .http
@@ -511,6 +511,7 @@ async fn a_client_that_stops_reading_is_closed() -> TestResult {
     let mut stream = connect(&app).await?;
     let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").repeat(REQUESTS);
     stream.write_all(request.as_bytes()).await?;
+    // Nothing read for three idle timeouts: the stalled writes must be cut off meanwhile.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (received, closed) = read_until_closed(&mut stream, Duration::from_secs(10)).await;
     assert!(

@@ -5,32 +5,35 @@
 use std::time::Duration;
 
 use reqwest::StatusCode;
-use serde_json::json;
+use serde_json::{Value, json};
 
-use crate::helpers::{
-    AUDIENCE, OPAQUE_AUDIENCE, OwnIdp, RedisServer, TestApp, TestResult, TestSettings,
-    spawn_app_with,
-};
 use crate::keys::status_of;
+use crate::support::{
+    AUDIENCE, OPAQUE_AUDIENCE, OwnIdp, RedisServer, TestApp, TestResult, spawn_app_with,
+};
 
-fn introspection(extra: &str) -> String {
-    format!(
-        "introspection = {{ client_id = \"stepgate\", client_secret = \"stepgate-secret\" }}\n{extra}"
-    )
+/// Introspection as the `stepgate` client, with `settings` (an object) of the issuer's.
+fn introspection(settings: Value) -> Value {
+    let mut issuer = settings;
+    issuer["introspection"] = json!({"client_id": "stepgate", "client_secret": "stepgate-secret"});
+    issuer
 }
 
-async fn app_trusting(idp: &OwnIdp, issuer_toml: &str, extra_toml: &str) -> TestResult<TestApp> {
-    spawn_app_with(
-        RedisServer::start(),
-        TestSettings {
-            worker_enabled: false,
-            issuer: Some(idp.idp.issuer.clone()),
-            audiences: vec![AUDIENCE.to_owned(), OPAQUE_AUDIENCE.to_owned()],
-            issuer_toml: issuer_toml.to_owned(),
-            extra_toml: extra_toml.to_owned(),
-            ..TestSettings::default()
-        },
-    )
+/// `idp` trusted for both audiences, with `settings` (an object) of its own.
+fn trusted(idp: &OwnIdp, settings: Value) -> Value {
+    let mut issuer = settings;
+    issuer["issuer"] = json!(idp.idp.issuer);
+    issuer["audiences"] = json!([AUDIENCE, OPAQUE_AUDIENCE]);
+    issuer
+}
+
+async fn app_trusting(idp: &OwnIdp, settings: Value) -> TestResult<TestApp> {
+    let issuer = trusted(idp, settings);
+    spawn_app_with(RedisServer::start(), |config| {
+        config
+            .set("worker.enabled", false)
+            .set("issuers", json!([issuer]))
+    })
     .await
 }
 
@@ -52,7 +55,7 @@ fn refused_config(issuer: &str, extra: &str) -> TestResult<String> {
     let config = dir.path().join("stepgate.toml");
     std::fs::write(
         &config,
-        crate::helpers::minimal_config(dir.path(), issuer, extra),
+        crate::support::minimal_config(dir.path(), issuer, extra),
     )?;
     let checked = std::process::Command::new(env!("CARGO_BIN_EXE_stepgate"))
         // Never the instance metadata service (a non-loopback address) from a test.
@@ -69,33 +72,22 @@ async fn an_opaque_token_reaches_only_its_own_issuer() -> TestResult {
     let (a, b) = (OwnIdp::start(), OwnIdp::start());
     a.set("opaque_prefix=a_").await?;
     b.set("opaque_prefix=b_").await?;
-    let second_issuer = format!(
-        r#"
-[[issuers]]
-issuer = "{issuer}"
-audiences = ["{OPAQUE_AUDIENCE}"]
-opaque_token_prefix = "b_"
-{introspection}
-
-[[workflows.orders.allow]]
-issuer = "{issuer}"
-clients = ["billing-service"]
-"#,
-        issuer = b.idp.issuer,
-        introspection = introspection(""),
-    );
-    let app = spawn_app_with(
-        RedisServer::start(),
-        TestSettings {
-            worker_enabled: false,
-            issuer: Some(a.idp.issuer.clone()),
-            audiences: vec![AUDIENCE.to_owned(), OPAQUE_AUDIENCE.to_owned()],
-            issuer_toml: introspection("opaque_token_prefix = \"a_\""),
-            extra_toml: second_issuer,
-            base_rule_issuer: true,
-            ..TestSettings::default()
-        },
-    )
+    let mut second = introspection(json!({"opaque_token_prefix": "b_"}));
+    second["issuer"] = json!(b.idp.issuer);
+    second["audiences"] = json!([OPAQUE_AUDIENCE]);
+    let first = trusted(&a, introspection(json!({"opaque_token_prefix": "a_"})));
+    let app = spawn_app_with(RedisServer::start(), |config| {
+        config
+            .set("worker.enabled", false)
+            .set("issuers", json!([first, second]))
+            .set(
+                "workflows.orders.allow",
+                json!([
+                    {"issuer": a.idp.issuer, "clients": ["billing-service"], "scopes": ["workflows:trigger"]},
+                    {"issuer": b.idp.issuer, "clients": ["billing-service"]},
+                ]),
+            )
+    })
     .await?;
     let token = opaque_token(&b).await?;
     assert!(token.starts_with("b_"), "{token}");
@@ -117,7 +109,7 @@ clients = ["billing-service"]
 #[tokio::test]
 async fn a_flood_of_one_bogus_token_costs_one_introspection() -> TestResult {
     let idp = OwnIdp::start();
-    let app = app_trusting(&idp, &introspection(""), "").await?;
+    let app = app_trusting(&idp, introspection(json!({}))).await?;
     for _ in 0..10 {
         let burst = (0..100).map(|_| status_of(&app, "x"));
         for status in futures_util::future::join_all(burst).await {
@@ -131,7 +123,11 @@ async fn a_flood_of_one_bogus_token_costs_one_introspection() -> TestResult {
 #[tokio::test]
 async fn introspection_calls_are_bounded_per_second() -> TestResult {
     let idp = OwnIdp::start();
-    let app = app_trusting(&idp, &introspection("introspection_max_per_second = 5"), "").await?;
+    let app = app_trusting(
+        &idp,
+        introspection(json!({"introspection_max_per_second": 5})),
+    )
+    .await?;
     let started = std::time::Instant::now();
     let distinct = (0..40).map(|n| {
         let app = &app;
@@ -146,7 +142,7 @@ async fn introspection_calls_are_bounded_per_second() -> TestResult {
         match response.status() {
             StatusCode::UNAUTHORIZED => refused += 1,
             StatusCode::SERVICE_UNAVAILABLE => {
-                assert_eq!(crate::helpers::header(&response, "retry-after"), "1");
+                assert_eq!(crate::support::header(&response, "retry-after"), "1");
                 busy += 1;
             }
             other => panic!("unexpected {other}"),
@@ -167,7 +163,7 @@ async fn introspection_calls_are_bounded_per_second() -> TestResult {
 #[tokio::test]
 async fn an_introspection_answer_without_a_caller_is_refused() -> TestResult {
     let idp = OwnIdp::start();
-    let app = app_trusting(&idp, &introspection(""), "").await?;
+    let app = app_trusting(&idp, introspection(json!({}))).await?;
     idp.set("strip_subject=1").await?;
     let token = opaque_token(&idp).await?;
     assert_eq!(status_of(&app, &token).await?, StatusCode::UNAUTHORIZED);
@@ -197,7 +193,7 @@ async fn key_documents_must_come_over_https_and_fit_the_cap() -> TestResult {
 #[tokio::test]
 async fn an_oversized_key_set_is_refused_and_the_old_keys_keep_serving() -> TestResult {
     let mut idp = OwnIdp::start();
-    let app = app_trusting(&idp, "jwks_refetch_cooldown_seconds = 1", "").await?;
+    let app = app_trusting(&idp, json!({"jwks_refetch_cooldown_seconds": 1})).await?;
     let old_token = idp.idp.billing_token().await?;
     assert_eq!(status_of(&app, &old_token).await?, StatusCode::ACCEPTED);
 
@@ -205,6 +201,7 @@ async fn an_oversized_key_set_is_refused_and_the_old_keys_keep_serving() -> Test
     idp.restart(None);
     idp.set("jwks_padding=1048576").await?;
     let new_token = idp.idp.billing_token().await?;
+    // Past the 1 s refetch cooldown, so the unknown kid may cause a fetch.
     tokio::time::sleep(Duration::from_millis(1_100)).await;
     let fetched_before = idp.jwks_fetches().await?;
     assert_eq!(status_of(&app, &new_token).await?, StatusCode::UNAUTHORIZED);
@@ -217,6 +214,7 @@ async fn an_oversized_key_set_is_refused_and_the_old_keys_keep_serving() -> Test
 
     // The same set within the cap is taken: the size was the only obstacle.
     idp.set("jwks_padding=0").await?;
+    // Past the cooldown again.
     tokio::time::sleep(Duration::from_millis(1_100)).await;
     assert_eq!(status_of(&app, &new_token).await?, StatusCode::ACCEPTED);
     Ok(())
@@ -251,7 +249,7 @@ async fn missing_aws_credentials_are_said_in_one_line() -> TestResult {
     // No static credentials, and nothing in this environment to find any with.
     std::fs::write(
         &config,
-        crate::helpers::minimal_config(dir.path(), "https://idp.example", ""),
+        crate::support::minimal_config(dir.path(), "https://idp.example", ""),
     )?;
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_stepgate"));
     for (name, _) in std::env::vars() {

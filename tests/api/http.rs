@@ -3,7 +3,7 @@
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{TestResult, header, keys, partners, root, spawn_app, workflow_named};
+use crate::support::{TestResult, header, keys, partners, root, spawn_app, workflow_named};
 
 #[tokio::test]
 async fn bodies_are_checked_after_authorization() -> TestResult {
@@ -78,7 +78,7 @@ async fn probes_report_liveness_and_readiness() -> TestResult {
     Ok(())
 }
 
-async fn ready_has_request_id(app: &crate::helpers::TestApp) -> TestResult<bool> {
+async fn ready_has_request_id(app: &crate::support::TestApp) -> TestResult<bool> {
     let response = app
         .http
         .get(app.url("/healthz"))
@@ -139,7 +139,7 @@ async fn the_served_document_and_the_docs_page() -> TestResult {
         .http
         .get(format!(
             "{}/.well-known/openid-configuration",
-            crate::helpers::partners().idp.issuer
+            crate::support::partners().idp.issuer
         ))
         .send()
         .await?

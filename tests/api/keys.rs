@@ -6,23 +6,36 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{
-    AUDIENCE, OPAQUE_AUDIENCE, OwnIdp, RedisServer, TestApp, TestResult, TestSettings,
-    spawn_app_with,
+use stepgate::testing::TestConfig;
+
+use crate::support::{
+    AUDIENCE, OPAQUE_AUDIENCE, OwnIdp, RedisServer, TestApp, TestResult, spawn_app_with,
 };
 
 fn now() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
 }
 
-async fn app_for(idp: &OwnIdp, issuer_toml: &str) -> TestResult<TestApp> {
-    let settings = TestSettings {
-        worker_enabled: false,
-        issuer: Some(idp.idp.issuer.clone()),
-        issuer_toml: issuer_toml.to_owned(),
-        ..TestSettings::default()
-    };
-    spawn_app_with(RedisServer::start(), settings).await
+/// The issuer at `url`, for `audiences`, with `settings` (an object) of its own.
+fn issuer_at(url: &str, audiences: &[&str], settings: Value) -> Value {
+    let mut issuer = settings;
+    issuer["issuer"] = json!(url);
+    issuer["audiences"] = json!(audiences);
+    issuer
+}
+
+/// The drain off, and `issuer` the one trusted issuer.
+fn trusting(issuer: Value) -> impl FnOnce(TestConfig) -> TestConfig {
+    move |config| {
+        config
+            .set("worker.enabled", false)
+            .set("issuers", json!([issuer]))
+    }
+}
+
+async fn app_for(idp: &OwnIdp, settings: Value) -> TestResult<TestApp> {
+    let issuer = issuer_at(&idp.idp.issuer, &[AUDIENCE], settings);
+    spawn_app_with(RedisServer::start(), trusting(issuer)).await
 }
 
 pub async fn status_of(app: &TestApp, token: &str) -> TestResult<StatusCode> {
@@ -36,7 +49,7 @@ pub async fn status_of(app: &TestApp, token: &str) -> TestResult<StatusCode> {
 async fn a_rotated_key_is_picked_up_within_one_cooldown_and_the_old_one_stops_verifying()
 -> TestResult {
     let mut idp = OwnIdp::start();
-    let app = app_for(&idp, "jwks_refetch_cooldown_seconds = 1").await?;
+    let app = app_for(&idp, json!({"jwks_refetch_cooldown_seconds": 1})).await?;
     let old_token = idp.idp.billing_token().await?;
     assert_eq!(
         status_of(&app, &old_token).await?,
@@ -62,7 +75,7 @@ async fn a_rotated_key_is_picked_up_within_one_cooldown_and_the_old_one_stops_ve
 #[tokio::test]
 async fn tokens_signed_with_cached_keys_pass_while_the_idp_is_down() -> TestResult {
     let mut idp = OwnIdp::start();
-    let app = app_for(&idp, "").await?;
+    let app = app_for(&idp, json!({})).await?;
     let unused = idp.idp.billing_token().await?;
     idp.stop();
 
@@ -85,7 +98,7 @@ async fn tokens_signed_with_cached_keys_pass_while_the_idp_is_down() -> TestResu
 async fn two_hundred_concurrent_unknown_kids_cause_at_most_one_jwks_fetch() -> TestResult {
     let idp = OwnIdp::start();
     // A cooldown longer than the flood takes, so at most one fetch is allowed during it...
-    let app = app_for(&idp, "jwks_refetch_cooldown_seconds = 3").await?;
+    let app = app_for(&idp, json!({"jwks_refetch_cooldown_seconds": 3})).await?;
     // ...and past the cooldown of the start-up fetch, so that the flood may cause that one.
     tokio::time::sleep(Duration::from_millis(3_200)).await;
     let before = idp.jwks_fetches().await?;
@@ -134,13 +147,12 @@ async fn fixed_keys_serve_an_air_gapped_issuer_without_any_fetch() -> TestResult
         .await?;
     // An issuer nobody can reach: only the inline keys can verify its tokens.
     let issuer = "https://idp.air-gapped.invalid";
-    let settings = TestSettings {
-        worker_enabled: false,
-        issuer: Some(issuer.to_owned()),
-        issuer_toml: format!("jwks_inline = '''{jwks}'''"),
-        ..TestSettings::default()
-    };
-    let app = spawn_app_with(RedisServer::start(), settings).await?;
+    let inline = issuer_at(
+        issuer,
+        &[AUDIENCE],
+        json!({"jwks_inline": jwks.to_string()}),
+    );
+    let app = spawn_app_with(RedisServer::start(), trusting(inline)).await?;
     let ready = app.http.get(app.url("/readyz")).send().await?;
     assert_eq!(ready.status(), StatusCode::OK);
 
@@ -166,7 +178,7 @@ async fn an_issuer_may_require_the_access_token_type_and_more_claims() -> TestRe
     let idp = OwnIdp::start();
     let app = app_for(
         &idp,
-        "require_typ = \"at+jwt\"\nrequired_claims = [\"jti\", \"client_id\"]",
+        json!({"require_typ": "at+jwt", "required_claims": ["jti", "client_id"]}),
     )
     .await?;
     // oidc-provider issues RFC 9068 tokens: typ at+jwt, with a jti.
@@ -213,12 +225,8 @@ async fn an_issuer_may_require_the_access_token_type_and_more_claims() -> TestRe
 async fn keys_are_not_taken_from_a_discovery_document_naming_another_issuer() -> TestResult {
     let idp = OwnIdp::start();
     // The document says "http://127.0.0.1:<port>"; the configuration says it with a slash.
-    let settings = TestSettings {
-        worker_enabled: false,
-        issuer: Some(format!("{}/", idp.idp.issuer)),
-        ..TestSettings::default()
-    };
-    let app = spawn_app_with(RedisServer::start(), settings).await?;
+    let slashed = issuer_at(&format!("{}/", idp.idp.issuer), &[AUDIENCE], json!({}));
+    let app = spawn_app_with(RedisServer::start(), trusting(slashed)).await?;
     let ready = app.http.get(app.url("/readyz")).send().await?;
     assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
     let body: Value = ready.json().await?;
@@ -232,16 +240,12 @@ async fn keys_are_not_taken_from_a_discovery_document_naming_another_issuer() ->
 #[tokio::test]
 async fn opaque_tokens_are_verified_by_introspection_and_cached_while_they_live() -> TestResult {
     let mut idp = OwnIdp::start();
-    let settings = TestSettings {
-        worker_enabled: false,
-        issuer: Some(idp.idp.issuer.clone()),
-        audiences: vec![AUDIENCE.to_owned(), OPAQUE_AUDIENCE.to_owned()],
-        issuer_toml:
-            r#"introspection = { client_id = "stepgate", client_secret = "stepgate-secret" }"#
-                .into(),
-        ..TestSettings::default()
-    };
-    let app = spawn_app_with(RedisServer::start(), settings).await?;
+    let introspected = issuer_at(
+        &idp.idp.issuer,
+        &[AUDIENCE, OPAQUE_AUDIENCE],
+        json!({"introspection": {"client_id": "stepgate", "client_secret": "stepgate-secret"}}),
+    );
+    let app = spawn_app_with(RedisServer::start(), trusting(introspected)).await?;
     let opaque = idp
         .idp
         .token_for(
@@ -261,7 +265,7 @@ async fn opaque_tokens_are_verified_by_introspection_and_cached_while_they_live(
         .trigger("orders", &opaque, &json!({"input": {}}))
         .await?;
     assert_eq!(response.status(), StatusCode::ACCEPTED);
-    let request_id = crate::helpers::request_id_of(response).await?;
+    let request_id = crate::support::request_id_of(response).await?;
     let status: Value = app
         .request_status(&request_id, &opaque)
         .await?
@@ -314,30 +318,25 @@ async fn opaque_tokens_are_verified_by_introspection_and_cached_while_they_live(
 #[tokio::test]
 async fn several_issuers_are_trusted_at_once_and_rules_can_tell_them_apart() -> TestResult {
     let second = OwnIdp::start();
-    let extra_toml = format!(
-        r#"
-[[issuers]]
-issuer = "{issuer}"
-audiences = ["{AUDIENCE}"]
-
-[[workflows.orders.allow]]
-issuer = "{issuer}"
-clients = ["billing-service"]
-
-[[workflows.orders.deny]]
-issuer = "{issuer}"
-scopes = ["workflows:read"]
-"#,
-        issuer = second.idp.issuer
-    );
-    let settings = TestSettings {
-        worker_enabled: false,
-        base_rule_issuer: true,
-        extra_toml,
-        ..TestSettings::default()
-    };
-    let app = spawn_app_with(RedisServer::start(), settings).await?;
-    let first = &crate::helpers::partners().idp;
+    let first = &crate::support::partners().idp;
+    let (one, two) = (first.issuer.as_str(), second.idp.issuer.as_str());
+    let app = spawn_app_with(RedisServer::start(), |config| {
+        config
+            .set("worker.enabled", false)
+            .push("issuers", issuer_at(two, &[AUDIENCE], json!({})))
+            .set(
+                "workflows.orders.allow",
+                json!([
+                    {"issuer": one, "clients": ["billing-service"], "scopes": ["workflows:trigger"]},
+                    {"issuer": two, "clients": ["billing-service"]},
+                ]),
+            )
+            .push(
+                "workflows.orders.deny",
+                json!({"issuer": two, "scopes": ["workflows:read"]}),
+            )
+    })
+    .await?;
 
     assert_eq!(
         status_of(&app, &first.billing_token().await?).await?,

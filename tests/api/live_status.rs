@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::helpers::{
-    Proxy, RedisServer, TestResult, TestSettings, create_state_machine_from, eventually, partners,
-    sfn_client, spawn_app_with, unique_name,
+use crate::support::{
+    Proxy, RedisServer, TestResult, create_state_machine_from, eventually, partners, sfn_client,
+    spawn_app_with, unique_name,
 };
 
 #[tokio::test]
@@ -22,17 +22,12 @@ async fn a_started_request_shows_its_execution_state_cached_briefly() -> TestRes
     .await?;
     // Every Step Functions call passes this proxy, so the test can count DescribeExecution.
     let proxy = Proxy::start(&partners().sfn_endpoint).await?;
-    let app = spawn_app_with(
-        RedisServer::start(),
-        TestSettings {
-            sfn_endpoint: Some(proxy.url.clone()),
-            server_toml: "live_status_ttl_ms = 500".into(),
-            extra_toml: format!(
-                "[workflows.waits]\nstate_machine_arn = \"{waiting}\"\n[[workflows.waits.allow]]\nclients = [\"billing-service\"]\n"
-            ),
-            ..TestSettings::default()
-        },
-    )
+    let app = spawn_app_with(RedisServer::start(), |config| {
+        config
+            .set("aws.endpoint_url", proxy.url.clone())
+            .set_ms("server.live_status_ttl_ms", Duration::from_millis(500))
+            .workflow("waits", &waiting)
+    })
     .await?;
     let describes = || {
         proxy
@@ -97,7 +92,7 @@ async fn a_started_request_shows_its_execution_state_cached_briefly() -> TestRes
 }
 
 async fn status_of(
-    app: &crate::helpers::TestApp,
+    app: &crate::support::TestApp,
     request_id: &str,
     token: &str,
 ) -> TestResult<Value> {

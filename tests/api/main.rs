@@ -1,4 +1,4 @@
-//! Integration tests of stepgate on real partners; see `helpers` for how they run.
+//! Integration tests of stepgate on real partners; see `tests/support` for how they run.
 
 // The harness fails loudly when a partner cannot start: that is a test failure, not a path
 // that serves requests.
@@ -15,7 +15,6 @@ mod delivery;
 mod deploy;
 mod docs;
 mod first_hour;
-mod helpers;
 mod hostile;
 mod hostile_identity;
 mod http;
@@ -28,4 +27,6 @@ mod plain_answers;
 mod policy;
 mod reload;
 mod roles;
+#[path = "../support/mod.rs"]
+mod support;
 mod trigger;

@@ -3,7 +3,7 @@
 
 use reqwest::StatusCode;
 
-use crate::helpers::{TestResult, header, partners, spawn_app};
+use crate::support::{TestResult, header, partners, spawn_app};
 
 #[tokio::test]
 async fn metrics_name_and_label_what_happened() -> TestResult {

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{RedisServer, TestResult, TestSettings, partners, spawn_app_with};
+use crate::support::{RedisServer, TestResult, eventually, partners, spawn_app_with};
 
 async fn assert_unavailable(response: reqwest::Response) -> TestResult {
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
@@ -26,11 +26,10 @@ async fn assert_unavailable(response: reqwest::Response) -> TestResult {
 
 #[tokio::test]
 async fn with_redis_stopped_triggers_get_503_and_nothing_is_queued() -> TestResult {
-    let settings = TestSettings {
-        worker_enabled: false,
-        ..TestSettings::default()
-    };
-    let mut app = spawn_app_with(RedisServer::start_durable(), settings).await?;
+    let mut app = spawn_app_with(RedisServer::start_durable(), |config| {
+        config.set("worker.enabled", false)
+    })
+    .await?;
     let token = partners().idp.billing_token().await?;
 
     app.redis.stop();
@@ -72,11 +71,10 @@ async fn with_redis_stopped_triggers_get_503_and_nothing_is_queued() -> TestResu
 
 #[tokio::test]
 async fn a_frozen_redis_gets_503_within_the_command_timeout() -> TestResult {
-    let settings = TestSettings {
-        worker_enabled: false,
-        ..TestSettings::default()
-    };
-    let app = spawn_app_with(RedisServer::start(), settings).await?;
+    let app = spawn_app_with(RedisServer::start(), |config| {
+        config.set("worker.enabled", false)
+    })
+    .await?;
     let token = partners().idp.billing_token().await?;
     app.redis.pause();
     let started = Instant::now();
@@ -94,11 +92,13 @@ async fn a_frozen_redis_gets_503_within_the_command_timeout() -> TestResult {
 #[tokio::test]
 async fn on_shutdown_readiness_fails_and_admission_stops_before_the_listener_closes() -> TestResult
 {
-    let mut app = crate::helpers::spawn_app_without_drain().await?;
+    let mut app = crate::support::spawn_app_without_drain().await?;
     app.stop().await;
-    let text = std::fs::read_to_string(&app.config_path)?
-        .replace("shutdown_grace_ms = 0", "shutdown_grace_ms = 1500");
-    std::fs::write(&app.config_path, text)?;
+    app.reconfigure(|config| {
+        config
+            .set("worker.enabled", false)
+            .set_ms("server.shutdown_grace_ms", Duration::from_millis(1500))
+    })?;
     app.start().await?;
     let token = partners().idp.billing_token().await?;
     assert_eq!(
@@ -107,9 +107,11 @@ async fn on_shutdown_readiness_fails_and_admission_stops_before_the_listener_clo
     );
 
     app.begin_shutdown();
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let ready = app.http.get(app.url("/readyz")).send().await?;
-    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let ready = eventually(Duration::from_secs(1), "readiness to fail", || async {
+        let ready = app.http.get(app.url("/readyz")).send().await.ok()?;
+        (ready.status() == StatusCode::SERVICE_UNAVAILABLE).then_some(ready)
+    })
+    .await;
     assert_eq!(
         ready.json::<Value>().await?["checks"]["admission"],
         "shutting down"

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::helpers::{RedisServer, TestResult, TestSettings, partners, spawn_app_with};
+use crate::support::{RedisServer, TestResult, partners, spawn_app_with};
 
 /// Every execution's start time at the emulator (ms since the epoch).
 async fn start_times(sfn: &aws_sdk_sfn::Client, arn: &str) -> TestResult<Vec<i64>> {
@@ -35,18 +35,14 @@ async fn start_times(sfn: &aws_sdk_sfn::Client, arn: &str) -> TestResult<Vec<i64
 
 #[tokio::test]
 async fn a_burst_of_500_reaches_step_functions_at_no_more_than_50_per_second() -> TestResult {
-    let extra_toml = r#"
-[workflows.paced]
-state_machine_arn = "$STATE_MACHINE_ARN"
-drain = { starts_per_second = 50, max_in_flight = 1 }
-[[workflows.paced.allow]]
-clients = ["billing-service"]
-"#;
-    let settings = TestSettings {
-        extra_toml: extra_toml.into(),
-        ..TestSettings::default()
-    };
-    let app = spawn_app_with(RedisServer::start(), settings).await?;
+    let app = spawn_app_with(RedisServer::start(), |config| {
+        let arn = config.orders_arn();
+        config.workflow("paced", &arn).set(
+            "workflows.paced.drain",
+            json!({"starts_per_second": 50, "max_in_flight": 1}),
+        )
+    })
+    .await?;
     let token = partners().idp.billing_token().await?;
 
     let mut accepted = 0;

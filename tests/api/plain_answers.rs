@@ -5,8 +5,10 @@
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{
-    RedisServer, TestApp, TestResult, TestSettings, header, partners, request_id_of, spawn_app_with,
+use stepgate::testing::TestConfig;
+
+use crate::support::{
+    RedisServer, TestApp, TestResult, header, partners, request_id_of, spawn_app_with,
 };
 
 /// The problem's `code`, after checking the response is a problem document.
@@ -40,24 +42,18 @@ async fn post_raw(
     Ok(request.send().await?)
 }
 
-fn small_workflow() -> TestSettings {
-    TestSettings {
-        worker_enabled: false,
-        extra_toml: r#"
-[workflows.small]
-state_machine_arn = "$STATE_MACHINE_ARN"
-max_input_bytes = 16
-[[workflows.small.allow]]
-clients = ["billing-service"]
-"#
-        .into(),
-        ..TestSettings::default()
-    }
+/// The drain off, and a workflow `small` taking inputs of 16 bytes at most.
+fn small_workflow(config: TestConfig) -> TestConfig {
+    let arn = config.orders_arn();
+    config
+        .set("worker.enabled", false)
+        .workflow("small", &arn)
+        .set("workflows.small.max_input_bytes", 16)
 }
 
 #[tokio::test]
 async fn every_error_is_a_problem_in_the_apis_own_terms() -> TestResult {
-    let app = spawn_app_with(RedisServer::start(), small_workflow()).await?;
+    let app = spawn_app_with(RedisServer::start(), small_workflow).await?;
     let token = partners().idp.billing_token().await?;
 
     let (status, code, _) =
@@ -154,7 +150,7 @@ async fn every_error_is_a_problem_in_the_apis_own_terms() -> TestResult {
 
 #[tokio::test]
 async fn a_retry_is_recognised_by_its_meaning_and_answered_with_the_current_status() -> TestResult {
-    let app = spawn_app_with(RedisServer::start(), TestSettings::default()).await?;
+    let app = spawn_app_with(RedisServer::start(), |config| config).await?;
     let token = partners().idp.billing_token().await?;
     let key = [("idempotency-key", "order-A-1001")];
     let first = post_raw(&app, "orders", &token, r#"{"input":{"id":1}}"#, &key).await?;
@@ -192,18 +188,14 @@ async fn a_retry_is_recognised_by_its_meaning_and_answered_with_the_current_stat
 }
 
 /// An app whose audit readers and admins are `billing-service`.
-fn readers() -> TestSettings {
-    TestSettings {
-        worker_enabled: false,
-        extra_toml: r#"
-[[audit_readers.allow]]
-clients = ["billing-service"]
-[[admin.allow]]
-clients = ["billing-service"]
-"#
-        .into(),
-        ..TestSettings::default()
-    }
+fn readers(config: TestConfig) -> TestConfig {
+    config
+        .set("worker.enabled", false)
+        .push(
+            "audit_readers.allow",
+            json!({"clients": ["billing-service"]}),
+        )
+        .push("admin.allow", json!({"clients": ["billing-service"]}))
 }
 
 async fn read_audit(app: &TestApp, token: &str, query: &str) -> TestResult<reqwest::Response> {
@@ -230,7 +222,7 @@ async fn records(app: &TestApp, token: &str, query: &str) -> TestResult<Vec<Valu
 
 #[tokio::test]
 async fn one_request_can_be_traced_through_the_audit_api() -> TestResult {
-    let app = spawn_app_with(RedisServer::start(), readers()).await?;
+    let app = spawn_app_with(RedisServer::start(), readers).await?;
     let token = partners().idp.billing_token().await?;
     let reporting = partners().idp.denied_token().await?;
     let first = app.accept(&token, &json!({"n": 1})).await?;

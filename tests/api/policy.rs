@@ -3,22 +3,21 @@
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{
-    RedisServer, TestResult, TestSettings, header, keys, partners, spawn_app_with, workflow_named,
+use stepgate::testing::TestConfig;
+
+use crate::support::{
+    RedisServer, TestResult, header, keys, partners, spawn_app_with, workflow_named,
 };
 
 #[tokio::test]
 async fn a_matching_deny_rule_wins_over_allow() -> TestResult {
-    let settings = TestSettings {
-        worker_enabled: false,
-        extra_toml: r#"
-[[workflows.orders.deny]]
-claims = [{ path = "scope", glob = "*workflows:read*" }]
-"#
-        .into(),
-        ..TestSettings::default()
-    };
-    let app = spawn_app_with(RedisServer::start(), settings).await?;
+    let app = spawn_app_with(RedisServer::start(), |config| {
+        config.set("worker.enabled", false).push(
+            "workflows.orders.deny",
+            json!({"claims": [{"path": "scope", "glob": "*workflows:read*"}]}),
+        )
+    })
+    .await?;
     let idp = &partners().idp;
     let narrow = idp
         .token("billing-service", "billing-secret", "workflows:trigger")
@@ -46,33 +45,34 @@ claims = [{ path = "scope", glob = "*workflows:read*" }]
     Ok(())
 }
 
-const PAYMENTS: &str = r#"
-[workflows.payments]
-state_machine_arn = "$STATE_MACHINE_ARN"
-max_input_bytes = 200
-input_schema = '''{
-  "type": "object",
-  "required": ["order_id", "amount_cents"],
-  "additionalProperties": false,
-  "properties": {
-    "order_id": {"type": "string", "pattern": "^[A-Z]-[0-9]+$"},
-    "amount_cents": {"type": "integer", "minimum": 1},
-    "items": {"type": "array", "items": {"type": "object", "required": ["sku"]}}
-  }
-}'''
-[[workflows.payments.allow]]
-clients = ["billing-service"]
-claims = [{ path = "client_id", prefix = "billing-" }]
-"#;
+/// The drain off, and a workflow `payments` with an input schema and size limit, open to
+/// clients named `billing-…`.
+fn payments(config: TestConfig) -> TestConfig {
+    let arn = config.orders_arn();
+    let schema = json!({
+        "type": "object",
+        "required": ["order_id", "amount_cents"],
+        "additionalProperties": false,
+        "properties": {
+            "order_id": {"type": "string", "pattern": "^[A-Z]-[0-9]+$"},
+            "amount_cents": {"type": "integer", "minimum": 1},
+            "items": {"type": "array", "items": {"type": "object", "required": ["sku"]}}
+        }
+    });
+    config
+        .set("worker.enabled", false)
+        .set("workflows.payments.state_machine_arn", arn)
+        .set("workflows.payments.max_input_bytes", 200)
+        .set("workflows.payments.input_schema", schema.to_string())
+        .set(
+            "workflows.payments.allow",
+            json!([{"clients": ["billing-service"], "claims": [{"path": "client_id", "prefix": "billing-"}]}]),
+        )
+}
 
 #[tokio::test]
 async fn inputs_that_fail_the_schema_get_422_naming_each_failing_path() -> TestResult {
-    let settings = TestSettings {
-        worker_enabled: false,
-        extra_toml: PAYMENTS.into(),
-        ..TestSettings::default()
-    };
-    let app = spawn_app_with(RedisServer::start(), settings).await?;
+    let app = spawn_app_with(RedisServer::start(), payments).await?;
     let token = partners().idp.billing_token().await?;
 
     let valid = json!({"input": {"order_id": "A-1", "amount_cents": 100, "items": [{"sku": "x"}]}});
@@ -115,12 +115,7 @@ async fn inputs_that_fail_the_schema_get_422_naming_each_failing_path() -> TestR
 
 #[tokio::test]
 async fn callers_see_only_the_workflows_they_may_trigger_with_their_schemas() -> TestResult {
-    let settings = TestSettings {
-        worker_enabled: false,
-        extra_toml: PAYMENTS.into(),
-        ..TestSettings::default()
-    };
-    let app = spawn_app_with(RedisServer::start(), settings).await?;
+    let app = spawn_app_with(RedisServer::start(), payments).await?;
     let list = |token: String| {
         let request = app
             .http
@@ -154,12 +149,7 @@ async fn callers_see_only_the_workflows_they_may_trigger_with_their_schemas() ->
 
 #[tokio::test]
 async fn policy_explain_verifies_a_real_token_and_shows_every_rule() -> TestResult {
-    let settings = TestSettings {
-        worker_enabled: false,
-        extra_toml: PAYMENTS.into(),
-        ..TestSettings::default()
-    };
-    let app = spawn_app_with(RedisServer::start(), settings).await?;
+    let app = spawn_app_with(RedisServer::start(), payments).await?;
     let explain = |workflow: &str, token: String| -> TestResult<(bool, String)> {
         use std::io::Write;
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_stepgate"))
@@ -205,19 +195,14 @@ async fn policy_explain_verifies_a_real_token_and_shows_every_rule() -> TestResu
 
 #[tokio::test]
 async fn a_one_time_token_triggers_once_and_is_refused_after() -> TestResult {
-    let settings = TestSettings {
-        worker_enabled: false,
-        extra_toml: r#"
-[workflows.payouts]
-state_machine_arn = "$STATE_MACHINE_ARN"
-one_time_tokens = true
-[[workflows.payouts.allow]]
-clients = ["billing-service"]
-"#
-        .into(),
-        ..TestSettings::default()
-    };
-    let app = spawn_app_with(RedisServer::start(), settings).await?;
+    let app = spawn_app_with(RedisServer::start(), |config| {
+        let arn = config.orders_arn();
+        config
+            .set("worker.enabled", false)
+            .workflow("payouts", &arn)
+            .set("workflows.payouts.one_time_tokens", true)
+    })
+    .await?;
     let idp = &partners().idp;
     let token = idp.billing_token().await?;
 
@@ -228,7 +213,7 @@ clients = ["billing-service"]
     let replay = app.trigger("payouts", &token, &json!({})).await?;
     assert_eq!(replay.status(), StatusCode::UNAUTHORIZED);
     assert!(
-        crate::helpers::header(&replay, "www-authenticate").contains(r#"error="invalid_token""#)
+        crate::support::header(&replay, "www-authenticate").contains(r#"error="invalid_token""#)
     );
     // Other workflows are not one-time; a fresh token works again.
     assert_eq!(

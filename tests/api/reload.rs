@@ -6,15 +6,19 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{
-    RedisServer, TestApp, TestResult, TestSettings, eventually, partners, spawn_app_with,
-    spawn_app_without_drain,
+use stepgate::testing::TestConfig;
+
+use crate::support::{
+    RedisServer, TestApp, TestResult, eventually, partners, spawn_app_with, spawn_app_without_drain,
 };
 
-const LET_REPORTING_IN: &str = r#"
-[[workflows.orders.allow]]
-clients = ["reporting-service"]
-"#;
+/// `orders` also open to `reporting-service`.
+fn let_reporting_in(config: TestConfig) -> TestConfig {
+    config.push(
+        "workflows.orders.allow",
+        json!({"clients": ["reporting-service"]}),
+    )
+}
 
 /// The configuration's digest as the trail records it: the file and every file it reads.
 fn file_sha256(app: &TestApp) -> TestResult<String> {
@@ -23,18 +27,17 @@ fn file_sha256(app: &TestApp) -> TestResult<String> {
     Ok(stepgate::config::digest(&text, &config))
 }
 
-/// A `refunds` workflow on `state_machine_arn` whose input schema is the file `schema`.
-fn refunds_with_schema(state_machine_arn: &str, schema: &std::path::Path) -> String {
-    format!(
-        r#"
-[workflows.refunds]
-state_machine_arn = "{state_machine_arn}"
-input_schema_file = "{}"
-[[workflows.refunds.allow]]
-clients = ["billing-service"]
-"#,
-        schema.display()
-    )
+/// The drain off, and a `refunds` workflow on the app's state machine whose input schema
+/// is the file `schema`.
+fn refunds_with_schema(config: TestConfig, schema: &std::path::Path) -> TestConfig {
+    let arn = config.orders_arn();
+    config
+        .set("worker.enabled", false)
+        .workflow("refunds", &arn)
+        .set(
+            "workflows.refunds.input_schema_file",
+            schema.display().to_string(),
+        )
 }
 
 async fn config_events(app: &TestApp) -> TestResult<Vec<Value>> {
@@ -74,11 +77,7 @@ async fn a_changed_policy_is_installed_without_a_restart_and_audited() -> TestRe
     );
     let started_with = file_sha256(&app)?;
 
-    app.reconfigure(&TestSettings {
-        worker_enabled: false,
-        extra_toml: LET_REPORTING_IN.into(),
-        ..TestSettings::default()
-    })?;
+    app.reconfigure(|config| let_reporting_in(config.set("worker.enabled", false)))?;
     let events = wait_for_config_event(&app, 2).await;
     assert_eq!(events[0]["event"], "config_loaded");
     assert_eq!(events[0]["config_sha256"], started_with.as_str());
@@ -137,21 +136,15 @@ async fn an_invalid_or_restart_only_change_is_refused_and_the_running_config_sta
 
 #[tokio::test]
 async fn a_workflow_added_by_a_reload_is_served_by_the_drain() -> TestResult {
-    let app = spawn_app_with(RedisServer::start(), TestSettings::default()).await?;
+    let app = spawn_app_with(RedisServer::start(), |config| config).await?;
     let billing = partners().idp.billing_token().await?;
-    let refunds = r#"
-[workflows.refunds]
-state_machine_arn = "$STATE_MACHINE_ARN"
-[[workflows.refunds.allow]]
-clients = ["billing-service"]
-"#;
     assert_eq!(
         app.trigger("refunds", &billing, &json!({})).await?.status(),
         StatusCode::FORBIDDEN
     );
-    app.reconfigure(&TestSettings {
-        extra_toml: refunds.into(),
-        ..TestSettings::default()
+    app.reconfigure(|config| {
+        let arn = config.orders_arn();
+        config.workflow("refunds", &arn)
     })?;
     wait_for_config_event(&app, 2).await;
 
@@ -161,7 +154,7 @@ clients = ["billing-service"]
         .trigger("refunds", &billing, &json!({"input": {"refund": 2}}))
         .await?;
     assert_eq!(response.status(), StatusCode::ACCEPTED);
-    let request_id = crate::helpers::request_id_of(response).await?;
+    let request_id = crate::support::request_id_of(response).await?;
     let status = app.settled_status(&request_id, &billing).await;
     assert_eq!(
         status["status"], "started",
@@ -174,16 +167,15 @@ clients = ["billing-service"]
 async fn sighup_reloads_a_running_stepgate_process() -> TestResult {
     let app = spawn_app_without_drain().await?;
     // A second, real process on the same Redis, reloading only on SIGHUP.
-    let port = crate::helpers::free_port();
+    let port = crate::support::free_port();
     let config = app.config_path.with_file_name("process.toml");
-    let text = std::fs::read_to_string(&app.config_path)?
-        .replace(
-            "listen = \"127.0.0.1:0\"",
-            &format!("listen = \"127.0.0.1:{port}\""),
-        )
-        .replace("config_poll_ms = 100", "config_poll_ms = 0");
-    std::fs::write(&config, &text)?;
-    let process = crate::helpers::KillOnDrop(
+    let process_config = app
+        .base_config()
+        .set("worker.enabled", false)
+        .set("server.listen", format!("127.0.0.1:{port}"))
+        .set_ms("server.config_poll_ms", Duration::ZERO);
+    std::fs::write(&config, process_config.render())?;
+    let process = crate::support::KillOnDrop(
         std::process::Command::new(env!("CARGO_BIN_EXE_stepgate"))
             // Never the instance metadata service (a non-loopback address) from a test.
             .env("AWS_EC2_METADATA_DISABLED", "true")
@@ -214,7 +206,7 @@ async fn sighup_reloads_a_running_stepgate_process() -> TestResult {
     };
     assert_eq!(first, StatusCode::FORBIDDEN);
 
-    std::fs::write(&config, format!("{text}{LET_REPORTING_IN}"))?;
+    std::fs::write(&config, let_reporting_in(process_config).render())?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
         trigger().await?.status(),
@@ -237,14 +229,9 @@ async fn a_changed_schema_file_is_a_changed_configuration() -> TestResult {
     let schemas = tempfile::tempdir()?;
     let schema = schemas.path().join("refunds.json");
     std::fs::write(&schema, r#"{"type": "object", "required": ["refund"]}"#)?;
-    let app = spawn_app_with(
-        RedisServer::start(),
-        TestSettings {
-            worker_enabled: false,
-            extra_toml: refunds_with_schema("$STATE_MACHINE_ARN", &schema),
-            ..TestSettings::default()
-        },
-    )
+    let app = spawn_app_with(RedisServer::start(), |config| {
+        refunds_with_schema(config, &schema)
+    })
     .await?;
     let billing = partners().idp.billing_token().await?;
     let input = json!({"input": {"amount": 5}});
@@ -271,15 +258,14 @@ async fn a_changed_schema_file_is_a_changed_configuration() -> TestResult {
 #[tokio::test]
 async fn a_refused_change_is_recorded_once_while_it_stays() -> TestResult {
     let app = spawn_app_without_drain().await?;
-    let original = std::fs::read_to_string(&app.config_path)?;
     let dir = app.config_path.parent().ok_or("no directory")?;
     let new_key = dir.join("new.key");
     stepgate::audit::AuditSigner::generate().write_pair(&new_key)?;
-    let old_key = dir.join("audit.key").display().to_string();
-    std::fs::write(
-        &app.config_path,
-        original.replace(&old_key, &new_key.display().to_string()),
-    )?;
+    app.reconfigure(|config| {
+        config
+            .set("worker.enabled", false)
+            .set("audit.signing_key", new_key.display().to_string())
+    })?;
     let events = wait_for_config_event(&app, 2).await;
     assert_eq!(events[1]["event"], "config_refused");
     assert_eq!(events[1]["reason"], "changes to [audit] need a restart");
@@ -296,13 +282,9 @@ async fn a_refused_change_is_recorded_once_while_it_stays() -> TestResult {
 #[tokio::test]
 async fn a_file_a_refused_change_waits_for_is_noticed_when_it_appears() -> TestResult {
     let app = spawn_app_without_drain().await?;
-    let original = std::fs::read_to_string(&app.config_path)?;
     let schemas = tempfile::tempdir()?;
     let schema = schemas.path().join("refunds.json");
-    std::fs::write(
-        &app.config_path,
-        original + &refunds_with_schema(&app.state_machine_arn, &schema),
-    )?;
+    app.reconfigure(|config| refunds_with_schema(config, &schema))?;
     let events = wait_for_config_event(&app, 2).await;
     assert_eq!(events[1]["event"], "config_refused", "{}", events[1]);
 

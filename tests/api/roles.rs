@@ -4,9 +4,7 @@
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::helpers::{
-    Proxy, RedisServer, TestResult, TestSettings, partners, request_id_of, spawn_app_with,
-};
+use crate::support::{Proxy, RedisServer, TestResult, partners, request_id_of, spawn_app_with};
 
 /// `(execution name, signing access key id)` of each StartExecution request in `sent`.
 fn start_requests(sent: &str) -> Vec<(String, String)> {
@@ -27,19 +25,17 @@ fn start_requests(sent: &str) -> Vec<(String, String)> {
 #[tokio::test]
 async fn a_workflow_with_a_role_starts_its_executions_as_that_role() -> TestResult {
     let proxy = Proxy::start(&partners().sfn_endpoint).await?;
-    let settings = TestSettings {
-        sfn_endpoint: Some(proxy.url.clone()),
-        extra_toml: r#"
-[workflows.refunds]
-state_machine_arn = "$STATE_MACHINE_ARN"
-role_arn = "arn:aws:iam::123456789012:role/stepgate-refunds"
-[[workflows.refunds.allow]]
-clients = ["billing-service"]
-"#
-        .into(),
-        ..TestSettings::default()
-    };
-    let app = spawn_app_with(RedisServer::start(), settings).await?;
+    let app = spawn_app_with(RedisServer::start(), |config| {
+        let arn = config.orders_arn();
+        config
+            .set("aws.endpoint_url", proxy.url.clone())
+            .workflow("refunds", &arn)
+            .set(
+                "workflows.refunds.role_arn",
+                "arn:aws:iam::123456789012:role/stepgate-refunds",
+            )
+    })
+    .await?;
     let token = partners().idp.billing_token().await?;
     let mut ids = vec![app.accept(&token, &json!({"order": 1})).await?];
     for n in 0..3 {

@@ -3,7 +3,7 @@
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{TestResult, executions, header, partners, request_id_of, spawn_app};
+use crate::support::{TestResult, executions, header, partners, request_id_of, spawn_app};
 
 #[tokio::test]
 async fn a_token_from_the_idp_starts_an_execution_with_exactly_the_callers_input() -> TestResult {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 
-use crate::helpers::{TestResult, root};
+use crate::support::{TestResult, root};
 use crate::{TRIGGER_PATH, open_loop, percentile};
 
 /// Connections held open without a request (half of them half-way through a head).

@@ -27,9 +27,9 @@
 #![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
 
 mod flood;
-#[path = "../api/helpers.rs"]
-#[allow(dead_code)]
-mod helpers;
+#[path = "../support/mod.rs"]
+#[allow(dead_code, unused_imports)]
+mod support;
 
 use std::collections::HashMap;
 use std::process::{Command, Stdio};
@@ -40,11 +40,12 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
-use helpers::{
+use serde_json::{Value, json};
+use stepgate::testing::TestConfig;
+use support::{
     KillOnDrop, RedisServer, TestResult, create_state_machine, eventually, free_port, partners,
     root, sfn_client, sfn_client_at,
 };
-use serde_json::{Value, json};
 
 const WRK_CONNECTIONS: usize = 32;
 const ROUND: Duration = Duration::from_secs(5);
@@ -65,8 +66,13 @@ async fn main() -> TestResult {
     let ceiling = bare_axum()?;
     let admission_redis = RedisServer::start();
     let admission_arn = create_state_machine(&sfn).await?;
-    let gateway =
-        Stepgate::start(&admission_redis, &partners.sfn_endpoint, &admission_arn, "").await?;
+    let gateway = Stepgate::start(
+        &admission_redis,
+        &partners.sfn_endpoint,
+        &admission_arn,
+        DrainMode::Off,
+    )
+    .await?;
     let python_redis = RedisServer::start();
     let python = PythonService::start(&python_redis).await?;
     let subjects = [
@@ -102,13 +108,7 @@ async fn main() -> TestResult {
     let proxy = TimingProxy::start(&partners.sfn_endpoint).await?;
     let latency_redis = RedisServer::start();
     let latency_arn = create_state_machine(&sfn).await?;
-    let drainer = Stepgate::start(
-        &latency_redis,
-        &proxy.url,
-        &latency_arn,
-        "[worker]\nenabled = true",
-    )
-    .await?;
+    let drainer = Stepgate::start(&latency_redis, &proxy.url, &latency_arn, DrainMode::On).await?;
     let to_start = trigger_to_start(&drainer.url, &token, &proxy, &latency_arn).await?;
     let latency_rss = drainer.peak_rss_kib()?;
     drop(drainer);
@@ -176,16 +176,25 @@ struct Stepgate {
     _dir: tempfile::TempDir,
 }
 
+/// Whether a benchmarked stepgate drains its queue.
+enum DrainMode {
+    Off,
+    /// With the default bound on starts in flight.
+    On,
+    /// With at most this many starts in flight.
+    InFlight(usize),
+}
+
 impl Stepgate {
-    /// Starts `stepgate serve` on its own Redis with the drain off unless `extra` turns it
-    /// on, and waits until it is ready. The workflow has a per-caller rate limit (far above
+    /// Starts `stepgate serve` on its own Redis with the drain as `drain` says, and waits
+    /// until it is ready. The workflow has a per-caller rate limit (far above
     /// the load), so the limit is checked and counted for every trigger; the account-wide
     /// start pacing is off, so the emulator, not a quota, limits the drain.
     async fn start(
         redis: &RedisServer,
         sfn_endpoint: &str,
         arn: &str,
-        extra: &str,
+        drain: DrainMode,
     ) -> TestResult<Self> {
         let dir = tempfile::tempdir()?;
         let key = dir.path().join("audit.key");
@@ -198,49 +207,31 @@ impl Stepgate {
             .status()?;
         assert!(status.success(), "stepgate keygen failed");
         let port = free_port();
-        let worker = if extra.contains("[worker]") {
-            String::new()
-        } else {
-            "[worker]\nenabled = false".to_owned()
+        let config = TestConfig::minimal(&partners().idp.issuer, support::AUDIENCE, &key)
+            .set("server.listen", format!("127.0.0.1:{port}"))
+            .set("redis.url", redis.url())
+            .set("aws.endpoint_url", sfn_endpoint)
+            .set("aws.starts_per_second", 0)
+            .set("aws.static_credentials.access_key_id", "bench")
+            .set("aws.static_credentials.secret_access_key", "bench")
+            .set("log.format", "json")
+            .set("log.level", "warn")
+            .set("workflows.orders.state_machine_arn", arn)
+            .set(
+                "workflows.orders.rate_limits.per_caller",
+                json!({"requests": 10_000_000, "per_seconds": 10}),
+            )
+            .set(
+                "workflows.orders.allow",
+                json!([{"clients": ["billing-service"], "scopes": ["workflows:trigger"]}]),
+            )
+            .set("worker.enabled", !matches!(drain, DrainMode::Off));
+        let config = match drain {
+            DrainMode::InFlight(at_most) => config.set("worker.max_in_flight", at_most),
+            DrainMode::Off | DrainMode::On => config,
         };
-        let config = format!(
-            r#"
-[server]
-listen = "127.0.0.1:{port}"
-[redis]
-url = "{redis}"
-[aws]
-region = "us-east-1"
-endpoint_url = "{sfn_endpoint}"
-starts_per_second = 0
-[aws.static_credentials]
-access_key_id = "bench"
-secret_access_key = "bench"
-[audit]
-signing_key = "{key}"
-[log]
-format = "json"
-level = "warn"
-[[issuers]]
-issuer = "{issuer}"
-audiences = ["{audience}"]
-[workflows.orders]
-state_machine_arn = "{arn}"
-[workflows.orders.rate_limits]
-per_caller = {{ requests = 10000000, per_seconds = 10 }}
-[[workflows.orders.allow]]
-clients = ["billing-service"]
-scopes = ["workflows:trigger"]
-{worker}
-{extra}
-"#,
-            redis = redis.url(),
-            key = key.display(),
-            issuer = partners().idp.issuer,
-            audience = helpers::AUDIENCE,
-        );
         let path = dir.path().join("stepgate.toml");
-        std::fs::write(&path, config)?;
+        std::fs::write(&path, config.render())?;
         let log = std::fs::File::create(dir.path().join("stepgate.log"))?;
         let process = KillOnDrop(
             Command::new(env!("CARGO_BIN_EXE_stepgate"))
@@ -312,7 +303,7 @@ impl PythonService {
             ])
             .current_dir(&dir)
             .env("ISSUER", &partners().idp.issuer)
-            .env("AUDIENCE", helpers::AUDIENCE)
+            .env("AUDIENCE", support::AUDIENCE)
             .env("REDIS_URL", redis.url())
             .process_group(0)
             .stdout(Stdio::null())
@@ -669,7 +660,7 @@ async fn drain_rate(
     token: &str,
 ) -> TestResult<Drain> {
     {
-        let admission = Stepgate::start(redis, &proxy.url, arn, "").await?;
+        let admission = Stepgate::start(redis, &proxy.url, arn, DrainMode::Off).await?;
         let client = reqwest::Client::new();
         for seq in 0..DRAIN_ENTRIES as u64 {
             trigger_seq(&client, &admission.url, token, seq).await?;
@@ -679,7 +670,7 @@ async fn drain_rate(
         redis,
         &proxy.url,
         arn,
-        &format!("[worker]\nenabled = true\nmax_in_flight = {DRAIN_CONCURRENCY}"),
+        DrainMode::InFlight(DRAIN_CONCURRENCY),
     )
     .await?;
     let starts = proxy

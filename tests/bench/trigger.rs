@@ -10,16 +10,16 @@
 
 #![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "../api/helpers.rs"]
-#[allow(dead_code)]
-mod helpers;
+#[path = "../support/mod.rs"]
+#[allow(dead_code, unused_imports)]
+mod support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use helpers::{RedisServer, TestApp, TestResult, TestSettings, partners, spawn_app_with};
 use serde_json::json;
+use support::{RedisServer, TestApp, TestResult, partners, spawn_app_with};
 
 const CONCURRENCY: usize = 32;
 const ROUND: Duration = Duration::from_secs(5);
@@ -32,13 +32,15 @@ struct Round {
 
 #[tokio::main]
 async fn main() -> TestResult {
-    let settings = |audit: &str| TestSettings {
-        worker_enabled: false,
-        audit_toml: audit.to_owned(),
-        ..TestSettings::default()
+    let audited = |enabled: bool| {
+        move |config: stepgate::testing::TestConfig| {
+            config
+                .set("worker.enabled", false)
+                .set("audit.enabled", enabled)
+        }
     };
-    let on = spawn_app_with(RedisServer::start(), settings("")).await?;
-    let off = spawn_app_with(RedisServer::start(), settings("enabled = false")).await?;
+    let on = spawn_app_with(RedisServer::start(), audited(true)).await?;
+    let off = spawn_app_with(RedisServer::start(), audited(false)).await?;
     let token = partners().idp.billing_token().await?;
 
     // Warm both up (connections, token cache, scripts loaded).

@@ -14,9 +14,9 @@
 // The harness fails loudly when a partner cannot start.
 #![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "../api/helpers.rs"]
-#[allow(dead_code)]
-mod helpers;
+#[path = "../support/mod.rs"]
+#[allow(dead_code, unused_imports)]
+mod support;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -26,11 +26,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use stepgate::audit::AuditSigner;
+use stepgate::testing::{TestConfig, TestPartners};
 use tokio::sync::Mutex;
 
-use helpers::{
-    AUDIENCE, KillOnDrop, Proxy, REGION, RedisCluster, RedisServer, TestResult,
-    create_state_machine, eventually, free_port, partners, sfn_client,
+use support::{
+    AUDIENCE, KillOnDrop, Proxy, RedisCluster, RedisServer, TestResult, create_state_machine,
+    eventually, free_port, partners, sfn_client,
 };
 
 /// The two runs share the machine's two cores: one at a time.
@@ -46,17 +47,18 @@ enum Store {
 }
 
 impl Store {
-    fn toml(&self) -> String {
+    /// Where the gateways find it.
+    fn configure(&self, config: TestConfig) -> TestConfig {
         match self {
-            Store::Standalone(server) => format!("url = \"{}\"\n", server.url()),
-            Store::Cluster(cluster) => {
-                let urls = cluster.urls();
-                format!(
-                    "url = \"{}\"\ncluster = true\ncluster_seeds = {}\n",
-                    urls[0],
-                    json!(urls[1..])
-                )
-            }
+            Store::Standalone(_) => config,
+            Store::Cluster(cluster) => config.redis_cluster(&cluster.urls()),
+        }
+    }
+
+    fn url(&self) -> String {
+        match self {
+            Store::Standalone(server) => server.url(),
+            Store::Cluster(cluster) => cluster.urls()[0].clone(),
         }
     }
 
@@ -258,55 +260,29 @@ async fn run(mut store: Store) -> TestResult {
     let dir = tempfile::tempdir()?;
     AuditSigner::generate().write_pair(&dir.path().join("audit.key"))?;
     let config = dir.path().join("stepgate.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[server]
-shutdown_grace_ms = 0
-
-[redis]
-{redis}command_timeout_ms = 1000
-
-[aws]
-region = "{REGION}"
-endpoint_url = "{endpoint}"
-[aws.static_credentials]
-access_key_id = "test"
-secret_access_key = "test"
-
-[worker]
-call_timeout_ms = 1000
-retry_initial_backoff_ms = 100
-retry_max_backoff_ms = 1000
-claim_idle_ms = 4000
-block_ms = 500
-[worker.breaker]
-open_ms = 1000
-max_open_ms = 2000
-
-[audit]
-signing_key = "{key}"
-
-[log]
-format = "json"
-level = "info"
-
-[[issuers]]
-issuer = "{issuer}"
-audiences = ["{AUDIENCE}"]
-
-[workflows.orders]
-state_machine_arn = "{arn}"
-[[workflows.orders.allow]]
-clients = ["billing-service"]
-"#,
-            redis = store.toml(),
-            endpoint = proxy.url,
-            key = dir.path().join("audit.key").display(),
-            issuer = partners().idp.issuer,
-        ),
-    )?;
+    let key = dir.path().join("audit.key");
+    let redis_url = store.url();
+    let base = TestConfig::base(
+        &TestPartners {
+            redis_url: &redis_url,
+            sfn_endpoint: &proxy.url,
+            issuer: &partners().idp.issuer,
+            audience: AUDIENCE,
+            signing_key: &key,
+        },
+        &arn,
+    );
+    // Each process gets its own address (STEPGATE_SERVER__LISTEN) and never reloads; its
+    // log is JSON at info, for the post-mortem of a failed run.
+    let settings = store
+        .configure(base)
+        .remove("server.listen")
+        .remove("server.config_poll_ms")
+        .set_ms("worker.breaker.open_ms", Duration::from_secs(1))
+        .set_ms("worker.breaker.max_open_ms", Duration::from_secs(2))
+        .set("log.format", "json")
+        .set("log.level", "info");
+    std::fs::write(&config, settings.render())?;
     let mut first = Gateway::start(&config, dir.path().join("first.log")).await?;
     let second = Gateway::start(&config, dir.path().join("second.log")).await?;
     let bases = vec![first.base.clone(), second.base.clone()];

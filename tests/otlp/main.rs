@@ -7,9 +7,9 @@
 // The harness fails loudly when a partner cannot start.
 #![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "../api/helpers.rs"]
-#[allow(dead_code)]
-mod helpers;
+#[path = "../support/mod.rs"]
+#[allow(dead_code, unused_imports)]
+mod support;
 
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use helpers::{KillOnDrop, RedisServer, TestResult, TestSettings, eventually, free_port};
-use helpers::{partners, request_id_of, spawn_app_with};
+use support::{KillOnDrop, RedisServer, TestResult, eventually, free_port};
+use support::{partners, request_id_of, spawn_app_with};
 
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CALLER_SPAN_ID: &str = "00f067aa0ba902b7";
@@ -27,7 +27,7 @@ const CALLER_SPAN_ID: &str = "00f067aa0ba902b7";
 async fn spans_reach_the_collector_in_the_callers_trace() -> TestResult {
     let collector = Collector::start().await?;
     // The in-process app only provides the configuration, Redis and the state machine.
-    let mut app = spawn_app_with(RedisServer::start(), TestSettings::default()).await?;
+    let mut app = spawn_app_with(RedisServer::start(), |config| config).await?;
     app.stop().await;
     let port = free_port();
     let mut serving = KillOnDrop(
