@@ -105,6 +105,22 @@ impl AuditEvent {
         event
     }
 
+    /// `accepted`, written late by the fail-closed recovery for a trigger (`request_id`)
+    /// that a process held and stopped before releasing; `request` is `None` when its
+    /// fields cannot be read, and `reason` says so.
+    pub fn recovered_accepted(
+        workflow: &WorkflowName,
+        request_id: &str,
+        request: Option<&QueuedRequest>,
+        reason: String,
+    ) -> Self {
+        let mut event = Self::about_request(EventKind::Accepted, workflow, request);
+        event.request_id = Some(request_id.to_owned());
+        event.input_sha256 = request.map(|r| sha256_hex(r.input.as_bytes()));
+        event.reason = Some(reason);
+        event
+    }
+
     /// `retried`: failed start number `attempt`, for `reason`; another follows.
     pub fn retried(
         workflow: &WorkflowName,

@@ -88,8 +88,9 @@ pub struct Rate {
 
 /// A workflow as every part of stepgate sees it once its configuration is checked: the
 /// request path (policy, input rules, limits) and the drain (state machine, role, pacing)
-/// share this one shape. Built only by [`WorkflowConfig::check`], so its name is parsed
-/// and its schema compiled once, whether at start-up or on a reload.
+/// share this one shape. The process builds it only through [`WorkflowConfig::check`]
+/// (start-up and reload alike), so its name is parsed and its schema compiled once; the
+/// fields are public for tests that need a workflow without a configuration file.
 #[derive(Debug, Clone)]
 pub struct Workflow {
     pub name: WorkflowName,

@@ -9,7 +9,8 @@ use serde_json::{Map, Value};
 /// Writes `table`, found at `path`, and everything under it.
 pub(super) fn write_table(out: &mut String, path: &[&str], table: &Map<String, Value>) {
     for (key, value) in table {
-        if !is_table(value) && !is_table_list(value) {
+        // TOML has no null: a null setting is left out, as if never set.
+        if !value.is_null() && !is_table(value) && !is_table_list(value) {
             let _ = writeln!(out, "{} = {}", key_text(key), inline(value));
         }
     }
@@ -72,12 +73,18 @@ fn inline(value: &Value) -> String {
         Value::Object(table) => {
             let members: Vec<String> = table
                 .iter()
+                .filter(|(_, value)| !value.is_null())
                 .map(|(key, value)| format!("{} = {}", key_text(key), inline(value)))
                 .collect();
             format!("{{ {} }}", members.join(", "))
         }
-        // TOML has no null: a test that writes one gets a file `serve` refuses, loudly.
-        Value::Null => "\"<null>\"".to_owned(),
+        // A null inside a list cannot be left out without changing the list: a test bug.
+        #[allow(clippy::panic)]
+        Value::Null => panic!("TOML has no null, and a list cannot leave one out"),
+        // JSON escapes every control character but DEL, which TOML also forbids unescaped.
+        Value::String(text) => Value::String(text.clone())
+            .to_string()
+            .replace('\u{7f}', "\\u007F"),
         scalar => scalar.to_string(),
     }
 }
@@ -96,6 +103,9 @@ mod tests {
             "rate": {"per_caller": {"requests": 4, "per_seconds": 60}},
             "empty": [],
             "mixed": [{"a": 1}, 2],
+            "unset": null,
+            "inline": [{"kept": 1, "gone": null}, 2],
+            "del": "a\u{7f}b",
         });
         let Value::Object(root) = tree else {
             unreachable!("an object literal")
@@ -115,5 +125,9 @@ mod tests {
         );
         assert!(out.contains("empty = []"), "{out}");
         assert!(out.contains("mixed = [{ a = 1 }, 2]"), "{out}");
+        assert!(parsed.get("unset").is_none(), "{out}");
+        assert_eq!(parsed["inline"][0]["kept"].as_integer(), Some(1));
+        assert!(parsed["inline"][0].get("gone").is_none(), "{out}");
+        assert_eq!(parsed["del"].as_str(), Some("a\u{7f}b"));
     }
 }

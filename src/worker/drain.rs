@@ -213,7 +213,7 @@ impl Drain {
     /// Starts one task per delivery, each holding one of `held`'s permits.
     pub(super) fn dispatch(
         self: &Arc<Self>,
-        target: &Workflow,
+        target: &Arc<Workflow>,
         deliveries: Vec<Delivery>,
         held: &mut Vec<OwnedSemaphorePermit>,
         tracker: &TaskTracker,
@@ -221,7 +221,8 @@ impl Drain {
     ) {
         for delivery in deliveries {
             let permit = held.pop();
-            let (drain, target, shutdown) = (Arc::clone(self), target.clone(), shutdown.clone());
+            let (drain, target, shutdown) =
+                (Arc::clone(self), Arc::clone(target), shutdown.clone());
             tracker.spawn(async move {
                 drain.deliver(&target, delivery, &shutdown).await;
                 drop(permit);

@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::drain::{Drain, MAX_BATCH};
-use crate::audit::{AuditEvent, EventKind};
+use crate::audit::AuditEvent;
 use crate::config::Workflow;
 use crate::queue::waiting::{promote_due, release_held, stranded_held};
 use crate::redis_conn::RedisConnection;
@@ -63,21 +63,17 @@ impl Drain {
         for (request_id, request) in stranded {
             let unreadable = request.as_ref().err().map(ToString::to_string);
             let request = request.ok();
-            let mut event =
-                AuditEvent::about_request(EventKind::Accepted, &target.name, request.as_ref());
-            event.request_id = Some(request_id.clone());
-            event.input_sha256 = request
-                .as_ref()
-                .map(|r| crate::audit::record::sha256_hex(r.input.as_bytes()));
             let recovered =
                 "recovered: the admitting process stopped before releasing it (audit.fail_closed)";
-            event.reason = Some(match unreadable {
+            let reason = match unreadable {
                 None => recovered.to_owned(),
                 Some(problem) => {
                     tracing::warn!(problem = %problem, "a held trigger cannot be read");
                     format!("{recovered}; its fields cannot be read: {problem}")
                 }
-            });
+            };
+            let event =
+                AuditEvent::recovered_accepted(&target.name, &request_id, request.as_ref(), reason);
             if self.audit.record_durably(event, deadline).await.is_err() {
                 tracing::warn!(workflow = %target.name, "audit unavailable; held triggers stay held");
                 break;

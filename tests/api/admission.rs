@@ -22,7 +22,9 @@ fn limited(own: Value) -> impl FnOnce(TestConfig) -> TestConfig {
                 "workflows.limited.allow",
                 json!([{"clients": ["billing-service", "reporting-service"]}]),
             );
-        let own = own.as_object().cloned().unwrap_or_default();
+        let Value::Object(own) = own else {
+            panic!("settings of the workflow are an object, not {own}")
+        };
         own.into_iter().fold(config, |config, (key, value)| {
             config.set(&format!("workflows.limited.{key}"), value)
         })

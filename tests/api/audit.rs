@@ -1001,6 +1001,8 @@ async fn a_file_sink_outage_is_retried_without_loss() -> TestResult {
     std::fs::rename(&trail_dir, &away)?;
     std::fs::write(&trail_dir, "not a directory")?;
     add_records(&app).await?;
+    // A deliberate wait: the exporter must write nothing, which no condition can mark;
+    // two seconds are two export rounds (`audit::export::ROUND`).
     tokio::time::sleep(std::time::Duration::from_secs(2)).await;
     let (records, _) = stepgate::audit::files::read_dir(&away)?;
     assert_eq!(records.len(), 5, "nothing exported during the outage");

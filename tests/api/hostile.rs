@@ -16,7 +16,9 @@ use crate::support::{
 /// An app with `server` (an object) among its `[server]` settings.
 async fn app_with_server(server: serde_json::Value) -> TestResult<TestApp> {
     spawn_app_with(RedisServer::start(), |config| {
-        let server = server.as_object().cloned().unwrap_or_default();
+        let serde_json::Value::Object(server) = server else {
+            panic!("settings of [server] are an object, not {server}")
+        };
         server.into_iter().fold(config, |config, (key, value)| {
             config.set(&format!("server.{key}"), value)
         })

@@ -98,10 +98,13 @@ async fn an_invalid_or_restart_only_change_is_refused_and_the_running_config_sta
     let billing = partners().idp.billing_token().await?;
     let original = std::fs::read_to_string(&app.config_path)?;
 
-    std::fs::write(
-        &app.config_path,
-        original.replace(":stateMachine:", ":activity:"),
-    )?;
+    // An activity's ARN where a state machine's belongs.
+    app.reconfigure(|config| {
+        let activity = config.orders_arn().replace(":stateMachine:", ":activity:");
+        config
+            .set("worker.enabled", false)
+            .set("workflows.orders.state_machine_arn", activity)
+    })?;
     let events = wait_for_config_event(&app, 2).await;
     assert_eq!(events[1]["event"], "config_refused");
     // A refused file is hashed with the files the running configuration reads.
@@ -124,10 +127,11 @@ async fn an_invalid_or_restart_only_change_is_refused_and_the_running_config_sta
         "still serving"
     );
 
-    std::fs::write(
-        &app.config_path,
-        original.replace("block_ms = 500", "block_ms = 600"),
-    )?;
+    app.reconfigure(|config| {
+        config
+            .set("worker.enabled", false)
+            .set_ms("worker.block_ms", Duration::from_millis(600))
+    })?;
     let events = wait_for_config_event(&app, 3).await;
     assert_eq!(events[2]["event"], "config_refused");
     assert_eq!(events[2]["reason"], "changes to [worker] need a restart");
@@ -207,6 +211,8 @@ async fn sighup_reloads_a_running_stepgate_process() -> TestResult {
     assert_eq!(first, StatusCode::FORBIDDEN);
 
     std::fs::write(&config, let_reporting_in(process_config).render())?;
+    // A deliberate wait: nothing should happen, and no condition marks "nothing happened".
+    // Polling is off here, so half a second is ample for a (wrong) reload to show.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
         trigger().await?.status(),

@@ -278,6 +278,11 @@ async fn run(mut store: Store) -> TestResult {
         .configure(base)
         .remove("server.listen")
         .remove("server.config_poll_ms")
+        // The fault run's caller needs no scope: only the client is checked, as before.
+        .set(
+            "workflows.orders.allow",
+            json!([{ "clients": ["billing-service"] }]),
+        )
         .set_ms("worker.breaker.open_ms", Duration::from_secs(1))
         .set_ms("worker.breaker.max_open_ms", Duration::from_secs(2))
         .set("log.format", "json")

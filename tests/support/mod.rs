@@ -31,7 +31,6 @@ pub const OPAQUE_AUDIENCE: &str = "https://stepgate-opaque.local";
 pub use stepgate::testing::REGION;
 pub const ROLE_ARN: &str = "arn:aws:iam::123456789012:role/sfn";
 
-/// The repository root.
 /// The Redis keys of a test app (prefix `stepgate`): tests name keys only through these.
 pub fn keys() -> Keys {
     Keys::new("stepgate")
