@@ -6,6 +6,7 @@ use super::record::{AuditEvent, EventKind, sha256_hex};
 use crate::auth::Principal;
 use crate::domain::{Owner, WorkflowName};
 use crate::queue::QueuedRequest;
+use crate::queue::request::EntryError;
 
 impl AuditEvent {
     /// An event about `caller`'s request to `workflow` (if known): the verified identity and
@@ -106,18 +107,22 @@ impl AuditEvent {
     }
 
     /// `accepted`, written late by the fail-closed recovery for a trigger (`request_id`)
-    /// that a process held and stopped before releasing; `request` is `None` when its
-    /// fields cannot be read, and `reason` says so.
+    /// that a process held and stopped before releasing; when its fields cannot be read,
+    /// the reason says what is wrong with them.
     pub fn recovered_accepted(
         workflow: &WorkflowName,
         request_id: &str,
-        request: Option<&QueuedRequest>,
-        reason: String,
+        request: Result<&QueuedRequest, &EntryError>,
     ) -> Self {
-        let mut event = Self::about_request(EventKind::Accepted, workflow, request);
+        let recovered =
+            "recovered: the admitting process stopped before releasing it (audit.fail_closed)";
+        let mut event = Self::about_request(EventKind::Accepted, workflow, request.ok());
         event.request_id = Some(request_id.to_owned());
-        event.input_sha256 = request.map(|r| sha256_hex(r.input.as_bytes()));
-        event.reason = Some(reason);
+        event.input_sha256 = request.ok().map(|r| sha256_hex(r.input.as_bytes()));
+        event.reason = Some(match request {
+            Ok(_) => recovered.to_owned(),
+            Err(problem) => format!("{recovered}; its fields cannot be read: {problem}"),
+        });
         event
     }
 
@@ -265,5 +270,30 @@ impl DeadLetterHandled {
             Self::Replayed => "replayed",
             Self::Purged => "purged",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_recovered_trigger_whose_fields_cannot_be_read_is_still_accepted_by_id() {
+        let Ok(orders) = WorkflowName::parse("orders") else {
+            unreachable!("a valid name")
+        };
+        let problem = EntryError::Missing("input");
+        let event = AuditEvent::recovered_accepted(&orders, "req-1", Err(&problem));
+        assert_eq!(event.event, EventKind::Accepted);
+        assert_eq!(event.request_id.as_deref(), Some("req-1"));
+        assert_eq!(event.workflow.as_deref(), Some("orders"));
+        assert_eq!(event.input_sha256, None);
+        assert_eq!(
+            event.reason.as_deref(),
+            Some(
+                "recovered: the admitting process stopped before releasing it \
+                 (audit.fail_closed); its fields cannot be read: entry has no input"
+            )
+        );
     }
 }

@@ -61,19 +61,10 @@ impl Drain {
         };
         let mut audited = Vec::with_capacity(stranded.len());
         for (request_id, request) in stranded {
-            let unreadable = request.as_ref().err().map(ToString::to_string);
-            let request = request.ok();
-            let recovered =
-                "recovered: the admitting process stopped before releasing it (audit.fail_closed)";
-            let reason = match unreadable {
-                None => recovered.to_owned(),
-                Some(problem) => {
-                    tracing::warn!(problem = %problem, "a held trigger cannot be read");
-                    format!("{recovered}; its fields cannot be read: {problem}")
-                }
-            };
-            let event =
-                AuditEvent::recovered_accepted(&target.name, &request_id, request.as_ref(), reason);
+            if let Err(problem) = &request {
+                tracing::warn!(problem = %problem, "a held trigger cannot be read");
+            }
+            let event = AuditEvent::recovered_accepted(&target.name, &request_id, request.as_ref());
             if self.audit.record_durably(event, deadline).await.is_err() {
                 tracing::warn!(workflow = %target.name, "audit unavailable; held triggers stay held");
                 break;
