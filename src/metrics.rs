@@ -70,6 +70,7 @@ pub struct Metrics {
     pub sfn_calls: Family<SfnCallLabels, Counter>,
     pub sfn_duration: Family<OperationLabels, Histogram>,
     pub executions_started: Family<WorkflowLabels, Counter>,
+    pub possible_duplicates: Family<WorkflowLabels, Counter>,
     pub jwks_fetches: Family<JwksLabels, Counter>,
     pub audit_append_duration: Histogram,
     pub audit_records: Counter,
@@ -127,6 +128,12 @@ const SFN_DURATION: Named = ("sfn_call_duration_seconds", "Step Functions call l
 const EXECUTIONS_STARTED: Named = (
     "executions_started",
     "Executions this process started (rate() = drain rate)",
+);
+/// `stepgate_possible_duplicate_starts`
+const POSSIBLE_DUPLICATES: Named = (
+    "possible_duplicate_starts",
+    "Starts of EXPRESS executions retried after an unknown outcome (delivery = at_least_once): \
+     each may have started a second execution",
 );
 /// `stepgate_jwks_fetches`
 const JWKS_FETCHES: Named = (
@@ -202,6 +209,7 @@ impl Metrics {
             sfn_calls: registered(r, SFN_CALLS, Family::default()),
             sfn_duration: registered(r, SFN_DURATION, latency_family()),
             executions_started: registered(r, EXECUTIONS_STARTED, Family::default()),
+            possible_duplicates: registered(r, POSSIBLE_DUPLICATES, Family::default()),
             jwks_fetches: registered(r, JWKS_FETCHES, Family::default()),
             audit_append_duration: registered(r, AUDIT_APPEND_DURATION, latency_histogram()),
             audit_records: registered(r, AUDIT_RECORDS, Counter::default()),

@@ -97,3 +97,50 @@ impl RedisEndpoint {
         }
     }
 }
+
+/// Whether a failed call certainly did not run: the connection was refused before anything
+/// was sent, or Redis answered with an error it gives only before running a command (a
+/// redirect, a failover, loading, read-only). Any other failure leaves the outcome unknown:
+/// after a timeout or a connection dropped mid-call the command may have run, and a script's
+/// runtime error may follow some of its writes.
+pub fn refused_before_running(error: &redis::RedisError) -> bool {
+    use redis::ErrorKind::*;
+    error.is_connection_refusal()
+        || matches!(
+            error.kind(),
+            Moved
+                | Ask
+                | TryAgain
+                | ClusterDown
+                | CrossSlot
+                | MasterDown
+                | ReadOnly
+                | BusyLoadingError
+        )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+
+    use redis::{ErrorKind, RedisError};
+
+    use super::refused_before_running;
+
+    #[test]
+    fn only_failures_before_running_are_certain() {
+        let io = |kind| RedisError::from(io::Error::new(kind, "test"));
+        let answered = |kind| RedisError::from((kind, "test"));
+        assert!(refused_before_running(&io(
+            io::ErrorKind::ConnectionRefused
+        )));
+        assert!(refused_before_running(&answered(ErrorKind::ReadOnly)));
+        assert!(refused_before_running(&answered(ErrorKind::Moved)));
+        // The call may have run.
+        assert!(!refused_before_running(&io(io::ErrorKind::TimedOut)));
+        assert!(!refused_before_running(&io(io::ErrorKind::ConnectionReset)));
+        assert!(!refused_before_running(&io(io::ErrorKind::UnexpectedEof)));
+        assert!(!refused_before_running(&answered(ErrorKind::ResponseError)));
+        assert!(!refused_before_running(&answered(ErrorKind::TypeError)));
+    }
+}

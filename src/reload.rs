@@ -126,8 +126,12 @@ impl Reloader {
                     .await;
             }
             Err(e) => {
-                // Only a restart makes a restart-only change: trying again changes nothing.
-                let retry = !matches!(e, InstallError::RestartOnly(_));
+                // Only a restart makes a restart-only change, and a state machine's type
+                // never changes: trying again changes nothing.
+                let retry = !matches!(
+                    e,
+                    InstallError::RestartOnly(_) | InstallError::Unguaranteed(_)
+                );
                 self.refused(Some(sha256), e.to_string(), report, retry)
                     .await;
             }
@@ -148,6 +152,11 @@ impl Reloader {
         let runtime = Runtime::build(&config, &self.http, sha256.to_owned(), Some(&previous))
             .await
             .map_err(InstallError::Build)?;
+        let step_functions = &self.state.step_functions;
+        step_functions
+            .guarantees
+            .check(step_functions.client.as_ref(), runtime.workflows.values())
+            .await?;
         let names: Vec<_> = runtime.workflows.keys().cloned().collect();
         crate::migrations::apply(&mut self.redis.clone(), &self.keys, &names).await?;
         let runtime = Arc::new(runtime);
@@ -194,6 +203,8 @@ enum InstallError {
     Build(anyhow::Error),
     #[error("cannot prepare the workflows' queues: {0}")]
     Migrations(#[from] crate::migrations::MigrationError),
+    #[error(transparent)]
+    Unguaranteed(#[from] crate::worker::guarantee::GuaranteeProblems),
 }
 
 /// SIGHUP as a stream of `()`; never yields where there is no such signal.

@@ -18,8 +18,10 @@ use crate::redis_conn::{RedisConnection, RedisEndpoint};
 use crate::reload::Reloader;
 use crate::runtime::{KeyRefreshers, Runtime};
 use crate::state::{App, AppState, StepFunctionsView};
-use crate::worker::{AwsStepFunctions, Breakers, Drain, DrainPartners, StepFunctions};
+use crate::worker::{AwsStepFunctions, Breakers, Drain, DrainPartners, Guarantees, StepFunctions};
 
+/// How long the file exporter may take to finish its round and give up its lease.
+const EXPORT_STOP: Duration = Duration::from_secs(5);
 /// How long the audit writer may take to write what is left at shutdown.
 const AUDIT_DRAIN: Duration = Duration::from_secs(10);
 
@@ -78,6 +80,14 @@ impl Application {
             .await
             .context("applying migrations")?;
 
+        // An EXPRESS state machine without a guarantee the workflow accepts is refused here
+        // when Step Functions can tell; otherwise the drain asks before the first start.
+        let guarantees = Arc::new(Guarantees::default());
+        guarantees
+            .check(sfn.as_ref(), runtime.workflows.values())
+            .await
+            .map_err(|refused| anyhow::anyhow!(refused))?;
+
         let (targets, targets_rx) = watch::channel(runtime.drain_targets());
         let breakers = Arc::new(Breakers::new(config.worker.breaker));
         let sfn_for_api = Arc::clone(&sfn);
@@ -88,6 +98,7 @@ impl Application {
                 sfn,
                 audit: audit.clone(),
                 breakers: Arc::clone(&breakers),
+                guarantees: Arc::clone(&guarantees),
             };
             Drain::new(partners, keys.clone(), targets_rx, &config)
         });
@@ -96,6 +107,7 @@ impl Application {
         let sfn_view = StepFunctionsView {
             client: sfn_for_api,
             breakers,
+            guarantees,
             credentials_problem: std::sync::RwLock::new(None),
         };
         let state = app_state(&config, Arc::new(runtime), redis, keys, audit, sfn_view);
@@ -144,6 +156,7 @@ impl Application {
         let addr = listener.local_addr()?;
         let config_server = config.server.clone();
         let writer = audit_writer.map(|writer| tokio::spawn(writer.run()));
+        let exporter = start_exporter(&state, &config, &shutdown);
         let reloader = start_companions(
             &state,
             &config,
@@ -165,6 +178,11 @@ impl Application {
             }
         };
         let ((), ()) = tokio::join!(server, drain);
+        if let Some(exporter) = exporter
+            && tokio::time::timeout(EXPORT_STOP, exporter).await.is_err()
+        {
+            tracing::warn!("the audit exporter did not stop in time; its lease expires by itself");
+        }
         if let Some(reloader) = reloader {
             // It holds an AppState (and so an audit handle): it must end before the writer can.
             let _ = reloader.await;
@@ -244,7 +262,26 @@ struct ReloadSource {
     targets: watch::Sender<Vec<Arc<Workflow>>>,
 }
 
-/// What runs beside the API: the file exporter, the `config_loaded` record, the AWS
+/// The file exporter, when the trail is exported; it gives up its lease when it ends.
+fn start_exporter(
+    state: &AppState,
+    config: &Config,
+    shutdown: &CancellationToken,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let files = config.audit.files.as_ref()?;
+    let exporter = crate::audit::export::Exporter::new(
+        state.redis.clone(),
+        state.keys.clone(),
+        crate::audit::export::ExportSettings {
+            dir: files.dir.clone(),
+            rotate_bytes: files.rotate_bytes,
+            keep_records: files.redis_keep_records,
+        },
+    );
+    Some(tokio::spawn(exporter.run(shutdown.clone())))
+}
+
+/// What runs beside the API: the `config_loaded` record, the AWS
 /// credentials watch, the issuers' key refreshers and, for a file, the reloader (returned:
 /// it holds an audit handle, so it must end before the audit writer can).
 async fn start_companions(
@@ -253,18 +290,6 @@ async fn start_companions(
     reload: Option<ReloadSource>,
     shutdown: &CancellationToken,
 ) -> Option<tokio::task::JoinHandle<()>> {
-    if let Some(files) = &config.audit.files {
-        let exporter = crate::audit::export::Exporter::new(
-            state.redis.clone(),
-            state.keys.clone(),
-            crate::audit::export::ExportSettings {
-                dir: files.dir.clone(),
-                rotate_bytes: files.rotate_bytes,
-                keep_records: files.redis_keep_records,
-            },
-        );
-        tokio::spawn(exporter.run(shutdown.clone()));
-    }
     let sha256 = reload.as_ref().map(|source| source.sha256.clone());
     state.audit.record(AuditEvent::config_loaded(sha256)).await;
 

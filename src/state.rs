@@ -19,6 +19,8 @@ pub struct AppState(Arc<App>);
 pub struct StepFunctionsView {
     pub client: Arc<dyn crate::worker::sfn::StepFunctions>,
     pub breakers: Arc<Breakers>,
+    /// The workflows' delivery guarantees, as far as their state machines' types are known.
+    pub guarantees: Arc<crate::worker::Guarantees>,
     /// Why AWS credentials cannot be resolved, as last checked; `None` when they can.
     pub credentials_problem: RwLock<Option<String>>,
 }

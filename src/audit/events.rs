@@ -106,6 +106,18 @@ impl AuditEvent {
         event
     }
 
+    /// `failed`: the request's start may or may not have happened and is not tried again
+    /// (an EXPRESS workflow's `at_most_once`), for `reason`.
+    pub fn failed(
+        workflow: &WorkflowName,
+        request: Option<&QueuedRequest>,
+        reason: String,
+    ) -> Self {
+        let mut event = Self::about_request(EventKind::Failed, workflow, request);
+        event.reason = Some(reason);
+        event
+    }
+
     /// `accepted`, written late by the fail-closed recovery for a trigger (`request_id`)
     /// that a process held and stopped before releasing; when its fields cannot be read,
     /// the reason says what is wrong with them.

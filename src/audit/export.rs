@@ -21,7 +21,10 @@ use super::checkpoint::Checkpoint;
 use super::files::{self, CHECKPOINTS_FILE, FilesError};
 use super::merkle::leaf_hash;
 use super::record::sha256_hex;
-use super::scripts::{ExportLease, ExportLeaseArgs, ExportLeaseKeys, Trim, TrimArgs, TrimKeys};
+use super::scripts::{
+    ExportLease, ExportLeaseArgs, ExportLeaseKeys, ReleaseExportLease, ReleaseExportLeaseArgs,
+    Trim, TrimArgs, TrimKeys,
+};
 use super::store::{self, StoredRecord};
 use super::verify::StartPoint;
 use crate::queue::Keys;
@@ -78,6 +81,7 @@ impl Exporter {
         }
     }
 
+    /// Exports every `ROUND` until `shutdown`; then gives up the lease.
     pub async fn run(mut self, shutdown: CancellationToken) {
         loop {
             if let Err(e) = self.round().await {
@@ -87,8 +91,26 @@ impl Exporter {
             }
             tokio::select! {
                 () = tokio::time::sleep(ROUND) => {}
-                () = shutdown.cancelled() => return,
+                () = shutdown.cancelled() => break,
             }
+        }
+        self.release().await;
+    }
+
+    /// Gives up the lease, if this exporter holds it, so that another (or this one,
+    /// restarted) takes over at once instead of after the lease expires.
+    async fn release(&mut self) {
+        let lease = ExportLeaseKeys {
+            lease: self.keys.audit_export_lease(),
+        };
+        let args = ReleaseExportLeaseArgs {
+            holder: &self.owner,
+        };
+        let released: redis::RedisResult<i64> = ReleaseExportLease::invocation(lease, &args)
+            .invoke_async(&mut self.redis)
+            .await;
+        if let Err(e) = released {
+            tracing::warn!(error = %e, "could not give up the audit export lease; it expires by itself");
         }
     }
 

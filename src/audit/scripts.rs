@@ -47,8 +47,19 @@ lua_script! {
     pub struct ExportLease = "export_lease.lua", ExportLeaseKeys, ExportLeaseArgs;
 }
 
+lua_args! { pub struct ReleaseExportLeaseArgs<'a> { holder: &'a str } }
+lua_script! {
+    /// Gives up the file exporter's lease, if still held.
+    pub struct ReleaseExportLease = "export_release.lua", ExportLeaseKeys, ReleaseExportLeaseArgs;
+}
+
 /// Every script of the audit trail, for the contract test.
-pub const ALL: &[Contract] = &[Append::CONTRACT, Trim::CONTRACT, ExportLease::CONTRACT];
+pub const ALL: &[Contract] = &[
+    Append::CONTRACT,
+    Trim::CONTRACT,
+    ExportLease::CONTRACT,
+    ReleaseExportLease::CONTRACT,
+];
 
 #[cfg(test)]
 mod tests {

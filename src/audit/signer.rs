@@ -3,7 +3,9 @@
 use std::path::Path;
 
 use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
-use ed25519_dalek::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey};
+use ed25519_dalek::pkcs8::{
+    DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey, KeypairBytes,
+};
 use ed25519_dalek::{Signer as _, SigningKey, VerifyingKey};
 use sha2::{Digest, Sha256};
 
@@ -64,7 +66,7 @@ impl AuditSigner {
         self.key.sign(body).to_bytes()
     }
 
-    /// Writes the private key (PKCS#8 PEM, owner-only) to `path` and the public key (SPKI
+    /// Writes the private key (PKCS#8 v1 PEM, owner-only) to `path` and the public key (SPKI
     /// PEM) next to it with the extension `.pub`; returns the public key's path.
     pub fn write_pair(&self, path: &Path) -> Result<std::path::PathBuf, KeyError> {
         let write_err = |p: &Path| {
@@ -76,10 +78,15 @@ impl AuditSigner {
             kind: "private",
             detail,
         };
-        let private = self
-            .key
-            .to_pkcs8_pem(LineEnding::LF)
-            .map_err(|e| format_err(e.to_string()))?;
+        // PKCS#8 v1 (RFC 5208: the private key alone), which OpenSSL 3.0 and Python's
+        // `cryptography` read. ed25519-dalek's own encoding is v2 (RFC 5958, with the public
+        // key embedded), which both reject.
+        let private = KeypairBytes {
+            secret_key: self.key.to_bytes(),
+            public_key: None,
+        }
+        .to_pkcs8_pem(LineEnding::LF)
+        .map_err(|e| format_err(e.to_string()))?;
         let public = self
             .verifying_key()
             .to_public_key_pem(LineEnding::LF)

@@ -48,7 +48,8 @@ pub enum AuditCommand {
         #[command(flatten)]
         sources: Sources,
         /// The trail's first public key(s) (SPKI PEM); later keys come from its rotation
-        /// records. Default: the configured signing key's public half.
+        /// records. Default: the public halves of the configured signing key and retired
+        /// keys.
         #[arg(long = "public-key")]
         public_keys: Vec<PathBuf>,
         /// One JSON object on standard output instead of text.
@@ -206,7 +207,7 @@ async fn verify(
 ) -> anyhow::Result<ExitCode> {
     let config = load(&sources.config)?;
     let keys = if public_keys.is_empty() {
-        vec![AuditSigner::load(&config.audit.signing_key)?.verifying_key()]
+        configured_public_keys(&config)?
     } else {
         public_keys_from(public_keys)?
     };
@@ -330,6 +331,16 @@ async fn read_with(
         Some(files) => trail::join(files, from_redis),
         None => Ok(from_redis),
     })
+}
+
+/// The public halves of the configured keys: the signing key and every retired one. Any of
+/// them may have signed record 1 (after a rotation, the first is a retired key); from then
+/// on the verifier accepts a key only as the rotation records introduce and retire it.
+fn configured_public_keys(config: &Config) -> anyhow::Result<Vec<VerifyingKey>> {
+    std::iter::once(&config.audit.signing_key)
+        .chain(&config.audit.retired_keys)
+        .map(|path| Ok(AuditSigner::load(path)?.verifying_key()))
+        .collect()
 }
 
 fn public_keys_from(paths: &[PathBuf]) -> anyhow::Result<Vec<VerifyingKey>> {

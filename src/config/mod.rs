@@ -28,7 +28,8 @@ pub use files::digest;
 pub use issuers::{IntrospectionConfig, IssuerConfig};
 pub use worker::{BreakerConfig, WorkerConfig};
 pub use workflows::{
-    DrainPacing, GlobalRateLimits, Rate, Workflow, WorkflowConfig, WorkflowRateLimits,
+    DeliveryGuarantee, DrainPacing, GlobalRateLimits, Rate, Workflow, WorkflowConfig,
+    WorkflowRateLimits,
 };
 mod parse;
 mod validate;

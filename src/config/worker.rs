@@ -35,6 +35,10 @@ pub struct WorkerConfig {
     pub block: Duration,
     /// Consumer name in the group; default `<host>-<pid>-<random>`, unique per process.
     pub consumer_name: Option<String>,
+    /// A consumer of the group idle this long with no entry pending (a stopped process) is
+    /// removed by any replica; one that still owns entries never is.
+    #[serde(rename = "consumer_expiry_seconds", with = "super::duration::seconds")]
+    pub consumer_expiry: Duration,
     pub breaker: BreakerConfig,
 }
 
@@ -50,6 +54,7 @@ impl Default for WorkerConfig {
             claim_idle: Duration::from_secs(60),
             block: Duration::from_secs(2),
             consumer_name: None,
+            consumer_expiry: Duration::from_secs(3600),
             breaker: BreakerConfig::default(),
         }
     }
@@ -108,6 +113,13 @@ impl WorkerConfig {
                      redis.command_timeout_ms), or a live delivery could be taken over",
                     silence.as_millis()
                 ),
+            );
+        }
+        if self.consumer_expiry <= self.block {
+            // A live reader is idle at most one blocking read between reads.
+            problems.add(
+                "worker.consumer_expiry_seconds",
+                "must exceed block_ms, or live readers would be removed between reads",
             );
         }
         if self.retry_initial_backoff.is_zero()

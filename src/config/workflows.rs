@@ -47,6 +47,33 @@ pub struct WorkflowConfig {
     /// How fast the drain may start this workflow's executions.
     #[serde(default)]
     pub drain: DrainPacing,
+    /// The delivery guarantee accepted for an EXPRESS state machine, which cannot give
+    /// exactly once (a STANDARD one always gets exactly once).
+    pub delivery: Option<DeliveryGuarantee>,
+}
+
+/// `workflows.<name>.delivery`: how often a request may start its execution.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryGuarantee {
+    /// Once, across retries, crashes and redeliveries (STANDARD: the execution name is the
+    /// request id, and Step Functions refuses a second start of a name).
+    ExactlyOnce,
+    /// At least once: a start whose outcome is unknown is retried, so it may run twice.
+    AtLeastOnce,
+    /// At most once: a start whose outcome is unknown is never retried; the request ends
+    /// `failed` (`outcome_unknown`).
+    AtMostOnce,
+}
+
+impl DeliveryGuarantee {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryGuarantee::ExactlyOnce => "exactly_once",
+            DeliveryGuarantee::AtLeastOnce => "at_least_once",
+            DeliveryGuarantee::AtMostOnce => "at_most_once",
+        }
+    }
 }
 
 /// `[workflows.<name>.drain]`: shared by every replica through Redis.
@@ -104,6 +131,9 @@ pub struct Workflow {
     pub max_backlog: Option<u64>,
     pub drain: DrainPacing,
     pub audit_input: InputAudit,
+    /// The guarantee accepted for an EXPRESS state machine (`None`: exactly once, which
+    /// only a STANDARD one gives).
+    pub delivery: Option<DeliveryGuarantee>,
 }
 
 impl Workflow {
@@ -114,6 +144,7 @@ impl Workflow {
             && self.state_machine_arn == other.state_machine_arn
             && self.role_arn == other.role_arn
             && self.drain == other.drain
+            && self.delivery == other.delivery
     }
 }
 
@@ -213,6 +244,7 @@ impl WorkflowConfig {
             max_backlog: self.max_backlog,
             drain: self.drain,
             audit_input: self.audit.clone(),
+            delivery: self.delivery,
         }
     }
 

@@ -77,6 +77,11 @@ pub enum ApiError {
     InvalidInput(Vec<InputViolation>),
     #[error("the Idempotency-Key was used with another request")]
     IdempotencyKeyReused,
+    #[error("request {request_id} is not yet accepted for good")]
+    RequestPending {
+        request_id: String,
+        retry_after_seconds: u64,
+    },
     #[error("rate limit {policy} exhausted")]
     RateLimited {
         policy: &'static str,
@@ -150,6 +155,7 @@ impl ApiError {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
             ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            ApiError::RequestPending { .. } => StatusCode::CONFLICT,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -173,6 +179,7 @@ impl ApiError {
             ApiError::InvalidParameter(_) => "invalid_parameter",
             ApiError::InvalidInput(_) => "invalid_input",
             ApiError::IdempotencyKeyReused => "idempotency_key_reused",
+            ApiError::RequestPending { .. } => "request_pending",
             ApiError::RateLimited { .. } => "rate_limited",
             ApiError::Unavailable { .. } => "unavailable",
             ApiError::Internal(_) => "internal",
@@ -215,6 +222,14 @@ impl ApiError {
             ApiError::IdempotencyKeyReused => {
                 "this Idempotency-Key was used with another request (workflow or body)".into()
             }
+            ApiError::RequestPending {
+                request_id,
+                retry_after_seconds,
+            } => format!(
+                "the first request with this Idempotency-Key ({request_id}) waits for its audit \
+                 record and may still be withdrawn; retry after {retry_after_seconds} s for its \
+                 outcome"
+            ),
             ApiError::InvalidInput(violations) => {
                 format!(
                     "the input does not match the workflow's schema ({} violation(s))",
@@ -311,6 +326,10 @@ impl IntoResponse for ApiError {
         }
         match &self {
             ApiError::Unavailable {
+                retry_after_seconds,
+                ..
+            }
+            | ApiError::RequestPending {
                 retry_after_seconds,
                 ..
             } => {

@@ -158,7 +158,7 @@ fn common_causes() -> Vec<Cause> {
 }
 
 /// The errors of an operation that takes a body.
-fn body_causes() -> [Cause; 8] {
+fn body_causes() -> [Cause; 9] {
     [
         (
             "invalid_body",
@@ -194,6 +194,14 @@ fn body_causes() -> [Cause; 8] {
             "idempotency_key_reused",
             "The Idempotency-Key was used with another request",
             ApiError::IdempotencyKeyReused,
+        ),
+        (
+            "request_pending",
+            "A retry of a request still held for its audit record (audit.fail_closed)",
+            ApiError::RequestPending {
+                request_id: "orders_0192f5c4e3b87d8e9a6b1c2d3e4f5a6b".into(),
+                retry_after_seconds: 1,
+            },
         ),
         (
             "rate_limited",

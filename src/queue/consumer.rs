@@ -16,7 +16,9 @@ use redis::{AsyncCommands, RedisResult};
 use super::dead_letters;
 use super::keys::{Keys, WORKERS_GROUP};
 use super::request::{EntryError, QueuedRequest, RequestState};
-use super::scripts::{Complete, CompleteArgs, CompleteKeys};
+use super::scripts::{
+    Complete, CompleteArgs, CompleteKeys, PruneConsumers, PruneConsumersArgs, PruneConsumersKeys,
+};
 use crate::domain::{RequestId, WorkflowName};
 
 /// One entry handed to this consumer.
@@ -43,6 +45,9 @@ pub enum Outcome {
     Started { execution_arn: String },
     /// It can never start as it is: moved to the dead letters.
     DeadLettered { reason: String },
+    /// It may or may not have started, and is not tried again (an EXPRESS workflow's
+    /// `at_most_once`): the request ends `failed`.
+    Failed { reason: String },
 }
 
 /// Creates the workers' group on `queue` (and the stream), tolerating an existing group.
@@ -121,28 +126,87 @@ pub async fn complete(
                 .await
         }
         Outcome::Started { execution_arn } => {
-            // An unreadable entry cannot have started; any id keeps the script simple.
-            let status_key = match request_id {
-                Some(id) => keys.request(id),
-                None => keys.unused(workflow),
-            };
-            let script_keys = CompleteKeys {
-                queue: keys.queue(workflow),
-                request_status: status_key,
-            };
-            let args = CompleteArgs {
-                group: WORKERS_GROUP,
-                entry_id,
-                state: RequestState::Started.as_str(),
-                updated_at: now,
-                execution_arn,
-            };
-            let acked: i64 = Complete::invocation(script_keys, &args)
-                .invoke_async(redis)
-                .await?;
-            Ok(acked == 1)
+            let ended = (RequestState::Started, execution_arn.as_str(), "");
+            complete_as(redis, keys, workflow, request_id, entry_id, ended, now).await
+        }
+        Outcome::Failed { reason } => {
+            let ended = (RequestState::Failed, "", reason.as_str());
+            complete_as(redis, keys, workflow, request_id, entry_id, ended, now).await
         }
     }
+}
+
+/// Acknowledges and deletes the entry, setting its request's state, execution ARN and
+/// failure (`''` where they do not apply); `true` when this call acknowledged it.
+async fn complete_as(
+    redis: &mut RedisConnection,
+    keys: &Keys,
+    workflow: &WorkflowName,
+    request_id: Option<&RequestId>,
+    entry_id: &str,
+    (state, execution_arn, failure): (RequestState, &str, &str),
+    now: &str,
+) -> RedisResult<bool> {
+    // An unreadable entry has no request; the never-written key keeps the script simple.
+    let request_key = |key: fn(&Keys, &RequestId) -> String| {
+        request_id.map_or_else(|| keys.unused(workflow), |id| key(keys, id))
+    };
+    let script_keys = CompleteKeys {
+        queue: keys.queue(workflow),
+        request_status: request_key(Keys::request),
+        attempt: request_key(Keys::attempt),
+    };
+    let args = CompleteArgs {
+        group: WORKERS_GROUP,
+        entry_id,
+        state: state.as_str(),
+        updated_at: now,
+        execution_arn,
+        failure,
+    };
+    let acked: i64 = Complete::invocation(script_keys, &args)
+        .invoke_async(redis)
+        .await?;
+    Ok(acked == 1)
+}
+
+/// How long the mark of an EXPRESS start attempt lives at most: completion deletes it; the
+/// bound only reclaims the mark of an entry removed some other way.
+const ATTEMPT_MARK_TTL_SECONDS: u64 = 30 * 24 * 3600;
+
+/// Marks that a start of `id`'s EXPRESS execution is being tried, before the call.
+pub async fn mark_attempt(
+    redis: &mut RedisConnection,
+    keys: &Keys,
+    id: &RequestId,
+) -> RedisResult<()> {
+    redis
+        .set_ex(
+            keys.attempt(id),
+            crate::clock::unix_ms(),
+            ATTEMPT_MARK_TTL_SECONDS,
+        )
+        .await
+}
+
+/// Drops the mark after a start that certainly did not happen (it will be tried again).
+pub async fn clear_attempt(
+    redis: &mut RedisConnection,
+    keys: &Keys,
+    id: &RequestId,
+) -> RedisResult<()> {
+    let _: usize = redis.del(keys.attempt(id)).await?;
+    Ok(())
+}
+
+/// Whether an earlier delivery tried to start `id`'s EXPRESS execution and did not learn
+/// (or record) the outcome.
+pub async fn attempted(
+    redis: &mut RedisConnection,
+    keys: &Keys,
+    id: &RequestId,
+) -> RedisResult<bool> {
+    redis.exists(keys.attempt(id)).await
 }
 
 /// Resets the idle time of `entry_id`, pending for `consumer` (`XCLAIM` to itself), so no
@@ -182,4 +246,26 @@ pub async fn is_settled(
         .query_async(redis)
         .await?;
     Ok(queued + held + due == 0)
+}
+
+/// Removes the group's consumers (other than `keep`) idle at least `min_idle` with no entry
+/// pending: those of stopped processes. Returns how many.
+pub async fn prune_idle(
+    redis: &mut RedisConnection,
+    queue: &str,
+    keep: &str,
+    min_idle: std::time::Duration,
+) -> RedisResult<u64> {
+    PruneConsumers::invocation(
+        PruneConsumersKeys {
+            queue: queue.to_owned(),
+        },
+        &PruneConsumersArgs {
+            group: WORKERS_GROUP,
+            keep,
+            min_idle_ms: min_idle.as_millis() as u64,
+        },
+    )
+    .invoke_async(redis)
+    .await
 }

@@ -1,5 +1,6 @@
 -- Moves a queue entry that can never start into the workflow's dead-letter stream, with
--- the reason, and marks its request dead-lettered; atomically.
+-- the reason, and marks its request dead-lettered (dropping the mark of an EXPRESS start
+-- attempt: a replay is a new delivery); atomically.
 -- Keys and arguments: `DeadLetter` in scripts.rs. The index maps an index field (the
 -- request id, or "entry:<id>" for an unreadable entry) to the dead-letter entry id.
 -- Returns 1 when this call moved the entry, 0 when another delivery already had.
@@ -16,6 +17,7 @@ table.insert(fields, 'queue_entry'); table.insert(fields, entry_id)
 local dead = redis.call('XADD', dead_letters, '*', unpack(fields))
 redis.call('HSET', dead_letter_index, index_field, dead)
 redis.call('XDEL', queue, entry_id)
+redis.call('DEL', attempt)
 if redis.call('EXISTS', request_status) == 1 then
   redis.call('HSET', request_status, 'status', 'dead_lettered', 'updated_at', now, 'error', reason)
 end

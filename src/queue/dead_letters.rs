@@ -111,6 +111,7 @@ pub async fn dead_letter(
         dead_letters: keys.dead_letters(workflow),
         dead_letter_index: keys.dead_letter_index(workflow),
         request_status: status_key(keys, workflow, request_id),
+        attempt: request_id.map_or_else(|| keys.unused(workflow), |id| keys.attempt(id)),
     };
     let index_field = index_field(request_id, entry_id);
     let args = DeadLetterArgs {

@@ -12,7 +12,8 @@
 -- input: the input, as received
 -- Returns {'queued', entry_id, remaining_1, reset_ms_1, ...} (one pair per limit; entry_id is
 --   'deferred' for a trigger held until its due time, 'held' for one held for release),
---   {'duplicate', request_id} (same key, same body), {'conflict'} (same key, other body),
+--   {'duplicate', request_id} (same key, same body), {'pending', request_id} (same key, same
+--   body, the first still held: it may yet be withdrawn), {'conflict'} (same key, other body),
 --   {'replayed'}, {'backlog'}, or {'limited', limit_index (1-based), retry_ms}.
 local plan = cjson.decode(plan_json)
 local t = redis.call('TIME')
@@ -24,6 +25,10 @@ if plan.idempotency_fingerprint ~= '' then
   if earlier[1] then
     if earlier[2] == plan.idempotency_fingerprint
         or earlier[2] == plan.idempotency_legacy_fingerprint then
+      -- Still held for its audit record, it may yet be withdrawn: not an answer to give.
+      if redis.call('ZSCORE', held, earlier[1]) then
+        return {'pending', earlier[1]}
+      end
       return {'duplicate', earlier[1]}
     end
     return {'conflict'}
@@ -91,7 +96,13 @@ else
 end
 redis.call('HSET', request_status, 'status', status, 'owner', plan.owner,
   'created_at', plan.accepted_at, 'updated_at', plan.accepted_at, 'not_before_ms', tostring(plan.due_ms))
-redis.call('EXPIRE', request_status, plan.status_ttl)
+-- A deferred trigger's status lives status_ttl past its due time, so it outlasts the wait
+-- (completion updates an existing status only, never recreates an expired one).
+local status_ttl = plan.status_ttl
+if status == 'deferred' then
+  status_ttl = status_ttl + math.ceil((plan.due_ms - now) / 1000)
+end
+redis.call('EXPIRE', request_status, status_ttl)
 if plan.idempotency_fingerprint ~= '' then
   redis.call('HSET', idempotency, 'request_id', plan.request_id, 'fingerprint', plan.idempotency_fingerprint)
   redis.call('EXPIRE', idempotency, plan.idempotency_ttl)

@@ -9,6 +9,7 @@
 //! | `<p>:{wf:<name>}:queue`               | stream | accepted triggers awaiting the drain   |
 //! | `<p>:{wf:<name>}:request:<32 hex>`    | hash   | one request's status (expires)         |
 //! | `<p>:{wf:<name>}:request:<32 hex>:live` | string | the execution's state, cached briefly|
+//! | `<p>:{wf:<name>}:request:<32 hex>:attempt` | string | an EXPRESS start was tried (expires)|
 //! | `<p>:{wf:<name>}:dead`                | stream | dead letters: entries that cannot start|
 //! | `<p>:{wf:<name>}:dead:index`          | hash   | request id → dead-letter entry id      |
 //! | `<p>:{wf:<name>}:schema`              | hash   | migrations applied to this workflow    |
@@ -60,6 +61,12 @@ impl Keys {
     /// An execution's live state, cached briefly (see `live_status`).
     pub fn live_status(&self, id: &RequestId) -> String {
         format!("{}:live", self.request(id))
+    }
+
+    /// Marks that a start of the request's EXPRESS execution was tried, so that a later
+    /// delivery knows the outcome of an earlier one may be unknown.
+    pub fn attempt(&self, id: &RequestId) -> String {
+        format!("{}:attempt", self.request(id))
     }
 
     pub fn request(&self, id: &RequestId) -> String {
@@ -212,6 +219,7 @@ mod tests {
             keys.queue(&workflow),
             keys.request(&id),
             keys.live_status(&id),
+            keys.attempt(&id),
             keys.dead_letters(&workflow),
             keys.dead_letter_index(&workflow),
             keys.workflow_schema(&workflow),

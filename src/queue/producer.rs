@@ -1,11 +1,12 @@
 //! Admission: the checks a trigger must pass in Redis, and its write to the queue, as one
 //! atomic script in the workflow's hash slot — so limits are exact across replicas, and a
 //! refused trigger writes nothing. A caller's limit over all workflows lives in the caller's
-//! own slot: it is reserved first and refunded when the workflow's script does not queue.
+//! own slot: it is reserved first and refunded when the workflow's script certainly did not
+//! queue (never after an ambiguous failure such as a timeout: under-admit, never over-admit).
 
 use std::time::Duration;
 
-use crate::redis_conn::RedisConnection;
+use crate::redis_conn::{RedisConnection, refused_before_running};
 use serde::Serialize;
 
 use super::keys::Keys;
@@ -101,6 +102,9 @@ pub enum Enqueued {
     },
     /// Nothing written: this idempotency key already queued this request.
     Duplicate { request_id: String },
+    /// Nothing written: this idempotency key's request is still held for its audit record
+    /// (`audit.fail_closed`), so it may yet be withdrawn.
+    Pending { request_id: String },
     /// Nothing written: this idempotency key was used with another body.
     KeyReused,
     /// Nothing written: the one-time token was used before.
@@ -313,7 +317,17 @@ impl Producer {
                 Ok(Enqueued::Queued { placement, quotas })
             }
             outcome => {
-                // Not queued (refused, a duplicate, or Redis failed): give the reservation back.
+                // Give the reservation back only when the script certainly did not queue: it
+                // answered (refused, a duplicate), or Redis refused the call before running
+                // it. After a timeout or a dropped connection it may have run: keeping the
+                // reservation under-admits by one, where a refund could over-admit.
+                let certain = outcome.as_ref().err().is_none_or(refused_before_running);
+                if !certain {
+                    tracing::warn!(
+                        "kept a caller rate-limit reservation: whether the trigger was queued is unknown"
+                    );
+                    return outcome;
+                }
                 let refund: redis::RedisResult<i64> = redis::cmd("ZREM")
                     .arg(&total_key)
                     .arg(&member)
@@ -412,6 +426,9 @@ fn parse_reply(reply: &[String]) -> redis::RedisResult<Enqueued> {
     let number = |s: &String| s.parse::<u64>().unwrap_or(0);
     match reply {
         [status, request_id] if status == "duplicate" => Ok(Enqueued::Duplicate {
+            request_id: request_id.clone(),
+        }),
+        [status, request_id] if status == "pending" => Ok(Enqueued::Pending {
             request_id: request_id.clone(),
         }),
         [status] if status == "conflict" => Ok(Enqueued::KeyReused),

@@ -65,20 +65,22 @@ lua_script! {
     pub struct Release = "release.lua", ReleaseKeys, ReleaseArgs;
 }
 
-lua_keys! { pub struct CompleteKeys { queue, request_status } }
+lua_keys! { pub struct CompleteKeys { queue, request_status, attempt } }
 lua_args! {
     pub struct CompleteArgs<'a> {
         group: &'a str, entry_id: &'a str, state: &'a str, updated_at: &'a str,
-        execution_arn: &'a str,
+        execution_arn: &'a str, failure: &'a str,
     }
 }
 lua_script! {
-    /// Records a started execution and removes its entry.
+    /// Records a started (or failed) execution and removes its entry.
     pub struct Complete = "complete.lua", CompleteKeys, CompleteArgs;
 }
 
 lua_keys! {
-    pub struct DeadLetterKeys { queue, dead_letters, dead_letter_index, request_status }
+    pub struct DeadLetterKeys {
+        queue, dead_letters, dead_letter_index, request_status, attempt,
+    }
 }
 lua_args! {
     pub struct DeadLetterArgs<'a> {
@@ -134,6 +136,13 @@ lua_script! {
     pub struct PaceSettle = "pace_settle.lua", PaceKeys, PaceSettleArgs;
 }
 
+lua_keys! { pub struct PruneConsumersKeys { queue } }
+lua_args! { pub struct PruneConsumersArgs<'a> { group: &'a str, keep: &'a str, min_idle_ms: u64 } }
+lua_script! {
+    /// Removes consumers idle past a bound with nothing pending.
+    pub struct PruneConsumers = "prune_consumers.lua", PruneConsumersKeys, PruneConsumersArgs;
+}
+
 /// Every script of the queue, for the contract test.
 pub const ALL: &[Contract] = &[
     Enqueue::CONTRACT,
@@ -148,6 +157,7 @@ pub const ALL: &[Contract] = &[
     TakeLease::CONTRACT,
     PaceReserve::CONTRACT,
     PaceSettle::CONTRACT,
+    PruneConsumers::CONTRACT,
 ];
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use super::retry::{Next, RetrySchedule, jittered};
 use super::sfn::{SfnError, StepFunctions, execution_arn};
 use crate::audit::AuditEvent;
 use crate::clock::now_rfc3339;
-use crate::config::Workflow;
+use crate::config::{DeliveryGuarantee, Workflow};
 use crate::queue::QueuedRequest;
 use crate::queue::consumer::{self, Delivery, Outcome};
 
@@ -34,7 +34,7 @@ pub(super) enum Yielded {
 }
 
 /// What one call of `StartExecution` came to, short of an outcome.
-enum Attempt {
+pub(super) enum Attempt {
     Done(Outcome),
     Failed { error: String, systemic: bool },
 }
@@ -138,6 +138,10 @@ impl Drain {
                 tracing::warn!(reason = %reason, "entry dead-lettered");
                 AuditEvent::dead_lettered(workflow, request, reason)
             }
+            Outcome::Failed { reason } => {
+                tracing::warn!(reason = %reason, "request failed; not tried again");
+                AuditEvent::failed(workflow, request, reason)
+            }
         };
         self.audit.record(event).await;
     }
@@ -155,8 +159,12 @@ impl Drain {
         shutdown: &CancellationToken,
     ) -> Result<Outcome, Yielded> {
         let mut schedule = RetrySchedule::new(&self.config);
+        let mut guarantee = None;
         loop {
-            let (error, systemic) = match self.attempt(target, request, claim, shutdown).await? {
+            let attempted = self
+                .attempt(target, request, &mut guarantee, claim, shutdown)
+                .await?;
+            let (error, systemic) = match attempted {
                 Attempt::Done(outcome) => return Ok(outcome),
                 Attempt::Failed { error, systemic } => (error, systemic),
             };
@@ -181,11 +189,13 @@ impl Drain {
     }
 
     /// One call of `StartExecution`, once the state machine's breaker and the pacing allow
-    /// it; the breaker learns from its answer.
+    /// it; the breaker learns from its answer, and `guarantee` says what an answer of
+    /// unknown outcome means.
     async fn attempt(
         &self,
         target: &Workflow,
         request: &QueuedRequest,
+        known: &mut Option<DeliveryGuarantee>,
         claim: &mut Claim,
         shutdown: &CancellationToken,
     ) -> Result<Attempt, Yielded> {
@@ -197,6 +207,14 @@ impl Drain {
                 Admit::Wait(wait) => self.wait(wait, claim, shutdown).await?,
             }
         };
+        // Learned through the breaker: asking the type is a call to the same service.
+        let guarantee = match *known {
+            Some(guarantee) => guarantee,
+            None => match self.prepare(target, request, probe).await {
+                Ok(learned) => *known.insert(learned),
+                Err(attempted) => return Ok(attempted),
+            },
+        };
         let permits = match self.pace(target, claim, shutdown).await {
             Ok(permits) => permits,
             Err(yielded) => {
@@ -206,6 +224,17 @@ impl Drain {
                 return Err(yielded);
             }
         };
+        if let Err(e) = self.mark_attempt(request, guarantee).await {
+            // Redis' problem, not the entry's or the service's: it waits, uncounted.
+            self.release(target, permits).await;
+            if probe {
+                self.breakers.abandoned(arn);
+            }
+            return Ok(Attempt::Failed {
+                error: format!("cannot mark the start attempt: {e}"),
+                systemic: true,
+            });
+        }
         let started = start_once(self.sfn.as_ref(), target, request).await;
         self.release(target, permits).await;
         let (error, systemic) = match started {
@@ -218,6 +247,10 @@ impl Drain {
                 self.breakers.succeeded(arn);
                 let reason = e.to_string();
                 return Ok(Attempt::Done(Outcome::DeadLettered { reason }));
+            }
+            Err(SfnError::OutcomeUnknown(error)) => {
+                self.breakers.failed(arn);
+                return Ok(self.unknown_outcome(target, guarantee, error));
             }
             Err(SfnError::Throttled(error)) => {
                 // Healthy but busy: slow down without judging the service.
@@ -236,6 +269,7 @@ impl Drain {
                 (error, true)
             }
         };
+        self.not_started(request, guarantee).await;
         Ok(Attempt::Failed { error, systemic })
     }
 
@@ -384,7 +418,7 @@ pub(super) fn entry_age(entry_id: &str) -> Duration {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::config::DrainPacing;
     use crate::domain::{RequestId, WorkflowName};
@@ -392,7 +426,7 @@ mod tests {
 
     const ARN: &str = "arn:aws:states:us-east-1:123456789012:stateMachine:orders";
 
-    fn target() -> Workflow {
+    pub(in crate::worker) fn target() -> Workflow {
         Workflow {
             name: WorkflowName::parse("orders").unwrap_or_else(|e| panic!("{e}")),
             state_machine_arn: ARN.into(),
@@ -404,6 +438,7 @@ mod tests {
             max_backlog: None,
             drain: DrainPacing::default(),
             audit_input: crate::audit::redact::InputAudit::default(),
+            delivery: None,
         }
     }
 

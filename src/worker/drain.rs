@@ -20,6 +20,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::breaker::Breakers;
+use super::guarantee::Guarantees;
+use super::in_flight::InFlight;
 use super::repeated::RepeatedFailures;
 use super::sfn::StepFunctions;
 use crate::audit::AuditLog;
@@ -44,6 +46,8 @@ pub struct DrainPartners {
     pub audit: AuditLog,
     /// One circuit breaker per state machine (shared with `/readyz`).
     pub breakers: Arc<Breakers>,
+    /// The state machines' types (shared with start-up, reload and the API).
+    pub guarantees: Arc<Guarantees>,
 }
 
 /// Everything one drain needs; shared by its tasks.
@@ -60,6 +64,9 @@ pub struct Drain {
     /// The account/region-wide pacing window and its starts per second, if any.
     pub(super) account_pace: Option<(String, u32)>,
     pub(super) breakers: Arc<Breakers>,
+    pub(super) guarantees: Arc<Guarantees>,
+    /// The entries this process is delivering: never two deliveries of one at once here.
+    pub(super) in_flight: Arc<InFlight>,
     /// `audit.fail_closed`: the write timeout for recovering held triggers whose admitting
     /// process stopped before releasing them.
     pub(super) held_recovery: Option<Duration>,
@@ -81,6 +88,7 @@ impl Drain {
             sfn,
             audit,
             breakers,
+            guarantees,
         } = partners;
         let aws = &config.aws;
         Self {
@@ -99,6 +107,8 @@ impl Drain {
                 .unwrap_or_else(unique_consumer_name),
             config: config.worker.clone(),
             breakers,
+            guarantees,
+            in_flight: Arc::default(),
             held_recovery: config
                 .audit
                 .fail_closed_timing()
@@ -220,11 +230,16 @@ impl Drain {
         shutdown: &CancellationToken,
     ) {
         for delivery in deliveries {
+            let Some(in_flight) = self.in_flight.enter(&target.name, &delivery.entry_id) else {
+                tracing::debug!(workflow = %target.name, entry = %delivery.entry_id, "already being delivered here");
+                continue;
+            };
             let permit = held.pop();
             let (drain, target, shutdown) =
                 (Arc::clone(self), Arc::clone(target), shutdown.clone());
             tracker.spawn(async move {
                 drain.deliver(&target, delivery, &shutdown).await;
+                drop(in_flight);
                 drop(permit);
             });
         }

@@ -3,6 +3,9 @@
 pub mod breaker;
 mod delivery;
 pub mod drain;
+mod express;
+pub mod guarantee;
+mod in_flight;
 mod pacing;
 mod reader;
 mod recovery;
@@ -12,4 +15,5 @@ pub mod sfn;
 
 pub use breaker::Breakers;
 pub use drain::{Drain, DrainPartners};
+pub use guarantee::Guarantees;
 pub use sfn::{AwsStepFunctions, SfnError, StepFunctions};

@@ -1,5 +1,6 @@
 //! Reading a workflow's queue: new entries for this consumer, entries other consumers left
-//! idle (reclaim), on a blocking connection of the reader's own.
+//! idle (reclaim), on a blocking connection of the reader's own; and removing the consumers
+//! of stopped processes.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -129,6 +130,22 @@ impl Drain {
                         break;
                     }
                 }
+                self.prune_consumers(&mut redis, target, &queue).await;
+            }
+        }
+    }
+
+    /// Removes the consumers of stopped processes from `queue`'s group, so that restarts
+    /// and rollouts do not grow it; never one that still owns entries.
+    async fn prune_consumers(&self, redis: &mut RedisConnection, target: &Workflow, queue: &str) {
+        let expiry = self.config.consumer_expiry;
+        match consumer::prune_idle(redis, queue, &self.consumer, expiry).await {
+            Ok(0) => {}
+            Ok(removed) => {
+                tracing::info!(workflow = %target.name, consumers = removed, "removed idle consumers");
+            }
+            Err(e) => {
+                tracing::warn!(workflow = %target.name, error = %e, "could not remove idle consumers");
             }
         }
     }

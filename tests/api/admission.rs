@@ -351,3 +351,50 @@ async fn a_retry_of_a_request_admitted_before_an_upgrade_is_recognised() -> Test
     assert_eq!(app.queue_len("limited").await?, 1, "queued once");
     Ok(())
 }
+
+/// A caller's total quota is not refunded when Redis times out after it may have run the
+/// workflow's script: here it did (the script was slow, the caller got 503), and refunding
+/// would have admitted one trigger more than the quota. Under-admit, never over-admit.
+#[tokio::test]
+async fn a_timeout_after_the_script_ran_refunds_nothing() -> TestResult {
+    let windowed = limited(json!({"rate_limits": {"workflow": per_seconds(1_000, 3_600)}}));
+    let app = spawn_app_with(RedisServer::start(), |config| {
+        windowed(config)
+            .set("rate_limits.per_caller", per_seconds(2, 3_600))
+            .set("redis.command_timeout_ms", 100)
+    })
+    .await?;
+    let token = partners().idp.billing_token().await?;
+    // Two million expired admissions in the workflow's window: the script's sweep of them
+    // outlasts the command timeout, and then the script queues the trigger all the same.
+    let window = keys().rate(&workflow_named("limited")?, "workflow");
+    let mut redis = app.redis.connection().await?;
+    for chunk in 0..200 {
+        let mut add = redis::cmd("ZADD");
+        add.arg(&window);
+        for member in 0..10_000 {
+            add.arg(0).arg(chunk * 10_000 + member);
+        }
+        let _: i64 = add.query_async(&mut redis).await?;
+    }
+
+    let timed_out = app.trigger("limited", &token, &json!({})).await?;
+    assert_eq!(timed_out.status(), StatusCode::SERVICE_UNAVAILABLE);
+    crate::support::eventually(
+        std::time::Duration::from_secs(10),
+        "the slow script queued the trigger",
+        || async { app.queue_len("limited").await.ok().filter(|n| *n == 1) },
+    )
+    .await;
+    // The quota of two is spent by the queued trigger and the next one.
+    let second = app.trigger("limited", &token, &json!({})).await?;
+    assert_eq!(second.status(), StatusCode::ACCEPTED);
+    let third = app.trigger("limited", &token, &json!({})).await?;
+    assert_eq!(
+        third.status(),
+        StatusCode::TOO_MANY_REQUESTS,
+        "{}",
+        header(&third, "ratelimit")
+    );
+    Ok(())
+}

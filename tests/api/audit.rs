@@ -257,8 +257,8 @@ async fn tamper_matrix() -> TestResult {
 }
 
 /// A restart with a new key and the old one under `retired_keys` rotates: the trail verifies
-/// from the first public key alone, and a record signed afterwards with the retired key is
-/// refused as such.
+/// from the first public key alone and from the configuration alone, and a record signed
+/// afterwards with the retired key is refused as such.
 #[tokio::test]
 async fn key_rotation_is_introduced_by_the_old_key_and_retires_it() -> TestResult {
     let (mut app, _) = app_with_a_trail(None).await?;
@@ -292,6 +292,10 @@ async fn key_rotation_is_introduced_by_the_old_key_and_retires_it() -> TestResul
     let (code, report) = verify_json(&app, &["--public-key", &old_public])?;
     assert_eq!(code, 0, "{report}");
     assert_eq!(report["verified"]["rotations"], json!([new_key.kid()]));
+    // The configuration alone verifies too: the old key is among its retired keys.
+    let (code, report) = verify_json(&app, &[])?;
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(report["verified"]["rotations"], json!([new_key.kid()]));
 
     // A record appended with the retired key, chained correctly.
     let mut trail = entries(&app).await?;
@@ -312,6 +316,12 @@ async fn key_rotation_is_introduced_by_the_old_key_and_retires_it() -> TestResul
             report["problem"]["seq"].as_u64()
         ),
         (5, Some("retired_key"), Some(trail.len() as u64)),
+        "{report}"
+    );
+    let (code, report) = verify_json(&app, &[])?;
+    assert_eq!(
+        (code, report["problem"]["kind"].as_str()),
+        (5, Some("retired_key")),
         "{report}"
     );
     Ok(())
@@ -633,6 +643,68 @@ async fn failing_closed_refuses_triggers_the_trail_cannot_record() -> TestResult
     Ok(())
 }
 
+/// `fail_closed`: a retry (same Idempotency-Key) of a trigger still held for its record is
+/// answered `409 request_pending` + `Retry-After`, never a `202` for a trigger that is then
+/// withdrawn; once it is withdrawn, the retry is admitted as a new request, and starts.
+#[tokio::test]
+async fn failing_closed_a_retry_of_a_held_trigger_is_told_to_wait() -> TestResult {
+    let app = spawn_app_with(RedisServer::start(), |config| {
+        config.set("audit.fail_closed", true).set_ms(
+            "audit.write_timeout_ms",
+            std::time::Duration::from_millis(2_000),
+        )
+    })
+    .await?;
+    let token = partners().idp.billing_token().await?;
+    let send = || {
+        app.http
+            .post(app.url("/v1/workflows/orders/executions"))
+            .bearer_auth(&token)
+            .header("idempotency-key", "order-77")
+            .json(&json!({"input": {"n": 77}}))
+            .send()
+    };
+    // Every append fails while the record stream is not a stream.
+    let mut redis = app.redis.connection().await?;
+    let _: () = redis::pipe()
+        .cmd("RENAME")
+        .arg(keys().audit_log())
+        .arg("aside")
+        .cmd("SET")
+        .arg(keys().audit_log())
+        .arg("broken")
+        .query_async(&mut redis)
+        .await?;
+    let retry = async {
+        // While the first waits for its record (up to write_timeout_ms).
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        send().await
+    };
+    let (first, retry) = tokio::join!(send(), retry);
+    let (first, retry) = (first?, retry?);
+    assert_eq!(first.status(), StatusCode::SERVICE_UNAVAILABLE, "withdrawn");
+    assert_eq!(retry.status(), StatusCode::CONFLICT);
+    assert_eq!(crate::support::header(&retry, "retry-after"), "1");
+    let problem: Value = retry.json().await?;
+    assert_eq!(problem["code"], "request_pending", "{problem}");
+
+    let _: () = redis::pipe()
+        .cmd("DEL")
+        .arg(keys().audit_log())
+        .cmd("RENAME")
+        .arg("aside")
+        .arg(keys().audit_log())
+        .query_async(&mut redis)
+        .await?;
+    let again = send().await?;
+    assert_eq!(again.status(), StatusCode::ACCEPTED);
+    let id = request_id_of(again).await?;
+    assert_eq!(app.settled_status(&id, &token).await["status"], "started");
+    let started = crate::support::executions(&app.sfn, &app.state_machine_arn).await?;
+    assert_eq!(started.len(), 1, "the withdrawn trigger never started");
+    Ok(())
+}
+
 /// A held trigger whose admitting process died before releasing it: the drain audits it
 /// (a written `accepted` record, marked recovered) and only then queues it; it starts once.
 #[tokio::test]
@@ -773,6 +845,39 @@ async fn exported_files_and_a_trimmed_stream_keep_verifying() -> TestResult {
         location.ends_with(&format!("{} line {line}", first.display())),
         "{report}"
     );
+    Ok(())
+}
+
+/// A graceful stop gives up the export lease, so a restarted (or another) exporter takes
+/// over at once rather than after the lease expires.
+#[tokio::test]
+async fn a_graceful_stop_gives_up_the_export_lease() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let trail_dir = dir.path().join("trail");
+    let mut app = spawn_app_with(RedisServer::start(), |config| {
+        config.set("audit.files.dir", trail_dir.display().to_string())
+    })
+    .await?;
+    let redis = app.redis.connection().await?;
+    let holder = || {
+        let mut redis = redis.clone();
+        async move {
+            redis::cmd("GET")
+                .arg(keys().audit_export_lease())
+                .query_async::<Option<String>>(&mut redis)
+                .await
+                .ok()
+                .flatten()
+        }
+    };
+    crate::support::eventually(
+        std::time::Duration::from_secs(10),
+        "the exporter's lease",
+        holder,
+    )
+    .await;
+    app.stop().await;
+    assert_eq!(holder().await, None, "the lease outlived its exporter");
     Ok(())
 }
 

@@ -207,6 +207,37 @@ async fn a_deferred_trigger_waits_in_redis_and_starts_once_when_due() -> TestRes
     Ok(())
 }
 
+/// A deferred trigger's status lives `status_ttl_seconds` past its due time, not past its
+/// admission: a caller can follow a 30-day deferral to its end.
+#[tokio::test]
+async fn a_long_deferral_keeps_its_status_until_due_plus_the_status_ttl() -> TestResult {
+    let app = crate::support::spawn_app_with(RedisServer::start(), |config| {
+        config.set("worker.enabled", false)
+    })
+    .await?;
+    let token = partners().idp.billing_token().await?;
+    let delay = 30 * 24 * 3600;
+    let response = app
+        .trigger(
+            "orders",
+            &token,
+            &json!({"input": {"much": "later"}, "delay_seconds": delay}),
+        )
+        .await?;
+    let request_id = crate::support::request_id_of(response).await?;
+    let id = stepgate::domain::RequestId::parse(&request_id)?;
+    let ttl: i64 = redis::cmd("TTL")
+        .arg(keys().request(&id))
+        .query_async(&mut app.redis.connection().await?)
+        .await?;
+    let status_ttl = 7 * 24 * 3600;
+    assert!(
+        ttl > status_ttl + delay - 60 && ttl <= status_ttl + delay + 1,
+        "the status expires in {ttl} s"
+    );
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_deferred_trigger_survives_a_restart() -> TestResult {
     let mut app = crate::support::spawn_app().await?;
@@ -293,6 +324,7 @@ async fn a_drain_run_until_empty_returns_once_every_accepted_request_started() -
         sfn: Arc::new(AwsStepFunctions::new(&config.aws, Duration::from_secs(5)).await),
         audit: stepgate::audit::AuditLog::disabled(),
         breakers: Arc::new(Breakers::new(config.worker.breaker)),
+        guarantees: Arc::default(),
     };
     // The drain serves what the configuration holds, as start-up would.
     let targets = config.checked_workflows().to_vec();
@@ -319,5 +351,97 @@ async fn a_drain_run_until_empty_returns_once_every_accepted_request_started() -
         let status: Value = app.request_status(request_id, &token).await?.json().await?;
         assert_eq!(status["status"], "started", "{status}");
     }
+    Ok(())
+}
+
+/// The consumers of `orders`' group: name and pending entries.
+async fn consumers(app: &TestApp) -> TestResult<Vec<(String, usize)>> {
+    let reply: redis::streams::StreamInfoConsumersReply = app
+        .redis
+        .connection()
+        .await?
+        .xinfo_consumers(queue()?, GROUP)
+        .await?;
+    Ok(reply
+        .consumers
+        .into_iter()
+        .map(|c| (c.name, c.pending))
+        .collect())
+}
+
+/// Consumers of stopped processes are removed from the group once idle past
+/// `worker.consumer_expiry_seconds` with nothing pending, so restarts do not grow it; one
+/// that still owns an entry is kept until the entry is taken over, and the entry is not lost.
+#[tokio::test]
+async fn idle_consumers_are_removed_but_never_with_entries_pending() -> TestResult {
+    let app = spawn_app_with(RedisServer::start(), |config| {
+        config.set("worker.consumer_expiry_seconds", 1)
+    })
+    .await?;
+    let mut redis = app.redis.connection().await?;
+    let queue = queue()?;
+    eventually(Duration::from_secs(10), "the live reader", || async {
+        consumers(&app).await.ok().filter(|c| c.len() == 1)
+    })
+    .await;
+    let _: i64 = redis::cmd("XGROUP")
+        .arg("CREATECONSUMER")
+        .arg(&queue)
+        .arg(GROUP)
+        .arg("ghost-idle")
+        .query_async(&mut redis)
+        .await?;
+    // An entry pending for a stopped process: added and read in one transaction, before
+    // the live reader (served only after it) can take it.
+    let _: redis::Value = redis::pipe()
+        .atomic()
+        .cmd("XADD")
+        .arg(&queue)
+        .arg("*")
+        .arg("request_id")
+        .arg("orders_not-a-valid-id")
+        .cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg(GROUP)
+        .arg("ghost-owner")
+        .arg("COUNT")
+        .arg(1)
+        .arg("STREAMS")
+        .arg(&queue)
+        .arg(">")
+        .query_async(&mut redis)
+        .await?;
+
+    let left = eventually(Duration::from_secs(10), "ghost-idle removed", || async {
+        consumers(&app)
+            .await
+            .ok()
+            .filter(|c| !c.iter().any(|(name, _)| name == "ghost-idle"))
+    })
+    .await;
+    assert!(
+        left.contains(&("ghost-owner".to_owned(), 1)),
+        "the owner of a pending entry is kept: {left:?}"
+    );
+    // Once the entry is taken over (after claim_idle_ms) and settled, its old owner goes too.
+    let left = eventually(Duration::from_secs(20), "ghost-owner removed", || async {
+        consumers(&app)
+            .await
+            .ok()
+            .filter(|c| c.iter().all(|(name, _)| !name.starts_with("ghost-")))
+    })
+    .await;
+    assert_eq!(left.len(), 1, "the live reader stays: {left:?}");
+    eventually(Duration::from_secs(10), "the entry settled", || async {
+        app.queue_len("orders").await.ok().filter(|n| *n == 0)
+    })
+    .await;
+    let dead: u64 = redis
+        .xlen(keys().dead_letters(&workflow_named("orders")?))
+        .await?;
+    assert_eq!(
+        dead, 1,
+        "the unreadable entry went to the dead letters, not lost"
+    );
     Ok(())
 }

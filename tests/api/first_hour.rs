@@ -477,3 +477,32 @@ async fn the_readme_quickstart_configuration_checks_as_written() -> TestResult {
     );
     Ok(())
 }
+
+/// The key `stepgate keygen` writes is PKCS#8 v1, which standard tools read: OpenSSL 3.0
+/// derives from it exactly the public key written beside it (a v2 key, with the public key
+/// embedded, it refuses).
+#[tokio::test]
+async fn keygen_writes_a_private_key_openssl_reads() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let keygen = stepgate_in(dir.path(), &["keygen", "--out", "audit.key"])?;
+    assert!(keygen.status.success(), "{keygen:?}");
+    let derived = Command::new("openssl")
+        .current_dir(dir.path())
+        .args(["pkey", "-in", "audit.key", "-pubout"])
+        .output()?;
+    assert!(
+        derived.status.success(),
+        "openssl cannot read the key: {}",
+        String::from_utf8_lossy(&derived.stderr)
+    );
+    let written = std::fs::read_to_string(dir.path().join("audit.pub"))?;
+    assert_eq!(String::from_utf8_lossy(&derived.stdout), written);
+    // And stepgate reads what OpenSSL makes.
+    let made = Command::new("openssl")
+        .current_dir(dir.path())
+        .args(["genpkey", "-algorithm", "ed25519", "-out", "openssl.key"])
+        .output()?;
+    assert!(made.status.success(), "{made:?}");
+    AuditSigner::load(&dir.path().join("openssl.key"))?;
+    Ok(())
+}

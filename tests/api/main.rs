@@ -14,6 +14,7 @@ mod dead_letters;
 mod delivery;
 mod deploy;
 mod docs;
+mod express;
 mod first_hour;
 mod hostile;
 mod hostile_identity;

@@ -69,6 +69,20 @@ pub async fn create_named_state_machine(
     create_state_machine_from(sfn, name, definition).await
 }
 
+/// Creates a fresh EXPRESS state machine (a Pass state); returns its ARN.
+pub async fn create_express_state_machine(sfn: &aws_sdk_sfn::Client) -> TestResult<String> {
+    let definition = r#"{"StartAt": "Echo", "States": {"Echo": {"Type": "Pass", "End": true}}}"#;
+    let created = sfn
+        .create_state_machine()
+        .name(unique_name("express"))
+        .definition(definition)
+        .role_arn(ROLE_ARN)
+        .r#type(aws_sdk_sfn::types::StateMachineType::Express)
+        .send()
+        .await?;
+    Ok(created.state_machine_arn)
+}
+
 /// Creates state machine `name` from an Amazon States Language `definition`.
 pub async fn create_state_machine_from(
     sfn: &aws_sdk_sfn::Client,

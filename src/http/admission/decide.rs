@@ -10,6 +10,9 @@ use crate::domain::WorkflowName;
 use crate::http::error::{ApiError, RateLimitHeaders};
 use crate::queue::{Admission, Enqueued, Limit, QueuedRequest, Quota};
 
+/// Seconds a caller retrying a still-held request is told to wait: a held request is
+/// released or withdrawn within `audit.write_timeout_ms` (default 2 s).
+const PENDING_RETRY_SECONDS: u64 = 1;
 /// Seconds a caller is told to wait when the backlog is full.
 const BACKLOG_RETRY_SECONDS: u64 = 5;
 
@@ -35,6 +38,11 @@ pub fn decide(
             workflow,
             request_id,
         }),
+        // Not audited, as a duplicate is not: the request's own records tell its story.
+        Enqueued::Pending { request_id } => Err(Refusal::not_audited(ApiError::RequestPending {
+            request_id,
+            retry_after_seconds: PENDING_RETRY_SECONDS,
+        })),
         Enqueued::KeyReused => Err(Refusal::not_audited(ApiError::IdempotencyKeyReused)),
         Enqueued::Replayed => Err(Refusal::audited(
             EventKind::AuthFailed,

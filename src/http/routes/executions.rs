@@ -85,13 +85,19 @@ pub struct ExecutionAccepted {
         (status = 415, description = "Body is not application/json", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "The input fails the workflow's JSON Schema (`errors` lists each failing path), or the \
             Idempotency-Key was used with another request", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`request_pending`: a retry with the Idempotency-Key of a request that is still held \
+            for its audit record (`audit.fail_closed`) and may yet be withdrawn; retry after `Retry-After` for its outcome \
+            (a 202 once it is accepted for good, or, if it was withdrawn, a new request)", body = Problem,
+            content_type = "application/problem+json", headers(("Retry-After" = u64, description = "Seconds to wait"))),
         (status = 429, description = "A rate limit of the workflow is exhausted; nothing was queued", body = Problem,
             content_type = "application/problem+json", headers(
                 ("Retry-After" = u64, description = "Seconds to wait"),
                 ("RateLimit" = String, description = "The exhausted policy: `\"caller\";r=0;t=12` (draft-ietf-httpapi-ratelimit-headers)"),
                 ("RateLimit-Policy" = String, description = "The workflow's policies: `\"caller\";q=100;w=60`"),
             )),
-        (status = 503, description = "Redis or the identity provider is unavailable, or the workflow's backlog is full; nothing was queued", body = Problem,
+        (status = 503, description = "Redis or the identity provider is unavailable, or the workflow's backlog is full: nothing \
+            was queued, except after a Redis timeout, which may follow the queueing (retry with the same Idempotency-Key to learn \
+            which)", body = Problem,
             content_type = "application/problem+json", headers(("Retry-After" = u64, description = "Seconds to wait"))),
     ),
     security(("bearer" = []))

@@ -1,13 +1,16 @@
 //! `GET /v1/workflows`: what the caller may trigger.
 
 use axum::Json;
+use axum::extract::State;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
+use crate::config::DeliveryGuarantee;
 use crate::http::error::{ApiError, Problem};
 use crate::http::extract::Caller;
 use crate::policy::{Decision, authorize};
+use crate::state::AppState;
 
 /// The workflows a caller may trigger.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -15,7 +18,8 @@ use crate::policy::{Decision, authorize};
     "name": "orders",
     "trigger_url": "/v1/workflows/orders/executions",
     "input_schema": {"type": "object", "required": ["order_id"]},
-    "max_input_bytes": 65536
+    "max_input_bytes": 65536,
+    "delivery": "exactly_once"
 }]}))]
 pub struct WorkflowList {
     pub workflows: Vec<WorkflowSummary>,
@@ -27,7 +31,8 @@ pub struct WorkflowList {
     "name": "orders",
     "trigger_url": "/v1/workflows/orders/executions",
     "input_schema": {"type": "object", "required": ["order_id"]},
-    "max_input_bytes": 65536
+    "max_input_bytes": 65536,
+    "delivery": "exactly_once"
 }))]
 pub struct WorkflowSummary {
     pub name: String,
@@ -39,6 +44,12 @@ pub struct WorkflowSummary {
     pub input_schema: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_input_bytes: Option<usize>,
+    /// How often a trigger starts its execution: `exactly_once` (a STANDARD state machine),
+    /// or what an EXPRESS one's configuration accepts, `at_least_once` (duplicates possible)
+    /// or `at_most_once` (a start of unknown outcome ends `failed`). Absent while the state
+    /// machine's type is not known yet, or when it is EXPRESS and no guarantee is accepted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<DeliveryGuarantee>,
 }
 
 /// List the workflows the caller may trigger.
@@ -59,8 +70,10 @@ pub struct WorkflowSummary {
     security(("bearer" = []))
 )]
 pub async fn list_workflows(
+    State(state): State<AppState>,
     Caller(caller, runtime): Caller,
 ) -> Result<Json<WorkflowList>, ApiError> {
+    let guarantees = &state.step_functions.guarantees;
     let mut workflows: Vec<WorkflowSummary> = runtime
         .workflows
         .iter()
@@ -75,6 +88,7 @@ pub async fn list_workflows(
             trigger_url: format!("/v1/workflows/{name}/executions"),
             input_schema: workflow.input.schema_document.clone(),
             max_input_bytes: workflow.input.max_bytes,
+            delivery: guarantees.of(workflow).and_then(Result::ok),
         })
         .collect();
     workflows.sort_by(|a, b| a.name.cmp(&b.name));

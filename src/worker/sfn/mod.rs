@@ -10,11 +10,15 @@ use aws_config::sts::AssumeRoleProvider;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, SdkConfig};
 use aws_sdk_sfn::config::{Credentials, Region};
-use aws_sdk_sfn::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 
 use tokio::sync::Mutex;
 
 use crate::config::AwsConfig;
+use classify::classify;
+
+mod classify;
+#[cfg(any(test, feature = "test-helpers"))]
+pub mod fake;
 
 /// How a Step Functions call failed, as far as the drain must know.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -25,9 +29,15 @@ pub enum SfnError {
     /// Step Functions is busy (throttling, quotas of open executions): slow down and retry.
     #[error("{0}")]
     Throttled(String),
-    /// Worth trying again later: 5xx, timeouts, connection failures.
+    /// Worth trying again later, and certainly not done: the connection was refused, or the
+    /// service answered that it did not act.
     #[error("{0}")]
     Retryable(String),
+    /// Worth trying again later, but the call may have been done: a timeout or a connection
+    /// lost once the request was sent, a 5xx. A retry of a start may start a second
+    /// execution where names do not protect it (EXPRESS).
+    #[error("{0}")]
+    OutcomeUnknown(String),
     /// stepgate's own side is broken (credentials missing or expired, request signing, clock
     /// skew, KMS throttling): every call fails alike until an operator or time mends it, and
     /// none of it is the request's fault. Retried and counted by the breaker; never
@@ -39,10 +49,26 @@ pub enum SfnError {
     Terminal(String),
 }
 
+/// A state machine's type, which bounds the delivery guarantee stepgate can give.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StateMachineType {
+    /// A second start of one execution name is refused: exactly once is possible.
+    Standard,
+    /// A second start of one name starts another execution.
+    Express,
+}
+
 /// The Step Functions calls the drain makes, each as `role` (an IAM role ARN) when given,
 /// else with the process's own credentials.
 #[async_trait]
 pub trait StepFunctions: Send + Sync {
+    /// The state machine's type (`DescribeStateMachine`).
+    async fn state_machine_type(
+        &self,
+        role: Option<&str>,
+        state_machine_arn: &str,
+    ) -> Result<StateMachineType, SfnError>;
+
     /// Starts an execution named `name`, in the caller's X-Ray trace when `trace_header`
     /// is given; returns its ARN.
     async fn start_execution(
@@ -98,42 +124,6 @@ pub struct AwsStepFunctions {
 
 /// Shown in CloudTrail as the session of every assumed role.
 const ROLE_SESSION_NAME: &str = "stepgate";
-
-/// Error codes that mean "too much, slow down".
-const THROTTLING_CODES: &[&str] = &[
-    "ThrottlingException",
-    "Throttling",
-    "TooManyRequestsException",
-    "ExecutionLimitExceeded",
-];
-
-/// Error codes that say stepgate's credentials or signature are wrong, not the request.
-/// Clock skew shows as `InvalidSignatureException` ("Signature expired") or
-/// `RequestExpired`; an expired session as `ExpiredTokenException`.
-const SYSTEMIC_CODES: &[&str] = &[
-    "InvalidSignatureException",
-    "SignatureDoesNotMatch",
-    "IncompleteSignature",
-    "RequestExpired",
-    "ExpiredToken",
-    "ExpiredTokenException",
-    "UnrecognizedClientException",
-    "InvalidClientTokenId",
-    "MissingAuthenticationToken",
-    "KmsThrottlingException",
-    // The state machine's KMS key is disabled, pending deletion or not granted: an
-    // operator mends it, and every entry waits for that.
-    "KmsAccessDeniedException",
-    "KmsInvalidStateException",
-];
-
-/// Error codes that mean "not now" rather than "never".
-const RETRYABLE_CODES: &[&str] = &[
-    "ServiceUnavailable",
-    "InternalServerError",
-    "InternalFailure",
-    "RequestTimeout",
-];
 
 impl AwsStepFunctions {
     /// Clients for `aws`, each call bounded by `call_timeout`. The SDK's own retries are
@@ -208,6 +198,31 @@ fn client(
 
 #[async_trait]
 impl StepFunctions for AwsStepFunctions {
+    async fn state_machine_type(
+        &self,
+        role: Option<&str>,
+        state_machine_arn: &str,
+    ) -> Result<StateMachineType, SfnError> {
+        use aws_sdk_sfn::types::StateMachineType as Type;
+        let client = self.client(role).await;
+        let started = std::time::Instant::now();
+        let reply = client
+            .describe_state_machine()
+            .state_machine_arn(state_machine_arn)
+            .send()
+            .await
+            .map_err(classify);
+        record_call("DescribeStateMachine", &reply, started.elapsed());
+        match reply?.r#type {
+            Type::Standard => Ok(StateMachineType::Standard),
+            Type::Express => Ok(StateMachineType::Express),
+            other => Err(SfnError::Terminal(format!(
+                "unknown state machine type {}",
+                other.as_str()
+            ))),
+        }
+    }
+
     async fn start_execution(
         &self,
         role: Option<&str>,
@@ -317,154 +332,9 @@ fn record_call<T>(operation: &'static str, reply: &Result<T, SfnError>, took: Du
         Err(SfnError::AlreadyExists) => "already_exists",
         Err(SfnError::Throttled(_)) => "throttled",
         Err(SfnError::Retryable(_)) => "retryable",
+        Err(SfnError::OutcomeUnknown(_)) => "outcome_unknown",
         Err(SfnError::Systemic(_)) => "systemic",
         Err(SfnError::Terminal(_)) => "terminal",
     };
     crate::metrics::metrics().sfn_call(operation, outcome, took);
-}
-
-fn classify<E>(err: SdkError<E>) -> SfnError
-where
-    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-{
-    match &err {
-        SdkError::ServiceError(service) => {
-            let code = service.err().code().unwrap_or_default();
-            let status = service.raw().status().as_u16();
-            // The short, stable form (`Code: message`) is what callers, dead letters and the
-            // trail see; the SDK's full context (request ids, HTTP details) goes to the log only.
-            tracing::debug!(error = %DisplayErrorContext(&err), "Step Functions error");
-            let text = bounded(match service.err().message() {
-                Some(message) => format!("{code}: {message}"),
-                None if code.is_empty() => format!("HTTP {status}"),
-                None => code.to_owned(),
-            });
-            if code == "ExecutionAlreadyExists" {
-                SfnError::AlreadyExists
-            } else if SYSTEMIC_CODES.contains(&code) {
-                SfnError::Systemic(text)
-            } else if THROTTLING_CODES.contains(&code) || status == 429 {
-                SfnError::Throttled(text)
-            } else if RETRYABLE_CODES.contains(&code) || status >= 500 {
-                SfnError::Retryable(text)
-            } else {
-                SfnError::Terminal(text)
-            }
-        }
-        _ => {
-            tracing::debug!(error = %DisplayErrorContext(&err), "Step Functions call failed");
-            classify_unanswered(&err, bounded(DisplayErrorContext(&err).to_string()))
-        }
-    }
-}
-
-/// Error texts kept in statuses, dead letters and audit records are at most this long.
-const MAX_ERROR_TEXT: usize = 300;
-
-/// `text`, cut at a character boundary to [`MAX_ERROR_TEXT`] bytes (an ellipsis marks a cut).
-fn bounded(mut text: String) -> String {
-    if text.len() > MAX_ERROR_TEXT {
-        let mut end = MAX_ERROR_TEXT - '…'.len_utf8();
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        text.truncate(end);
-        text.push('…');
-    }
-    text
-}
-
-/// A call Step Functions did not answer with an error of its own.
-fn classify_unanswered<E, R>(err: &SdkError<E, R>, text: String) -> SfnError {
-    match err {
-        SdkError::TimeoutError(_) | SdkError::ResponseError(_) => SfnError::Retryable(text),
-        // Credentials that cannot be loaded fail here, before anything is sent.
-        SdkError::DispatchFailure(failure) if !failure.is_io() && !failure.is_timeout() => {
-            SfnError::Systemic(text)
-        }
-        SdkError::DispatchFailure(_) => SfnError::Retryable(text),
-        // The request could not even be built: stepgate's side, not the entry's.
-        _ => SfnError::Systemic(text),
-    }
-}
-
-/// A scripted Step Functions for unit tests: answers are popped in order, calls recorded.
-#[cfg(any(test, feature = "test-helpers"))]
-pub mod fake {
-    use std::collections::VecDeque;
-    use std::sync::Mutex;
-
-    use super::*;
-
-    /// One recorded call.
-    #[derive(Debug, Clone, PartialEq, Eq)]
-    pub enum Call {
-        Start { name: String, input: String },
-        Describe { execution_arn: String },
-    }
-
-    #[derive(Default)]
-    pub struct FakeStepFunctions {
-        answers: Mutex<VecDeque<Result<String, SfnError>>>,
-        calls: Mutex<Vec<Call>>,
-    }
-
-    impl FakeStepFunctions {
-        /// A fake that gives `answers` to successive calls (then `Terminal("unscripted")`).
-        pub fn scripted(answers: impl IntoIterator<Item = Result<String, SfnError>>) -> Self {
-            Self {
-                answers: Mutex::new(answers.into_iter().collect()),
-                calls: Mutex::default(),
-            }
-        }
-
-        pub fn calls(&self) -> Vec<Call> {
-            self.calls.lock().map(|c| c.clone()).unwrap_or_default()
-        }
-
-        fn answer(&self, call: Call) -> Result<String, SfnError> {
-            if let Ok(mut calls) = self.calls.lock() {
-                calls.push(call);
-            }
-            let next = self.answers.lock().ok().and_then(|mut a| a.pop_front());
-            next.unwrap_or_else(|| Err(SfnError::Terminal("unscripted call".into())))
-        }
-    }
-
-    #[async_trait]
-    impl StepFunctions for FakeStepFunctions {
-        async fn start_execution(
-            &self,
-            _role: Option<&str>,
-            _arn: &str,
-            name: &str,
-            input: &str,
-            _trace_header: Option<&str>,
-        ) -> Result<String, SfnError> {
-            self.answer(Call::Start {
-                name: name.into(),
-                input: input.into(),
-            })
-        }
-
-        async fn execution_input(
-            &self,
-            _role: Option<&str>,
-            execution_arn: &str,
-        ) -> Result<String, SfnError> {
-            self.answer(Call::Describe {
-                execution_arn: execution_arn.into(),
-            })
-        }
-
-        async fn execution_status(
-            &self,
-            _role: Option<&str>,
-            execution_arn: &str,
-        ) -> Result<String, SfnError> {
-            self.answer(Call::Describe {
-                execution_arn: execution_arn.into(),
-            })
-        }
-    }
 }
