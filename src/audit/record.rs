@@ -48,7 +48,8 @@ pub enum EventKind {
     DeadLettered,
     /// An operator put a dead letter back into its queue (same request id).
     Replayed,
-    /// A request was given up for good (an operator purged its dead letter).
+    /// A request was given up for good: an operator purged its dead letter, or (an EXPRESS
+    /// workflow's `at_most_once`) its start's outcome is unknown (`outcome_unknown: …`).
     Failed,
     /// The process started with a configuration.
     ConfigLoaded,

@@ -170,45 +170,6 @@ async fn complete_as(
     Ok(acked == 1)
 }
 
-/// How long the mark of an EXPRESS start attempt lives at most: completion deletes it; the
-/// bound only reclaims the mark of an entry removed some other way.
-const ATTEMPT_MARK_TTL_SECONDS: u64 = 30 * 24 * 3600;
-
-/// Marks that a start of `id`'s EXPRESS execution is being tried, before the call.
-pub async fn mark_attempt(
-    redis: &mut RedisConnection,
-    keys: &Keys,
-    id: &RequestId,
-) -> RedisResult<()> {
-    redis
-        .set_ex(
-            keys.attempt(id),
-            crate::clock::unix_ms(),
-            ATTEMPT_MARK_TTL_SECONDS,
-        )
-        .await
-}
-
-/// Drops the mark after a start that certainly did not happen (it will be tried again).
-pub async fn clear_attempt(
-    redis: &mut RedisConnection,
-    keys: &Keys,
-    id: &RequestId,
-) -> RedisResult<()> {
-    let _: usize = redis.del(keys.attempt(id)).await?;
-    Ok(())
-}
-
-/// Whether an earlier delivery tried to start `id`'s EXPRESS execution and did not learn
-/// (or record) the outcome.
-pub async fn attempted(
-    redis: &mut RedisConnection,
-    keys: &Keys,
-    id: &RequestId,
-) -> RedisResult<bool> {
-    redis.exists(keys.attempt(id)).await
-}
-
 /// Resets the idle time of `entry_id`, pending for `consumer` (`XCLAIM` to itself), so no
 /// other consumer takes over a live delivery; `false` when the entry is no longer pending.
 pub async fn renew(

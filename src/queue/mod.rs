@@ -1,5 +1,6 @@
 //! The Redis queue between admission and the drain: one stream per workflow.
 
+pub mod attempts;
 pub mod consumer;
 pub mod dead_letters;
 pub mod keys;

@@ -111,7 +111,8 @@ pub enum RequestState {
     /// It cannot start as it is (`error` says why) and waits in the workflow's dead letters
     /// for an operator to replay or purge it.
     DeadLettered,
-    /// Given up for good (purged from the dead letters); `error` says why.
+    /// Given up for good (purged from the dead letters, or an EXPRESS `at_most_once` start
+    /// of unknown outcome); `error` says why.
     Failed,
 }
 

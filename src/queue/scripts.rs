@@ -143,6 +143,19 @@ lua_script! {
     pub struct PruneConsumers = "prune_consumers.lua", PruneConsumersKeys, PruneConsumersArgs;
 }
 
+lua_keys! { pub struct AttemptKeys { attempt } }
+lua_args! { pub struct MarkAttemptArgs<'a> { token: &'a str, exclusive: &'a str, ttl_seconds: u64 } }
+lua_script! {
+    /// Marks an EXPRESS start about to be tried; answers what an earlier delivery left.
+    pub struct MarkAttempt = "attempt_mark.lua", AttemptKeys, MarkAttemptArgs;
+}
+
+lua_args! { pub struct ClearAttemptArgs<'a> { token: &'a str } }
+lua_script! {
+    /// Drops a delivery's own mark of a start that certainly did not happen.
+    pub struct ClearAttempt = "attempt_clear.lua", AttemptKeys, ClearAttemptArgs;
+}
+
 /// Every script of the queue, for the contract test.
 pub const ALL: &[Contract] = &[
     Enqueue::CONTRACT,
@@ -158,6 +171,8 @@ pub const ALL: &[Contract] = &[
     PaceReserve::CONTRACT,
     PaceSettle::CONTRACT,
     PruneConsumers::CONTRACT,
+    MarkAttempt::CONTRACT,
+    ClearAttempt::CONTRACT,
 ];
 
 #[cfg(test)]

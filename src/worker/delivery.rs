@@ -1,5 +1,7 @@
 //! One delivery: an entry from the queue to `StartExecution`, retried with backoff while its
-//! claim is renewed, then completed (started, or dead-lettered) atomically with its ack.
+//! claim is renewed, then completed (started, dead-lettered, or for an EXPRESS workflow's
+//! `at_most_once`, failed) atomically with its ack. What an EXPRESS workflow's guarantee
+//! adds around each call is in `express.rs`.
 //! Each step returns a typed result; a delivery that yields (shutdown, or the entry is no
 //! longer ours) leaves its entry pending for a later delivery.
 
@@ -10,11 +12,12 @@ use tracing::Instrument;
 
 use super::breaker::Admit;
 use super::drain::Drain;
+use super::express::{Attempts, unknown_outcome};
 use super::retry::{Next, RetrySchedule, jittered};
 use super::sfn::{SfnError, StepFunctions, execution_arn};
 use crate::audit::AuditEvent;
 use crate::clock::now_rfc3339;
-use crate::config::{DeliveryGuarantee, Workflow};
+use crate::config::Workflow;
 use crate::queue::QueuedRequest;
 use crate::queue::consumer::{self, Delivery, Outcome};
 
@@ -159,10 +162,10 @@ impl Drain {
         shutdown: &CancellationToken,
     ) -> Result<Outcome, Yielded> {
         let mut schedule = RetrySchedule::new(&self.config);
-        let mut guarantee = None;
+        let mut attempts = Attempts::new();
         loop {
             let attempted = self
-                .attempt(target, request, &mut guarantee, claim, shutdown)
+                .attempt(target, request, &mut attempts, claim, shutdown)
                 .await?;
             let (error, systemic) = match attempted {
                 Attempt::Done(outcome) => return Ok(outcome),
@@ -189,13 +192,13 @@ impl Drain {
     }
 
     /// One call of `StartExecution`, once the state machine's breaker and the pacing allow
-    /// it; the breaker learns from its answer, and `guarantee` says what an answer of
-    /// unknown outcome means.
+    /// it; the breaker learns from its answer, and the delivery's guarantee says what an
+    /// answer of unknown outcome means.
     async fn attempt(
         &self,
         target: &Workflow,
         request: &QueuedRequest,
-        known: &mut Option<DeliveryGuarantee>,
+        attempts: &mut Attempts,
         claim: &mut Claim,
         shutdown: &CancellationToken,
     ) -> Result<Attempt, Yielded> {
@@ -207,70 +210,62 @@ impl Drain {
                 Admit::Wait(wait) => self.wait(wait, claim, shutdown).await?,
             }
         };
-        // Learned through the breaker: asking the type is a call to the same service.
-        let guarantee = match *known {
-            Some(guarantee) => guarantee,
-            None => match self.prepare(target, request, probe).await {
-                Ok(learned) => *known.insert(learned),
-                Err(attempted) => return Ok(attempted),
-            },
-        };
-        let permits = match self.pace(target, claim, shutdown).await {
-            Ok(permits) => permits,
-            Err(yielded) => {
-                if probe {
-                    self.breakers.abandoned(arn);
-                }
-                return Err(yielded);
-            }
-        };
-        if let Err(e) = self.mark_attempt(request, guarantee).await {
-            // Redis' problem, not the entry's or the service's: it waits, uncounted.
-            self.release(target, permits).await;
+        // Every way out without a call of ours gives a probe back (a no-op once judged).
+        let abandon = || {
             if probe {
                 self.breakers.abandoned(arn);
             }
-            return Ok(Attempt::Failed {
-                error: format!("cannot mark the start attempt: {e}"),
-                systemic: true,
-            });
+        };
+        // Learned through the breaker: asking the type is a call to the same service.
+        let guarantee = match attempts.guarantee {
+            Some(guarantee) => guarantee,
+            None => match self.prepare(target, probe).await {
+                Ok(learned) => *attempts.guarantee.insert(learned),
+                Err(attempted) => {
+                    abandon();
+                    return Ok(attempted);
+                }
+            },
+        };
+        let permits = self
+            .pace(target, claim, shutdown)
+            .await
+            .inspect_err(|_| abandon())?;
+        if let Err(attempted) = self
+            .mark_attempt(target, request, attempts, guarantee)
+            .await
+        {
+            self.release(target, permits).await;
+            abandon();
+            return Ok(attempted);
         }
         let started = start_once(self.sfn.as_ref(), target, request).await;
         self.release(target, permits).await;
-        let (error, systemic) = match started {
+        self.judge(arn, probe, &started);
+        Ok(match started {
             Ok(execution_arn) => {
+                self.mark_started(request, guarantee, &execution_arn).await;
+                Attempt::Done(Outcome::Started { execution_arn })
+            }
+            Err(SfnError::OutcomeUnknown(error)) => unknown_outcome(guarantee, error),
+            Err(not_started) => {
+                self.not_started(request, attempts, guarantee).await;
+                Attempt::from(not_started)
+            }
+        })
+    }
+
+    /// What the state machine's breaker learns from a call's answer: an answer about the
+    /// request is a healthy service; throttling judges nothing (a probe is given back).
+    pub(super) fn judge<T>(&self, arn: &str, probe: bool, answer: &Result<T, SfnError>) {
+        match answer {
+            Ok(_) | Err(SfnError::Terminal(_) | SfnError::AlreadyExists) => {
                 self.breakers.succeeded(arn);
-                return Ok(Attempt::Done(Outcome::Started { execution_arn }));
             }
-            Err(e @ (SfnError::Terminal(_) | SfnError::AlreadyExists)) => {
-                // The service answered; the request itself is the problem.
-                self.breakers.succeeded(arn);
-                let reason = e.to_string();
-                return Ok(Attempt::Done(Outcome::DeadLettered { reason }));
-            }
-            Err(SfnError::OutcomeUnknown(error)) => {
-                self.breakers.failed(arn);
-                return Ok(self.unknown_outcome(target, guarantee, error));
-            }
-            Err(SfnError::Throttled(error)) => {
-                // Healthy but busy: slow down without judging the service.
-                if probe {
-                    self.breakers.abandoned(arn);
-                }
-                (error, false)
-            }
-            Err(SfnError::Retryable(error)) => {
-                self.breakers.failed(arn);
-                (error, false)
-            }
-            Err(SfnError::Systemic(error)) => {
-                // Not the entry's fault: it waits however long the outage lasts.
-                self.breakers.failed(arn);
-                (error, true)
-            }
-        };
-        self.not_started(request, guarantee).await;
-        Ok(Attempt::Failed { error, systemic })
+            Err(SfnError::Throttled(_)) if probe => self.breakers.abandoned(arn),
+            Err(SfnError::Throttled(_)) => {}
+            Err(_) => self.breakers.failed(arn),
+        }
     }
 
     /// Waits `duration` while keeping the claim on the entry: renews it whenever due, so no

@@ -1,11 +1,14 @@
 //! What a delivery does under its workflow's guarantee (see `guarantee.rs`).
 //!
 //! STANDARD (exactly once): nothing more; a second start of the name is refused by Step
-//! Functions. EXPRESS: each start is marked in Redis before the call and the mark dropped
-//! when the start certainly did not happen, so a later delivery of the same request (after
-//! a crash mid-call, or a reclaim) knows an earlier attempt's outcome may be unknown. Under
-//! `at_most_once` such a request ends `failed` (`outcome_unknown`) and is never tried again;
-//! under `at_least_once` it is tried again and counted as a possible duplicate.
+//! Functions. EXPRESS: each start is marked in Redis (`queue/attempts.rs`) before the call,
+//! with the delivery's own token, in one script that also says what an earlier delivery
+//! left. The mark is dropped (only if still this delivery's) when the start certainly did
+//! not happen, and turned into `started:<arn>` when it did. A later delivery of the same
+//! request (after a crash mid-call, a reclaim, or beside a delivery still calling) that
+//! finds a mark of unknown outcome: under `at_most_once` ends the request `failed`
+//! (`outcome_unknown`) and never calls; under `at_least_once` calls again, counted as a
+//! possible duplicate.
 
 use super::delivery::Attempt;
 use super::drain::Drain;
@@ -14,155 +17,132 @@ use super::sfn::SfnError;
 use crate::config::{DeliveryGuarantee, Workflow};
 use crate::metrics::{WorkflowLabels, metrics};
 use crate::queue::QueuedRequest;
-use crate::queue::consumer::{self, Outcome};
+use crate::queue::attempts::{self, EarlierAttempt};
+use crate::queue::consumer::Outcome;
 
 /// The reason a request ends `failed` when its start's outcome is unknown.
 const OUTCOME_UNKNOWN: &str = "outcome_unknown";
 
+/// What one delivery carries from attempt to attempt: the guarantee once learned, and the
+/// token its marks carry (so it drops only its own).
+pub(super) struct Attempts {
+    pub(super) guarantee: Option<DeliveryGuarantee>,
+    token: String,
+}
+
+impl Attempts {
+    pub(super) fn new() -> Self {
+        Self {
+            guarantee: None,
+            token: uuid::Uuid::new_v4().simple().to_string(),
+        }
+    }
+}
+
 impl Drain {
-    /// The guarantee this delivery works under (the state machine's type learned first), and
-    /// what an earlier delivery's unfinished attempt means for it. A failure to learn either
-    /// is a failed attempt, retried like a start; the breaker (which let this call through,
-    /// as a probe when `probe`) learns from the answer as from a start's.
+    /// The guarantee this delivery works under, the state machine's type learned first if
+    /// this process does not know it. Asking is a call to the service the breaker admitted
+    /// (as a probe when `probe`), so the breaker learns from the answer as from a start's.
     pub(super) async fn prepare(
         &self,
         target: &Workflow,
-        request: &QueuedRequest,
         probe: bool,
     ) -> Result<DeliveryGuarantee, Attempt> {
-        let learned = match self.guarantees.known(target) {
-            Some(kind) => Ok(kind),
+        let kind = match self.guarantees.known(target) {
+            Some(kind) => kind,
             None => {
-                let asked = self.guarantees.learn(self.sfn.as_ref(), target).await;
-                self.judge(target, probe, &asked);
-                asked
+                let asked = self.guarantees.ask(self.sfn.as_ref(), target).await;
+                self.judge(&target.state_machine_arn, probe, &asked);
+                asked.map_err(Attempt::from)?
             }
         };
-        let kind = match learned {
-            Ok(kind) => kind,
-            Err(e @ (SfnError::Terminal(_) | SfnError::AlreadyExists)) => {
-                let reason = e.to_string();
-                return Err(Attempt::Done(Outcome::DeadLettered { reason }));
-            }
-            Err(SfnError::Systemic(error)) => {
-                return Err(Attempt::Failed {
-                    error,
-                    systemic: true,
-                });
-            }
-            Err(e) => {
-                return Err(Attempt::Failed {
-                    error: e.to_string(),
-                    systemic: false,
-                });
-            }
-        };
-        let accepted = guarantee(kind, target).map_err(|refused| {
+        guarantee(kind, target).map_err(|refused| {
             Attempt::Done(Outcome::DeadLettered {
                 reason: refused.to_string(),
             })
-        })?;
-        if accepted == DeliveryGuarantee::ExactlyOnce {
-            return Ok(accepted);
-        }
-        let earlier =
-            consumer::attempted(&mut self.redis.clone(), &self.keys, &request.request_id).await;
-        match (earlier, accepted) {
-            (Ok(false), _) => Ok(accepted),
-            (Ok(true), DeliveryGuarantee::AtMostOnce) => Err(Attempt::Done(Outcome::Failed {
-                reason: format!(
-                    "{OUTCOME_UNKNOWN}: an earlier delivery called StartExecution and did not \
-                     learn whether it started (delivery = at_most_once: not tried again)"
-                ),
-            })),
-            (Ok(true), _) => {
-                self.count_possible_duplicate(target);
-                Ok(accepted)
-            }
-            // Not knowing whether an earlier attempt was made, at most once cannot go on.
-            (Err(e), DeliveryGuarantee::AtMostOnce) => Err(Attempt::Failed {
-                error: format!("cannot read the start attempt's mark: {e}"),
-                systemic: true,
-            }),
-            (Err(_), _) => Ok(accepted),
-        }
+        })
     }
 
-    /// What the breaker learns from the answer to `DescribeStateMachine`, as from a start.
-    fn judge<T>(&self, target: &Workflow, probe: bool, asked: &Result<T, SfnError>) {
-        let arn = target.state_machine_arn.as_str();
-        match asked {
-            Ok(_) | Err(SfnError::Terminal(_) | SfnError::AlreadyExists) => {
-                self.breakers.succeeded(arn);
-            }
-            Err(SfnError::Throttled(_)) if probe => self.breakers.abandoned(arn),
-            Err(SfnError::Throttled(_)) => {}
-            Err(_) => self.breakers.failed(arn),
-        }
-    }
-
-    /// Marks the start about to be tried (EXPRESS only). Under `at_most_once` a start that
-    /// cannot be marked is not tried; under `at_least_once` it is (a lost mark only loses
-    /// a count).
+    /// Marks the start about to be tried (EXPRESS only); `Err` is what the attempt comes to
+    /// instead of a call. Under `at_most_once` a start already marked by another delivery,
+    /// or one that cannot be marked, is not tried; under `at_least_once` it is (a lost mark
+    /// only loses a count). A start recorded as succeeded is not tried under either.
     pub(super) async fn mark_attempt(
         &self,
+        target: &Workflow,
         request: &QueuedRequest,
+        attempts: &Attempts,
         guarantee: DeliveryGuarantee,
-    ) -> redis::RedisResult<()> {
-        if guarantee == DeliveryGuarantee::ExactlyOnce {
-            return Ok(());
-        }
-        let marked =
-            consumer::mark_attempt(&mut self.redis.clone(), &self.keys, &request.request_id).await;
-        match (marked, guarantee) {
-            (Err(e), DeliveryGuarantee::AtMostOnce) => Err(e),
-            (Err(e), _) => {
+    ) -> Result<(), Attempt> {
+        let exclusive = match guarantee {
+            DeliveryGuarantee::ExactlyOnce => return Ok(()),
+            DeliveryGuarantee::AtMostOnce => true,
+            DeliveryGuarantee::AtLeastOnce => false,
+        };
+        let id = &request.request_id;
+        let mut redis = self.redis.clone();
+        match attempts::mark(&mut redis, &self.keys, id, &attempts.token, exclusive).await {
+            Ok(EarlierAttempt::None) => Ok(()),
+            Ok(EarlierAttempt::Started(execution_arn)) => {
+                tracing::info!(execution.arn = %execution_arn, "an earlier delivery started this execution");
+                Err(Attempt::Done(Outcome::Started { execution_arn }))
+            }
+            Ok(EarlierAttempt::Unknown) if exclusive => Err(Attempt::Done(Outcome::Failed {
+                reason: format!(
+                    "{OUTCOME_UNKNOWN}: another delivery called StartExecution and did not \
+                     record whether it started (delivery = at_most_once: not tried again)"
+                ),
+            })),
+            Ok(EarlierAttempt::Unknown) => {
+                self.count_possible_duplicate(target);
+                Ok(())
+            }
+            // Not knowing whether another attempt was made, at most once cannot go on.
+            Err(e) if exclusive => Err(Attempt::Failed {
+                error: format!("cannot mark the start attempt: {e}"),
+                systemic: true,
+            }),
+            Err(e) => {
                 tracing::warn!(error = %e, "cannot mark the start attempt; going on");
                 Ok(())
             }
-            (Ok(()), _) => Ok(()),
         }
     }
 
-    /// Drops the mark of a start that certainly did not happen, so that a later delivery
-    /// does not take it for one of unknown outcome.
-    pub(super) async fn not_started(&self, request: &QueuedRequest, guarantee: DeliveryGuarantee) {
+    /// Records that the marked start succeeded (EXPRESS only), so that a delivery after a
+    /// crash before the completion is recorded completes it instead of starting again.
+    pub(super) async fn mark_started(
+        &self,
+        request: &QueuedRequest,
+        guarantee: DeliveryGuarantee,
+        execution_arn: &str,
+    ) {
         if guarantee == DeliveryGuarantee::ExactlyOnce {
             return;
         }
-        let cleared =
-            consumer::clear_attempt(&mut self.redis.clone(), &self.keys, &request.request_id).await;
-        if let Err(e) = cleared {
-            tracing::warn!(error = %e, "cannot clear the start attempt's mark");
+        let mut redis = self.redis.clone();
+        let marked =
+            attempts::mark_started(&mut redis, &self.keys, &request.request_id, execution_arn);
+        if let Err(e) = marked.await {
+            tracing::warn!(error = %e, "cannot mark the start as succeeded");
         }
     }
 
-    /// What a start of unknown outcome (a timeout, a connection lost mid-call, a 5xx) comes
-    /// to: retried where a second start cannot run twice (exactly once) or may
-    /// (`at_least_once`, counted); never retried under `at_most_once`.
-    pub(super) fn unknown_outcome(
+    /// Drops this delivery's mark of a start that certainly did not happen, so that a later
+    /// attempt does not take it for one of unknown outcome.
+    pub(super) async fn not_started(
         &self,
-        target: &Workflow,
+        request: &QueuedRequest,
+        attempts: &Attempts,
         guarantee: DeliveryGuarantee,
-        error: String,
-    ) -> Attempt {
-        match guarantee {
-            DeliveryGuarantee::AtMostOnce => Attempt::Done(Outcome::Failed {
-                reason: format!(
-                    "{OUTCOME_UNKNOWN}: {error} (delivery = at_most_once: not tried again)"
-                ),
-            }),
-            DeliveryGuarantee::AtLeastOnce => {
-                self.count_possible_duplicate(target);
-                Attempt::Failed {
-                    error,
-                    systemic: false,
-                }
-            }
-            DeliveryGuarantee::ExactlyOnce => Attempt::Failed {
-                error,
-                systemic: false,
-            },
+    ) {
+        if guarantee == DeliveryGuarantee::ExactlyOnce {
+            return;
+        }
+        let mut redis = self.redis.clone();
+        let cleared = attempts::clear(&mut redis, &self.keys, &request.request_id, &attempts.token);
+        if let Err(e) = cleared.await {
+            tracing::warn!(error = %e, "cannot clear the start attempt's mark");
         }
     }
 
@@ -173,5 +153,45 @@ impl Drain {
                 workflow: target.name.to_string(),
             })
             .inc();
+    }
+}
+
+/// What a start of unknown outcome (a timeout, a connection lost mid-call, a 5xx) comes
+/// to: retried where a second start cannot run twice (exactly once) or may
+/// (`at_least_once`: the next attempt finds the mark and counts it); never retried under
+/// `at_most_once`.
+pub(super) fn unknown_outcome(guarantee: DeliveryGuarantee, error: String) -> Attempt {
+    match guarantee {
+        DeliveryGuarantee::AtMostOnce => Attempt::Done(Outcome::Failed {
+            reason: format!(
+                "{OUTCOME_UNKNOWN}: {error} (delivery = at_most_once: not tried again)"
+            ),
+        }),
+        DeliveryGuarantee::AtLeastOnce | DeliveryGuarantee::ExactlyOnce => Attempt::Failed {
+            error,
+            systemic: false,
+        },
+    }
+}
+
+impl From<SfnError> for Attempt {
+    /// A failed call that did not start anything: an answer about the request itself ends
+    /// it; anything else is tried again (systemic failures without counting against it).
+    fn from(error: SfnError) -> Self {
+        match error {
+            e @ (SfnError::Terminal(_) | SfnError::AlreadyExists) => {
+                Attempt::Done(Outcome::DeadLettered {
+                    reason: e.to_string(),
+                })
+            }
+            SfnError::Systemic(error) => Attempt::Failed {
+                error,
+                systemic: true,
+            },
+            other => Attempt::Failed {
+                error: other.to_string(),
+                systemic: false,
+            },
+        }
     }
 }

@@ -79,9 +79,19 @@ impl Guarantees {
         sfn: &dyn StepFunctions,
         workflow: &Workflow,
     ) -> Result<StateMachineType, SfnError> {
-        if let Some(kind) = self.known(workflow) {
-            return Ok(kind);
+        match self.known(workflow) {
+            Some(kind) => Ok(kind),
+            None => self.ask(sfn, workflow).await,
         }
+    }
+
+    /// Asks Step Functions (with the workflow's role) for the type, and keeps the answer:
+    /// always one call, so the caller can judge the service by its answer.
+    pub async fn ask(
+        &self,
+        sfn: &dyn StepFunctions,
+        workflow: &Workflow,
+    ) -> Result<StateMachineType, SfnError> {
         let role = workflow.role_arn.as_deref();
         let kind = sfn
             .state_machine_type(role, &workflow.state_machine_arn)

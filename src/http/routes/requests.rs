@@ -88,6 +88,8 @@ pub async fn get_request(
         .then(|| crate::clock::rfc3339_from_unix_ms(stored.not_before_ms));
     let status = visible_state(&stored, crate::clock::unix_ms());
     let execution_status = match (&status, &stored.execution_arn) {
+        // EXPRESS executions cannot be described (AWS keeps no history of them to ask).
+        (RequestState::Started, Some(arn)) if !describable(&state, &runtime, &id, arn) => None,
         (RequestState::Started, Some(arn)) => {
             let role = runtime
                 .workflows
@@ -140,4 +142,23 @@ pub(crate) fn visible_state(stored: &StoredStatus, now_ms: u64) -> RequestState 
         RequestState::Deferred if stored.not_before_ms <= now_ms => RequestState::Queued,
         state => state,
     }
+}
+
+/// Whether `DescribeExecution` can tell the state of `execution_arn`: not when it is an
+/// EXPRESS execution (its ARN says `:express:`, or its state machine is known EXPRESS).
+fn describable(
+    state: &AppState,
+    runtime: &crate::runtime::Runtime,
+    id: &RequestId,
+    execution_arn: &str,
+) -> bool {
+    let express = execution_arn.contains(":express:")
+        || runtime
+            .workflows
+            .get(id.workflow())
+            .is_some_and(|workflow| {
+                state.step_functions.guarantees.known(workflow)
+                    == Some(crate::worker::sfn::StateMachineType::Express)
+            });
+    !express
 }

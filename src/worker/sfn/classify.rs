@@ -77,6 +77,30 @@ where
     }
 }
 
+/// Like [`classify`], for `DescribeStateMachine`, which a delivery asks before its first
+/// start: only "there is no such state machine" says anything about the triggers (a start
+/// would be refused alike). Any other refusal (`AccessDenied` where the role lacks
+/// `states:DescribeStateMachine`, as after an upgrade that needs the new permission) is
+/// stepgate's side, so entries wait for an operator instead of being dead-lettered.
+pub(super) fn classify_describe<E>(err: SdkError<E>) -> SfnError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    let missing = match &err {
+        SdkError::ServiceError(service) => {
+            DESCRIBE_TERMINAL_CODES.contains(&service.err().code().unwrap_or_default())
+        }
+        _ => false,
+    };
+    match classify(err) {
+        SfnError::Terminal(text) if !missing => SfnError::Systemic(text),
+        other => other,
+    }
+}
+
+/// `DescribeStateMachine` refusals that are the state machine's (so the triggers') own.
+const DESCRIBE_TERMINAL_CODES: &[&str] = &["StateMachineDoesNotExist", "InvalidArn"];
+
 /// Error texts kept in statuses, dead letters and audit records are at most this long.
 const MAX_ERROR_TEXT: usize = 300;
 

@@ -14,7 +14,7 @@ use aws_sdk_sfn::config::{Credentials, Region};
 use tokio::sync::Mutex;
 
 use crate::config::AwsConfig;
-use classify::classify;
+use classify::{classify, classify_describe};
 
 mod classify;
 #[cfg(any(test, feature = "test-helpers"))]
@@ -29,8 +29,8 @@ pub enum SfnError {
     /// Step Functions is busy (throttling, quotas of open executions): slow down and retry.
     #[error("{0}")]
     Throttled(String),
-    /// Worth trying again later, and certainly not done: the connection was refused, or the
-    /// service answered that it did not act.
+    /// Worth trying again later, and certainly not done: the connection was refused, so
+    /// nothing reached the service.
     #[error("{0}")]
     Retryable(String),
     /// Worth trying again later, but the call may have been done: a timeout or a connection
@@ -211,7 +211,7 @@ impl StepFunctions for AwsStepFunctions {
             .state_machine_arn(state_machine_arn)
             .send()
             .await
-            .map_err(classify);
+            .map_err(classify_describe);
         record_call("DescribeStateMachine", &reply, started.elapsed());
         match reply?.r#type {
             Type::Standard => Ok(StateMachineType::Standard),
