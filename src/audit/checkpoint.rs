@@ -67,6 +67,24 @@ impl Checkpoint {
     }
 }
 
+/// Logs a checkpoint just appended, in its `checkpoint` field: the line
+/// `checkpoints.jsonl` holds, so a log pipeline outside Redis keeps a copy an auditor can
+/// hold the trail to later (`audit verify --since`).
+pub fn log_appended(body: &str, signature: &str) {
+    let signed = SignedCheckpoint {
+        body: body.to_owned(),
+        signature: signature.to_owned(),
+    };
+    if let Some(line) = super::files::checkpoint_line(&signed) {
+        let line = String::from_utf8_lossy(&line);
+        tracing::info!(
+            target: "stepgate::audit::checkpoint",
+            checkpoint = %line.trim_end(),
+            "audit checkpoint"
+        );
+    }
+}
+
 /// Why a stored checkpoint is not to be trusted.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CheckpointError {

@@ -305,15 +305,19 @@ impl Exporter {
         Ok(())
     }
 
-    /// Deletes exported, checkpointed records beyond the newest `keep_records`.
+    /// Deletes exported, checkpointed records beyond the newest `keep_records`, up to the
+    /// newest checkpoint boundary that allows.
     async fn trim(&mut self, exported: u64) -> Result<(), ExportError> {
         let head = store::read_head_fields(&mut self.redis, &self.keys).await?;
         let Some(head) = store::ChainHead::from_fields(&head) else {
             return Ok(());
         };
-        let limit = exported
+        let wanted = exported
             .min(head.checkpoint_size)
             .min(head.seq.saturating_sub(self.settings.keep_records));
+        // Only to a checkpoint's size: verification from Redis alone starts at the trim
+        // marker and accepts it only where a signed checkpoint vouches for it.
+        let limit = store::checkpoint_size_at_most(&mut self.redis, &self.keys, wanted).await?;
         let StartPoint {
             seq: mut trimmed_seq,
             mut hash,

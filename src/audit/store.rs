@@ -134,6 +134,40 @@ pub async fn read_checkpoints(
         .collect())
 }
 
+/// The size of the newest signed checkpoint covering at most `limit` records (0: none),
+/// read newest first, in pages: retention trims only to such a boundary, so the trim point
+/// is always one a signature vouches for.
+pub async fn checkpoint_size_at_most(
+    redis: &mut RedisConnection,
+    keys: &Keys,
+    limit: u64,
+) -> redis::RedisResult<u64> {
+    const PAGE: usize = 64;
+    let mut before = "+".to_owned();
+    loop {
+        let page: StreamRangeReply = redis::cmd("XREVRANGE")
+            .arg(keys.audit_checkpoints())
+            .arg(&before)
+            .arg("-")
+            .arg("COUNT")
+            .arg(PAGE)
+            .query_async(redis)
+            .await?;
+        for entry in &page.ids {
+            let body: String = entry.get("body").unwrap_or_default();
+            let size = serde_json::from_str::<super::checkpoint::Checkpoint>(&body)
+                .map_or(0, |checkpoint| checkpoint.size);
+            if size > 0 && size <= limit {
+                return Ok(size);
+            }
+        }
+        match page.ids.last() {
+            Some(oldest) if page.ids.len() == PAGE => before = format!("({}", oldest.id),
+            _ => return Ok(0),
+        }
+    }
+}
+
 async fn read_stream(
     redis: &mut RedisConnection,
     key: &str,

@@ -354,6 +354,9 @@ impl AuditWriter {
                         .audit_append_duration
                         .observe(started.elapsed().as_secs_f64());
                     registry.audit_records.inc_by(plan.records.len() as u64);
+                    if let Some((body, signature)) = &plan.checkpoint {
+                        super::checkpoint::log_appended(body, signature);
+                    }
                     self.head = Some(plan.head);
                     return Ok(());
                 }

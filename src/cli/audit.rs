@@ -1,7 +1,8 @@
-//! `stepgate audit verify | prove | verify-proof | checkpoints`.
+//! `stepgate audit verify | prove | verify-proof | checkpoints | checkpoint`.
 //!
 //! Exit codes of `verify`: 0 verified; 1 a record was altered, inserted, removed or moved
-//! (or a checkpoint does not match); 2 usage or configuration error; 3 the trail could not
+//! (or a checkpoint does not match, the trim marker is not a signed checkpoint's, or the
+//! trail does not extend the `--since` checkpoint); 2 usage or configuration error; 3 the trail could not
 //! be read; 4 records were cut off the end; 5 a record is signed by an unknown or retired
 //! key. `verify-proof`: 0 valid, 1 invalid.
 
@@ -16,11 +17,11 @@ use serde_json::json;
 
 use super::{ConfigArg, load, redis_endpoint};
 use crate::audit::AuditSigner;
-use crate::audit::checkpoint::Checkpoint;
+use crate::audit::checkpoint::{Checkpoint, SignedCheckpoint};
 use crate::audit::proof::{self, Proof};
 use crate::audit::signer::load_public_key;
 use crate::audit::trail::{self, ReadError, Trail};
-use crate::audit::verify::{Problem, verify_records};
+use crate::audit::verify::{Problem, verify_records_since};
 use crate::config::Config;
 use crate::queue::Keys;
 use crate::startup::connect_redis;
@@ -52,6 +53,12 @@ pub enum AuditCommand {
         /// keys.
         #[arg(long = "public-key")]
         public_keys: Vec<PathBuf>,
+        /// A checkpoint saved earlier (`audit checkpoint --out`, a line of
+        /// `checkpoints.jsonl`, or a checkpoint log line's `checkpoint` field): the trail must
+        /// still extend it, or verification fails (exit 1). Catches a tail cut off with its
+        /// checkpoints and the head rewritten, which Redis alone cannot show.
+        #[arg(long)]
+        since: Option<PathBuf>,
         /// One JSON object on standard output instead of text.
         #[arg(long)]
         json: bool,
@@ -90,6 +97,15 @@ pub enum AuditCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Save the newest signed checkpoint (one `checkpoints.jsonl` line), to hold the trail
+    /// to it later with `audit verify --since`. Verify the trail first.
+    Checkpoint {
+        #[command(flatten)]
+        sources: Sources,
+        /// Where to write it; `-` for standard output.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 pub async fn run(command: AuditCommand) -> anyhow::Result<ExitCode> {
@@ -97,8 +113,9 @@ pub async fn run(command: AuditCommand) -> anyhow::Result<ExitCode> {
         AuditCommand::Verify {
             sources,
             public_keys,
+            since,
             json,
-        } => verify(&sources, &public_keys, json).await,
+        } => verify(&sources, &public_keys, since.as_deref(), json).await,
         AuditCommand::Prove {
             sources,
             record,
@@ -111,7 +128,54 @@ pub async fn run(command: AuditCommand) -> anyhow::Result<ExitCode> {
             json,
         } => verify_proof(&public_keys, &proof, json),
         AuditCommand::Checkpoints { sources, json } => checkpoints(&sources, json).await,
+        AuditCommand::Checkpoint { sources, out } => save_checkpoint(&sources, &out).await,
     }
+}
+
+/// `audit checkpoint --out`: the newest signed checkpoint, as a `checkpoints.jsonl` line.
+async fn save_checkpoint(sources: &Sources, out: &Path) -> anyhow::Result<ExitCode> {
+    let trail = match read(sources).await? {
+        Ok(trail) => trail,
+        Err(code) => return Ok(code),
+    };
+    let newest = trail
+        .checkpoints
+        .iter()
+        .filter_map(|signed| {
+            Some((
+                serde_json::from_str::<Checkpoint>(&signed.body).ok()?,
+                signed,
+            ))
+        })
+        .max_by_key(|(checkpoint, _)| checkpoint.size)
+        .context("the trail has no checkpoint yet")?;
+    let line = crate::audit::files::checkpoint_line(newest.1).context("malformed checkpoint")?;
+    if out == Path::new("-") {
+        std::io::Write::write_all(&mut std::io::stdout(), &line)?;
+    } else {
+        std::fs::write(out, &line).with_context(|| format!("writing {}", out.display()))?;
+        eprintln!(
+            "saved the checkpoint of {} records ({}) to {}",
+            newest.0.size,
+            newest.0.time,
+            out.display()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A checkpoint saved earlier: a `checkpoints.jsonl` line.
+fn saved_checkpoint(path: &Path) -> anyhow::Result<SignedCheckpoint> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let (body, signature) = crate::audit::files::parse_line("checkpoint", text.trim())
+        .with_context(|| {
+            format!(
+                "{}: not a saved checkpoint (one {{\"checkpoint\":{{…}},\"sig\":\"…\"}} line)",
+                path.display()
+            )
+        })?;
+    Ok(SignedCheckpoint { body, signature })
 }
 
 /// `audit prove`: an inclusion or consistency proof from the trail.
@@ -203,9 +267,11 @@ async fn checkpoints(sources: &Sources, json: bool) -> anyhow::Result<ExitCode> 
 async fn verify(
     sources: &Sources,
     public_keys: &[PathBuf],
+    since: Option<&Path>,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let config = load(&sources.config)?;
+    let since = since.map(saved_checkpoint).transpose()?;
     let keys = if public_keys.is_empty() {
         configured_public_keys(&config)?
     } else {
@@ -226,12 +292,13 @@ async fn verify(
             return Ok(ExitCode::from(EXIT_UNREADABLE));
         }
     };
-    let checked = verify_records(
+    let checked = verify_records_since(
         &trail.records,
         &keys,
         trail.start.clone(),
         &trail.checkpoints,
         trail.head.as_ref(),
+        since,
     );
     let trimmed = trail.start.seq;
     Ok(report(checked.map(|v| (v, trimmed)), json))
@@ -266,6 +333,9 @@ fn report(checked: Result<(crate::audit::verify::Verified, u64), Problem>, json:
                         format!(", key rotated to {}", verified.rotations.join(" then "))
                     }
                 );
+                if let Some(size) = verified.consistent_with {
+                    println!("consistent with the saved checkpoint of {size} records");
+                }
             }
             ExitCode::SUCCESS
         }

@@ -256,6 +256,138 @@ async fn tamper_matrix() -> TestResult {
     Ok(())
 }
 
+/// Certificate Transparency's answer to tail truncation: an auditor keeps the newest
+/// signed checkpoint outside Redis. Cutting the newest records off with the checkpoints
+/// over them, and rewriting the head, verifies from Redis alone; not against the saved one.
+#[tokio::test]
+async fn a_tail_cut_with_its_checkpoints_is_caught_by_a_saved_checkpoint() -> TestResult {
+    let (app, _) = app_with_a_trail(Some(1)).await?;
+    let dir = tempfile::tempdir()?;
+    let saved = dir.path().join("last.json").display().to_string();
+    let output = app.stepgate(&["audit", "checkpoint", "--out", &saved])?;
+    assert!(output.status.success(), "{output:?}");
+    let (code, report) = verify_json(&app, &["--since", &saved])?;
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(report["verified"]["consistent_with"], 5, "{report}");
+
+    // The attack: the newest append cut off with its checkpoint, the head rewritten.
+    let original = entries(&app).await?;
+    let listed = app.stepgate(&["audit", "checkpoints", "--json"])?;
+    let sizes: Vec<usize> = String::from_utf8_lossy(&listed.stdout)
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok()?["size"].as_u64())
+        .map(|size| size as usize)
+        .collect();
+    let keep = sizes
+        .iter()
+        .copied()
+        .filter(|size| *size < original.len())
+        .max()
+        .ok_or("no earlier checkpoint")?;
+    rewrite(&app, &original[..keep]).await?;
+    let mut redis = app.redis.connection().await?;
+    let checkpoints: StreamRangeReply = redis::cmd("XRANGE")
+        .arg(keys().audit_checkpoints())
+        .arg("-")
+        .arg("+")
+        .query_async(&mut redis)
+        .await?;
+    for entry in &checkpoints.ids {
+        let body: String = entry.get("body").unwrap_or_default();
+        let size = serde_json::from_str::<Value>(&body)?["size"].as_u64();
+        if size.is_some_and(|size| size as usize > keep) {
+            let _: i64 = redis::cmd("XDEL")
+                .arg(keys().audit_checkpoints())
+                .arg(&entry.id)
+                .query_async(&mut redis)
+                .await?;
+        }
+    }
+    set_head(&app, keep, &original[keep - 1]).await?;
+    let (code, report) = verify_json(&app, &[])?;
+    assert_eq!(code, 0, "Redis alone cannot tell: {report}");
+    let (code, report) = verify_json(&app, &["--since", &saved])?;
+    assert_eq!(
+        (code, report["problem"]["kind"].as_str()),
+        (1, Some("inconsistent")),
+        "{report}"
+    );
+    assert_eq!(report["problem"]["location"], "the saved checkpoint");
+
+    // Restored, the trail is consistent with the saved checkpoint again.
+    rewrite(&app, &original).await?;
+    set_head(&app, original.len(), &original[original.len() - 1]).await?;
+    let (code, report) = verify_json(&app, &["--since", &saved])?;
+    assert_eq!(code, 0, "{report}");
+    // A saved file that is not a checkpoint is a usage error, not a pass.
+    std::fs::write(dir.path().join("bad.json"), "{}")?;
+    let bad = dir.path().join("bad.json").display().to_string();
+    let (code, _) = verify_json_raw(&app, &["--since", &bad])?;
+    assert_ne!(code, 0);
+    Ok(())
+}
+
+/// Every checkpoint also goes to the log, as one JSON line whose `checkpoint` field is the
+/// saved form: a log pipeline outside Redis keeps what `verify --since` needs.
+#[tokio::test]
+async fn every_checkpoint_is_logged_in_the_form_verify_since_reads() -> TestResult {
+    let (app, _) = app_with_a_trail(Some(1)).await?;
+    let dir = tempfile::tempdir()?;
+    let port = crate::support::free_port();
+    let config = dir.path().join("process.toml");
+    let process_config = app
+        .base_config()
+        .set("worker.enabled", false)
+        .set("audit.checkpoint_every", 1)
+        .set("log.format", "json")
+        // What an operator who wants only warnings plus the checkpoints writes.
+        .set("log.level", "warn,stepgate::audit::checkpoint=info")
+        .set("server.listen", format!("127.0.0.1:{port}"));
+    std::fs::write(&config, process_config.render())?;
+    let log = dir.path().join("stderr.log");
+    let _process = crate::support::KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_stepgate"))
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env_remove("RUST_LOG")
+            .args(["serve", "--config"])
+            .arg(&config)
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()?,
+    );
+    // Its start (config_loaded) is an append, checkpointed.
+    let logged = crate::support::eventually(
+        std::time::Duration::from_secs(20),
+        "a checkpoint in the log",
+        || async {
+            let text = std::fs::read_to_string(&log).ok()?;
+            text.lines().find_map(|line| {
+                let line: Value = serde_json::from_str(line).ok()?;
+                (line["target"] == "stepgate::audit::checkpoint")
+                    .then(|| line["checkpoint"].as_str().map(str::to_owned))
+                    .flatten()
+            })
+        },
+    )
+    .await;
+    let size = serde_json::from_str::<Value>(&logged)?["checkpoint"]["size"].as_u64();
+    assert!(size.is_some_and(|size| size > 5), "{logged}");
+    let saved = dir.path().join("from-the-log.json");
+    std::fs::write(&saved, &logged)?;
+    let (code, report) = verify_json(&app, &["--since", &saved.display().to_string()])?;
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(report["verified"]["consistent_with"].as_u64(), size);
+    Ok(())
+}
+
+/// `stepgate audit verify --json` for a run that may print no report: its exit code.
+fn verify_json_raw(app: &TestApp, extra: &[&str]) -> TestResult<(i32, String)> {
+    let mut args = vec!["audit", "verify", "--json"];
+    args.extend_from_slice(extra);
+    let output = app.stepgate(&args)?;
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    Ok((output.status.code().unwrap_or(-1), text))
+}
+
 /// A restart with a new key and the old one under `retired_keys` rotates: the trail verifies
 /// from the first public key alone and from the configuration alone, and a record signed
 /// afterwards with the retired key is refused as such.
@@ -809,6 +941,16 @@ async fn exported_files_and_a_trimmed_stream_keep_verifying() -> TestResult {
         (0, &json!(total)),
         "{report}"
     );
+    // Trimmed only to a checkpoint boundary, which is what vouches for the trim point.
+    let listed = app.stepgate(&["audit", "checkpoints", "--json"])?;
+    let trimmed = trimmed_through(&app).await?;
+    assert!(
+        String::from_utf8_lossy(&listed.stdout)
+            .lines()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok()?["size"].as_u64())
+            .any(|size| size == trimmed),
+        "trimmed through {trimmed}, which no checkpoint covers exactly"
+    );
     let (code, report) = verify_json(&app, &[])?;
     assert_eq!(code, 0, "Redis alone, from the trim point: {report}");
     assert_eq!(report["verified"]["records"], in_redis);
@@ -845,6 +987,73 @@ async fn exported_files_and_a_trimmed_stream_keep_verifying() -> TestResult {
         location.ends_with(&format!("{} line {line}", first.display())),
         "{report}"
     );
+    Ok(())
+}
+
+/// The attack on retention: records deleted from the front of the stream and the trim
+/// marker set from their public hashes, by anyone with write access to Redis (retention
+/// configured or not). Verification from Redis alone must refuse the marker.
+#[tokio::test]
+async fn a_forged_trim_marker_fails_verification() -> TestResult {
+    use stepgate::audit::merkle::{Frontier, leaf_hash};
+    let app = spawn_app_with(RedisServer::start(), |config| {
+        config.set("audit.checkpoint_every", 3)
+    })
+    .await?;
+    for _ in 0..2 {
+        add_records(&app).await?;
+    }
+    let records = entries(&app).await?;
+    let listed = app.stepgate(&["audit", "checkpoints", "--json"])?;
+    let sizes: Vec<usize> = String::from_utf8_lossy(&listed.stdout)
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok()?["size"].as_u64())
+        .map(|size| size as usize)
+        .collect();
+    // A cut no checkpoint was made at (any cut at one is a genuine trim point).
+    let cut = (2..records.len())
+        .find(|n| !sizes.contains(n))
+        .ok_or("every size is checkpointed")?;
+    let mut frontier = Frontier::default();
+    for record in &records[..cut] {
+        frontier.push(leaf_hash(record.body.as_bytes()));
+    }
+    let last: Value = serde_json::from_str(&records[cut - 1].body)?;
+    let mut redis = app.redis.connection().await?;
+    let ids: StreamRangeReply = redis::cmd("XRANGE")
+        .arg(keys().audit_log())
+        .arg("-")
+        .arg("+")
+        .arg("COUNT")
+        .arg(cut)
+        .query_async(&mut redis)
+        .await?;
+    for entry in &ids.ids {
+        let _: i64 = redis::cmd("XDEL")
+            .arg(keys().audit_log())
+            .arg(&entry.id)
+            .query_async(&mut redis)
+            .await?;
+    }
+    let _: i64 = redis::cmd("HSET")
+        .arg(keys().audit_trimmed())
+        .arg("seq")
+        .arg(cut)
+        .arg("hash")
+        .arg(sha256_hex(records[cut - 1].body.as_bytes()))
+        .arg("frontier")
+        .arg(frontier.encode())
+        .arg("kid")
+        .arg(last["kid"].as_str().unwrap_or_default())
+        .query_async(&mut redis)
+        .await?;
+    let (code, report) = verify_json(&app, &[])?;
+    assert_eq!(
+        (code, report["problem"]["kind"].as_str()),
+        (1, Some("checkpoint_mismatch")),
+        "{report}"
+    );
+    assert_eq!(report["problem"]["location"], "the trim marker", "{report}");
     Ok(())
 }
 

@@ -47,6 +47,9 @@ pub enum ProblemKind {
     CheckpointInvalid,
     /// Two copies of the trail (files and Redis) disagree about a record.
     Diverged,
+    /// The trail does not extend a checkpoint saved from it earlier (`--since`): its tail
+    /// was cut off, or its history rewritten, since.
+    Inconsistent,
 }
 
 impl ProblemKind {
@@ -83,6 +86,9 @@ pub struct Verified {
     /// The key that signs now, and the keys rotations introduced.
     pub active_kid: Option<String>,
     pub rotations: Vec<String>,
+    /// The size of the saved checkpoint (`--since`) the trail was found consistent with.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub consistent_with: Option<u64>,
 }
 
 /// Where verification starts when the records before it were trimmed from Redis: the last
@@ -123,10 +129,19 @@ pub struct ChainVerifier {
     frontier: Frontier,
     checkpoints: BTreeMap<u64, Vec<SignedCheckpoint>>,
     checked: u64,
+    /// Where a trimmed trail starts, until a signed checkpoint of its size vouched for it.
+    unvouched_start: Option<StartPoint>,
+    /// Checkpoints of exactly the trimmed prefix's size: the candidates to vouch for it.
+    start_checkpoints: Vec<SignedCheckpoint>,
+    /// A checkpoint saved earlier (`--since`) the trail must still be consistent with,
+    /// until the records reach its size.
+    since: Option<(u64, SignedCheckpoint)>,
+    consistent_with: Option<u64>,
 }
 
 impl ChainVerifier {
     pub fn new(anchors: &[VerifyingKey], start: StartPoint) -> Self {
+        let unvouched_start = (start.seq > 0).then(|| start.clone());
         Self {
             keys: anchors.iter().map(|k| (key_id(k), *k)).collect(),
             active: start.kid,
@@ -140,6 +155,10 @@ impl ChainVerifier {
             frontier: start.frontier,
             checkpoints: BTreeMap::new(),
             checked: 0,
+            unvouched_start,
+            start_checkpoints: Vec::new(),
+            since: None,
+            consistent_with: None,
         }
     }
 
@@ -154,12 +173,15 @@ impl ChainVerifier {
                     location: format!("checkpoint {}", i + 1),
                     detail: "not a checkpoint".into(),
                 })?;
-            // Checkpoints before a trimmed prefix cannot be checked against records.
+            // Checkpoints before a trimmed prefix cannot be checked against records; one of
+            // exactly its size is what vouches for the trim point.
             if size > self.first_seq {
                 self.checkpoints
                     .entry(size)
                     .or_default()
                     .push(signed.clone());
+            } else if size == self.first_seq {
+                self.start_checkpoints.push(signed.clone());
             }
         }
         Ok(())
@@ -172,6 +194,7 @@ impl ChainVerifier {
     /// Checks the next record: its form, its key, its place in the chain, its signature;
     /// then takes it into the chain and the Merkle tree and checks any checkpoint it closes.
     pub fn push(&mut self, record: &StoredRecord) -> Result<(), Problem> {
+        self.check_start()?;
         let expected = self.seq + 1;
         let problem = |(kind, detail): Finding| Problem {
             kind,
@@ -303,6 +326,7 @@ impl ChainVerifier {
     }
 
     fn check_checkpoints(&mut self, location: &str) -> Result<(), Problem> {
+        self.check_since(location)?;
         let Some(checkpoints) = self.checkpoints.remove(&self.seq) else {
             return Ok(());
         };
@@ -338,7 +362,9 @@ impl ChainVerifier {
     }
 
     /// Ends verification; `head` is what Redis says the newest record is (if verifying it).
-    pub fn finish(self, head: Option<&ChainHead>) -> Result<Verified, Problem> {
+    pub fn finish(mut self, head: Option<&ChainHead>) -> Result<Verified, Problem> {
+        self.check_start()?;
+        self.since_reached()?;
         let truncated = |detail: String| Problem {
             kind: ProblemKind::Truncated,
             seq: self.seq + 1,
@@ -378,6 +404,7 @@ impl ChainVerifier {
             checkpoints: self.checked,
             active_kid: self.active,
             rotations: self.rotations,
+            consistent_with: self.consistent_with,
         })
     }
 }
@@ -390,8 +417,24 @@ pub fn verify_records(
     checkpoints: &[SignedCheckpoint],
     head: Option<&ChainHead>,
 ) -> Result<Verified, Problem> {
+    verify_records_since(records, anchors, start, checkpoints, head, None)
+}
+
+/// [`verify_records`], and the trail must extend `since`, a checkpoint saved from it
+/// earlier (see `anchors.rs`).
+pub fn verify_records_since(
+    records: &[StoredRecord],
+    anchors: &[VerifyingKey],
+    start: StartPoint,
+    checkpoints: &[SignedCheckpoint],
+    head: Option<&ChainHead>,
+    since: Option<SignedCheckpoint>,
+) -> Result<Verified, Problem> {
     let mut verifier = ChainVerifier::new(anchors, start);
     verifier.add_checkpoints(checkpoints)?;
+    if let Some(saved) = since {
+        verifier.hold_to(saved)?;
+    }
     for record in records {
         verifier.push(record)?;
     }
@@ -429,5 +472,6 @@ fn canonical_body(record: &StoredRecord) -> Result<Value, Finding> {
     Ok(body)
 }
 
+mod anchors;
 #[cfg(test)]
 mod tests;

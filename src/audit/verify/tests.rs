@@ -198,26 +198,73 @@ fn records_between_signatures_are_covered_by_the_next_one() {
     );
 }
 
-#[test]
-fn a_trimmed_trail_verifies_from_its_start_point() {
-    let (first, second) = (AuditSigner::generate(), AuditSigner::generate());
-    let trail = trail(&first, &second, 10, 20);
+/// The start point of `trail` with records 1..=`seq` trimmed, as the trim marker holds it.
+fn start_after(trail: &Trail, seq: usize, kid: &str) -> StartPoint {
     let mut frontier = Frontier::default();
-    for record in &trail.records[..5] {
+    for record in &trail.records[..seq] {
         frontier.push(leaf_hash(record.body.as_bytes()));
     }
-    let start = StartPoint {
-        seq: 5,
-        hash: sha256_hex(trail.records[4].body.as_bytes()),
+    StartPoint {
+        seq: seq as u64,
+        hash: sha256_hex(trail.records[seq - 1].body.as_bytes()),
         frontier,
-        kid: Some(first.kid().to_owned()),
-    };
+        kid: Some(kid.to_owned()),
+    }
+}
+
+#[test]
+fn a_trail_trimmed_at_a_checkpoint_verifies_from_its_start_point() {
+    let (first, second) = (AuditSigner::generate(), AuditSigner::generate());
+    let trail = trail(&first, &second, 10, 20);
     let verified = verify_records(
-        &trail.records[5..],
+        &trail.records[4..],
         &[first.verifying_key()],
-        start,
+        start_after(&trail, 4, first.kid()),
         &trail.checkpoints,
         Some(&trail.head),
     );
-    assert_eq!(verified.map(|v| (v.records, v.checkpoints)), Ok((5, 1)));
+    assert_eq!(verified.map(|v| (v.records, v.checkpoints)), Ok((6, 1)));
+}
+
+#[test]
+fn a_trim_marker_no_signed_checkpoint_vouches_for_is_refused() {
+    // Records deleted from the front and the marker forged from their public hashes.
+    let (first, second) = (AuditSigner::generate(), AuditSigner::generate());
+    let trail = trail(&first, &second, 10, 20);
+    let forged = verify_records(
+        &trail.records[5..],
+        &[first.verifying_key()],
+        start_after(&trail, 5, first.kid()),
+        &trail.checkpoints,
+        Some(&trail.head),
+    );
+    assert_eq!(
+        forged.err().map(|p| (p.kind, p.seq, p.location)),
+        Some((ProblemKind::CheckpointMismatch, 5, "the trim marker".into()))
+    );
+    // At a checkpoint's size, but naming a key that did not sign it.
+    let other = AuditSigner::generate();
+    let wrong_key = verify_records(
+        &trail.records[4..],
+        &[first.verifying_key(), other.verifying_key()],
+        start_after(&trail, 4, other.kid()),
+        &trail.checkpoints,
+        Some(&trail.head),
+    );
+    assert_eq!(
+        wrong_key.err().map(|p| p.kind),
+        Some(ProblemKind::CheckpointMismatch)
+    );
+    // Nothing left after the marker: still checked.
+    let everything = verify_records(
+        &[],
+        &[first.verifying_key()],
+        start_after(&trail, 10, first.kid()),
+        &trail.checkpoints,
+        None,
+    );
+    assert_eq!(
+        everything.err().map(|p| p.kind),
+        Some(ProblemKind::CheckpointMismatch)
+    );
 }
