@@ -1,7 +1,8 @@
 //! Copies the trail from Redis into rotated JSON Lines files, and trims Redis behind it.
 //!
 //! One exporter at a time holds a lease in Redis (several replicas may be configured to
-//! export; the others stand by), so the files are written in order by one hand. The files
+//! export; the others stand by), so the files are written in order by one hand; the lease
+//! is renewed and checked before every page and fenced (`export_lease.rs`). The files
 //! are the exporter's memory: it resumes after the last record it finds in its directory,
 //! so the directory should be the same durable volume for every process that exports. A
 //! record is counted as exported (the cursor in Redis) only after its file is synced.
@@ -18,20 +19,17 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::checkpoint::Checkpoint;
+use super::export_lease::Lease;
 use super::files::{self, CHECKPOINTS_FILE, FilesError};
 use super::merkle::leaf_hash;
 use super::record::sha256_hex;
-use super::scripts::{
-    ExportLease, ExportLeaseArgs, ExportLeaseKeys, ReleaseExportLease, ReleaseExportLeaseArgs,
-    Trim, TrimArgs, TrimKeys,
-};
+use super::scripts::{Trim, TrimArgs, TrimKeys};
 use super::store::{self, StoredRecord};
 use super::verify::StartPoint;
 use crate::queue::Keys;
 use crate::redis_conn::RedisConnection;
 
 const ROUND: Duration = Duration::from_secs(1);
-const LEASE: Duration = Duration::from_secs(15);
 const PAGE: usize = 1_000;
 
 #[derive(Debug, Clone)]
@@ -66,7 +64,7 @@ pub struct Exporter {
     redis: RedisConnection,
     keys: Keys,
     settings: ExportSettings,
-    owner: String,
+    lease: Lease,
     position: Option<Position>,
 }
 
@@ -76,7 +74,7 @@ impl Exporter {
             redis,
             keys,
             settings,
-            owner: uuid::Uuid::new_v4().to_string(),
+            lease: Lease::new(),
             position: None,
         }
     }
@@ -97,37 +95,20 @@ impl Exporter {
         self.release().await;
     }
 
-    /// Gives up the lease, if this exporter holds it, so that another (or this one,
-    /// restarted) takes over at once instead of after the lease expires.
+    /// Gives up the lease, if this exporter holds it.
     async fn release(&mut self) {
-        let lease = ExportLeaseKeys {
-            lease: self.keys.audit_export_lease(),
-        };
-        let args = ReleaseExportLeaseArgs {
-            holder: &self.owner,
-        };
-        let released: redis::RedisResult<i64> = ReleaseExportLease::invocation(lease, &args)
-            .invoke_async(&mut self.redis)
-            .await;
-        if let Err(e) = released {
-            tracing::warn!(error = %e, "could not give up the audit export lease; it expires by itself");
-        }
+        self.lease.release(&mut self.redis, &self.keys).await;
     }
 
     async fn round(&mut self) -> Result<(), ExportError> {
-        let lease = ExportLeaseKeys {
-            lease: self.keys.audit_export_lease(),
-        };
-        let args = ExportLeaseArgs {
-            holder: &self.owner,
-            ttl_ms: LEASE.as_millis() as u64,
-        };
-        let leased: i64 = ExportLease::invocation(lease, &args)
-            .invoke_async(&mut self.redis)
-            .await?;
-        if leased != 1 {
+        let before = self.lease.token();
+        if !self.lease.take(&mut self.redis, &self.keys).await? {
             self.position = None;
             return Ok(());
+        }
+        if self.lease.token() != before {
+            // A new lease: another exporter may have written the files since.
+            self.position = None;
         }
         let mut position = match self.position.take() {
             Some(position) => position,
@@ -140,16 +121,28 @@ impl Exporter {
             if records.is_empty() {
                 break;
             }
+            // Renewed and checked before every page: a lease lost mid-round (another replica
+            // took over) stops the writing here, and the files are located afresh.
+            if !self.lease.still_held(&mut self.redis, &self.keys).await? {
+                self.position = None;
+                return Ok(());
+            }
             self.append_records(&mut position, &records)?;
-            let _: () = redis::cmd("HSET")
-                .arg(self.keys.audit_export())
-                .arg("seq")
-                .arg(position.seq)
-                .query_async(&mut self.redis)
-                .await?;
+            if !self
+                .lease
+                .advance(&mut self.redis, &self.keys, position.seq)
+                .await?
+            {
+                self.position = None;
+                return Ok(());
+            }
             if records.len() < PAGE {
                 break;
             }
+        }
+        if !self.lease.still_held(&mut self.redis, &self.keys).await? {
+            self.position = None;
+            return Ok(());
         }
         self.export_checkpoints(&mut position).await?;
         self.position = Some(position.clone());
@@ -356,8 +349,10 @@ impl Exporter {
         let keys = TrimKeys {
             marker: self.keys.audit_trimmed(),
             log: self.keys.audit_log(),
+            fence: self.keys.audit_export_fence(),
         };
         let args = TrimArgs {
+            token: self.lease.token(),
             expected_seq: expected,
             seq: trimmed_seq,
             hash: &hash,

@@ -1,7 +1,7 @@
--- Gives up the file exporter's lease if `holder` still holds it: on a graceful stop, so the
--- next exporter need not wait for the lease to expire.
+-- Gives up the file exporter's lease if `holder` still holds it with `token`: on a graceful
+-- stop, so the next exporter need not wait for the lease to expire.
 -- Keys and arguments: `ReleaseExportLease` in scripts.rs. Returns 1 when released.
-if redis.call('GET', lease) == holder then
+if redis.call('GET', lease) == holder .. ' ' .. token then
   redis.call('DEL', lease)
   return 1
 end

@@ -24,9 +24,10 @@ lua_script! {
     pub struct Append = "append.lua", AppendKeys, AppendArgs;
 }
 
-lua_keys! { pub struct TrimKeys { marker, log } }
+lua_keys! { pub struct TrimKeys { marker, log, fence } }
 lua_args! {
     pub struct TrimArgs<'a> {
+        token: u64,
         expected_seq: u64,
         seq: u64,
         hash: &'a str,
@@ -40,17 +41,25 @@ lua_script! {
     pub struct Trim = "trim.lua", TrimKeys, TrimArgs;
 }
 
-lua_keys! { pub struct ExportLeaseKeys { lease } }
+lua_keys! { pub struct ExportLeaseKeys { lease, fence } }
 lua_args! { pub struct ExportLeaseArgs<'a> { holder: &'a str, ttl_ms: u64 } }
 lua_script! {
-    /// Takes or renews the file exporter's lease.
+    /// Takes or renews the file exporter's lease; answers its fencing token.
     pub struct ExportLease = "export_lease.lua", ExportLeaseKeys, ExportLeaseArgs;
 }
 
-lua_args! { pub struct ReleaseExportLeaseArgs<'a> { holder: &'a str } }
+lua_keys! { pub struct ReleaseExportLeaseKeys { lease } }
+lua_args! { pub struct ReleaseExportLeaseArgs<'a> { holder: &'a str, token: u64 } }
 lua_script! {
     /// Gives up the file exporter's lease, if still held.
-    pub struct ReleaseExportLease = "export_release.lua", ExportLeaseKeys, ReleaseExportLeaseArgs;
+    pub struct ReleaseExportLease = "export_release.lua", ReleaseExportLeaseKeys, ReleaseExportLeaseArgs;
+}
+
+lua_keys! { pub struct ExportCursorKeys { export, fence } }
+lua_args! { pub struct ExportCursorArgs { token: u64, seq: u64 } }
+lua_script! {
+    /// Records how far the files go, if the fencing token is still the newest.
+    pub struct ExportCursor = "export_cursor.lua", ExportCursorKeys, ExportCursorArgs;
 }
 
 /// Every script of the audit trail, for the contract test.
@@ -59,6 +68,7 @@ pub const ALL: &[Contract] = &[
     Trim::CONTRACT,
     ExportLease::CONTRACT,
     ReleaseExportLease::CONTRACT,
+    ExportCursor::CONTRACT,
 ];
 
 #[cfg(test)]

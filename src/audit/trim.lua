@@ -2,6 +2,11 @@
 -- marker (seq, hash, Merkle frontier and active key of the last deleted record) with them,
 -- if no other trimmer moved it first (compare-and-set on the marker's seq).
 -- Keys and arguments: `Trim` in scripts.rs (same slot); `entry_ids` are the records' ids.
+-- Only the exporter holding the newest fencing token (`token`) trims: one that lost its
+-- lease may be behind the files.
+if tonumber(redis.call('GET', fence) or '0') ~= tonumber(token) then
+  return 0
+end
 local current = redis.call('HGET', marker, 'seq') or '0'
 if current ~= expected_seq then
   return 0

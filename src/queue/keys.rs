@@ -30,7 +30,8 @@
 //! | `<p>:{audit}:checkpoints`             | stream | signed checkpoints (size, Merkle root) |
 //! | `<p>:{audit}:trimmed`                 | hash   | where retention cut the record stream  |
 //! | `<p>:{audit}:export`                  | hash   | the file exporter's cursor             |
-//! | `<p>:{audit}:export:lease`            | string | one exporter at a time                 |
+//! | `<p>:{audit}:export:lease`            | string | one exporter at a time (holder, token) |
+//! | `<p>:{audit}:export:fence`            | string | the lease's last fencing token         |
 //! | `<p>:{audit}:writer:<id>`             | string | a writer's last batch id (expires)     |
 //! | `<p>:{meta}:schema`                   | hash   | global migrations applied              |
 //! | `<p>:{meta}:migration-lock`           | string | held while migrations run              |
@@ -180,6 +181,11 @@ impl Keys {
         format!("{}:{{audit}}:export:lease", self.prefix)
     }
 
+    /// The export lease's fencing counter: each new lease holder gets the next token.
+    pub fn audit_export_fence(&self) -> String {
+        format!("{}:{{audit}}:export:fence", self.prefix)
+    }
+
     /// The last batch a writer appended: makes a retried append happen once.
     pub fn audit_writer(&self, writer: &str) -> String {
         format!("{}:{{audit}}:writer:{writer}", self.prefix)
@@ -241,6 +247,7 @@ mod tests {
             keys.audit_trimmed(),
             keys.audit_export(),
             keys.audit_export_lease(),
+            keys.audit_export_fence(),
             keys.audit_writer("WRITER"),
             keys.global_schema(),
             keys.migration_lock(),

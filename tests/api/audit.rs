@@ -272,12 +272,7 @@ async fn a_tail_cut_with_its_checkpoints_is_caught_by_a_saved_checkpoint() -> Te
 
     // The attack: the newest append cut off with its checkpoint, the head rewritten.
     let original = entries(&app).await?;
-    let listed = app.stepgate(&["audit", "checkpoints", "--json"])?;
-    let sizes: Vec<usize> = String::from_utf8_lossy(&listed.stdout)
-        .lines()
-        .filter_map(|line| serde_json::from_str::<Value>(line).ok()?["size"].as_u64())
-        .map(|size| size as usize)
-        .collect();
+    let sizes = checkpoint_sizes(&app)?;
     let keep = sizes
         .iter()
         .copied()
@@ -377,6 +372,16 @@ async fn every_checkpoint_is_logged_in_the_form_verify_since_reads() -> TestResu
     assert_eq!(code, 0, "{report}");
     assert_eq!(report["verified"]["consistent_with"].as_u64(), size);
     Ok(())
+}
+
+/// The sizes of the trail's signed checkpoints, smallest first (`audit checkpoints`).
+fn checkpoint_sizes(app: &TestApp) -> TestResult<Vec<usize>> {
+    let listed = app.stepgate(&["audit", "checkpoints", "--json"])?;
+    Ok(String::from_utf8_lossy(&listed.stdout)
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok()?["size"].as_u64())
+        .map(|size| size as usize)
+        .collect())
 }
 
 /// `stepgate audit verify --json` for a run that may print no report: its exit code.
@@ -505,11 +510,7 @@ fn prove(app: &TestApp, args: &[&str]) -> TestResult<Value> {
 async fn inclusion_and_consistency_proofs_check_out_independently() -> TestResult {
     let (app, _) = app_with_a_trail(Some(1)).await?;
     add_records(&app).await?;
-    let listed = app.stepgate(&["audit", "checkpoints", "--json"])?;
-    let sizes: Vec<u64> = String::from_utf8_lossy(&listed.stdout)
-        .lines()
-        .filter_map(|line| serde_json::from_str::<Value>(line).ok()?["size"].as_u64())
-        .collect();
+    let sizes = checkpoint_sizes(&app)?;
     assert!(sizes.len() >= 4, "{sizes:?}");
     let (first, newest) = (sizes[0], sizes[sizes.len() - 1]);
     assert_eq!(newest, 9, "every record is under the newest checkpoint");
@@ -942,13 +943,9 @@ async fn exported_files_and_a_trimmed_stream_keep_verifying() -> TestResult {
         "{report}"
     );
     // Trimmed only to a checkpoint boundary, which is what vouches for the trim point.
-    let listed = app.stepgate(&["audit", "checkpoints", "--json"])?;
     let trimmed = trimmed_through(&app).await?;
     assert!(
-        String::from_utf8_lossy(&listed.stdout)
-            .lines()
-            .filter_map(|line| serde_json::from_str::<Value>(line).ok()?["size"].as_u64())
-            .any(|size| size == trimmed),
+        checkpoint_sizes(&app)?.contains(&(trimmed as usize)),
         "trimmed through {trimmed}, which no checkpoint covers exactly"
     );
     let (code, report) = verify_json(&app, &[])?;
@@ -1004,12 +1001,7 @@ async fn a_forged_trim_marker_fails_verification() -> TestResult {
         add_records(&app).await?;
     }
     let records = entries(&app).await?;
-    let listed = app.stepgate(&["audit", "checkpoints", "--json"])?;
-    let sizes: Vec<usize> = String::from_utf8_lossy(&listed.stdout)
-        .lines()
-        .filter_map(|line| serde_json::from_str::<Value>(line).ok()?["size"].as_u64())
-        .map(|size| size as usize)
-        .collect();
+    let sizes = checkpoint_sizes(&app)?;
     // A cut no checkpoint was made at (any cut at one is a genuine trim point).
     let cut = (2..records.len())
         .find(|n| !sizes.contains(n))
@@ -1055,6 +1047,103 @@ async fn a_forged_trim_marker_fails_verification() -> TestResult {
     );
     assert_eq!(report["problem"]["location"], "the trim marker", "{report}");
     Ok(())
+}
+
+/// An exporter that loses its lease mid-round — paused past its expiry during a long
+/// catch-up while another replica took over — writes nothing more: the lease is renewed and
+/// checked before every page, and the cursor only moves with the newest fencing token.
+#[tokio::test]
+async fn an_exporter_that_lost_its_lease_mid_round_writes_nothing_more() -> TestResult {
+    use stepgate::audit::export::{ExportSettings, Exporter};
+    const BACKLOG: u64 = 200_000;
+    let server = RedisServer::start();
+    let endpoint =
+        stepgate::redis_conn::RedisEndpoint::Standalone(redis::Client::open(server.url())?);
+    let redis = endpoint.connect(std::time::Duration::from_secs(5)).await?;
+    // A long backlog, straight into the stream: the exporter copies lines, it does not
+    // verify them.
+    let mut raw = server.connection().await?;
+    for chunk in (1..=BACKLOG).collect::<Vec<_>>().chunks(5_000) {
+        let mut pipe = redis::pipe();
+        for seq in chunk {
+            pipe.cmd("XADD")
+                .arg(keys().audit_log())
+                .arg("*")
+                .arg("body")
+                .arg(format!("{{\"seq\":{seq}}}"))
+                .arg("sig")
+                .arg("")
+                .ignore();
+        }
+        let () = pipe.query_async(&mut raw).await?;
+    }
+    let dir = tempfile::tempdir()?;
+    let settings = ExportSettings {
+        dir: dir.path().to_owned(),
+        rotate_bytes: 1 << 30,
+        keep_records: 0,
+    };
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let exporter = tokio::spawn(Exporter::new(redis, keys(), settings).run(shutdown.clone()));
+    let exported = || -> u64 {
+        stepgate::audit::files::record_files(dir.path())
+            .ok()
+            .and_then(|files| files.first().map(|(_, path)| path.clone()))
+            .and_then(|path| std::fs::read(path).ok())
+            .map_or(0, |bytes| bytecount(&bytes))
+    };
+    // Polled tightly: the takeover must come while the round is still going.
+    let first_file = || stepgate::audit::files::record_files(dir.path()).ok()?.pop();
+    let started = std::time::Instant::now();
+    while first_file().is_none_or(|(_, path)| std::fs::metadata(path).map_or(0, |m| m.len()) == 0) {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "no page exported"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    // Another replica takes over (as after this one's lease expired): a newer token.
+    let () = redis::cmd("SET")
+        .arg(keys().audit_export_lease())
+        .arg("another-exporter 1000000")
+        .query_async(&mut raw)
+        .await?;
+    let () = redis::cmd("SET")
+        .arg(keys().audit_export_fence())
+        .arg(1_000_000)
+        .query_async(&mut raw)
+        .await?;
+    let at_takeover = exported();
+    // Several rounds' time: at most the page already past its check is finished.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let after = exported();
+    assert!(
+        after <= at_takeover + 1_000 && after < BACKLOG,
+        "{at_takeover} lines at the takeover, {after} after"
+    );
+    let cursor: Option<u64> = redis::cmd("HGET")
+        .arg(keys().audit_export())
+        .arg("seq")
+        .query_async(&mut raw)
+        .await?;
+    assert!(cursor.unwrap_or(0) <= at_takeover, "{cursor:?}");
+    shutdown.cancel();
+    exporter.await?;
+    let lease: Option<String> = redis::cmd("GET")
+        .arg(keys().audit_export_lease())
+        .query_async(&mut raw)
+        .await?;
+    assert_eq!(
+        lease.as_deref(),
+        Some("another-exporter 1000000"),
+        "not ours to release"
+    );
+    Ok(())
+}
+
+/// Lines in `bytes`.
+fn bytecount(bytes: &[u8]) -> u64 {
+    bytes.iter().filter(|b| **b == b'\n').count() as u64
 }
 
 /// A graceful stop gives up the export lease, so a restarted (or another) exporter takes
