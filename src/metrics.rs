@@ -74,6 +74,7 @@ pub struct Metrics {
     pub jwks_fetches: Family<JwksLabels, Counter>,
     pub audit_append_duration: Histogram,
     pub audit_records: Counter,
+    pub audit_outbox_rejected: Counter,
     pub backlog: Family<WorkflowLabels, Gauge>,
     pub pending: Family<WorkflowLabels, Gauge>,
     pub deferred: Family<WorkflowLabels, Gauge>,
@@ -147,6 +148,11 @@ const AUDIT_APPEND_DURATION: Named = (
 );
 /// `stepgate_audit_records`
 const AUDIT_RECORDS: Named = ("audit_records", "Audit records this process appended");
+/// `stepgate_audit_outbox_rejected`
+const AUDIT_OUTBOX_REJECTED: Named = (
+    "audit_outbox_rejected",
+    "Audit outbox entries skipped because their seal did not hold (written without the signing key)",
+);
 /// `stepgate_queue_backlog`
 const BACKLOG: Named = (
     "queue_backlog",
@@ -213,6 +219,7 @@ impl Metrics {
             jwks_fetches: registered(r, JWKS_FETCHES, Family::default()),
             audit_append_duration: registered(r, AUDIT_APPEND_DURATION, latency_histogram()),
             audit_records: registered(r, AUDIT_RECORDS, Counter::default()),
+            audit_outbox_rejected: registered(r, AUDIT_OUTBOX_REJECTED, Counter::default()),
             backlog: registered(r, BACKLOG, per_workflow()),
             pending: registered(r, PENDING, per_workflow()),
             deferred: registered(r, DEFERRED, per_workflow()),

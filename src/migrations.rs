@@ -81,6 +81,8 @@ pub async fn apply(
     keys: &Keys,
     workflows: &[WorkflowName],
 ) -> Result<usize, MigrationError> {
+    // Every configured workflow's audit outbox is relayed by every writer from now on.
+    crate::audit::outbox::register(redis, keys, workflows).await?;
     let token = uuid::Uuid::new_v4().to_string();
     acquire_lock(redis, keys, &token).await?;
     let result = apply_locked(redis, keys, workflows).await;

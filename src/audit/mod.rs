@@ -8,6 +8,7 @@ mod export_lease;
 pub mod files;
 pub mod merkle;
 mod open;
+pub mod outbox;
 pub mod proof;
 pub mod record;
 pub mod redact;

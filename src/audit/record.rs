@@ -63,7 +63,7 @@ pub enum EventKind {
 }
 
 /// One event, before chaining. Absent fields are left out of the record.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct AuditEvent {
     /// Unique per event (UUIDv7): lets readers and SIEMs recognise a record they already hold.
     pub id: String,

@@ -3,7 +3,7 @@
 
 use crate::lua::{Contract, lua_args, lua_keys, lua_script};
 
-lua_keys! { pub struct AppendKeys { head, log, checkpoints, writer_batch } }
+lua_keys! { pub struct AppendKeys { head, log, checkpoints, writer_batch, relayed } }
 lua_args! {
     pub struct AppendArgs<'a> {
         expected_seq: u64,
@@ -16,6 +16,9 @@ lua_args! {
         checkpoint_body: &'a str,
         checkpoint_sig: &'a str,
         now_ms: u64,
+        outbox: &'a str,
+        outbox_after: &'a str,
+        outbox_last: &'a str,
         ..records: Vec<(&'a [u8], &'a str)>,
     }
 }

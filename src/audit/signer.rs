@@ -58,6 +58,13 @@ impl AuditSigner {
         &self.kid
     }
 
+    /// A key derived from this signing key for sealing outbox events (HMAC-SHA256 of a fixed
+    /// label, keyed by the private key): every process that signs the trail can seal and
+    /// check them; nobody without the private key can forge one.
+    pub fn outbox_key(&self) -> [u8; 32] {
+        super::outbox::hmac_sha256(&self.key.to_bytes(), b"stepgate audit outbox v1")
+    }
+
     pub fn verifying_key(&self) -> VerifyingKey {
         self.key.verifying_key()
     }

@@ -19,6 +19,7 @@ use super::request::{EntryError, QueuedRequest, RequestState};
 use super::scripts::{
     Complete, CompleteArgs, CompleteKeys, PruneConsumers, PruneConsumersArgs, PruneConsumersKeys,
 };
+use crate::audit::outbox::SealedEvent;
 use crate::domain::{RequestId, WorkflowName};
 
 /// One entry handed to this consumer.
@@ -108,30 +109,54 @@ pub async fn claim_stale(
     ))
 }
 
-/// Records the outcome: the request's status, and the entry removed from the queue (into
-/// the dead letters, for a dead letter). `true` when this call recorded it; `false` when
-/// another delivery of the same entry already had (it must not be audited twice).
+/// One delivery's outcome as it is recorded.
+pub struct Completion<'a> {
+    pub workflow: &'a WorkflowName,
+    /// `None` for an entry that could not be read.
+    pub request_id: Option<&'a RequestId>,
+    pub entry_id: &'a str,
+    pub now: &'a str,
+    /// The outcome's audit event, sealed for the workflow's outbox (`None`: the audit is
+    /// off): written by the same script that records the outcome.
+    pub event: Option<&'a SealedEvent>,
+}
+
+impl Completion<'_> {
+    /// The key of the request's `key` (`unused` for an unreadable entry, which has no
+    /// request: the never-written key keeps the scripts simple).
+    fn request_key(&self, keys: &Keys, key: fn(&Keys, &RequestId) -> String) -> String {
+        self.request_id
+            .map_or_else(|| keys.unused(self.workflow), |id| key(keys, id))
+    }
+
+    /// The sealed event's JSON and seal, `''` for none.
+    pub(super) fn event(&self) -> (&str, &str) {
+        self.event.map_or(("", ""), |sealed| {
+            (sealed.json.as_str(), sealed.mac.as_str())
+        })
+    }
+}
+
+/// Records the outcome: the request's status, the entry removed from the queue (into the
+/// dead letters, for a dead letter), and its audit event in the outbox. `true` when this
+/// call recorded it; `false` when another delivery of the same entry already had.
 pub async fn complete(
     redis: &mut RedisConnection,
     keys: &Keys,
-    workflow: &WorkflowName,
-    request_id: Option<&RequestId>,
-    entry_id: &str,
+    completion: &Completion<'_>,
     outcome: &Outcome,
-    now: &str,
 ) -> RedisResult<bool> {
     match outcome {
         Outcome::DeadLettered { reason } => {
-            dead_letters::dead_letter(redis, keys, workflow, request_id, entry_id, reason, now)
-                .await
+            dead_letters::dead_letter(redis, keys, completion, reason).await
         }
         Outcome::Started { execution_arn } => {
             let ended = (RequestState::Started, execution_arn.as_str(), "");
-            complete_as(redis, keys, workflow, request_id, entry_id, ended, now).await
+            complete_as(redis, keys, completion, ended).await
         }
         Outcome::Failed { reason } => {
             let ended = (RequestState::Failed, "", reason.as_str());
-            complete_as(redis, keys, workflow, request_id, entry_id, ended, now).await
+            complete_as(redis, keys, completion, ended).await
         }
     }
 }
@@ -141,28 +166,25 @@ pub async fn complete(
 async fn complete_as(
     redis: &mut RedisConnection,
     keys: &Keys,
-    workflow: &WorkflowName,
-    request_id: Option<&RequestId>,
-    entry_id: &str,
+    completion: &Completion<'_>,
     (state, execution_arn, failure): (RequestState, &str, &str),
-    now: &str,
 ) -> RedisResult<bool> {
-    // An unreadable entry has no request; the never-written key keeps the script simple.
-    let request_key = |key: fn(&Keys, &RequestId) -> String| {
-        request_id.map_or_else(|| keys.unused(workflow), |id| key(keys, id))
-    };
     let script_keys = CompleteKeys {
-        queue: keys.queue(workflow),
-        request_status: request_key(Keys::request),
-        attempt: request_key(Keys::attempt),
+        queue: keys.queue(completion.workflow),
+        request_status: completion.request_key(keys, Keys::request),
+        attempt: completion.request_key(keys, Keys::attempt),
+        outbox: keys.audit_outbox(completion.workflow),
     };
+    let (event, mac) = completion.event();
     let args = CompleteArgs {
         group: WORKERS_GROUP,
-        entry_id,
+        entry_id: completion.entry_id,
         state: state.as_str(),
-        updated_at: now,
+        updated_at: completion.now,
         execution_arn,
         failure,
+        event,
+        mac,
     };
     let acked: i64 = Complete::invocation(script_keys, &args)
         .invoke_async(redis)

@@ -3,7 +3,8 @@
 -- attempt: a replay is a new delivery); atomically.
 -- Keys and arguments: `DeadLetter` in scripts.rs. The index maps an index field (the
 -- request id, or "entry:<id>" for an unreadable entry) to the dead-letter entry id.
--- Returns 1 when this call moved the entry, 0 when another delivery already had.
+-- Returns 1 when this call moved the entry, 0 when another delivery already had; the call
+-- that moves it writes the `dead_lettered` audit event into the workflow's outbox with it.
 local acked = redis.call('XACK', queue, group, entry_id)
 local found = redis.call('XRANGE', queue, entry_id, entry_id)
 if acked == 0 or #found == 0 then
@@ -18,6 +19,9 @@ local dead = redis.call('XADD', dead_letters, '*', unpack(fields))
 redis.call('HSET', dead_letter_index, index_field, dead)
 redis.call('XDEL', queue, entry_id)
 redis.call('DEL', attempt)
+if event ~= '' then
+  redis.call('XADD', outbox, '*', 'event', event, 'mac', mac)
+end
 if redis.call('EXISTS', request_status) == 1 then
   redis.call('HSET', request_status, 'status', 'dead_lettered', 'updated_at', now, 'error', reason)
 end

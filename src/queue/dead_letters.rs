@@ -14,6 +14,7 @@ use redis::{AsyncCommands, FromRedisValue, RedisResult, Value};
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use super::consumer::Completion;
 use super::keys::{Keys, WORKERS_GROUP};
 use super::request::field;
 use super::scripts::{
@@ -100,26 +101,29 @@ pub fn index_field(request_id: Option<&RequestId>, entry_id: &str) -> String {
 pub async fn dead_letter(
     redis: &mut RedisConnection,
     keys: &Keys,
-    workflow: &WorkflowName,
-    request_id: Option<&RequestId>,
-    entry_id: &str,
+    completion: &Completion<'_>,
     reason: &str,
-    now: &str,
 ) -> RedisResult<bool> {
+    let workflow = completion.workflow;
+    let request_id = completion.request_id;
     let script_keys = DeadLetterKeys {
         queue: keys.queue(workflow),
         dead_letters: keys.dead_letters(workflow),
         dead_letter_index: keys.dead_letter_index(workflow),
         request_status: status_key(keys, workflow, request_id),
         attempt: request_id.map_or_else(|| keys.unused(workflow), |id| keys.attempt(id)),
+        outbox: keys.audit_outbox(workflow),
     };
-    let index_field = index_field(request_id, entry_id);
+    let index_field = index_field(request_id, completion.entry_id);
+    let (event, mac) = completion.event();
     let args = DeadLetterArgs {
         group: WORKERS_GROUP,
-        entry_id,
+        entry_id: completion.entry_id,
         index_field: &index_field,
         reason,
-        now,
+        now: completion.now,
+        event,
+        mac,
     };
     let moved: i64 = scripts::DeadLetter::invocation(script_keys, &args)
         .invoke_async(redis)

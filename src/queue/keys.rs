@@ -25,6 +25,9 @@
 //! | `<p>:{wf:<name>}:inflight`            | zset   | StartExecution calls in flight (leases)|
 //! | `<p>:{sfn:<region>}:pace`             | zset   | permits for the whole account/region   |
 //! | `<p>:{caller:<hash>}:rate`            | zset   | one caller's admissions, all workflows |
+//! | `<p>:{wf:<name>}:audit:outbox`        | stream | audit events written with their state changes, until chained |
+//! | `<p>:{audit}:outboxes`                | set    | the workflows whose outboxes are relayed |
+//! | `<p>:{audit}:outbox:relayed`          | hash   | per workflow, the last outbox entry chained |
 //! | `<p>:{audit}:log`                     | stream | signed, hash-chained audit records     |
 //! | `<p>:{audit}:head`                    | hash   | the chain head: seq, hash, active key, Merkle frontier |
 //! | `<p>:{audit}:checkpoints`             | stream | signed checkpoints (size, Merkle root) |
@@ -57,6 +60,12 @@ impl Keys {
 
     pub fn queue(&self, workflow: &WorkflowName) -> String {
         format!("{}:{{wf:{workflow}}}:queue", self.prefix)
+    }
+
+    /// The workflow's audit outbox: events written with the state changes they record, in
+    /// the workflow's slot, until a writer moves them into the chain.
+    pub fn audit_outbox(&self, workflow: &WorkflowName) -> String {
+        format!("{}:{{wf:{workflow}}}:audit:outbox", self.prefix)
     }
 
     /// An execution's live state, cached briefly (see `live_status`).
@@ -160,6 +169,16 @@ impl Keys {
         format!("{}:{{audit}}:head", self.prefix)
     }
 
+    /// The workflows whose outboxes the writers relay.
+    pub fn audit_outboxes(&self) -> String {
+        format!("{}:{{audit}}:outboxes", self.prefix)
+    }
+
+    /// Per workflow, the id of the last outbox entry moved into the chain.
+    pub fn audit_relayed(&self) -> String {
+        format!("{}:{{audit}}:outbox:relayed", self.prefix)
+    }
+
     /// Signed checkpoints (size and Merkle root of the trail), oldest first.
     pub fn audit_checkpoints(&self) -> String {
         format!("{}:{{audit}}:checkpoints", self.prefix)
@@ -248,6 +267,9 @@ mod tests {
             keys.audit_export(),
             keys.audit_export_lease(),
             keys.audit_export_fence(),
+            keys.audit_outbox(&workflow),
+            keys.audit_outboxes(),
+            keys.audit_relayed(),
             keys.audit_writer("WRITER"),
             keys.global_schema(),
             keys.migration_lock(),

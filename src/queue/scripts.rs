@@ -65,11 +65,11 @@ lua_script! {
     pub struct Release = "release.lua", ReleaseKeys, ReleaseArgs;
 }
 
-lua_keys! { pub struct CompleteKeys { queue, request_status, attempt } }
+lua_keys! { pub struct CompleteKeys { queue, request_status, attempt, outbox } }
 lua_args! {
     pub struct CompleteArgs<'a> {
         group: &'a str, entry_id: &'a str, state: &'a str, updated_at: &'a str,
-        execution_arn: &'a str, failure: &'a str,
+        execution_arn: &'a str, failure: &'a str, event: &'a str, mac: &'a str,
     }
 }
 lua_script! {
@@ -79,12 +79,13 @@ lua_script! {
 
 lua_keys! {
     pub struct DeadLetterKeys {
-        queue, dead_letters, dead_letter_index, request_status, attempt,
+        queue, dead_letters, dead_letter_index, request_status, attempt, outbox,
     }
 }
 lua_args! {
     pub struct DeadLetterArgs<'a> {
         group: &'a str, entry_id: &'a str, index_field: &'a str, reason: &'a str, now: &'a str,
+        event: &'a str, mac: &'a str,
     }
 }
 lua_script! {

@@ -19,7 +19,7 @@ use crate::audit::AuditEvent;
 use crate::clock::now_rfc3339;
 use crate::config::Workflow;
 use crate::queue::QueuedRequest;
-use crate::queue::consumer::{self, Delivery, Outcome};
+use crate::queue::consumer::{self, Completion, Delivery, Outcome};
 
 /// Attempts at recording an outcome in Redis before the entry is left for redelivery.
 const COMPLETE_ATTEMPTS: u32 = 5;
@@ -103,11 +103,22 @@ impl Drain {
             }
         };
         let request = delivery.request.as_ref().ok();
-        match self
-            .complete_with_retries(target, request, &delivery.entry_id, &outcome)
-            .await
-        {
-            Ok(Recorded::Here) => self.audit_outcome(target, request, outcome).await,
+        // Written into the outbox by the script that records the outcome: a crash after it
+        // cannot lose the record, and only the delivery that records the outcome writes it.
+        let event = outcome_event(target, request, &outcome);
+        let sealed = self.audit.seal(&event);
+        let completion = Completion {
+            workflow: &target.name,
+            request_id: request.map(|r| &r.request_id),
+            entry_id: &delivery.entry_id,
+            now: &now_rfc3339(),
+            event: sealed.as_ref(),
+        };
+        match self.complete_with_retries(&completion, &outcome).await {
+            Ok(Recorded::Here) => {
+                self.audit.nudge();
+                report_outcome(target, &outcome);
+            }
             Ok(Recorded::Elsewhere) => {
                 tracing::debug!("another delivery of this entry already recorded it");
             }
@@ -116,37 +127,6 @@ impl Drain {
                 tracing::warn!(error = %e, "could not record the outcome; the entry will be redelivered");
             }
         }
-    }
-
-    /// The audit record (and metric, and log line) of an outcome this delivery recorded.
-    async fn audit_outcome(
-        &self,
-        target: &Workflow,
-        request: Option<&QueuedRequest>,
-        outcome: Outcome,
-    ) {
-        let workflow = &target.name;
-        let event = match outcome {
-            Outcome::Started { execution_arn } => {
-                crate::metrics::metrics()
-                    .executions_started
-                    .get_or_create(&crate::metrics::WorkflowLabels {
-                        workflow: target.name.to_string(),
-                    })
-                    .inc();
-                tracing::info!(execution.arn = %execution_arn, "execution started");
-                AuditEvent::started(workflow, request, execution_arn)
-            }
-            Outcome::DeadLettered { reason } => {
-                tracing::warn!(reason = %reason, "entry dead-lettered");
-                AuditEvent::dead_lettered(workflow, request, reason)
-            }
-            Outcome::Failed { reason } => {
-                tracing::warn!(reason = %reason, "request failed; not tried again");
-                AuditEvent::failed(workflow, request, reason)
-            }
-        };
-        self.audit.record(event).await;
     }
 
     /// Calls Step Functions until the request started or can never start as it is.
@@ -186,7 +166,7 @@ impl Drain {
             };
             self.failures.note(&target.state_machine_arn, &error);
             let event = AuditEvent::retried(&target.name, request, attempt, error);
-            self.audit.record(event).await;
+            self.audit_in_outbox(target, event).await;
             self.wait(jittered(pause), claim, shutdown).await?;
         }
     }
@@ -316,29 +296,18 @@ impl Drain {
         }
     }
 
-    /// Records the outcome in Redis, retrying a failed call a few times.
+    /// Records the outcome in Redis, retrying a failed call a few times (the script records
+    /// it, and writes its event, once: a retry after an ambiguous failure finds it done).
     async fn complete_with_retries(
         &self,
-        target: &Workflow,
-        request: Option<&QueuedRequest>,
-        entry_id: &str,
+        completion: &Completion<'_>,
         outcome: &Outcome,
     ) -> redis::RedisResult<Recorded> {
         let mut redis = self.redis.clone();
         let mut pause = COMPLETE_FIRST_PAUSE;
         let mut attempts = 0;
         loop {
-            let id = request.map(|r| &r.request_id);
-            let done = consumer::complete(
-                &mut redis,
-                &self.keys,
-                &target.name,
-                id,
-                entry_id,
-                outcome,
-                &now_rfc3339(),
-            )
-            .await;
+            let done = consumer::complete(&mut redis, &self.keys, completion, outcome).await;
             attempts += 1;
             match done {
                 Err(e) if attempts < COMPLETE_ATTEMPTS => {
@@ -350,6 +319,43 @@ impl Drain {
                 Ok(true) => return Ok(Recorded::Here),
                 Ok(false) => return Ok(Recorded::Elsewhere),
             }
+        }
+    }
+}
+
+/// The audit event of an outcome.
+fn outcome_event(
+    target: &Workflow,
+    request: Option<&QueuedRequest>,
+    outcome: &Outcome,
+) -> AuditEvent {
+    let workflow = &target.name;
+    match outcome {
+        Outcome::Started { execution_arn } => {
+            AuditEvent::started(workflow, request, execution_arn.clone())
+        }
+        Outcome::DeadLettered { reason } => {
+            AuditEvent::dead_lettered(workflow, request, reason.clone())
+        }
+        Outcome::Failed { reason } => AuditEvent::failed(workflow, request, reason.clone()),
+    }
+}
+
+/// The metric and log line of an outcome this delivery recorded.
+fn report_outcome(target: &Workflow, outcome: &Outcome) {
+    match outcome {
+        Outcome::Started { execution_arn } => {
+            crate::metrics::metrics()
+                .executions_started
+                .get_or_create(&crate::metrics::WorkflowLabels {
+                    workflow: target.name.to_string(),
+                })
+                .inc();
+            tracing::info!(execution.arn = %execution_arn, "execution started");
+        }
+        Outcome::DeadLettered { reason } => tracing::warn!(reason = %reason, "entry dead-lettered"),
+        Outcome::Failed { reason } => {
+            tracing::warn!(reason = %reason, "request failed; not tried again");
         }
     }
 }

@@ -24,7 +24,7 @@ use super::guarantee::Guarantees;
 use super::in_flight::InFlight;
 use super::repeated::RepeatedFailures;
 use super::sfn::StepFunctions;
-use crate::audit::AuditLog;
+use crate::audit::{AuditEvent, AuditLog};
 use crate::config::{Config, WorkerConfig, Workflow};
 use crate::domain::WorkflowName;
 use crate::queue::Keys;
@@ -72,6 +72,26 @@ pub struct Drain {
     pub(super) held_recovery: Option<Duration>,
     /// Repeated start failures, logged once per interval with a count.
     pub(super) failures: RepeatedFailures,
+}
+
+impl Drain {
+    /// Writes an event that has no state change of its own (`retried`) into the workflow's
+    /// outbox, so a crash while the delivery goes on cannot lose it. If Redis will not take
+    /// it, the writer gets it instead; should the outbox have taken it after all (a timeout
+    /// after Redis acted), the trail holds it twice, under one event `id`.
+    pub(super) async fn audit_in_outbox(&self, workflow: &Workflow, event: AuditEvent) {
+        let Some(sealed) = self.audit.seal(&event) else {
+            return;
+        };
+        let mut redis = self.redis.clone();
+        match crate::audit::outbox::add(&mut redis, &self.keys, &workflow.name, &sealed).await {
+            Ok(()) => self.audit.nudge(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot write an audit event to the outbox; handing it to the writer");
+                self.audit.record(event).await;
+            }
+        }
+    }
 }
 
 impl Drain {

@@ -299,12 +299,6 @@ async fn deferral_times_are_checked() -> TestResult {
 /// benchmark drains without sleeping; an entry still waiting keeps it running.
 #[tokio::test]
 async fn a_drain_run_until_empty_returns_once_every_accepted_request_started() -> TestResult {
-    use std::sync::Arc;
-    use stepgate::config::Config;
-    use stepgate::queue::Keys;
-    use stepgate::redis_conn::RedisEndpoint;
-    use stepgate::worker::{AwsStepFunctions, Breakers, Drain, DrainPartners};
-
     let app = spawn_app_with(RedisServer::start(), |config| {
         config.set("worker.enabled", false)
     })
@@ -316,26 +310,9 @@ async fn a_drain_run_until_empty_returns_once_every_accepted_request_started() -
     }
     assert_eq!(app.queue_len("orders").await?, 20);
 
-    let config = Config::load(&app.config_path)?;
-    let redis_endpoint = RedisEndpoint::from_config(&config.redis)?;
-    let partners = DrainPartners {
-        redis: redis_endpoint.connect(Duration::from_secs(2)).await?,
-        redis_endpoint,
-        sfn: Arc::new(AwsStepFunctions::new(&config.aws, Duration::from_secs(5)).await),
-        audit: stepgate::audit::AuditLog::disabled(),
-        breakers: Arc::new(Breakers::new(config.worker.breaker)),
-        guarantees: Arc::default(),
-    };
-    // The drain serves what the configuration holds, as start-up would.
-    let targets = config.checked_workflows().to_vec();
-    assert_eq!(targets.len(), 1);
-    let (_targets, targets_rx) = tokio::sync::watch::channel(targets);
-    let drain = Drain::new(
-        partners,
-        Keys::new(&config.redis.key_prefix),
-        targets_rx,
-        &config,
-    );
+    let (drain, _targets) = app
+        .standalone_drain(stepgate::audit::AuditLog::disabled())
+        .await?;
     tokio::time::timeout(
         Duration::from_secs(60),
         drain.run_until_empty(tokio_util::sync::CancellationToken::new()),

@@ -23,6 +23,7 @@ mod keys;
 mod live_status;
 mod metrics;
 mod outage;
+mod outbox;
 mod pacing;
 mod plain_answers;
 mod policy;

@@ -4,6 +4,9 @@ use super::*;
 use stepgate::audit::{AuditLog, AuditSigner};
 use stepgate::testing::{TestConfig, TestPartners};
 
+/// What feeds a drain its workflows.
+pub type WorkflowsSender = tokio::sync::watch::Sender<Vec<Arc<stepgate::config::Workflow>>>;
+
 /// One running stepgate with its own Redis and state machine.
 pub struct TestApp {
     pub base: String,
@@ -239,6 +242,51 @@ impl TestApp {
                 )?)
             })
             .collect()
+    }
+
+    /// The value of one series on `/metrics` (`name{labels}` as exposed), if present.
+    pub async fn metric(&self, series: &str) -> TestResult<Option<f64>> {
+        let text = self
+            .http
+            .get(self.url("/metrics"))
+            .send()
+            .await?
+            .text()
+            .await?;
+        Ok(text.lines().find_map(|line| {
+            line.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse::<f64>()
+                .ok()
+        }))
+    }
+
+    /// A drain of its own on this app's configuration and Redis (as another process's
+    /// would be), recording through `audit`; with the sender of its workflows, which must
+    /// stay open while it runs.
+    pub async fn standalone_drain(
+        &self,
+        audit: AuditLog,
+    ) -> TestResult<(stepgate::worker::Drain, WorkflowsSender)> {
+        use stepgate::config::Config;
+        use stepgate::redis_conn::RedisEndpoint;
+        use stepgate::worker::{AwsStepFunctions, Breakers, Drain, DrainPartners};
+        let config = Config::load(&self.config_path)?;
+        let redis_endpoint = RedisEndpoint::from_config(&config.redis)?;
+        let partners = DrainPartners {
+            redis: redis_endpoint.connect(Duration::from_secs(2)).await?,
+            redis_endpoint,
+            sfn: Arc::new(AwsStepFunctions::new(&config.aws, Duration::from_secs(5)).await),
+            audit,
+            breakers: Arc::new(Breakers::new(config.worker.breaker)),
+            guarantees: Arc::default(),
+        };
+        // The drain serves what the configuration holds, as start-up would.
+        let targets = config.checked_workflows().to_vec();
+        let (targets, targets_rx) = tokio::sync::watch::channel(targets);
+        let keys = stepgate::queue::Keys::new(&config.redis.key_prefix);
+        Ok((Drain::new(partners, keys, targets_rx, &config), targets))
     }
 
     /// How many entries wait in `workflow`'s queue stream.

@@ -1,7 +1,8 @@
 //! Appends audit events to the shared chain in Redis, in order, in batches.
 //!
 //! Request handlers and the drain hand events to [`AuditLog`]; one writer task per process
-//! chains, signs and appends them. Batching keeps the chain (inherently sequential) off the
+//! chains, signs and appends them. Events written with a Redis state change go through the
+//! workflows' outboxes instead (`super::outbox`), which every writer relays (`relay.rs`). Batching keeps the chain (inherently sequential) off the
 //! request path's critical section. Nothing is dropped while the writer keeps up: a full
 //! buffer makes callers wait (backpressure) instead. While Redis is unreachable the writer
 //! retries the same batch, which the append script applies at most once.
@@ -15,24 +16,34 @@ use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::checkpoint::Checkpoint;
 use super::merkle::leaf_hash;
+use super::outbox::Outboxes;
 use super::record::{AuditEvent, sha256_hex};
-use super::refusals::{RefusalAggregator, SharedRefusals};
+use super::refusals::SharedRefusals;
 use super::scripts::{Append, AppendArgs, AppendKeys};
 use super::signer::AuditSigner;
 use super::store::{self, ChainHead};
 use crate::queue::Keys;
 use crate::redis_conn::RedisConnection;
+use handle::Message;
+pub use handle::{AuditLog, NotRecorded};
+use relay::OutboxMove;
+
+mod handle;
+mod relay;
 
 /// Events waiting for the writer at most; beyond this, callers wait.
 const CHANNEL_CAPACITY: usize = 16_384;
 /// Events appended by one script call at most.
 const MAX_BATCH: usize = 512;
 const RETRY_MAX: Duration = Duration::from_secs(5);
+/// How often the writer looks into every outbox, for events another process wrote and did
+/// not relay itself (it stopped, or its writer is behind); its own it relays at once.
+const RELAY_POLL: Duration = Duration::from_millis(250);
 
 /// How the writer checkpoints, and how long a caller waits for room in a full buffer.
 #[derive(Debug, Clone, Copy)]
@@ -59,27 +70,6 @@ impl Default for WriterSettings {
     }
 }
 
-enum Message {
-    /// An event, and who waits to hear it is in Redis.
-    Event(Box<AuditEvent>, Option<oneshot::Sender<()>>),
-    Flush(oneshot::Sender<()>),
-}
-
-/// The event's record could not be written in time.
-#[derive(Debug, thiserror::Error)]
-#[error("the audit trail could not record the event in time")]
-pub struct NotRecorded;
-
-/// A handle to the audit trail; cheap to clone.
-#[derive(Clone)]
-pub struct AuditLog {
-    /// `None`: the audit is turned off (`audit.enabled = false`) and events go nowhere.
-    tx: Option<mpsc::Sender<Message>>,
-    buffer_wait: Duration,
-    /// Refusals are counted here, before the channel: a flood of them takes no room in it.
-    refusals: SharedRefusals,
-}
-
 /// The task that appends this process's events.
 pub struct AuditWriter {
     rx: mpsc::Receiver<Message>,
@@ -95,6 +85,15 @@ pub struct AuditWriter {
     batch: u64,
     /// The head as last seen; `None` until read from Redis (or after an ambiguous write).
     head: Option<ChainHead>,
+    outboxes: Outboxes,
+}
+
+/// Whose an append's records became.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Appended {
+    Here,
+    /// Another writer had moved these outbox events into the chain already.
+    Elsewhere,
 }
 
 /// Why a batch could not be appended (it is retried).
@@ -109,170 +108,85 @@ enum AppendError {
     ForeignKey { active: String, ours: String },
 }
 
-impl AuditLog {
-    pub fn new(
-        redis: RedisConnection,
-        keys: Keys,
-        signer: AuditSigner,
-        retired: Vec<AuditSigner>,
-        settings: WriterSettings,
-    ) -> (Self, AuditWriter) {
-        let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
-        let writer_key = keys.audit_writer(&uuid::Uuid::new_v4().simple().to_string());
-        let refusals = SharedRefusals::new(RefusalAggregator::new(settings.refusal_window));
-        (
-            Self {
-                tx: Some(tx),
-                buffer_wait: settings.buffer_wait,
-                refusals: refusals.clone(),
-            },
-            AuditWriter {
-                rx,
-                refusals,
-                redis,
-                keys,
-                signer,
-                retired,
-                settings,
-                writer_key,
-                batch: 0,
-                head: None,
-            },
-        )
-    }
-
-    /// A handle that records nothing (`audit.enabled = false`, for measurements).
-    pub fn disabled() -> Self {
-        Self {
-            tx: None,
-            buffer_wait: Duration::ZERO,
-            refusals: SharedRefusals::new(RefusalAggregator::new(Duration::ZERO)),
-        }
-    }
-
-    /// Hands `event` to the writer, waiting for room while its buffer is full; a refusal
-    /// that only counts in an open window is not sent at all.
-    pub async fn record(&self, event: AuditEvent) {
-        if self.tx.is_none() {
-            return;
-        }
-        if !RefusalAggregator::aggregates(&event) {
-            return self.send(event).await;
-        }
-        for event in self.refusals.take(event, Instant::now()) {
-            self.send(event).await;
-        }
-    }
-
-    async fn send(&self, event: AuditEvent) {
-        let Some(tx) = &self.tx else {
-            return;
-        };
-        let send = tx.send(Message::Event(Box::new(event), None));
-        if !matches!(
-            tokio::time::timeout(self.buffer_wait, send).await,
-            Ok(Ok(()))
-        ) {
-            tracing::error!("audit event lost: the audit writer is stuck or stopped");
-        }
-    }
-
-    /// Records `event` and waits until it is in Redis, at most `deadline`.
-    pub async fn record_durably(
-        &self,
-        event: AuditEvent,
-        deadline: Duration,
-    ) -> Result<(), NotRecorded> {
-        let Some(tx) = &self.tx else {
-            return Ok(());
-        };
-        let (done, written) = oneshot::channel();
-        let wait = async {
-            tx.send(Message::Event(Box::new(event), Some(done)))
-                .await
-                .map_err(|_| NotRecorded)?;
-            written.await.map_err(|_| NotRecorded)
-        };
-        tokio::time::timeout(deadline, wait)
-            .await
-            .map_err(|_| NotRecorded)?
-    }
-
-    /// Waits until every event recorded before this call is in Redis.
-    pub async fn flush(&self) {
-        let Some(tx) = &self.tx else {
-            return;
-        };
-        let (done, wait) = oneshot::channel();
-        if tx.send(Message::Flush(done)).await.is_ok() {
-            let _ = wait.await;
-        }
-    }
-}
-
 impl AuditWriter {
     /// Runs until every [`AuditLog`] handle is dropped and all queued events are written;
-    /// checkpoints on time while idle.
+    /// checkpoints on time while idle, and relays the outboxes.
     pub async fn run(mut self) {
-        let mut events = Vec::with_capacity(MAX_BATCH);
-        let mut durable = Vec::new();
-        let mut flushes = Vec::new();
         let mut tick = tokio::time::interval(self.settings.checkpoint_interval / 4);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut poll = tokio::time::interval(RELAY_POLL);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let first = tokio::select! {
                 message = self.rx.recv() => match message {
                     Some(message) => message,
                     None => {
                         // The last handle is gone: what was only counted is written too.
-                        events.extend(self.refusals.close_all());
-                        self.append_in_batches(&events).await;
+                        let counted = self.refusals.close_all();
+                        self.append_in_batches(&counted).await;
+                        self.relay_outboxes().await;
                         return;
                     }
                 },
                 () = self.refusals.window_closed() => {
-                    events.extend(self.refusals.close_due(Instant::now()));
-                    self.append_in_batches(&events).await;
-                    events.clear();
+                    let closed = self.refusals.close_due(Instant::now());
+                    self.append_in_batches(&closed).await;
                     continue;
                 }
                 _ = tick.tick() => {
                     if self.checkpoint_due() {
-                        self.append_until_written(&[]).await;
+                        self.append_until_written(&[], None).await;
                     }
                     continue;
                 }
-            };
-            let mut next = Some(first);
-            // Bounded in messages as well as records (a flush can add many closed windows).
-            let mut taken = 0;
-            while let Some(message) = next {
-                taken += 1;
-                match message {
-                    Message::Event(event, done) => {
-                        events.push(*event);
-                        durable.extend(done);
-                    }
-                    Message::Flush(done) => {
-                        // Everything recorded before a flush is in Redis after it, counted
-                        // refusals included.
-                        events.extend(self.refusals.close_all());
-                        flushes.push(done);
-                    }
+                _ = poll.tick() => {
+                    self.relay_outboxes().await;
+                    continue;
                 }
-                next = if taken < MAX_BATCH && events.len() < MAX_BATCH {
-                    self.rx.try_recv().ok()
-                } else {
-                    None
-                };
+            };
+            self.take_messages(first).await;
+        }
+    }
+
+    /// `first` and the messages waiting behind it, up to a batch: their events appended,
+    /// the outboxes relayed when asked, then whoever waits is told.
+    async fn take_messages(&mut self, first: Message) {
+        let mut events = Vec::with_capacity(MAX_BATCH);
+        let mut waiting = Vec::new();
+        let mut relay = false;
+        let mut next = Some(first);
+        // Bounded in messages as well as records (a flush can add many closed windows).
+        let mut taken = 0;
+        while let Some(message) = next {
+            taken += 1;
+            match message {
+                Message::Event(event, done) => {
+                    events.push(*event);
+                    waiting.extend(done);
+                }
+                Message::Flush(done) => {
+                    // Everything recorded before a flush is in Redis after it, counted
+                    // refusals and outbox events included.
+                    events.extend(self.refusals.close_all());
+                    relay = true;
+                    waiting.push(done);
+                }
+                Message::Nudge => relay = true,
             }
-            if !events.is_empty() {
-                self.append_in_batches(&events).await;
-                events.clear();
-            }
-            for done in durable.drain(..).chain(flushes.drain(..)) {
-                let _ = done.send(());
-            }
+            next = if taken < MAX_BATCH && events.len() < MAX_BATCH {
+                self.rx.try_recv().ok()
+            } else {
+                None
+            };
+        }
+        if !events.is_empty() {
+            self.append_in_batches(&events).await;
+        }
+        if relay {
+            self.relay_outboxes().await;
+        }
+        for done in waiting {
+            let _ = done.send(());
         }
     }
 
@@ -289,16 +203,22 @@ impl AuditWriter {
     /// once can yield more).
     async fn append_in_batches(&mut self, events: &[AuditEvent]) {
         for batch in events.chunks(MAX_BATCH) {
-            self.append_until_written(batch).await;
+            self.append_until_written(batch, None).await;
         }
     }
 
-    async fn append_until_written(&mut self, events: &[AuditEvent]) {
+    /// Appends `events` (moving `moving`'s outbox events into the chain, when given),
+    /// retrying until Redis takes them.
+    async fn append_until_written(
+        &mut self,
+        events: &[AuditEvent],
+        moving: Option<&OutboxMove>,
+    ) -> Appended {
         self.batch += 1;
         let mut pause = Duration::from_millis(50);
         loop {
-            match self.append(events).await {
-                Ok(()) => return,
+            match self.append(events, moving).await {
+                Ok(appended) => return appended,
                 Err(e) => {
                     tracing::error!(error = %e, events = events.len(), "audit append failed; retrying");
                     tokio::time::sleep(pause).await;
@@ -310,21 +230,35 @@ impl AuditWriter {
 
     /// Chains `events` after the head, signs them and appends them with compare-and-set;
     /// when another writer moved the head first, re-chains on the new head.
-    async fn append(&mut self, events: &[AuditEvent]) -> Result<(), AppendError> {
+    async fn append(
+        &mut self,
+        events: &[AuditEvent],
+        moving: Option<&OutboxMove>,
+    ) -> Result<Appended, AppendError> {
         loop {
             let head = match self.head.take() {
                 Some(head) => head,
                 None => self.read_head().await?,
             };
-            let Some(plan) = self.chain(&head, events)? else {
-                self.head = Some(head);
-                return Ok(());
+            let plan = match (self.chain(&head, events)?, moving) {
+                (Some(plan), _) => plan,
+                // Only skipped outbox entries: nothing to chain, but the mark still moves.
+                (None, Some(_)) => Plan {
+                    records: Vec::new(),
+                    checkpoint: None,
+                    head: head.clone(),
+                },
+                (None, None) => {
+                    self.head = Some(head);
+                    return Ok(Appended::Here);
+                }
             };
             let keys = AppendKeys {
                 head: self.keys.audit_head(),
                 log: self.keys.audit_log(),
                 checkpoints: self.keys.audit_checkpoints(),
                 writer_batch: self.writer_key.clone(),
+                relayed: self.keys.audit_relayed(),
             };
             let args = AppendArgs {
                 expected_seq: head.seq,
@@ -337,6 +271,9 @@ impl AuditWriter {
                 checkpoint_body: plan.checkpoint.as_ref().map_or("", |c| c.0.as_str()),
                 checkpoint_sig: plan.checkpoint.as_ref().map_or("", |c| c.1.as_str()),
                 now_ms: plan.head.checkpoint_ms,
+                outbox: moving.map_or("", |m| m.workflow.as_str()),
+                outbox_after: moving.map_or("", |m| m.after.as_str()),
+                outbox_last: moving.map_or("", |m| m.last.as_str()),
                 records: plan
                     .records
                     .iter()
@@ -358,10 +295,15 @@ impl AuditWriter {
                         super::checkpoint::log_appended(body, signature);
                     }
                     self.head = Some(plan.head);
-                    return Ok(());
+                    return Ok(Appended::Here);
                 }
                 // An earlier attempt of this batch went through; the head is unknown now.
-                Some("done") => return Ok(()),
+                Some("done") => return Ok(Appended::Here),
+                // Another writer chained these outbox events first.
+                Some("relayed") => {
+                    self.head = Some(head);
+                    return Ok(Appended::Elsewhere);
+                }
                 Some("conflict") => {
                     self.head = match ChainHead::from_fields(&reply[1..]) {
                         Some(head) => Some(head),

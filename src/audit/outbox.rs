@@ -1,0 +1,270 @@
+//! The transactional audit outbox: an event that goes with a Redis state change is written
+//! by the script that makes the change, into the workflow's outbox stream (the workflow's
+//! hash slot, so the script stays single-slot on Redis Cluster). Any process's writer then
+//! moves outbox events into the one chain (`writer/relay.rs`), exactly once: the append
+//! script records, with the records, the id of the last outbox entry it chained, and only
+//! if that id is still the one the writer read (compare-and-set), so a retry after an
+//! ambiguous append, or two writers relaying at once, neither loses nor repeats an event.
+//! A process killed at any instant loses nothing: the event is in Redis with the change.
+//!
+//! Outbox entries are sealed (HMAC-SHA256 with a key derived from the signing key): someone
+//! who can write to Redis but does not hold the key cannot have an event of their making
+//! signed into the trail; such an entry is skipped, logged and counted, never chained.
+
+use hmac::digest::KeyInit;
+use hmac::{Hmac, Mac as _};
+use redis::streams::StreamRangeReply;
+use sha2::Sha256;
+
+use super::record::AuditEvent;
+use super::signer::AuditSigner;
+use crate::domain::WorkflowName;
+use crate::queue::Keys;
+use crate::redis_conn::RedisConnection;
+
+/// Outbox entries moved into the chain by one append at most.
+pub(super) const RELAY_PAGE: usize = 256;
+
+/// HMAC-SHA256 with a 32-byte key.
+pub(super) fn hmac_sha256(key: &[u8; 32], message: &[u8]) -> [u8; 32] {
+    let mut mac = keyed(key);
+    mac.update(message);
+    mac.finalize().into_bytes().into()
+}
+
+/// An HMAC-SHA256 keyed by `key`, zero-padded to the block size as HMAC pads any shorter
+/// key (so the infallible fixed-size constructor serves).
+fn keyed(key: &[u8; 32]) -> Hmac<Sha256> {
+    let mut block = [0u8; 64];
+    block[..32].copy_from_slice(key);
+    <Hmac<Sha256> as KeyInit>::new(&block.into())
+}
+
+/// An event ready for an outbox: its JSON and the seal over it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SealedEvent {
+    pub json: String,
+    pub mac: String,
+}
+
+/// Seals events for the outbox (the handles' side) and checks seals (the relay's side).
+#[derive(Clone)]
+pub struct Seal {
+    key: [u8; 32],
+}
+
+impl Seal {
+    pub fn of(signer: &AuditSigner) -> Self {
+        Self {
+            key: signer.outbox_key(),
+        }
+    }
+
+    pub fn seal(&self, event: &AuditEvent) -> SealedEvent {
+        // Serializing strings, integers and JSON values cannot fail.
+        let json = serde_json::to_string(event).unwrap_or_default();
+        let mac = hex::encode(hmac_sha256(&self.key, json.as_bytes()));
+        SealedEvent { json, mac }
+    }
+
+    fn opens(&self, json: &str, mac: &str) -> bool {
+        let Ok(mac) = hex::decode(mac) else {
+            return false;
+        };
+        let mut check = keyed(&self.key);
+        check.update(json.as_bytes());
+        check.verify_slice(&mac).is_ok()
+    }
+}
+
+/// Registers `workflows` as outboxes to relay (at start-up and on reload). A workflow that
+/// leaves the configuration stays registered, so what its outbox still holds is relayed.
+pub async fn register<'a>(
+    redis: &mut RedisConnection,
+    keys: &Keys,
+    workflows: impl IntoIterator<Item = &'a WorkflowName>,
+) -> redis::RedisResult<()> {
+    let names: Vec<&str> = workflows.into_iter().map(WorkflowName::as_str).collect();
+    if names.is_empty() {
+        return Ok(());
+    }
+    redis::cmd("SADD")
+        .arg(keys.audit_outboxes())
+        .arg(names)
+        .query_async(redis)
+        .await
+}
+
+/// Adds an event that has no state change of its own to write it with (`retried`).
+pub async fn add(
+    redis: &mut RedisConnection,
+    keys: &Keys,
+    workflow: &WorkflowName,
+    event: &SealedEvent,
+) -> redis::RedisResult<()> {
+    let _: String = redis::cmd("XADD")
+        .arg(keys.audit_outbox(workflow))
+        .arg("*")
+        .arg("event")
+        .arg(&event.json)
+        .arg("mac")
+        .arg(&event.mac)
+        .query_async(redis)
+        .await?;
+    Ok(())
+}
+
+/// The next events of one outbox not yet in the chain.
+pub(super) struct Pending {
+    pub workflow: String,
+    /// The last entry chained before these ('' for none), as the append must find it.
+    pub after: String,
+    /// The last entry these events come from.
+    pub last: String,
+    pub events: Vec<AuditEvent>,
+    /// Entries read (sealed or not).
+    pub read: usize,
+}
+
+/// The relay's side: which outboxes there are, what each holds beyond what was chained.
+pub(super) struct Outboxes {
+    keys: Keys,
+    /// The seals of the signing key and of every retired key (a process not yet restarted
+    /// after a rotation still seals with the old one).
+    seals: Vec<Seal>,
+}
+
+impl Outboxes {
+    pub fn new(keys: Keys, seals: Vec<Seal>) -> Self {
+        Self { keys, seals }
+    }
+
+    pub async fn names(&self, redis: &mut RedisConnection) -> redis::RedisResult<Vec<String>> {
+        redis::cmd("SMEMBERS")
+            .arg(self.keys.audit_outboxes())
+            .query_async(redis)
+            .await
+    }
+
+    /// Up to [`RELAY_PAGE`] events of `workflow`'s outbox after the last one chained;
+    /// `None` when there are none.
+    pub async fn pending(
+        &self,
+        redis: &mut RedisConnection,
+        workflow: &str,
+    ) -> redis::RedisResult<Option<Pending>> {
+        let Ok(name) = WorkflowName::parse(workflow) else {
+            return Ok(None);
+        };
+        let after: Option<String> = redis::cmd("HGET")
+            .arg(self.keys.audit_relayed())
+            .arg(workflow)
+            .query_async(redis)
+            .await?;
+        let after = after.unwrap_or_default();
+        let start = if after.is_empty() {
+            "-".to_owned()
+        } else {
+            format!("({after}")
+        };
+        let page: StreamRangeReply = redis::cmd("XRANGE")
+            .arg(self.keys.audit_outbox(&name))
+            .arg(start)
+            .arg("+")
+            .arg("COUNT")
+            .arg(RELAY_PAGE)
+            .query_async(redis)
+            .await?;
+        let Some(last) = page.ids.last().map(|entry| entry.id.clone()) else {
+            return Ok(None);
+        };
+        let events = page
+            .ids
+            .iter()
+            .filter_map(|entry| self.open(workflow, entry))
+            .collect();
+        Ok(Some(Pending {
+            workflow: workflow.to_owned(),
+            after,
+            last,
+            events,
+            read: page.ids.len(),
+        }))
+    }
+
+    /// Deletes the entries of `workflow`'s outbox up to `last` (chained already).
+    pub async fn trim(
+        &self,
+        redis: &mut RedisConnection,
+        workflow: &str,
+        last: &str,
+    ) -> redis::RedisResult<()> {
+        let (Ok(name), Some(next)) = (WorkflowName::parse(workflow), next_id(last)) else {
+            return Ok(());
+        };
+        let _: i64 = redis::cmd("XTRIM")
+            .arg(self.keys.audit_outbox(&name))
+            .arg("MINID")
+            .arg(next)
+            .query_async(redis)
+            .await?;
+        Ok(())
+    }
+
+    /// The entry's event, if its seal holds and it is an event of this workflow.
+    fn open(&self, workflow: &str, entry: &redis::streams::StreamId) -> Option<AuditEvent> {
+        let json: String = entry.get("event").unwrap_or_default();
+        let mac: String = entry.get("mac").unwrap_or_default();
+        let sealed = self.seals.iter().any(|seal| seal.opens(&json, &mac));
+        let event = sealed
+            .then(|| serde_json::from_str::<AuditEvent>(&json).ok())
+            .flatten()
+            .filter(|event| event.workflow.as_deref() == Some(workflow));
+        if event.is_none() {
+            tracing::error!(
+                outbox = workflow,
+                entry = %entry.id,
+                "an audit outbox entry without a valid seal was skipped (written by someone without the signing key?)"
+            );
+            crate::metrics::metrics().audit_outbox_rejected.inc();
+        }
+        event
+    }
+}
+
+/// The stream id right after `id` (`<ms>-<seq+1>`): XTRIM MINID keeps it and what follows.
+fn next_id(id: &str) -> Option<String> {
+    let (ms, seq) = id.split_once('-')?;
+    let seq: u64 = seq.parse().ok()?;
+    Some(format!("{ms}-{}", seq.checked_add(1)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::EventKind;
+
+    #[test]
+    fn a_seal_opens_only_what_it_sealed_with_its_key() {
+        let seal = Seal::of(&AuditSigner::generate());
+        let mut event = AuditEvent::now(EventKind::Started);
+        event.workflow = Some("orders".into());
+        let sealed = seal.seal(&event);
+        assert!(seal.opens(&sealed.json, &sealed.mac));
+        let edited = sealed.json.replace("started", "accepted");
+        assert!(!seal.opens(&edited, &sealed.mac));
+        let other = Seal::of(&AuditSigner::generate());
+        assert!(!other.opens(&sealed.json, &sealed.mac));
+        assert!(!seal.opens(&sealed.json, "zz"));
+    }
+
+    #[test]
+    fn the_id_after_an_entry_is_its_successor_in_the_stream() {
+        assert_eq!(
+            next_id("1700000000000-0").as_deref(),
+            Some("1700000000000-1")
+        );
+        assert_eq!(next_id("5-41").as_deref(), Some("5-42"));
+        assert_eq!(next_id("garbage"), None);
+    }
+}

@@ -1,0 +1,228 @@
+//! The transactional audit outbox: an event written with the state change it records
+//! survives the process that wrote it, is chained exactly once however many writers relay
+//! it (and whatever Redis does mid-call), and nobody without the signing key can have an
+//! event of their own chained.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use stepgate::audit::outbox::{Seal, SealedEvent};
+use stepgate::audit::{AuditEvent, AuditLog, AuditSigner, EventKind, WriterSettings};
+use stepgate::config::Config;
+use stepgate::redis_conn::{RedisConnection, RedisEndpoint};
+
+use crate::support::{
+    RedisServer, TestApp, TestResult, keys, partners, spawn_app_with, workflow_named,
+};
+
+/// An app whose own drain is off (its writer runs and relays the outboxes).
+async fn app_without_drain() -> TestResult<TestApp> {
+    spawn_app_with(RedisServer::start(), |config| {
+        config.set("worker.enabled", false)
+    })
+    .await
+}
+
+async fn connect(app: &TestApp, timeout: Duration) -> TestResult<RedisConnection> {
+    let config = Config::load(&app.config_path)?;
+    Ok(RedisEndpoint::from_config(&config.redis)?
+        .connect(timeout)
+        .await?)
+}
+
+fn signer(app: &TestApp) -> TestResult<AuditSigner> {
+    let dir = app.config_path.parent().ok_or("no dir")?;
+    Ok(AuditSigner::load(&dir.join("audit.key"))?)
+}
+
+/// A writer of this process on `app`'s trail, with `app`'s signing key.
+fn writer(app: &TestApp, redis: RedisConnection) -> TestResult<AuditLog> {
+    let (log, writer) = AuditLog::new(
+        redis,
+        keys(),
+        signer(app)?,
+        Vec::new(),
+        WriterSettings::default(),
+    );
+    tokio::spawn(writer.run());
+    Ok(log)
+}
+
+/// The request ids of the trail's records of `event`.
+async fn request_ids(app: &TestApp, event: &str) -> TestResult<Vec<String>> {
+    Ok(app
+        .audit_records()
+        .await?
+        .iter()
+        .filter(|r| r["event"] == event)
+        .filter_map(|r| r["request_id"].as_str().map(str::to_owned))
+        .collect())
+}
+
+/// The drain records outcomes in Redis, and each outcome's record goes into the outbox in
+/// the same script: a process killed after that (here: one whose writer never runs at all)
+/// loses no record. Before the outbox, the record waited in that process's memory.
+#[tokio::test]
+async fn a_started_record_survives_a_process_whose_writer_never_appended() -> TestResult {
+    let app = app_without_drain().await?;
+    let token = partners().idp.billing_token().await?;
+    let mut accepted = Vec::new();
+    for n in 0..5 {
+        accepted.push(app.accept(&token, &json!({"n": n})).await?);
+    }
+    // The dying process's trail handle: its writer is dropped, never run.
+    let (dying, _never_run) = AuditLog::new(
+        connect(&app, Duration::from_secs(2)).await?,
+        keys(),
+        signer(&app)?,
+        Vec::new(),
+        WriterSettings::default(),
+    );
+    let (drain, _targets) = app.standalone_drain(dying).await?;
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        drain.run_until_empty(tokio_util::sync::CancellationToken::new()),
+    )
+    .await?;
+    // Another process's writer (the app's) relays what the dead one left in the outbox.
+    let mut started = request_ids(&app, "started").await?;
+    started.sort();
+    accepted.sort();
+    assert_eq!(
+        started, accepted,
+        "each started request recorded exactly once"
+    );
+    let (code, report) = verify(&app)?;
+    assert_eq!(code, 0, "{report}");
+    Ok(())
+}
+
+/// `stepgate audit verify --json`.
+fn verify(app: &TestApp) -> TestResult<(i32, Value)> {
+    let output = app.stepgate(&["audit", "verify", "--json"])?;
+    Ok((
+        output.status.code().unwrap_or(-1),
+        serde_json::from_slice(&output.stdout)?,
+    ))
+}
+
+/// `count` events of `orders`, sealed with `app`'s key, written straight into its outbox.
+async fn fill_outbox(app: &TestApp, count: usize) -> TestResult<Vec<String>> {
+    let seal = Seal::of(&signer(app)?);
+    let mut redis = app.redis.connection().await?;
+    let mut ids = Vec::new();
+    let mut pipe = redis::pipe();
+    for n in 0..count {
+        let mut event = AuditEvent::now(EventKind::Retried);
+        event.workflow = Some("orders".into());
+        event.attempt = Some(n as u32);
+        ids.push(event.id.clone());
+        let SealedEvent { json, mac } = seal.seal(&event);
+        pipe.cmd("XADD")
+            .arg(keys().audit_outbox(&workflow_named("orders")?))
+            .arg("*")
+            .arg("event")
+            .arg(json)
+            .arg("mac")
+            .arg(mac)
+            .ignore();
+    }
+    let () = pipe.query_async(&mut redis).await?;
+    Ok(ids)
+}
+
+/// How many records of the trail carry each of `ids`.
+async fn times_chained(app: &TestApp, ids: &[String]) -> TestResult<Vec<usize>> {
+    let records = app.audit_records().await?;
+    Ok(ids
+        .iter()
+        .map(|id| records.iter().filter(|r| r["id"] == id.as_str()).count())
+        .collect())
+}
+
+/// Three writers (two more processes' and the app's) relay one outbox at once, and Redis
+/// freezes mid-call so that appends time out after Redis may have run them and are tried
+/// again: every event is chained exactly once, and the outbox ends empty.
+#[tokio::test]
+async fn every_outbox_event_is_chained_exactly_once_by_racing_writers() -> TestResult {
+    let app = app_without_drain().await?;
+    let ids = fill_outbox(&app, 700).await?;
+    let first = writer(&app, connect(&app, Duration::from_millis(200)).await?)?;
+    let second = writer(&app, connect(&app, Duration::from_millis(200)).await?)?;
+    first.nudge();
+    second.nudge();
+    // Frozen while appends are on the wire: each times out, then Redis runs it anyway.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    app.redis.pause();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    app.redis.resume();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        tokio::join!(first.flush(), second.flush());
+    })
+    .await?;
+    let chained = times_chained(&app, &ids).await?;
+    assert!(chained.iter().all(|n| *n == 1), "{chained:?}");
+    let mut redis = app.redis.connection().await?;
+    let left: u64 = redis::cmd("XLEN")
+        .arg(keys().audit_outbox(&workflow_named("orders")?))
+        .query_async(&mut redis)
+        .await?;
+    assert_eq!(left, 0, "chained entries are deleted from the outbox");
+    let (code, report) = verify(&app)?;
+    assert_eq!(code, 0, "{report}");
+    Ok(())
+}
+
+/// Someone who can write to Redis but lacks the signing key adds outbox entries: an
+/// unsealed one, one sealed with another key, one whose event was edited after sealing. None
+/// is chained, each is counted, and the sealed event behind them still is.
+#[tokio::test]
+async fn an_outbox_entry_without_a_valid_seal_is_never_chained() -> TestResult {
+    let app = app_without_drain().await?;
+    let outbox = keys().audit_outbox(&workflow_named("orders")?);
+    let forged = |reason: &str| {
+        let mut event = AuditEvent::now(EventKind::Started);
+        event.workflow = Some("orders".into());
+        event.reason = Some(reason.into());
+        event
+    };
+    let stranger = Seal::of(&AuditSigner::generate()).seal(&forged("sealed by a stranger"));
+    let ours = Seal::of(&signer(&app)?);
+    let edited = ours.seal(&forged("edited after sealing"));
+    let edited_json = edited
+        .json
+        .replace("edited after sealing", "edited, forged");
+    let entries = [
+        (serde_json::to_string(&forged("unsealed"))?, String::new()),
+        (stranger.json, stranger.mac),
+        (edited_json, edited.mac),
+    ];
+    let mut redis = app.redis.connection().await?;
+    for (json, mac) in &entries {
+        let _: String = redis::cmd("XADD")
+            .arg(&outbox)
+            .arg("*")
+            .arg("event")
+            .arg(json)
+            .arg("mac")
+            .arg(mac)
+            .query_async(&mut redis)
+            .await?;
+    }
+    let genuine = fill_outbox(&app, 1).await?;
+    let records = app.audit_records().await?;
+    let reasons: Vec<&str> = records
+        .iter()
+        .filter_map(|r| r["reason"].as_str())
+        .collect();
+    assert!(
+        !reasons
+            .iter()
+            .any(|r| r.contains("unsealed") || r.contains("stranger") || r.contains("forged")),
+        "{reasons:?}"
+    );
+    assert_eq!(times_chained(&app, &genuine).await?, [1]);
+    let rejected = app.metric("stepgate_audit_outbox_rejected_total").await?;
+    assert!(rejected.is_some_and(|n| n >= 3.0), "{rejected:?}");
+    Ok(())
+}
