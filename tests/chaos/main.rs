@@ -1,8 +1,10 @@
-//! The fault run: 2,000 triggers through two `stepgate serve` processes while one of them is
-//! killed with SIGKILL twice, Redis (AOF, `appendfsync always`) is killed and restarted,
-//! and Step Functions is unreachable for 10 s. Afterwards the emulator must hold exactly one
+//! The fault run: 2,000 triggers through two `stepgate serve` processes while each of them
+//! is killed with SIGKILL at random instants (three kills in all, mid-delivery as much as
+//! between deliveries), Redis (AOF, `appendfsync always`) is killed and restarted, and Step
+//! Functions is unreachable for 10 s. Afterwards the emulator must hold exactly one
 //! execution per accepted request, with its input; every request must be `started`; the
-//! audit trail must verify. Once against one Redis, once against a 3-node Redis Cluster.
+//! audit trail must verify and hold exactly one `started` record per request id. Once
+//! against one Redis, once against a 3-node Redis Cluster.
 //!
 //! The emulator keeps its state in memory, so "down" is a cut network (a proxy that drops
 //! every connection), which is what the gateway sees of an outage either way.
@@ -155,6 +157,45 @@ impl Gateway {
     }
 }
 
+/// Sleeps a random number of milliseconds in `range`.
+async fn random_pause(range: std::ops::Range<u64>) {
+    use rand_core::RngCore as _;
+    let span = range.end.saturating_sub(range.start).max(1);
+    let ms = range.start + u64::from(rand_core::OsRng.next_u32()) % span;
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+}
+
+/// How many `started` records the trail holds per request id (`GET /v1/audit`, paged).
+async fn started_records(
+    http: &reqwest::Client,
+    base: &str,
+    token: &str,
+) -> TestResult<HashMap<String, usize>> {
+    let mut counts = HashMap::new();
+    let mut after: Option<String> = None;
+    loop {
+        let mut url = format!("{base}/v1/audit?event=started&limit=500");
+        if let Some(after) = &after {
+            url.push_str(&format!("&after={after}"));
+        }
+        let page: Value = http
+            .get(&url)
+            .bearer_auth(token)
+            .send()
+            .await?
+            .json()
+            .await?;
+        for entry in page["records"].as_array().into_iter().flatten() {
+            let id = entry["record"]["request_id"].as_str().unwrap_or_default();
+            *counts.entry(id.to_owned()).or_default() += 1;
+        }
+        match page["next_after"].as_str() {
+            Some(next) => after = Some(next.to_owned()),
+            None => return Ok(counts),
+        }
+    }
+}
+
 /// Sends trigger `n` to `base` until it is answered `202`; its request id.
 async fn trigger_until_accepted(
     http: &reqwest::Client,
@@ -283,13 +324,18 @@ async fn run(mut store: Store) -> TestResult {
             "workflows.orders.allow",
             json!([{ "clients": ["billing-service"] }]),
         )
+        // Reads the trail back through the audit API, to count its records.
+        .push(
+            "audit_readers.allow",
+            json!({ "clients": ["billing-service"] }),
+        )
         .set_ms("worker.breaker.open_ms", Duration::from_secs(1))
         .set_ms("worker.breaker.max_open_ms", Duration::from_secs(2))
         .set("log.format", "json")
         .set("log.level", "info");
     std::fs::write(&config, settings.render())?;
     let mut first = Gateway::start(&config, dir.path().join("first.log")).await?;
-    let second = Gateway::start(&config, dir.path().join("second.log")).await?;
+    let mut second = Gateway::start(&config, dir.path().join("second.log")).await?;
     let bases = vec![first.base.clone(), second.base.clone()];
     let token = partners().idp.billing_token().await?;
 
@@ -311,19 +357,24 @@ async fn run(mut store: Store) -> TestResult {
         });
     }
 
-    // The faults, while triggers arrive and drain.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The faults, while triggers arrive and drain, each after a random pause: a kill lands
+    // wherever the deliveries and the audit writer happen to be.
+    random_pause(500..1_500).await;
     eprintln!("chaos: SIGKILL the first gateway");
     first.kill();
     first.spawn().await?;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    random_pause(200..1_000).await;
+    eprintln!("chaos: SIGKILL the second gateway");
+    second.kill();
+    second.spawn().await?;
+    random_pause(500..1_500).await;
     eprintln!("chaos: kill and restart Redis");
     store.crash_and_restart();
     tokio::time::sleep(Duration::from_secs(1)).await;
     eprintln!("chaos: Step Functions unreachable for 10 s");
     proxy.down();
     let outage = Instant::now();
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    random_pause(1_000..4_000).await;
     eprintln!("chaos: SIGKILL the first gateway again");
     first.kill();
     first.spawn().await?;
@@ -401,6 +452,21 @@ async fn run(mut store: Store) -> TestResult {
         verified.status.success(),
         "audit verify: {}",
         String::from_utf8_lossy(&verified.stdout)
+    );
+    // The trail holds exactly one `started` record per request: none lost with a killed
+    // process (they are written with the outcome, in its script), none twice.
+    let started = started_records(&http, &second.base, &token).await?;
+    for (n, id) in &accepted {
+        assert_eq!(
+            started.get(id.as_str()).copied().unwrap_or(0),
+            1,
+            "`started` records of trigger {n} ({id})"
+        );
+    }
+    assert_eq!(
+        started.values().sum::<usize>(),
+        TOTAL,
+        "no other `started` record"
     );
     eprintln!(
         "chaos: done in {:?}; {}",
