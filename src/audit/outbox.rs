@@ -7,9 +7,12 @@
 //! ambiguous append, or two writers relaying at once, neither loses nor repeats an event.
 //! A process killed at any instant loses nothing: the event is in Redis with the change.
 //!
-//! Outbox entries are sealed (HMAC-SHA256 with a key derived from the signing key): someone
-//! who can write to Redis but does not hold the key cannot have an event of their making
-//! signed into the trail; such an entry is skipped, logged and counted, never chained.
+//! Outbox entries are sealed (HMAC-SHA256 with a key derived from the signing key, named by
+//! its key id): someone who can write to Redis but does not hold the key cannot have an
+//! event of their making signed into the trail; such an entry is skipped, logged and
+//! counted, never chained. An entry sealed by a key this process does not hold (a newer
+//! process's, during a rolling key rotation) is left for a process that holds it — the relay
+//! of that outbox stops before it — for up to five minutes; then it counts as forged.
 
 use hmac::digest::KeyInit;
 use hmac::{Hmac, Mac as _};
@@ -24,6 +27,10 @@ use crate::redis_conn::RedisConnection;
 
 /// Outbox entries moved into the chain by one append at most.
 pub(super) const RELAY_PAGE: usize = 256;
+/// How long an entry sealed by a key this process does not hold is left for a process that
+/// holds it (a rolling key rotation takes less); older, it is taken for a forgery, so that
+/// an entry naming a made-up key cannot stall the outbox for good.
+const UNKNOWN_KEY_PATIENCE_MS: u64 = 5 * 60 * 1000;
 
 /// HMAC-SHA256 with a 32-byte key.
 pub(super) fn hmac_sha256(key: &[u8; 32], message: &[u8]) -> [u8; 32] {
@@ -48,14 +55,26 @@ pub struct SealedEvent {
 }
 
 /// Seals events for the outbox (the handles' side) and checks seals (the relay's side).
+/// A seal is `<key id>:<hex HMAC>`.
 #[derive(Clone)]
 pub struct Seal {
+    kid: String,
     key: [u8; 32],
+}
+
+/// What an outbox entry's seal says.
+enum Opened {
+    Event(Box<AuditEvent>),
+    /// Not sealed by the key it names, or not an event of this outbox: never chained.
+    Forged,
+    /// Sealed by a key this process does not hold: left for one that does.
+    UnknownKey,
 }
 
 impl Seal {
     pub fn of(signer: &AuditSigner) -> Self {
         Self {
+            kid: signer.kid().to_owned(),
             key: signer.outbox_key(),
         }
     }
@@ -63,10 +82,15 @@ impl Seal {
     pub fn seal(&self, event: &AuditEvent) -> SealedEvent {
         // Serializing strings, integers and JSON values cannot fail.
         let json = serde_json::to_string(event).unwrap_or_default();
-        let mac = hex::encode(hmac_sha256(&self.key, json.as_bytes()));
+        let mac = format!(
+            "{}:{}",
+            self.kid,
+            hex::encode(hmac_sha256(&self.key, json.as_bytes()))
+        );
         SealedEvent { json, mac }
     }
 
+    /// Whether `mac` (the hex part of a seal) is this key's over `json`.
     fn opens(&self, json: &str, mac: &str) -> bool {
         let Ok(mac) = hex::decode(mac) else {
             return false;
@@ -122,8 +146,8 @@ pub(super) struct Pending {
     /// The last entry these events come from.
     pub last: String,
     pub events: Vec<AuditEvent>,
-    /// Entries read (sealed or not).
-    pub read: usize,
+    /// Whether the outbox may hold more after `last` (a full page was taken).
+    pub more: bool,
 }
 
 /// The relay's side: which outboxes there are, what each holds beyond what was chained.
@@ -146,15 +170,15 @@ impl Outboxes {
             .await
     }
 
-    /// Up to [`RELAY_PAGE`] events of `workflow`'s outbox after the last one chained;
-    /// `None` when there are none.
+    /// The last entry of `workflow`'s outbox chained ('' for none), and up to
+    /// [`RELAY_PAGE`] events after it (`None` when there are none).
     pub async fn pending(
         &self,
         redis: &mut RedisConnection,
         workflow: &str,
-    ) -> redis::RedisResult<Option<Pending>> {
+    ) -> redis::RedisResult<(String, Option<Pending>)> {
         let Ok(name) = WorkflowName::parse(workflow) else {
-            return Ok(None);
+            return Ok((String::new(), None));
         };
         let after: Option<String> = redis::cmd("HGET")
             .arg(self.keys.audit_relayed())
@@ -175,21 +199,34 @@ impl Outboxes {
             .arg(RELAY_PAGE)
             .query_async(redis)
             .await?;
-        let Some(last) = page.ids.last().map(|entry| entry.id.clone()) else {
-            return Ok(None);
+        let mut events = Vec::new();
+        let mut last = None;
+        let mut more = page.ids.len() == RELAY_PAGE;
+        for entry in &page.ids {
+            match self.open(workflow, entry) {
+                Opened::Event(event) => events.push(*event),
+                Opened::Forged => {}
+                Opened::UnknownKey => {
+                    tracing::warn!(outbox = workflow, entry = %entry.id, "an audit outbox entry is sealed by a key this process does not hold (a rotation in progress?); left for a process that holds it");
+                    more = false;
+                    break;
+                }
+            }
+            last = Some(entry.id.clone());
+        }
+        let Some(last) = last else {
+            return Ok((after, None));
         };
-        let events = page
-            .ids
-            .iter()
-            .filter_map(|entry| self.open(workflow, entry))
-            .collect();
-        Ok(Some(Pending {
-            workflow: workflow.to_owned(),
-            after,
-            last,
-            events,
-            read: page.ids.len(),
-        }))
+        Ok((
+            after.clone(),
+            Some(Pending {
+                workflow: workflow.to_owned(),
+                after,
+                last,
+                events,
+                more,
+            }),
+        ))
     }
 
     /// Deletes the entries of `workflow`'s outbox up to `last` (chained already).
@@ -212,24 +249,45 @@ impl Outboxes {
     }
 
     /// The entry's event, if its seal holds and it is an event of this workflow.
-    fn open(&self, workflow: &str, entry: &redis::streams::StreamId) -> Option<AuditEvent> {
+    fn open(&self, workflow: &str, entry: &redis::streams::StreamId) -> Opened {
         let json: String = entry.get("event").unwrap_or_default();
         let mac: String = entry.get("mac").unwrap_or_default();
-        let sealed = self.seals.iter().any(|seal| seal.opens(&json, &mac));
-        let event = sealed
-            .then(|| serde_json::from_str::<AuditEvent>(&json).ok())
-            .flatten()
-            .filter(|event| event.workflow.as_deref() == Some(workflow));
-        if event.is_none() {
-            tracing::error!(
-                outbox = workflow,
-                entry = %entry.id,
-                "an audit outbox entry without a valid seal was skipped (written by someone without the signing key?)"
-            );
-            crate::metrics::metrics().audit_outbox_rejected.inc();
+        let event = match mac.split_once(':') {
+            Some((kid, mac)) => match self.seals.iter().find(|seal| seal.kid == kid) {
+                None if entry_age_ms(&entry.id) < UNKNOWN_KEY_PATIENCE_MS => {
+                    return Opened::UnknownKey;
+                }
+                None => None,
+                Some(seal) => seal
+                    .opens(&json, mac)
+                    .then(|| serde_json::from_str::<AuditEvent>(&json).ok())
+                    .flatten()
+                    .filter(|event| event.workflow.as_deref() == Some(workflow)),
+            },
+            None => None,
+        };
+        match event {
+            Some(event) => Opened::Event(Box::new(event)),
+            None => {
+                tracing::error!(
+                    outbox = workflow,
+                    entry = %entry.id,
+                    "an audit outbox entry without a valid seal was skipped (written by someone without the signing key?)"
+                );
+                crate::metrics::metrics().audit_outbox_rejected.inc();
+                Opened::Forged
+            }
         }
-        event
     }
+}
+
+/// How long ago the entry `id` (`<ms>-<seq>`) was added.
+fn entry_age_ms(id: &str) -> u64 {
+    let added = id
+        .split_once('-')
+        .and_then(|(ms, _)| ms.parse::<u64>().ok())
+        .unwrap_or(0);
+    crate::clock::unix_ms().saturating_sub(added)
 }
 
 /// The stream id right after `id` (`<ms>-<seq+1>`): XTRIM MINID keeps it and what follows.
@@ -250,11 +308,13 @@ mod tests {
         let mut event = AuditEvent::now(EventKind::Started);
         event.workflow = Some("orders".into());
         let sealed = seal.seal(&event);
-        assert!(seal.opens(&sealed.json, &sealed.mac));
+        let (kid, mac) = sealed.mac.split_once(':').unwrap_or_default();
+        assert_eq!(kid, seal.kid);
+        assert!(seal.opens(&sealed.json, mac));
         let edited = sealed.json.replace("started", "accepted");
-        assert!(!seal.opens(&edited, &sealed.mac));
+        assert!(!seal.opens(&edited, mac));
         let other = Seal::of(&AuditSigner::generate());
-        assert!(!other.opens(&sealed.json, &sealed.mac));
+        assert!(!other.opens(&sealed.json, mac));
         assert!(!seal.opens(&sealed.json, "zz"));
     }
 

@@ -134,6 +134,25 @@ pub async fn read_checkpoints(
         .collect())
 }
 
+/// The newest signed checkpoint, if any.
+pub async fn newest_checkpoint(
+    redis: &mut RedisConnection,
+    keys: &Keys,
+) -> redis::RedisResult<Option<SignedCheckpoint>> {
+    let page: StreamRangeReply = redis::cmd("XREVRANGE")
+        .arg(keys.audit_checkpoints())
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(1)
+        .query_async(redis)
+        .await?;
+    Ok(page.ids.first().map(|entry| SignedCheckpoint {
+        body: entry.get("body").unwrap_or_default(),
+        signature: entry.get("sig").unwrap_or_default(),
+    }))
+}
+
 /// The size of the newest signed checkpoint covering at most `limit` records (0: none),
 /// read newest first, in pages: retention trims only to such a boundary, so the trim point
 /// is always one a signature vouches for.

@@ -97,11 +97,15 @@ pub enum AuditCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Save the newest signed checkpoint (one `checkpoints.jsonl` line), to hold the trail
-    /// to it later with `audit verify --since`. Verify the trail first.
+    /// Verify the trail, then save its newest signed checkpoint (one `checkpoints.jsonl`
+    /// line), to hold the trail to it later with `audit verify --since`. Exits as `verify`
+    /// does when the trail does not verify, saving nothing.
     Checkpoint {
         #[command(flatten)]
         sources: Sources,
+        /// As for `verify`: the trail's first public key(s); default the configured keys.
+        #[arg(long = "public-key")]
+        public_keys: Vec<PathBuf>,
         /// Where to write it; `-` for standard output.
         #[arg(long)]
         out: PathBuf,
@@ -128,16 +132,44 @@ pub async fn run(command: AuditCommand) -> anyhow::Result<ExitCode> {
             json,
         } => verify_proof(&public_keys, &proof, json),
         AuditCommand::Checkpoints { sources, json } => checkpoints(&sources, json).await,
-        AuditCommand::Checkpoint { sources, out } => save_checkpoint(&sources, &out).await,
+        AuditCommand::Checkpoint {
+            sources,
+            public_keys,
+            out,
+        } => save_checkpoint(&sources, &public_keys, &out).await,
     }
 }
 
-/// `audit checkpoint --out`: the newest signed checkpoint, as a `checkpoints.jsonl` line.
-async fn save_checkpoint(sources: &Sources, out: &Path) -> anyhow::Result<ExitCode> {
+/// `audit checkpoint --out`: the newest signed checkpoint of a trail that verifies, as a
+/// `checkpoints.jsonl` line (verification checked every checkpoint's signature and root
+/// against the records, so an injected or stale one cannot be saved).
+async fn save_checkpoint(
+    sources: &Sources,
+    public_keys: &[PathBuf],
+    out: &Path,
+) -> anyhow::Result<ExitCode> {
+    let config = load(&sources.config)?;
+    let keys = if public_keys.is_empty() {
+        configured_public_keys(&config)?
+    } else {
+        public_keys_from(public_keys)?
+    };
     let trail = match read(sources).await? {
         Ok(trail) => trail,
         Err(code) => return Ok(code),
     };
+    let checked = verify_records_since(
+        &trail.records,
+        &keys,
+        trail.start.clone(),
+        &trail.checkpoints,
+        trail.head.as_ref(),
+        None,
+    );
+    if let Err(problem) = checked {
+        println!("audit trail BROKEN at {problem}; no checkpoint saved");
+        return Ok(ExitCode::from(problem.kind.exit_code()));
+    }
     let newest = trail
         .checkpoints
         .iter()
@@ -301,6 +333,19 @@ async fn verify(
         since,
     );
     let trimmed = trail.start.seq;
+    let retention = config
+        .audit
+        .files
+        .as_ref()
+        .is_some_and(|files| files.redis_keep_records > 0);
+    if trimmed > 0 && !retention {
+        // Not proof of tampering (retention may have been on before), but worth a look: a
+        // prefix deleted exactly at a checkpoint verifies like a genuine trim.
+        eprintln!(
+            "note: records 1..={trimmed} were trimmed from Redis, but this configuration keeps \
+             every record (audit.files.redis_keep_records is 0); verify with --files to see them"
+        );
+    }
     Ok(report(checked.map(|v| (v, trimmed)), json))
 }
 

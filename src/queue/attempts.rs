@@ -6,10 +6,13 @@
 //! attempt whose outcome nobody recorded: a crash mid-call, a timeout, or another delivery
 //! of the same entry calling right now.
 
-use redis::{AsyncCommands, RedisResult};
+use redis::RedisResult;
 
 use super::keys::Keys;
-use super::scripts::{AttemptKeys, ClearAttempt, ClearAttemptArgs, MarkAttempt, MarkAttemptArgs};
+use super::scripts::{
+    AttemptKeys, ClearAttempt, ClearAttemptArgs, MarkAttempt, MarkAttemptArgs, MarkStarted,
+    MarkStartedArgs,
+};
 use crate::domain::RequestId;
 use crate::redis_conn::RedisConnection;
 
@@ -31,9 +34,11 @@ pub enum EarlierAttempt {
     Started(String),
 }
 
-/// Marks the start `token`'s delivery is about to try. `exclusive` (at most once): an
-/// earlier mark is kept and this one not set, so the caller must not call unless the answer
-/// is [`EarlierAttempt::None`]. Otherwise the mark becomes this delivery's.
+/// Marks the start `token`'s delivery is about to try. `exclusive` (at most once): another
+/// delivery's mark is kept and this one not set, so the caller must not call unless the
+/// answer is [`EarlierAttempt::None`]. Otherwise the mark becomes this delivery's. The
+/// delivery's own mark (left by a call that certainly did not start, whose clearing
+/// failed, or set by a timed-out call Redis ran) is no earlier attempt.
 pub async fn mark(
     redis: &mut RedisConnection,
     keys: &Keys,
@@ -58,21 +63,26 @@ pub async fn mark(
     })
 }
 
-/// Records that the marked start succeeded, so that a delivery after a crash (before the
-/// completion was recorded) completes it as started instead of trying again.
+/// Records that `token`'s marked start succeeded, so that a delivery after a crash (before
+/// the completion was recorded) completes it as started instead of trying again. Only over
+/// the delivery's own mark: a request another delivery completed meanwhile keeps no mark.
 pub async fn mark_started(
     redis: &mut RedisConnection,
     keys: &Keys,
     id: &RequestId,
+    token: &str,
     execution_arn: &str,
 ) -> RedisResult<()> {
-    redis
-        .set_ex(
-            keys.attempt(id),
-            format!("{STARTED_PREFIX}{execution_arn}"),
-            MARK_TTL_SECONDS,
-        )
-        .await
+    let started = format!("{STARTED_PREFIX}{execution_arn}");
+    let args = MarkStartedArgs {
+        token,
+        started: &started,
+        ttl_seconds: MARK_TTL_SECONDS,
+    };
+    let _: i64 = MarkStarted::invocation(attempt_keys(keys, id), &args)
+        .invoke_async(redis)
+        .await?;
+    Ok(())
 }
 
 /// Drops `token`'s mark after a start that certainly did not happen (it will be tried

@@ -151,6 +151,12 @@ lua_script! {
     pub struct MarkAttempt = "attempt_mark.lua", AttemptKeys, MarkAttemptArgs;
 }
 
+lua_args! { pub struct MarkStartedArgs<'a> { token: &'a str, started: &'a str, ttl_seconds: u64 } }
+lua_script! {
+    /// Turns a delivery's own mark into the record of its start.
+    pub struct MarkStarted = "attempt_started.lua", AttemptKeys, MarkStartedArgs;
+}
+
 lua_args! { pub struct ClearAttemptArgs<'a> { token: &'a str } }
 lua_script! {
     /// Drops a delivery's own mark of a start that certainly did not happen.
@@ -173,6 +179,7 @@ pub const ALL: &[Contract] = &[
     PaceSettle::CONTRACT,
     PruneConsumers::CONTRACT,
     MarkAttempt::CONTRACT,
+    MarkStarted::CONTRACT,
     ClearAttempt::CONTRACT,
 ];
 

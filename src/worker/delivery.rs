@@ -12,7 +12,7 @@ use tracing::Instrument;
 
 use super::breaker::Admit;
 use super::drain::Drain;
-use super::express::{Attempts, unknown_outcome};
+use super::express::Attempts;
 use super::retry::{Next, RetrySchedule, jittered};
 use super::sfn::{SfnError, StepFunctions, execution_arn};
 use crate::audit::AuditEvent;
@@ -190,22 +190,20 @@ impl Drain {
                 Admit::Wait(wait) => self.wait(wait, claim, shutdown).await?,
             }
         };
-        // Every way out without a call of ours gives a probe back (a no-op once judged).
+        // Learned through the breaker: asking the type is a call to the same service, which
+        // spends a probe (judged by its answer).
+        let (guarantee, probe) = match attempts.guarantee {
+            Some(guarantee) => (guarantee, probe),
+            None => match self.prepare(target, probe).await {
+                Ok((learned, asked)) => (*attempts.guarantee.insert(learned), probe && !asked),
+                Err(attempted) => return Ok(attempted),
+            },
+        };
+        // Every way out without a call gives an unspent probe back.
         let abandon = || {
             if probe {
                 self.breakers.abandoned(arn);
             }
-        };
-        // Learned through the breaker: asking the type is a call to the same service.
-        let guarantee = match attempts.guarantee {
-            Some(guarantee) => guarantee,
-            None => match self.prepare(target, probe).await {
-                Ok(learned) => *attempts.guarantee.insert(learned),
-                Err(attempted) => {
-                    abandon();
-                    return Ok(attempted);
-                }
-            },
         };
         let permits = self
             .pace(target, claim, shutdown)
@@ -224,10 +222,11 @@ impl Drain {
         self.judge(arn, probe, &started);
         Ok(match started {
             Ok(execution_arn) => {
-                self.mark_started(request, guarantee, &execution_arn).await;
+                self.mark_started(request, attempts, guarantee, &execution_arn)
+                    .await;
                 Attempt::Done(Outcome::Started { execution_arn })
             }
-            Err(SfnError::OutcomeUnknown(error)) => unknown_outcome(guarantee, error),
+            Err(SfnError::OutcomeUnknown(error)) => self.unknown_outcome(target, guarantee, error),
             Err(not_started) => {
                 self.not_started(request, attempts, guarantee).await;
                 Attempt::from(not_started)

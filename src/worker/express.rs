@@ -6,9 +6,9 @@
 //! left. The mark is dropped (only if still this delivery's) when the start certainly did
 //! not happen, and turned into `started:<arn>` when it did. A later delivery of the same
 //! request (after a crash mid-call, a reclaim, or beside a delivery still calling) that
-//! finds a mark of unknown outcome: under `at_most_once` ends the request `failed`
+//! finds another delivery's mark: under `at_most_once` ends the request `failed`
 //! (`outcome_unknown`) and never calls; under `at_least_once` calls again, counted as a
-//! possible duplicate.
+//! possible duplicate (as is this delivery's own retry after an unknown outcome).
 
 use super::delivery::Attempt;
 use super::drain::Drain;
@@ -41,26 +41,32 @@ impl Attempts {
 
 impl Drain {
     /// The guarantee this delivery works under, the state machine's type learned first if
-    /// this process does not know it. Asking is a call to the service the breaker admitted
-    /// (as a probe when `probe`), so the breaker learns from the answer as from a start's.
+    /// this process does not know it; with whether it asked. Asking is a call to the service
+    /// the breaker admitted (as a probe when `probe`), so the breaker learns from the answer
+    /// as from a start's, and the probe is spent. Ending without a call gives a probe back.
     pub(super) async fn prepare(
         &self,
         target: &Workflow,
         probe: bool,
-    ) -> Result<DeliveryGuarantee, Attempt> {
-        let kind = match self.guarantees.known(target) {
-            Some(kind) => kind,
+    ) -> Result<(DeliveryGuarantee, bool), Attempt> {
+        let arn = target.state_machine_arn.as_str();
+        let (kind, asked) = match self.guarantees.known(target) {
+            Some(kind) => (kind, false),
             None => {
-                let asked = self.guarantees.ask(self.sfn.as_ref(), target).await;
-                self.judge(&target.state_machine_arn, probe, &asked);
-                asked.map_err(Attempt::from)?
+                let answer = self.guarantees.ask(self.sfn.as_ref(), target).await;
+                self.judge(arn, probe, &answer);
+                (answer.map_err(Attempt::from)?, true)
             }
         };
-        guarantee(kind, target).map_err(|refused| {
+        let accepted = guarantee(kind, target).map_err(|refused| {
+            if probe && !asked {
+                self.breakers.abandoned(arn);
+            }
             Attempt::Done(Outcome::DeadLettered {
                 reason: refused.to_string(),
             })
-        })
+        })?;
+        Ok((accepted, asked))
     }
 
     /// Marks the start about to be tried (EXPRESS only); `Err` is what the attempt comes to
@@ -114,6 +120,7 @@ impl Drain {
     pub(super) async fn mark_started(
         &self,
         request: &QueuedRequest,
+        attempts: &Attempts,
         guarantee: DeliveryGuarantee,
         execution_arn: &str,
     ) {
@@ -121,8 +128,9 @@ impl Drain {
             return;
         }
         let mut redis = self.redis.clone();
+        let id = &request.request_id;
         let marked =
-            attempts::mark_started(&mut redis, &self.keys, &request.request_id, execution_arn);
+            attempts::mark_started(&mut redis, &self.keys, id, &attempts.token, execution_arn);
         if let Err(e) = marked.await {
             tracing::warn!(error = %e, "cannot mark the start as succeeded");
         }
@@ -146,6 +154,36 @@ impl Drain {
         }
     }
 
+    /// What a start of unknown outcome (a timeout, a connection lost mid-call, a 5xx) comes
+    /// to: retried where a second start cannot run twice (exactly once) or may
+    /// (`at_least_once`: counted now, as the retry may start a second execution); never
+    /// retried under `at_most_once`.
+    pub(super) fn unknown_outcome(
+        &self,
+        target: &Workflow,
+        guarantee: DeliveryGuarantee,
+        error: String,
+    ) -> Attempt {
+        match guarantee {
+            DeliveryGuarantee::AtMostOnce => Attempt::Done(Outcome::Failed {
+                reason: format!(
+                    "{OUTCOME_UNKNOWN}: {error} (delivery = at_most_once: not tried again)"
+                ),
+            }),
+            DeliveryGuarantee::AtLeastOnce => {
+                self.count_possible_duplicate(target);
+                Attempt::Failed {
+                    error,
+                    systemic: false,
+                }
+            }
+            DeliveryGuarantee::ExactlyOnce => Attempt::Failed {
+                error,
+                systemic: false,
+            },
+        }
+    }
+
     fn count_possible_duplicate(&self, target: &Workflow) {
         metrics()
             .possible_duplicates
@@ -153,24 +191,6 @@ impl Drain {
                 workflow: target.name.to_string(),
             })
             .inc();
-    }
-}
-
-/// What a start of unknown outcome (a timeout, a connection lost mid-call, a 5xx) comes
-/// to: retried where a second start cannot run twice (exactly once) or may
-/// (`at_least_once`: the next attempt finds the mark and counts it); never retried under
-/// `at_most_once`.
-pub(super) fn unknown_outcome(guarantee: DeliveryGuarantee, error: String) -> Attempt {
-    match guarantee {
-        DeliveryGuarantee::AtMostOnce => Attempt::Done(Outcome::Failed {
-            reason: format!(
-                "{OUTCOME_UNKNOWN}: {error} (delivery = at_most_once: not tried again)"
-            ),
-        }),
-        DeliveryGuarantee::AtLeastOnce | DeliveryGuarantee::ExactlyOnce => Attempt::Failed {
-            error,
-            systemic: false,
-        },
     }
 }
 

@@ -215,15 +215,30 @@ async fn a_delivery_can_neither_take_nor_drop_another_deliverys_mark() -> TestRe
     attempts::clear(&mut redis, &keys, &id, "first").await?;
     let fourth = attempts::mark(&mut redis, &keys, &id, "fourth", true).await?;
     assert_eq!(fourth, EarlierAttempt::None, "its own delivery dropped it");
+    // A delivery's own mark (a clear that failed, a mark whose call timed out after Redis
+    // ran it) is no earlier attempt.
+    let again = attempts::mark(&mut redis, &keys, &id, "fourth", true).await?;
+    assert_eq!(again, EarlierAttempt::None, "its own mark");
+    // A start is recorded only over the delivery's own mark.
+    attempts::mark_started(&mut redis, &keys, &id, "someone-else", "arn:y").await?;
+    let unchanged = attempts::mark(&mut redis, &keys, &id, "probe", true).await?;
+    assert_eq!(unchanged, EarlierAttempt::Unknown);
     // At least once takes the mark over, but never one that records a start.
     let again = attempts::mark(&mut redis, &keys, &id, "fifth", false).await?;
     assert_eq!(again, EarlierAttempt::Unknown);
-    attempts::mark_started(&mut redis, &keys, &id, "arn:x").await?;
+    attempts::mark_started(&mut redis, &keys, &id, "fifth", "arn:x").await?;
     let started = attempts::mark(&mut redis, &keys, &id, "sixth", false).await?;
     assert_eq!(started, EarlierAttempt::Started("arn:x".into()));
     attempts::clear(&mut redis, &keys, &id, "sixth").await?;
     let kept = attempts::mark(&mut redis, &keys, &id, "seventh", true).await?;
     assert_eq!(kept, EarlierAttempt::Started("arn:x".into()));
+    // Completed by another delivery (the mark dropped with the entry): a late success of a
+    // delivery still calling does not bring the mark back.
+    let mut raw = app.redis.connection().await?;
+    let () = raw.del(keys.attempt(&id)).await?;
+    attempts::mark_started(&mut redis, &keys, &id, "late", "arn:z").await?;
+    let exists: bool = raw.exists(keys.attempt(&id)).await?;
+    assert!(!exists, "no mark recreated after completion");
     Ok(())
 }
 

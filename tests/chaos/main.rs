@@ -455,7 +455,12 @@ async fn run(mut store: Store) -> TestResult {
     );
     // The trail holds exactly one `started` record per request: none lost with a killed
     // process (they are written with the outcome, in its script), none twice.
-    let started = started_records(&http, &second.base, &token).await?;
+    // (Relaying trails the outcomes by up to a poll: wait for the count to settle.)
+    let started = eventually(Duration::from_secs(30), "every started record", || async {
+        let started = started_records(&http, &second.base, &token).await.ok()?;
+        (started.values().sum::<usize>() >= TOTAL).then_some(started)
+    })
+    .await;
     for (n, id) in &accepted {
         assert_eq!(
             started.get(id.as_str()).copied().unwrap_or(0),

@@ -124,6 +124,7 @@ impl AuditWriter {
                         // The last handle is gone: what was only counted is written too.
                         let counted = self.refusals.close_all();
                         self.append_in_batches(&counted).await;
+                        // One try: at shutdown Redis may be gone; any writer relays later.
                         self.relay_outboxes().await;
                         return;
                     }
@@ -153,7 +154,7 @@ impl AuditWriter {
     async fn take_messages(&mut self, first: Message) {
         let mut events = Vec::with_capacity(MAX_BATCH);
         let mut waiting = Vec::new();
-        let mut relay = false;
+        let (mut relay, mut flushed) = (false, false);
         let mut next = Some(first);
         // Bounded in messages as well as records (a flush can add many closed windows).
         let mut taken = 0;
@@ -168,7 +169,7 @@ impl AuditWriter {
                     // Everything recorded before a flush is in Redis after it, counted
                     // refusals and outbox events included.
                     events.extend(self.refusals.close_all());
-                    relay = true;
+                    flushed = true;
                     waiting.push(done);
                 }
                 Message::Nudge => relay = true,
@@ -182,7 +183,9 @@ impl AuditWriter {
         if !events.is_empty() {
             self.append_in_batches(&events).await;
         }
-        if relay {
+        if flushed {
+            self.relay_until_empty().await;
+        } else if relay {
             self.relay_outboxes().await;
         }
         for done in waiting {
@@ -297,8 +300,16 @@ impl AuditWriter {
                     self.head = Some(plan.head);
                     return Ok(Appended::Here);
                 }
-                // An earlier attempt of this batch went through; the head is unknown now.
-                Some("done") => return Ok(Appended::Here),
+                // An earlier attempt of this batch went through; the head is unknown now, and
+                // whichever checkpoint that attempt carried is logged from Redis.
+                Some("done") => {
+                    if let Ok(Some(newest)) =
+                        store::newest_checkpoint(&mut self.redis, &self.keys).await
+                    {
+                        super::checkpoint::log_appended(&newest.body, &newest.signature);
+                    }
+                    return Ok(Appended::Here);
+                }
                 // Another writer chained these outbox events first.
                 Some("relayed") => {
                     self.head = Some(head);

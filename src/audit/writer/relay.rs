@@ -16,26 +16,57 @@ pub(super) struct OutboxMove {
     pub last: String,
 }
 
+/// Pages of one outbox a poll relays at most, so that a busy outbox does not keep the writer
+/// from its own events; a flush relays until every outbox is empty.
+const POLL_PAGES: usize = 8;
+
 impl AuditWriter {
-    /// Relays every registered outbox until it is empty (as far as this writer saw).
-    pub(super) async fn relay_outboxes(&mut self) {
+    /// Relays every registered outbox, up to [`POLL_PAGES`] pages each; `false` when Redis
+    /// failed a step (the next poll tries again).
+    pub(super) async fn relay_outboxes(&mut self) -> bool {
+        self.relay_all(Some(POLL_PAGES)).await
+    }
+
+    /// Relays every outbox until it is empty, retrying while Redis fails: what a flush
+    /// promises (everything recorded before it is in the chain).
+    pub(super) async fn relay_until_empty(&mut self) {
+        let mut pause = std::time::Duration::from_millis(50);
+        while !self.relay_all(None).await {
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(super::RETRY_MAX);
+        }
+    }
+
+    async fn relay_all(&mut self, pages: Option<usize>) -> bool {
         let names = match self.outboxes.names(&mut self.redis).await {
             Ok(names) => names,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot list the audit outboxes; retrying");
-                return;
+                return false;
             }
         };
+        let mut relayed = true;
         for workflow in names {
-            if let Err(e) = self.relay(&workflow).await {
+            if let Err(e) = self.relay(&workflow, pages).await {
                 tracing::warn!(error = %e, outbox = %workflow, "cannot relay an audit outbox; retrying");
+                relayed = false;
             }
         }
+        relayed
     }
 
-    async fn relay(&mut self, workflow: &str) -> redis::RedisResult<()> {
-        loop {
-            let Some(pending) = self.outboxes.pending(&mut self.redis, workflow).await? else {
+    async fn relay(&mut self, workflow: &str, pages: Option<usize>) -> redis::RedisResult<()> {
+        let mut left = pages.unwrap_or(usize::MAX);
+        while left > 0 {
+            left -= 1;
+            let (after, pending) = self.outboxes.pending(&mut self.redis, workflow).await?;
+            if !after.is_empty() {
+                // Chained already (a relay that stopped between its append and its delete).
+                self.outboxes
+                    .trim(&mut self.redis, workflow, &after)
+                    .await?;
+            }
+            let Some(pending) = pending else {
                 return Ok(());
             };
             let moving = OutboxMove {
@@ -43,12 +74,6 @@ impl AuditWriter {
                 after: pending.after,
                 last: pending.last,
             };
-            if !moving.after.is_empty() {
-                // Chained already (a relay that stopped between its append and its delete).
-                self.outboxes
-                    .trim(&mut self.redis, workflow, &moving.after)
-                    .await?;
-            }
             let appended = self
                 .append_until_written(&pending.events, Some(&moving))
                 .await;
@@ -59,9 +84,10 @@ impl AuditWriter {
                     .trim(&mut self.redis, workflow, &moving.last)
                     .await?;
             }
-            if pending.read < crate::audit::outbox::RELAY_PAGE {
+            if !pending.more {
                 return Ok(());
             }
         }
+        Ok(())
     }
 }
