@@ -158,14 +158,7 @@ async fn save_checkpoint(
         Ok(trail) => trail,
         Err(code) => return Ok(code),
     };
-    let checked = verify_records_since(
-        &trail.records,
-        &keys,
-        trail.start.clone(),
-        &trail.checkpoints,
-        trail.head.as_ref(),
-        None,
-    );
+    let checked = check(&trail, &keys, None);
     if let Err(problem) = checked {
         println!("audit trail BROKEN at {problem}; no checkpoint saved");
         return Ok(ExitCode::from(problem.kind.exit_code()));
@@ -194,6 +187,22 @@ async fn save_checkpoint(
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Verifies `trail` from `keys`, held to `since` when given.
+fn check(
+    trail: &Trail,
+    keys: &[VerifyingKey],
+    since: Option<SignedCheckpoint>,
+) -> Result<crate::audit::verify::Verified, Problem> {
+    verify_records_since(
+        &trail.records,
+        keys,
+        trail.start.clone(),
+        &trail.checkpoints,
+        trail.head.as_ref(),
+        since,
+    )
 }
 
 /// A checkpoint saved earlier: a `checkpoints.jsonl` line.
@@ -324,14 +333,7 @@ async fn verify(
             return Ok(ExitCode::from(EXIT_UNREADABLE));
         }
     };
-    let checked = verify_records_since(
-        &trail.records,
-        &keys,
-        trail.start.clone(),
-        &trail.checkpoints,
-        trail.head.as_ref(),
-        since,
-    );
+    let checked = check(&trail, &keys, since);
     let trimmed = trail.start.seq;
     let retention = config
         .audit
