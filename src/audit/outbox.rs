@@ -254,9 +254,7 @@ impl Outboxes {
         let mac: String = entry.get("mac").unwrap_or_default();
         let event = match mac.split_once(':') {
             Some((kid, mac)) => match self.seals.iter().find(|seal| seal.kid == kid) {
-                None if entry_age_ms(&entry.id) < UNKNOWN_KEY_PATIENCE_MS => {
-                    return Opened::UnknownKey;
-                }
+                None if waiting_for_its_key(&entry.id) => return Opened::UnknownKey,
                 None => None,
                 Some(seal) => seal
                     .opens(&json, mac)
@@ -281,14 +279,20 @@ impl Outboxes {
     }
 }
 
-/// How long ago the entry `id` (`<ms>-<seq>`) was added.
-fn entry_age_ms(id: &str) -> u64 {
+/// Whether an entry (`<ms>-<seq>`) sealed by an unknown key is still given time for a
+/// process holding that key: added within [`UNKNOWN_KEY_PATIENCE_MS`]. An id from the future
+/// (added with an explicit id, never by stepgate) gets none: it would never grow old.
+fn waiting_for_its_key(id: &str) -> bool {
     let added = id
         .split_once('-')
         .and_then(|(ms, _)| ms.parse::<u64>().ok())
         .unwrap_or(0);
-    crate::clock::unix_ms().saturating_sub(added)
+    let now = crate::clock::unix_ms();
+    added <= now + CLOCK_SKEW_MS && now.saturating_sub(added) < UNKNOWN_KEY_PATIENCE_MS
 }
+
+/// How far ahead of this process's clock Redis' may be.
+const CLOCK_SKEW_MS: u64 = 60_000;
 
 /// The stream id right after `id` (`<ms>-<seq+1>`): XTRIM MINID keeps it and what follows.
 fn next_id(id: &str) -> Option<String> {

@@ -160,7 +160,7 @@ async fn save_checkpoint(
     };
     let checked = check(&trail, &keys, None);
     if let Err(problem) = checked {
-        println!("audit trail BROKEN at {problem}; no checkpoint saved");
+        eprintln!("audit trail BROKEN at {problem}; no checkpoint saved");
         return Ok(ExitCode::from(problem.kind.exit_code()));
     }
     let newest = trail

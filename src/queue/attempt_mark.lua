@@ -8,8 +8,9 @@
 -- (at_least_once) this delivery's token replaces it. A 'started:' mark is never replaced.
 -- One script, so two deliveries cannot both find the mark absent and both call.
 local earlier = redis.call('GET', attempt)
--- This delivery's own mark: its earlier call certainly did not start (or its mark was set
--- by a call that timed out after Redis ran it), so it is no one else's attempt.
+-- This delivery's own mark (its clear failed, a mark call timed out after Redis ran it, or,
+-- under at_least_once, its last call's outcome is unknown — which the caller counts): it
+-- is no other delivery's attempt.
 if earlier == token then
   earlier = false
 end

@@ -37,8 +37,7 @@ pub enum EarlierAttempt {
 /// Marks the start `token`'s delivery is about to try. `exclusive` (at most once): another
 /// delivery's mark is kept and this one not set, so the caller must not call unless the
 /// answer is [`EarlierAttempt::None`]. Otherwise the mark becomes this delivery's. The
-/// delivery's own mark (left by a call that certainly did not start, whose clearing
-/// failed, or set by a timed-out call Redis ran) is no earlier attempt.
+/// delivery's own mark is no earlier attempt (the delivery knows its own history).
 pub async fn mark(
     redis: &mut RedisConnection,
     keys: &Keys,
@@ -79,9 +78,14 @@ pub async fn mark_started(
         started: &started,
         ttl_seconds: MARK_TTL_SECONDS,
     };
-    let _: i64 = MarkStarted::invocation(attempt_keys(keys, id), &args)
+    let marked: i64 = MarkStarted::invocation(attempt_keys(keys, id), &args)
         .invoke_async(redis)
         .await?;
+    if marked == 0 {
+        tracing::info!(
+            "the start is not recorded in the mark: another delivery took the request over"
+        );
+    }
     Ok(())
 }
 

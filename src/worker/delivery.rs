@@ -12,7 +12,7 @@ use tracing::Instrument;
 
 use super::breaker::Admit;
 use super::drain::Drain;
-use super::express::Attempts;
+use super::express::{Attempts, unknown_outcome};
 use super::retry::{Next, RetrySchedule, jittered};
 use super::sfn::{SfnError, StepFunctions, execution_arn};
 use crate::audit::AuditEvent;
@@ -226,7 +226,7 @@ impl Drain {
                     .await;
                 Attempt::Done(Outcome::Started { execution_arn })
             }
-            Err(SfnError::OutcomeUnknown(error)) => self.unknown_outcome(target, guarantee, error),
+            Err(SfnError::OutcomeUnknown(error)) => unknown_outcome(attempts, guarantee, error),
             Err(not_started) => {
                 self.not_started(request, attempts, guarantee).await;
                 Attempt::from(not_started)

@@ -23,11 +23,13 @@ use crate::queue::consumer::Outcome;
 /// The reason a request ends `failed` when its start's outcome is unknown.
 const OUTCOME_UNKNOWN: &str = "outcome_unknown";
 
-/// What one delivery carries from attempt to attempt: the guarantee once learned, and the
-/// token its marks carry (so it drops only its own).
+/// What one delivery carries from attempt to attempt: the guarantee once learned, the token
+/// its marks carry (so it drops only its own), and whether its last start's outcome is
+/// unknown (so the next start is counted as a possible duplicate, once, when it is made).
 pub(super) struct Attempts {
     pub(super) guarantee: Option<DeliveryGuarantee>,
     token: String,
+    pub(super) outcome_unknown: bool,
 }
 
 impl Attempts {
@@ -35,6 +37,7 @@ impl Attempts {
         Self {
             guarantee: None,
             token: uuid::Uuid::new_v4().simple().to_string(),
+            outcome_unknown: false,
         }
     }
 }
@@ -72,12 +75,14 @@ impl Drain {
     /// Marks the start about to be tried (EXPRESS only); `Err` is what the attempt comes to
     /// instead of a call. Under `at_most_once` a start already marked by another delivery,
     /// or one that cannot be marked, is not tried; under `at_least_once` it is (a lost mark
-    /// only loses a count). A start recorded as succeeded is not tried under either.
+    /// only loses a count). A start recorded as succeeded is not tried under either. A start
+    /// made after an unknown outcome (another delivery's, or this one's last) is counted as
+    /// a possible duplicate.
     pub(super) async fn mark_attempt(
         &self,
         target: &Workflow,
         request: &QueuedRequest,
-        attempts: &Attempts,
+        attempts: &mut Attempts,
         guarantee: DeliveryGuarantee,
     ) -> Result<(), Attempt> {
         let exclusive = match guarantee {
@@ -87,8 +92,15 @@ impl Drain {
         };
         let id = &request.request_id;
         let mut redis = self.redis.clone();
-        match attempts::mark(&mut redis, &self.keys, id, &attempts.token, exclusive).await {
-            Ok(EarlierAttempt::None) => Ok(()),
+        let marked = attempts::mark(&mut redis, &self.keys, id, &attempts.token, exclusive).await;
+        let retrying_unknown = std::mem::take(&mut attempts.outcome_unknown);
+        match marked {
+            Ok(EarlierAttempt::None) => {
+                if retrying_unknown {
+                    self.count_possible_duplicate(target);
+                }
+                Ok(())
+            }
             Ok(EarlierAttempt::Started(execution_arn)) => {
                 tracing::info!(execution.arn = %execution_arn, "an earlier delivery started this execution");
                 Err(Attempt::Done(Outcome::Started { execution_arn }))
@@ -110,6 +122,9 @@ impl Drain {
             }),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot mark the start attempt; going on");
+                if retrying_unknown {
+                    self.count_possible_duplicate(target);
+                }
                 Ok(())
             }
         }
@@ -154,36 +169,6 @@ impl Drain {
         }
     }
 
-    /// What a start of unknown outcome (a timeout, a connection lost mid-call, a 5xx) comes
-    /// to: retried where a second start cannot run twice (exactly once) or may
-    /// (`at_least_once`: counted now, as the retry may start a second execution); never
-    /// retried under `at_most_once`.
-    pub(super) fn unknown_outcome(
-        &self,
-        target: &Workflow,
-        guarantee: DeliveryGuarantee,
-        error: String,
-    ) -> Attempt {
-        match guarantee {
-            DeliveryGuarantee::AtMostOnce => Attempt::Done(Outcome::Failed {
-                reason: format!(
-                    "{OUTCOME_UNKNOWN}: {error} (delivery = at_most_once: not tried again)"
-                ),
-            }),
-            DeliveryGuarantee::AtLeastOnce => {
-                self.count_possible_duplicate(target);
-                Attempt::Failed {
-                    error,
-                    systemic: false,
-                }
-            }
-            DeliveryGuarantee::ExactlyOnce => Attempt::Failed {
-                error,
-                systemic: false,
-            },
-        }
-    }
-
     fn count_possible_duplicate(&self, target: &Workflow) {
         metrics()
             .possible_duplicates
@@ -191,6 +176,30 @@ impl Drain {
                 workflow: target.name.to_string(),
             })
             .inc();
+    }
+}
+
+/// What a start of unknown outcome (a timeout, a connection lost mid-call, a 5xx) comes to:
+/// retried where a second start cannot run twice (exactly once) or may (`at_least_once`:
+/// the retry is counted when it is made); never retried under `at_most_once`.
+pub(super) fn unknown_outcome(
+    attempts: &mut Attempts,
+    guarantee: DeliveryGuarantee,
+    error: String,
+) -> Attempt {
+    match guarantee {
+        DeliveryGuarantee::AtMostOnce => Attempt::Done(Outcome::Failed {
+            reason: format!(
+                "{OUTCOME_UNKNOWN}: {error} (delivery = at_most_once: not tried again)"
+            ),
+        }),
+        DeliveryGuarantee::AtLeastOnce | DeliveryGuarantee::ExactlyOnce => {
+            attempts.outcome_unknown = guarantee == DeliveryGuarantee::AtLeastOnce;
+            Attempt::Failed {
+                error,
+                systemic: false,
+            }
+        }
     }
 }
 

@@ -461,6 +461,10 @@ async fn run(mut store: Store) -> TestResult {
         (started.values().sum::<usize>() >= TOTAL).then_some(started)
     })
     .await;
+    // Settled: a record relayed late (a duplicate) would show in a later read.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let again = started_records(&http, &second.base, &token).await?;
+    assert_eq!(again, started, "the trail's started records settled");
     for (n, id) in &accepted {
         assert_eq!(
             started.get(id.as_str()).copied().unwrap_or(0),

@@ -78,14 +78,18 @@ impl AuditWriter {
                 .append_until_written(&pending.events, Some(&moving))
                 .await;
             // Only entries this append chained may go: another writer that chained first
-            // may have read fewer, and the rest are still to be chained.
-            if appended == Appended::Here {
-                self.outboxes
-                    .trim(&mut self.redis, workflow, &moving.last)
-                    .await?;
-            }
-            if !pending.more {
-                return Ok(());
+            // may have read fewer, and the rest are still to be chained — so after losing the
+            // race, read on from the new mark whatever this page held.
+            match appended {
+                Appended::Here => {
+                    self.outboxes
+                        .trim(&mut self.redis, workflow, &moving.last)
+                        .await?;
+                    if !pending.more {
+                        return Ok(());
+                    }
+                }
+                Appended::Elsewhere => {}
             }
         }
         Ok(())
