@@ -138,13 +138,18 @@ pub async fn add(
     Ok(())
 }
 
-/// The next events of one outbox not yet in the chain.
-pub(super) struct Pending {
+/// An outbox page's move into the chain: `workflow`'s entries after `after` up to `last`.
+pub(super) struct OutboxMove {
     pub workflow: String,
     /// The last entry chained before these ('' for none), as the append must find it.
     pub after: String,
     /// The last entry these events come from.
     pub last: String,
+}
+
+/// The next events of one outbox not yet in the chain.
+pub(super) struct Pending {
+    pub moving: OutboxMove,
     pub events: Vec<AuditEvent>,
     /// Whether the outbox may hold more after `last` (a full page was taken).
     pub more: bool,
@@ -220,9 +225,11 @@ impl Outboxes {
         Ok((
             after.clone(),
             Some(Pending {
-                workflow: workflow.to_owned(),
-                after,
-                last,
+                moving: OutboxMove {
+                    workflow: workflow.to_owned(),
+                    after,
+                    last,
+                },
                 events,
                 more,
             }),

@@ -149,11 +149,7 @@ async fn save_checkpoint(
     out: &Path,
 ) -> anyhow::Result<ExitCode> {
     let config = load(&sources.config)?;
-    let keys = if public_keys.is_empty() {
-        configured_public_keys(&config)?
-    } else {
-        public_keys_from(public_keys)?
-    };
+    let keys = anchor_keys(&config, public_keys)?;
     let trail = match read(sources).await? {
         Ok(trail) => trail,
         Err(code) => return Ok(code),
@@ -187,6 +183,16 @@ async fn save_checkpoint(
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The keys verification starts from: those given, else the configured signing and
+/// retired keys' public halves.
+fn anchor_keys(config: &Config, public_keys: &[PathBuf]) -> anyhow::Result<Vec<VerifyingKey>> {
+    if public_keys.is_empty() {
+        configured_public_keys(config)
+    } else {
+        public_keys_from(public_keys)
+    }
 }
 
 /// Verifies `trail` from `keys`, held to `since` when given.
@@ -313,11 +319,7 @@ async fn verify(
 ) -> anyhow::Result<ExitCode> {
     let config = load(&sources.config)?;
     let since = since.map(saved_checkpoint).transpose()?;
-    let keys = if public_keys.is_empty() {
-        configured_public_keys(&config)?
-    } else {
-        public_keys_from(public_keys)?
-    };
+    let keys = anchor_keys(&config, public_keys)?;
     let trail = match read_with(&config, sources).await {
         Ok(Ok(trail)) => trail,
         Ok(Err(problem)) => return Ok(report(Err(problem), json)),

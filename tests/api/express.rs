@@ -97,9 +97,7 @@ async fn at_most_once_a_start_cut_off_mid_call_fails_and_is_never_retried() -> T
     // Time passing is what is tested: several retry pauses go by with no call.
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     assert_eq!(proxy.connections(), calls, "never retried");
-    let records = app.decision_records().await?;
-    let events: Vec<&str> = records.iter().filter_map(|r| r["event"].as_str()).collect();
-    assert_eq!(events, ["accepted", "failed"], "{records:?}");
+    assert_eq!(events(&app).await?, ["accepted", "failed"]);
     Ok(())
 }
 
@@ -148,6 +146,16 @@ async fn trigger_marked(app: &TestApp, mark: &str) -> TestResult<String> {
     Ok(request_id)
 }
 
+/// The kinds of the decision records in the trail, in order.
+async fn events(app: &TestApp) -> TestResult<Vec<String>> {
+    Ok(app
+        .decision_records()
+        .await?
+        .iter()
+        .filter_map(|r| r["event"].as_str().map(str::to_owned))
+        .collect())
+}
+
 /// How many `StartExecution` calls went through `proxy`.
 fn starts_sent(proxy: &Proxy) -> usize {
     proxy
@@ -167,9 +175,7 @@ async fn at_most_once_a_start_marked_by_a_crashed_delivery_is_never_tried() -> T
     let error = status["error"].as_str().unwrap_or_default();
     assert!(error.starts_with("outcome_unknown: "), "{error}");
     assert_eq!(starts_sent(&proxy), 0, "{}", proxy.sent());
-    let records = app.decision_records().await?;
-    let events: Vec<&str> = records.iter().filter_map(|r| r["event"].as_str()).collect();
-    assert_eq!(events, ["deferred", "failed"], "{records:?}");
+    assert_eq!(events(&app).await?, ["deferred", "failed"]);
     Ok(())
 }
 

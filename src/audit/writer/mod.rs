@@ -21,7 +21,7 @@ use tokio::time::Instant;
 
 use super::checkpoint::Checkpoint;
 use super::merkle::leaf_hash;
-use super::outbox::Outboxes;
+use super::outbox::{OutboxMove, Outboxes};
 use super::record::{AuditEvent, sha256_hex};
 use super::refusals::SharedRefusals;
 use super::scripts::{Append, AppendArgs, AppendKeys};
@@ -31,7 +31,6 @@ use crate::queue::Keys;
 use crate::redis_conn::RedisConnection;
 use handle::Message;
 pub use handle::{AuditLog, NotRecorded};
-use relay::OutboxMove;
 
 mod handle;
 mod relay;

@@ -9,13 +9,6 @@
 
 use super::{Appended, AuditWriter};
 
-/// One outbox page's move: `workflow`'s entries after `after` up to `last`.
-pub(super) struct OutboxMove {
-    pub workflow: String,
-    pub after: String,
-    pub last: String,
-}
-
 /// Pages of one outbox a poll relays at most, so that a busy outbox does not keep the writer
 /// from its own events; a flush relays until every outbox is empty.
 const POLL_PAGES: usize = 8;
@@ -69,13 +62,9 @@ impl AuditWriter {
             let Some(pending) = pending else {
                 return Ok(());
             };
-            let moving = OutboxMove {
-                workflow: pending.workflow,
-                after: pending.after,
-                last: pending.last,
-            };
+            let moving = &pending.moving;
             let appended = self
-                .append_until_written(&pending.events, Some(&moving))
+                .append_until_written(&pending.events, Some(moving))
                 .await;
             // Only entries this append chained may go: another writer that chained first
             // may have read fewer, and the rest are still to be chained — so after losing the
