@@ -138,6 +138,14 @@ impl Application {
         self.state.audit.clone()
     }
 
+    /// This process as if it were killed before its audit writer ever appended: the writer
+    /// is dropped, so only what the scripts wrote into Redis remains (tests).
+    #[cfg(any(test, feature = "test-helpers"))]
+    pub fn without_audit_writer(mut self) -> Self {
+        self.audit_writer = None;
+        self
+    }
+
     /// Serves the API, runs the drain and (for a file) follows configuration reloads until
     /// `shutdown`; then stops accepting, lets in-flight requests and deliveries finish, and
     /// writes the remaining audit events.

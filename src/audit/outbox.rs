@@ -54,6 +54,24 @@ pub struct SealedEvent {
     pub mac: String,
 }
 
+impl SealedEvent {
+    /// A script's `event` and `mac` arguments for `sealed`: `''` for none (the audit off).
+    pub fn args(sealed: Option<&Self>) -> (&str, &str) {
+        sealed.map_or(("", ""), |sealed| {
+            (sealed.json.as_str(), sealed.mac.as_str())
+        })
+    }
+}
+
+/// What admission writes into the outbox with a trigger: its `accepted` event, and its
+/// `deferred` one when it asked for a time (the script, on Redis' clock, picks which).
+/// Empty with the audit off.
+#[derive(Debug, Clone, Default)]
+pub struct AdmissionEvents {
+    pub accepted: Option<SealedEvent>,
+    pub deferred: Option<SealedEvent>,
+}
+
 /// Seals events for the outbox (the handles' side) and checks seals (the relay's side).
 /// A seal is `<key id>:<hex HMAC>`.
 #[derive(Clone)]

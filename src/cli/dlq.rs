@@ -124,14 +124,22 @@ async fn operate(selection: Selection, operation: Operation) -> anyhow::Result<E
     let operator = super::operator::operator();
     let mut missing = 0;
     for id in &ids {
+        let handled = match operation {
+            Operation::Replay => DeadLetterHandled::Replayed,
+            Operation::Purge => DeadLetterHandled::Purged,
+        };
+        // Written into the outbox by the script that moves the dead letter.
+        let event = AuditEvent::dead_letter_by_cli(handled, &operator, &workflow, id);
+        let sealed = audit.seal(&event);
+        let (now, sealed) = (now_rfc3339(), sealed.as_ref());
         let done = match operation {
             Operation::Replay => {
-                dead_letters::replay(&mut redis, &keys, &workflow, id, &now_rfc3339())
+                dead_letters::replay(&mut redis, &keys, &workflow, id, &now, sealed)
                     .await?
                     .is_some()
             }
             Operation::Purge => {
-                dead_letters::purge(&mut redis, &keys, &workflow, id, &now_rfc3339()).await?
+                dead_letters::purge(&mut redis, &keys, &workflow, id, &now, sealed).await?
             }
         };
         if !done {
@@ -139,19 +147,12 @@ async fn operate(selection: Selection, operation: Operation) -> anyhow::Result<E
             missing += 1;
             continue;
         }
-        let handled = match operation {
-            Operation::Replay => DeadLetterHandled::Replayed,
-            Operation::Purge => DeadLetterHandled::Purged,
-        };
-        audit
-            .record(AuditEvent::dead_letter_by_cli(
-                handled, &operator, &workflow, id,
-            ))
-            .await;
         println!("{id}: {}", handled.verb());
     }
-    // Every record is in the trail before the command reports success.
-    audit.flush().await;
+    // Every record is in the trail (the outbox relayed) before the command reports success.
+    audit.flush().await.map_err(|e| {
+        anyhow::anyhow!("{e}: the operations are done, their records are in the outbox")
+    })?;
     drop(audit);
     if let Some(writing) = writing {
         let _ = writing.await;

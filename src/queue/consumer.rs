@@ -131,9 +131,7 @@ impl Completion<'_> {
 
     /// The sealed event's JSON and seal, `''` for none.
     pub(super) fn event(&self) -> (&str, &str) {
-        self.event.map_or(("", ""), |sealed| {
-            (sealed.json.as_str(), sealed.mac.as_str())
-        })
+        SealedEvent::args(self.event)
     }
 }
 

@@ -8,6 +8,7 @@
 //! second execution) or purges them (the request's status becomes `failed`). Each move is
 //! one script, so a crash never leaves an entry in both places or in neither.
 
+use crate::audit::outbox::SealedEvent;
 use crate::redis_conn::RedisConnection;
 use redis::streams::{StreamId, StreamRangeReply};
 use redis::{AsyncCommands, FromRedisValue, RedisResult, Value};
@@ -161,18 +162,22 @@ pub async fn count(
     redis.xlen(keys.dead_letters(workflow)).await
 }
 
-/// Puts dead letter `id` back into the queue; the new queue entry id, or `None` when there
-/// is no such dead letter.
+/// Puts dead letter `id` back into the queue, writing its `audited` event into the outbox
+/// with the move; the new queue entry id, or `None` when there is no such dead letter.
 pub async fn replay(
     redis: &mut RedisConnection,
     keys: &Keys,
     workflow: &WorkflowName,
     id: &str,
     now: &str,
+    audited: Option<&SealedEvent>,
 ) -> RedisResult<Option<String>> {
+    let (event, mac) = SealedEvent::args(audited);
     let args = DeadLetterIndexArgs {
         index_field: id,
         now,
+        event,
+        mac,
     };
     let reply: Value = Replay::invocation(replay_keys(keys, workflow, id), &args)
         .invoke_async(redis)
@@ -188,20 +193,26 @@ fn replay_keys(keys: &Keys, workflow: &WorkflowName, id: &str) -> ReplayKeys {
         dead_letter_index: keys.dead_letter_index(workflow),
         queue: keys.queue(workflow),
         request_status: status_key(keys, workflow, request_id.as_ref()),
+        outbox: keys.audit_outbox(workflow),
     }
 }
 
-/// Drops dead letter `id` for good; `false` when there is no such dead letter.
+/// Drops dead letter `id` for good, writing its `audited` event into the outbox with the
+/// drop; `false` when there is no such dead letter.
 pub async fn purge(
     redis: &mut RedisConnection,
     keys: &Keys,
     workflow: &WorkflowName,
     id: &str,
     now: &str,
+    audited: Option<&SealedEvent>,
 ) -> RedisResult<bool> {
+    let (event, mac) = SealedEvent::args(audited);
     let args = DeadLetterIndexArgs {
         index_field: id,
         now,
+        event,
+        mac,
     };
     let removed: i64 = Purge::invocation(replay_keys(keys, workflow, id).into(), &args)
         .invoke_async(redis)

@@ -10,6 +10,10 @@
 --   invisible to the drain, until the admitting process releases it once its audit record
 --   is written, or withdraws it)}
 -- input: the input, as received
+-- accepted_event, accepted_mac: the trigger's `accepted` audit event, sealed for the
+--   workflow's outbox ('' with the audit off); deferred_event, deferred_mac: its `deferred`
+--   event ('' unless it asked for a time): written with the trigger, whichever this script
+--   makes it (the caller's clock and Redis' may disagree on whether that time has come).
 -- Returns {'queued', entry_id, remaining_1, reset_ms_1, ...} (one pair per limit; entry_id is
 --   'deferred' for a trigger held until its due time, 'held' for one held for release),
 --   {'duplicate', request_id} (same key, same body), {'pending', request_id} (same key, same
@@ -72,10 +76,12 @@ for i, limit in ipairs(plan.limits) do
   table.insert(reply, resets[i])
 end
 local status = 'queued'
+-- `audited`: its admission event is in the outbox (entries of earlier versions lack it).
 local function fields()
   return cjson.encode({input = input, owner = plan.owner, client_id = plan.client_id,
     accepted_at = plan.accepted_at, http_request_id = plan.http_request_id,
-    trace_header = plan.trace_header, traceparent = plan.traceparent})
+    trace_header = plan.trace_header, traceparent = plan.traceparent,
+    audited = accepted_event ~= ''})
 end
 if plan.due_ms > now then
   -- Held in Redis until due; the drain's promote step moves it into the queue.
@@ -103,6 +109,14 @@ if status == 'deferred' then
   status_ttl = status_ttl + math.ceil((plan.due_ms - now) / 1000)
 end
 redis.call('EXPIRE', request_status, status_ttl)
+-- The audit record goes with the admission: a crash after this script cannot lose it.
+local event, mac = accepted_event, accepted_mac
+if status == 'deferred' and deferred_event ~= '' then
+  event, mac = deferred_event, deferred_mac
+end
+if event ~= '' then
+  redis.call('XADD', outbox, '*', 'event', event, 'mac', mac)
+end
 if plan.idempotency_fingerprint ~= '' then
   redis.call('HSET', idempotency, 'request_id', plan.request_id, 'fingerprint', plan.idempotency_fingerprint)
   redis.call('EXPIRE', idempotency, plan.idempotency_ttl)

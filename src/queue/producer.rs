@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use crate::audit::outbox::{AdmissionEvents, SealedEvent};
 use crate::redis_conn::{RedisConnection, refused_before_running};
 use serde::Serialize;
 
@@ -70,6 +71,8 @@ pub struct Admission {
     pub one_time_token: Option<OneTimeToken>,
     pub limits: Vec<Limit>,
     pub max_backlog: Option<u64>,
+    /// Its audit events, written into the workflow's outbox with it.
+    pub audit: AdmissionEvents,
 }
 
 /// Where a limit stands after an admission.
@@ -192,18 +195,22 @@ impl Producer {
     }
 
     /// Takes back a held or deferred trigger (and its quota) whose audit record could not
-    /// be written; `false` if it was already released.
+    /// be chained in time, writing its `withdrawn` event; `false` if it was already released.
     pub async fn withdraw(
         &self,
         request: &QueuedRequest,
         admission: &Admission,
+        withdrawn: Option<&SealedEvent>,
     ) -> redis::RedisResult<bool> {
         let request_id = request.request_id.to_string();
         let keys = self.admission_keys(request, admission).into();
+        let (event, mac) = SealedEvent::args(withdrawn);
         let withdrawn: i64 = Withdraw::invocation(
             keys,
             &WithdrawArgs {
                 request_id: &request_id,
+                event,
+                mac,
             },
         )
         .invoke_async(&mut self.redis.clone())
@@ -260,6 +267,7 @@ impl Producer {
             } else {
                 unused()
             },
+            outbox: self.keys.audit_outbox(workflow),
         }
     }
 
@@ -404,9 +412,15 @@ impl Producer {
             ))
         })?;
         let keys = self.admission_keys(request, admission);
+        let (accepted_event, accepted_mac) = SealedEvent::args(admission.audit.accepted.as_ref());
+        let (deferred_event, deferred_mac) = SealedEvent::args(admission.audit.deferred.as_ref());
         let args = EnqueueArgs {
             plan_json: &plan,
             input: &request.input,
+            accepted_event,
+            accepted_mac,
+            deferred_event,
+            deferred_mac,
         };
         let reply: Vec<String> = Enqueue::invocation(keys, &args)
             .invoke_async(&mut self.redis.clone())

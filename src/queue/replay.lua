@@ -1,6 +1,8 @@
 -- Puts a dead letter back into the workflow's queue with its original fields (so the same
 -- request id, hence the same execution name), and marks its request queued; atomically.
 -- Keys and arguments: `Replay` in scripts.rs.
+-- The `replayed` audit event (`event`, sealed by `mac`; '' with the audit off) goes into the
+-- workflow's outbox with the move.
 -- Returns the new queue entry id, or false when there is no such dead letter.
 local dead = redis.call('HGET', dead_letter_index, index_field)
 if not dead then return false end
@@ -19,5 +21,8 @@ redis.call('XDEL', dead_letters, dead)
 if redis.call('EXISTS', request_status) == 1 then
   redis.call('HSET', request_status, 'status', 'queued', 'updated_at', now)
   redis.call('HDEL', request_status, 'error')
+end
+if event ~= '' then
+  redis.call('XADD', outbox, '*', 'event', event, 'mac', mac)
 end
 return entry

@@ -8,10 +8,15 @@ lua_keys! {
     /// Admission's keys, all in the workflow's slot.
     pub struct AdmissionKeys {
         queue, request_status, used_token, workflow_rate, caller_rate, idempotency,
-        deferred, deferred_entries, held,
+        deferred, deferred_entries, held, outbox,
     }
 }
-lua_args! { pub struct EnqueueArgs<'a> { plan_json: &'a str, input: &'a str } }
+lua_args! {
+    pub struct EnqueueArgs<'a> {
+        plan_json: &'a str, input: &'a str, accepted_event: &'a str, accepted_mac: &'a str,
+        deferred_event: &'a str, deferred_mac: &'a str,
+    }
+}
 lua_script! {
     /// Admission of one trigger: every check, then every write.
     pub struct Enqueue = "enqueue.lua", AdmissionKeys, EnqueueArgs;
@@ -21,7 +26,7 @@ lua_keys! {
     /// Admission's keys less the queue, which a withdrawal never touches.
     pub struct WithdrawKeys {
         request_status, used_token, workflow_rate, caller_rate, idempotency, deferred,
-        deferred_entries, held,
+        deferred_entries, held, outbox,
     }
 }
 impl From<AdmissionKeys> for WithdrawKeys {
@@ -35,10 +40,11 @@ impl From<AdmissionKeys> for WithdrawKeys {
             deferred: keys.deferred,
             deferred_entries: keys.deferred_entries,
             held: keys.held,
+            outbox: keys.outbox,
         }
     }
 }
-lua_args! { pub struct WithdrawArgs<'a> { request_id: &'a str } }
+lua_args! { pub struct WithdrawArgs<'a> { request_id: &'a str, event: &'a str, mac: &'a str } }
 lua_script! {
     /// Takes back a held or deferred trigger whose audit record could not be written.
     pub struct Withdraw = "withdraw.lua", WithdrawKeys, WithdrawArgs;
@@ -93,20 +99,27 @@ lua_script! {
     pub struct DeadLetter = "dead_letter.lua", DeadLetterKeys, DeadLetterArgs;
 }
 
-lua_keys! { pub struct ReplayKeys { dead_letters, dead_letter_index, queue, request_status } }
-lua_args! { pub struct DeadLetterIndexArgs<'a> { index_field: &'a str, now: &'a str } }
+lua_keys! {
+    pub struct ReplayKeys { dead_letters, dead_letter_index, queue, request_status, outbox }
+}
+lua_args! {
+    pub struct DeadLetterIndexArgs<'a> {
+        index_field: &'a str, now: &'a str, event: &'a str, mac: &'a str,
+    }
+}
 lua_script! {
     /// Puts a dead letter back into the queue.
     pub struct Replay = "replay.lua", ReplayKeys, DeadLetterIndexArgs;
 }
 
-lua_keys! { pub struct PurgeKeys { dead_letters, dead_letter_index, request_status } }
+lua_keys! { pub struct PurgeKeys { dead_letters, dead_letter_index, request_status, outbox } }
 impl From<ReplayKeys> for PurgeKeys {
     fn from(keys: ReplayKeys) -> Self {
         Self {
             dead_letters: keys.dead_letters,
             dead_letter_index: keys.dead_letter_index,
             request_status: keys.request_status,
+            outbox: keys.outbox,
         }
     }
 }

@@ -47,14 +47,23 @@ pub async fn release_held(
         .await
 }
 
+/// A held trigger whose admitting process should have released it by now.
+pub struct Stranded {
+    pub request_id: String,
+    /// What could be read of it.
+    pub request: Result<QueuedRequest, EntryError>,
+    /// Its `accepted` event is in the outbox (admitted by a version that writes it there).
+    pub audited: bool,
+}
+
 /// Held triggers whose admitting process should have released them by now (it stopped in
-/// between): up to `batch`, each with its request id and what could be read of it.
+/// between): up to `batch`.
 pub async fn stranded_held(
     redis: &mut RedisConnection,
     keys: &Keys,
     workflow: &WorkflowName,
     batch: usize,
-) -> redis::RedisResult<Vec<(String, Result<QueuedRequest, EntryError>)>> {
+) -> redis::RedisResult<Vec<Stranded>> {
     let ids: Vec<String> = redis::cmd("ZRANGEBYSCORE")
         .arg(keys.held(workflow))
         .arg("-inf")
@@ -75,11 +84,26 @@ pub async fn stranded_held(
     Ok(ids
         .into_iter()
         .zip(fields)
-        .map(|(id, json)| {
+        .map(|(request_id, json)| {
+            let audited = json.as_deref().is_some_and(is_audited);
             let request = json
                 .ok_or(EntryError::Missing("held entry"))
-                .and_then(|json| QueuedRequest::from_waiting(&id, &json));
-            (id, request)
+                .and_then(|json| QueuedRequest::from_waiting(&request_id, &json));
+            Stranded {
+                request_id,
+                request,
+                audited,
+            }
         })
         .collect())
+}
+
+/// Whether a waiting entry's fields say its admission event went into the outbox.
+fn is_audited(json: &str) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Marker {
+        #[serde(default)]
+        audited: bool,
+    }
+    serde_json::from_str::<Marker>(json).is_ok_and(|marker| marker.audited)
 }

@@ -1,7 +1,8 @@
 -- Takes back a trigger admitted held or deferred, whose audit record could not be written
 -- (fail_closed): as if it had never been admitted, if it has not reached the queue yet.
 -- Keys: `AdmissionKeys` (as enqueue.lua); arguments: `Withdraw`, both in scripts.rs.
--- Returns 1 if withdrawn, 0 if already released.
+-- The `withdrawn` audit event (`event`, sealed by `mac`; '' with the audit off) goes into
+-- the workflow's outbox with the withdrawal. Returns 1 if withdrawn, 0 if already released.
 if redis.call('ZREM', held, request_id) == 0 and redis.call('ZREM', deferred, request_id) == 0 then
   return 0
 end
@@ -15,5 +16,8 @@ if redis.call('HGET', idempotency, 'request_id') == request_id then
 end
 if redis.call('GET', used_token) == request_id then
   redis.call('DEL', used_token)
+end
+if event ~= '' then
+  redis.call('XADD', outbox, '*', 'event', event, 'mac', mac)
 end
 return 1

@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use super::drain::{Drain, MAX_BATCH};
 use crate::audit::AuditEvent;
 use crate::config::Workflow;
-use crate::queue::waiting::{promote_due, release_held, stranded_held};
+use crate::queue::waiting::{Stranded, promote_due, release_held, stranded_held};
 use crate::redis_conn::RedisConnection;
 
 /// How often due deferred triggers are moved into their queues (their start precision).
@@ -43,9 +43,10 @@ impl Drain {
         }
     }
 
-    /// Held triggers whose admitting process stopped before releasing them: each gets its
-    /// `accepted` record (written, not just buffered) and only then goes to the queue, so
-    /// nothing starts unaudited. Replicas may race; the release moves each once.
+    /// Held triggers whose admitting process stopped before releasing them: released once
+    /// their `accepted` records are chained (written into the outbox at admission; recorded
+    /// here, late, for one a version before the outbox admitted), so nothing starts
+    /// unaudited. Replicas may race; the release moves each once.
     pub(super) async fn recover_held(
         &self,
         redis: &mut RedisConnection,
@@ -59,17 +60,36 @@ impl Drain {
                 return;
             }
         };
+        if stranded.is_empty() {
+            return;
+        }
         let mut audited = Vec::with_capacity(stranded.len());
-        for (request_id, request) in stranded {
+        for Stranded {
+            request_id,
+            request,
+            audited: in_outbox,
+        } in stranded
+        {
             if let Err(problem) = &request {
                 tracing::warn!(problem = %problem, "a held trigger cannot be read");
             }
-            let event = AuditEvent::recovered_accepted(&target.name, &request_id, request.as_ref());
-            if self.audit.record_durably(event, deadline).await.is_err() {
-                tracing::warn!(workflow = %target.name, "audit unavailable; held triggers stay held");
-                break;
+            if !in_outbox {
+                let event =
+                    AuditEvent::recovered_accepted(&target.name, &request_id, request.as_ref());
+                if self.audit.record_durably(event, deadline).await.is_err() {
+                    tracing::warn!(workflow = %target.name, "audit unavailable; held triggers stay held");
+                    break;
+                }
             }
             audited.push(request_id);
+        }
+        // Chained, not only in the outbox: what `audit.fail_closed` promises.
+        if !matches!(
+            tokio::time::timeout(deadline, self.audit.flush()).await,
+            Ok(Ok(()))
+        ) {
+            tracing::warn!(workflow = %target.name, "audit unavailable; held triggers stay held");
+            return;
         }
         if let Err(e) = release_held(redis, &self.keys, &target.name, &audited).await {
             tracing::warn!(workflow = %target.name, error = %e, "releasing recovered triggers failed");

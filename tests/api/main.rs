@@ -15,6 +15,7 @@ mod delivery;
 mod deploy;
 mod docs;
 mod express;
+mod fail_closed;
 mod first_hour;
 mod hostile;
 mod hostile_identity;

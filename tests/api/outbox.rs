@@ -12,7 +12,7 @@ use stepgate::config::Config;
 use stepgate::redis_conn::{RedisConnection, RedisEndpoint};
 
 use crate::support::{
-    RedisServer, TestApp, TestResult, keys, partners, spawn_app_with, workflow_named,
+    RedisServer, TestApp, TestResult, keys, partners, request_id_of, spawn_app_with, workflow_named,
 };
 
 /// An app whose own drain is off (its writer runs and relays the outboxes).
@@ -97,6 +97,42 @@ async fn a_started_record_survives_a_process_whose_writer_never_appended() -> Te
     Ok(())
 }
 
+/// Admission writes the trigger's `accepted` record into the outbox in the script that
+/// admits it: a replica killed right after its 202s (here: one whose writer never runs at
+/// all) loses no record. Before the outbox, the record waited in that replica's memory.
+#[tokio::test]
+async fn an_accepted_record_survives_a_replica_whose_writer_never_appended() -> TestResult {
+    let app = app_without_drain().await?;
+    let dying = app
+        .replica_of(stepgate::startup::Application::without_audit_writer)
+        .await?;
+    let token = partners().idp.billing_token().await?;
+    let client = reqwest::Client::new();
+    let mut admitted = Vec::new();
+    for n in 0..5 {
+        let response = client
+            .post(format!("{}/v1/workflows/orders/executions", dying.base))
+            .bearer_auth(&token)
+            .json(&json!({ "input": { "n": n } }))
+            .send()
+            .await?;
+        assert_eq!(response.status(), reqwest::StatusCode::ACCEPTED);
+        admitted.push(request_id_of(response).await?);
+    }
+    drop(dying);
+    // The app's writer relays what the dead replica left in the outbox.
+    let mut accepted = request_ids(&app, "accepted").await?;
+    accepted.sort();
+    admitted.sort();
+    assert_eq!(
+        accepted, admitted,
+        "each admitted request recorded exactly once"
+    );
+    let (code, report) = verify(&app)?;
+    assert_eq!(code, 0, "{report}");
+    Ok(())
+}
+
 /// `stepgate audit verify --json`.
 fn verify(app: &TestApp) -> TestResult<(i32, Value)> {
     let output = app.stepgate(&["audit", "verify", "--json"])?;
@@ -156,10 +192,12 @@ async fn every_outbox_event_is_chained_exactly_once_by_racing_writers() -> TestR
     app.redis.pause();
     tokio::time::sleep(Duration::from_millis(600)).await;
     app.redis.resume();
-    tokio::time::timeout(Duration::from_secs(30), async {
-        tokio::join!(first.flush(), second.flush());
+    let (first, second) = tokio::time::timeout(Duration::from_secs(30), async {
+        tokio::join!(first.flush(), second.flush())
     })
     .await?;
+    first?;
+    second?;
     // Read as written, without another flush: each flush promised everything chained.
     let records = app.audit_records_written().await?;
     let chained: Vec<usize> = ids

@@ -3,7 +3,8 @@
 //! between deliveries), Redis (AOF, `appendfsync always`) is killed and restarted, and Step
 //! Functions is unreachable for 10 s. Afterwards the emulator must hold exactly one
 //! execution per accepted request, with its input; every request must be `started`; the
-//! audit trail must verify and hold exactly one `started` record per request id. Once
+//! audit trail must verify and hold exactly one `accepted` and exactly one `started` record
+//! per request id. Once
 //! against one Redis, once against a 3-node Redis Cluster.
 //!
 //! The emulator keeps its state in memory, so "down" is a cut network (a proxy that drops
@@ -165,16 +166,17 @@ async fn random_pause(range: std::ops::Range<u64>) {
     tokio::time::sleep(Duration::from_millis(ms)).await;
 }
 
-/// How many `started` records the trail holds per request id (`GET /v1/audit`, paged).
-async fn started_records(
+/// How many records of `event` the trail holds per request id (`GET /v1/audit`, paged).
+async fn records_per_request(
     http: &reqwest::Client,
     base: &str,
     token: &str,
+    event: &str,
 ) -> TestResult<HashMap<String, usize>> {
     let mut counts = HashMap::new();
     let mut after: Option<String> = None;
     loop {
-        let mut url = format!("{base}/v1/audit?event=started&limit=500");
+        let mut url = format!("{base}/v1/audit?event={event}&limit=500");
         if let Some(after) = &after {
             url.push_str(&format!("&after={after}"));
         }
@@ -194,6 +196,39 @@ async fn started_records(
             None => return Ok(counts),
         }
     }
+}
+
+/// Asserts that the trail holds exactly one `event` record per accepted trigger, and no
+/// other. Relaying trails the changes by up to a poll, so the count is awaited, then read
+/// again: a record relayed late (a duplicate) would show in the later read.
+async fn exactly_one_record_each(
+    http: &reqwest::Client,
+    base: &str,
+    token: &str,
+    event: &str,
+    accepted: &HashMap<usize, String>,
+) -> TestResult {
+    let counted = eventually(Duration::from_secs(30), "every record", || async {
+        let counted = records_per_request(http, base, token, event).await.ok()?;
+        (counted.values().sum::<usize>() >= TOTAL).then_some(counted)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let again = records_per_request(http, base, token, event).await?;
+    assert_eq!(again, counted, "the trail's {event} records settled");
+    for (n, id) in accepted {
+        assert_eq!(
+            counted.get(id.as_str()).copied().unwrap_or(0),
+            1,
+            "`{event}` records of trigger {n} ({id})"
+        );
+    }
+    assert_eq!(
+        counted.values().sum::<usize>(),
+        TOTAL,
+        "no other `{event}` record"
+    );
+    Ok(())
 }
 
 /// Sends trigger `n` to `base` until it is answered `202`; its request id.
@@ -453,30 +488,12 @@ async fn run(mut store: Store) -> TestResult {
         "audit verify: {}",
         String::from_utf8_lossy(&verified.stdout)
     );
-    // The trail holds exactly one `started` record per request: none lost with a killed
-    // process (they are written with the outcome, in its script), none twice.
-    // (Relaying trails the outcomes by up to a poll: wait for the count to settle.)
-    let started = eventually(Duration::from_secs(30), "every started record", || async {
-        let started = started_records(&http, &second.base, &token).await.ok()?;
-        (started.values().sum::<usize>() >= TOTAL).then_some(started)
-    })
-    .await;
-    // Settled: a record relayed late (a duplicate) would show in a later read.
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let again = started_records(&http, &second.base, &token).await?;
-    assert_eq!(again, started, "the trail's started records settled");
-    for (n, id) in &accepted {
-        assert_eq!(
-            started.get(id.as_str()).copied().unwrap_or(0),
-            1,
-            "`started` records of trigger {n} ({id})"
-        );
+    // The trail holds exactly one `accepted` and one `started` record per request: none
+    // lost with a killed process (each is written by the script that makes its change),
+    // none twice (a retry with the same key is a duplicate, not a second admission).
+    for event in ["accepted", "started"] {
+        exactly_one_record_each(&http, &second.base, &token, event, &accepted).await?;
     }
-    assert_eq!(
-        started.values().sum::<usize>(),
-        TOTAL,
-        "no other `started` record"
-    );
     eprintln!(
         "chaos: done in {:?}; {}",
         started_at.elapsed(),

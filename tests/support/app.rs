@@ -120,7 +120,15 @@ impl TestApp {
     /// Another stepgate process on the same configuration and Redis (a replica), on its own
     /// port; stopped when dropped.
     pub async fn replica(&self) -> TestResult<Replica> {
-        let app = Application::from_file(&self.config_path).await?;
+        self.replica_of(|app| app).await
+    }
+
+    /// A replica as `change` makes it (e.g. `Application::without_audit_writer`).
+    pub async fn replica_of(
+        &self,
+        change: impl FnOnce(Application) -> Application,
+    ) -> TestResult<Replica> {
+        let app = change(Application::from_file(&self.config_path).await?);
         let base = format!("http://{}", app.local_addr()?);
         let shutdown = CancellationToken::new();
         let stop = shutdown.clone();
@@ -219,7 +227,7 @@ impl TestApp {
     /// The audit records' bodies, after everything recorded so far is written.
     pub async fn audit_records(&self) -> TestResult<Vec<Value>> {
         if let Some(audit) = &self.audit {
-            audit.flush().await;
+            audit.flush().await?;
         }
         self.audit_records_written().await
     }
@@ -343,7 +351,7 @@ impl TestApp {
             reqwest::StatusCode::UNAUTHORIZED
         );
         if let Some(audit) = &self.audit {
-            audit.flush().await;
+            audit.flush().await?;
         }
         Ok(token)
     }

@@ -152,14 +152,16 @@ impl AuditLog {
             .map_err(|_| NotRecorded)?
     }
 
-    /// Waits until every event recorded before this call is in Redis.
-    pub async fn flush(&self) {
+    /// Waits until every event recorded before this call is in Redis, and every outbox
+    /// relayed into the chain; `NotRecorded` when the writer is gone (it never will be).
+    pub async fn flush(&self) -> Result<(), NotRecorded> {
         let Some(tx) = &self.tx else {
-            return;
+            return Ok(());
         };
         let (done, wait) = oneshot::channel();
-        if tx.send(Message::Flush(done)).await.is_ok() {
-            let _ = wait.await;
-        }
+        tx.send(Message::Flush(done))
+            .await
+            .map_err(|_| NotRecorded)?;
+        wait.await.map_err(|_| NotRecorded)
     }
 }

@@ -98,6 +98,8 @@ pub fn checks(
         one_time_token,
         limits,
         max_backlog: workflow.max_backlog,
+        // Made once the request is: see `record::admission_events`.
+        audit: Default::default(),
     })
 }
 

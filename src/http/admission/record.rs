@@ -1,23 +1,69 @@
 //! The one audit point of a trigger: every outcome after its token was verified is recorded
 //! here before the caller is answered.
+//!
+//! An admitted trigger's event is not handed to the writer: admission writes it, sealed,
+//! into the workflow's outbox in the same script that admits the trigger
+//! ([`admission_events`] makes it), so it is in Redis whenever the trigger is, whatever
+//! happens to this process next.
 
 use std::time::Duration;
 
+use serde_json::Value;
+
 use super::{Admitted, NewTrigger, Refusal};
-use crate::audit::{AuditEvent, EventKind};
+use crate::audit::outbox::AdmissionEvents;
+use crate::audit::{AuditEvent, AuditLog, EventKind};
 use crate::auth::Principal;
-use crate::clock::now_rfc3339;
 use crate::http::error::ApiError;
-use crate::queue::Placement;
+use crate::queue::{Placement, QueuedRequest};
 use crate::state::AppState;
 
 /// Retry-After when the audit trail cannot take a trigger's record.
 const AUDIT_RETRY_SECONDS: u64 = 5;
 
+/// The events admission writes into the outbox with `request`: `accepted`, and `deferred`
+/// when it asked for a time (Redis' clock decides which one it becomes). Sealed before the
+/// script runs, so a refused trigger pays for its redaction and seal too: the price of the
+/// record being written with the change, not after it.
+pub fn admission_events(
+    audit: &AuditLog,
+    caller: &Principal,
+    request: &QueuedRequest,
+    asks_for_a_time: bool,
+    stored_input: Option<Value>,
+) -> AdmissionEvents {
+    let mut event = admission_event(EventKind::Accepted, caller, request, stored_input);
+    let accepted = audit.seal(&event);
+    // At most one of the two is ever written, so they may share the event id.
+    let deferred = asks_for_a_time
+        .then(|| {
+            event.event = EventKind::Deferred;
+            audit.seal(&event)
+        })
+        .flatten();
+    AdmissionEvents { accepted, deferred }
+}
+
+fn admission_event(
+    kind: EventKind,
+    caller: &Principal,
+    request: &QueuedRequest,
+    stored_input: Option<Value>,
+) -> AuditEvent {
+    AuditEvent::admission(
+        kind,
+        caller,
+        request.request_id.workflow(),
+        &request.request_id.to_string(),
+        &request.input,
+        stored_input,
+    )
+}
+
 /// Records the outcome of `caller`'s trigger in the audit trail, then hands it back for
-/// the answer. An admitted trigger is recorded `accepted` (or `deferred`); with
-/// `audit.fail_closed`, durably before the answer, and taken back (`withdrawn`, 503) when
-/// its record cannot be written in time. A refusal is recorded as it says.
+/// the answer. An admitted trigger's record is in its outbox already; with
+/// `audit.fail_closed` it must also be chained before the answer, or the trigger is taken
+/// back (`withdrawn`, 503). A refusal is recorded as it says.
 pub async fn record(
     state: &AppState,
     caller: &Principal,
@@ -33,43 +79,26 @@ pub async fn record(
         // Recorded when it was first admitted.
         Ok(duplicate @ Admitted::Duplicate { .. }) => Ok(duplicate),
         Ok(Admitted::New(trigger)) => {
-            let event = admission_event(caller, &trigger);
             match state.audit_fail_closed {
-                None => state.audit.record(event).await,
-                Some(deadline) => record_before_answering(state, &trigger, event, deadline).await?,
+                None => state.audit.nudge(),
+                Some(deadline) => chain_before_answering(state, caller, &trigger, deadline).await?,
             }
             Ok(Admitted::New(trigger))
         }
     }
 }
 
-fn admission_event(caller: &Principal, trigger: &NewTrigger) -> AuditEvent {
-    let kind = match trigger.placement {
-        Placement::Deferred => EventKind::Deferred,
-        Placement::Queue { .. } | Placement::Held => EventKind::Accepted,
-    };
-    AuditEvent::admission(
-        kind,
-        caller,
-        &trigger.workflow,
-        &trigger.request.request_id.to_string(),
-        &trigger.request.input,
-        trigger.stored_input.clone(),
-    )
-}
-
-/// `audit.fail_closed`: the trigger's record must be in the trail before the 202; a held
-/// trigger is released to the drain only then. If the record cannot be written in time, the
-/// trigger is taken back and the caller told 503.
-async fn record_before_answering(
+/// `audit.fail_closed`: the trigger's record must be chained (relayed from the outbox into
+/// the signed trail) before the 202; a held trigger is released to the drain only then. If
+/// it cannot be chained in time, the trigger is taken back and the caller told 503.
+async fn chain_before_answering(
     state: &AppState,
+    caller: &Principal,
     trigger: &NewTrigger,
-    event: AuditEvent,
     deadline: Duration,
 ) -> Result<(), ApiError> {
     let request = &trigger.request;
-    let mut withdrawn = event.clone();
-    if state.audit.record_durably(event, deadline).await.is_ok() {
+    if let Ok(Ok(())) = tokio::time::timeout(deadline, state.audit.flush()).await {
         if trigger.placement == Placement::Held
             && let Err(e) = state.producer.release(request).await
         {
@@ -83,26 +112,33 @@ async fn record_before_answering(
         detail: detail.to_owned(),
         retry_after_seconds: AUDIT_RETRY_SECONDS,
     };
-    match state.producer.withdraw(request, &trigger.checks).await {
+    let mut withdrawn = admission_event(
+        EventKind::Withdrawn,
+        caller,
+        request,
+        trigger.stored_input.clone(),
+    );
+    withdrawn.reason = Some(
+        "its audit record could not be chained in time (audit.fail_closed); answered 503".into(),
+    );
+    let sealed = state.audit.seal(&withdrawn);
+    match state
+        .producer
+        .withdraw(request, &trigger.checks, sealed.as_ref())
+        .await
+    {
         Ok(true) => {
-            tracing::error!(request.id = %request.request_id, "audit record not written in time; trigger withdrawn");
-            withdrawn.event = EventKind::Withdrawn;
-            withdrawn.id = uuid::Uuid::now_v7().to_string();
-            withdrawn.time = now_rfc3339();
-            withdrawn.reason = Some(
-                "its audit record could not be written in time (audit.fail_closed); answered 503"
-                    .into(),
-            );
-            state.audit.record(withdrawn).await;
+            state.audit.nudge();
+            tracing::error!(request.id = %request.request_id, "audit record not chained in time; trigger withdrawn");
             Err(unavailable(
                 "the trigger's audit record could not be written, so it was not queued",
             ))
         }
-        // Released already (this process stalled past the hold): it is queued, audited by
-        // the recovery that released it.
+        // Released already (this process stalled past the hold): it is queued, its record
+        // chained by the recovery that released it.
         Ok(false) => Ok(()),
         Err(e) => {
-            tracing::error!(request.id = %request.request_id, error = %e, "audit record not written and the trigger could not be withdrawn");
+            tracing::error!(request.id = %request.request_id, error = %e, "audit record not chained and the trigger could not be withdrawn");
             Err(unavailable(
                 "the trigger's audit record could not be written and Redis could not take the trigger back: \
                  it starts once its record is written; retry with the same Idempotency-Key to learn its request id",

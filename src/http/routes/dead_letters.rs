@@ -164,17 +164,20 @@ pub async fn replay_dead_letter(
     Path((workflow, id)): Path<(String, String)>,
 ) -> Result<Json<Replayed>, ApiError> {
     let workflow = authorize_admin(&state, &runtime, &caller, &workflow).await?;
+    let event =
+        AuditEvent::dead_letter_by_caller(DeadLetterHandled::Replayed, &caller, &workflow, &id);
     dead_letters::replay(
         &mut state.redis.clone(),
         &state.keys,
         &workflow,
         &id,
         &now_rfc3339(),
+        state.audit.seal(&event).as_ref(),
     )
     .await
     .map_err(|e| ApiError::redis_unavailable(&e))?
     .ok_or(ApiError::NotFound)?;
-    audit_operation(&state, &caller, &workflow, DeadLetterHandled::Replayed, &id).await;
+    state.audit.nudge();
     tracing::info!(workflow = %workflow, dead_letter = %id, subject = %caller.subject, "dead letter replayed");
     let is_request = id.starts_with(&format!("{workflow}_"));
     Ok(Json(Replayed {
@@ -214,19 +217,22 @@ pub async fn purge_dead_letter(
     Path((workflow, id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let workflow = authorize_admin(&state, &runtime, &caller, &workflow).await?;
+    let event =
+        AuditEvent::dead_letter_by_caller(DeadLetterHandled::Purged, &caller, &workflow, &id);
     let purged = dead_letters::purge(
         &mut state.redis.clone(),
         &state.keys,
         &workflow,
         &id,
         &now_rfc3339(),
+        state.audit.seal(&event).as_ref(),
     )
     .await
     .map_err(|e| ApiError::redis_unavailable(&e))?;
     if !purged {
         return Err(ApiError::NotFound);
     }
-    audit_operation(&state, &caller, &workflow, DeadLetterHandled::Purged, &id).await;
+    state.audit.nudge();
     tracing::info!(workflow = %workflow, dead_letter = %id, subject = %caller.subject, "dead letter purged");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -253,15 +259,4 @@ async fn authorize_admin(
         .ok()
         .filter(|name| runtime.workflows.contains_key(name))
         .ok_or(ApiError::NotFound)
-}
-
-async fn audit_operation(
-    state: &AppState,
-    caller: &Principal,
-    workflow: &WorkflowName,
-    handled: DeadLetterHandled,
-    id: &str,
-) {
-    let event = AuditEvent::dead_letter_by_caller(handled, caller, workflow, id);
-    state.audit.record(event).await;
 }

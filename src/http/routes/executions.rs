@@ -20,7 +20,7 @@ use crate::http::extract::Caller;
 use crate::http::listener::RequestDeadline;
 use crate::http::trigger_body::{CreateExecution, Trigger};
 use crate::policy::{Decision, authorize};
-use crate::queue::{Enqueued, Placement, QueuedRequest, RequestState};
+use crate::queue::{Placement, QueuedRequest, RequestState};
 use crate::runtime::Runtime;
 use crate::state::AppState;
 
@@ -191,8 +191,8 @@ async fn admit(
         fingerprint: ask_parts.fingerprint,
         legacy_fingerprint: ask_parts.legacy_fingerprint,
     };
-    let checks = admission::checks(runtime, rules, caller, &ask, state.idempotency_ttl).map_err(
-        |e| match e {
+    let mut checks = admission::checks(runtime, rules, caller, &ask, state.idempotency_ttl)
+        .map_err(|e| match e {
             ApiError::InvalidToken(reason) => Refusal::audited(
                 EventKind::AuthFailed,
                 &workflow,
@@ -200,17 +200,22 @@ async fn admit(
                 ApiError::InvalidToken(reason),
             ),
             other => Refusal::not_audited(other),
-        },
-    )?;
+        })?;
+    // The admission event goes into the outbox with the trigger, so it is made (input
+    // redacted, event sealed) before Redis decides.
+    let stored_input = rules.audit_input.stored(&request.input);
+    checks.audit = admission::admission_events(
+        &state.audit,
+        caller,
+        &request,
+        checks.due_ms.is_some(),
+        stored_input.clone(),
+    );
     let enqueued = state
         .producer
         .enqueue(&request, &checks)
         .await
         .map_err(|e| Refusal::not_audited(ApiError::redis_unavailable(&e)))?;
-    // Redacted (parsed) only for a trigger the trail will keep: refusals do not pay for it.
-    let stored_input = matches!(enqueued, Enqueued::Queued { .. })
-        .then(|| rules.audit_input.stored(&request.input))
-        .flatten();
     admission::decide(workflow, request, checks, stored_input, enqueued)
 }
 
