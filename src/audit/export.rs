@@ -12,7 +12,7 @@
 //! prefix's last seq, hash, Merkle frontier and key stay in Redis, so the rest keeps
 //! verifying on its own, and files plus Redis verify as a whole.
 
-use std::io::{Seek, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -398,19 +398,8 @@ fn last_record(dir: &Path) -> Result<Option<(u64, String)>, FilesError> {
     let Some((_, newest)) = files::record_files(dir)?.pop() else {
         return Ok(None);
     };
-    let text = std::fs::read_to_string(&newest).map_err(|e| FilesError::new(&newest, e))?;
-    let complete = text.rfind('\n').map_or(0, |i| i + 1);
-    if complete < text.len() {
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .open(&newest)
-            .map_err(|e| FilesError::new(&newest, e))?;
-        file.set_len(complete as u64)
-            .and_then(|()| file.seek(std::io::SeekFrom::End(0)).map(|_| ()))
-            .and_then(|()| file.sync_data())
-            .map_err(|e| FilesError::new(&newest, e))?;
-    }
-    let Some(line) = text[..complete].lines().last() else {
+    let text = complete_lines(&newest)?;
+    let Some(line) = text.lines().last() else {
         // An empty newest file: the one before it ends the trail.
         std::fs::remove_file(&newest).map_err(|e| FilesError::new(&newest, e))?;
         return last_record(dir);
@@ -428,6 +417,24 @@ fn last_record(dir: &Path) -> Result<Option<(u64, String)>, FilesError> {
     Ok(Some((seq, sha256_hex(body.as_bytes()))))
 }
 
+/// The text of `path` up to its last complete line, cutting a torn last line (a crash
+/// mid-write) off the file itself, so that the next line written starts a line of its own.
+fn complete_lines(path: &Path) -> Result<String, FilesError> {
+    let mut text = std::fs::read_to_string(path).map_err(|e| FilesError::new(path, e))?;
+    let complete = text.rfind('\n').map_or(0, |i| i + 1);
+    if complete < text.len() {
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(|e| FilesError::new(path, e))?;
+        file.set_len(complete as u64)
+            .and_then(|()| file.sync_data())
+            .map_err(|e| FilesError::new(path, e))?;
+        text.truncate(complete);
+    }
+    Ok(text)
+}
+
 /// Appends `bytes` to `path` and waits until they are on disk.
 fn append_synced(path: &Path, bytes: &[u8]) -> Result<(), FilesError> {
     let mut file = std::fs::OpenOptions::new()
@@ -440,9 +447,11 @@ fn append_synced(path: &Path, bytes: &[u8]) -> Result<(), FilesError> {
         .map_err(|e| FilesError::new(path, e))
 }
 
+/// How many complete lines `path` holds (a torn last line cut off: its checkpoint is still
+/// in Redis and is written again).
 fn count_lines(path: &Path) -> Result<u64, FilesError> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => Ok(text.lines().count() as u64),
+    match std::fs::metadata(path) {
+        Ok(_) => Ok(complete_lines(path)?.lines().count() as u64),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
         Err(e) => Err(FilesError::new(path, e)),
     }

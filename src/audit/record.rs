@@ -116,8 +116,8 @@ pub struct AuditEvent {
     /// itself included (see [`super::refusals`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub count: Option<u64>,
-    /// With a `count` above 1: the time of the last refusal it stands for (`time` is the
-    /// first's).
+    /// On the record a closing refusal window writes (any `count`): the time of the last
+    /// refusal it stands for (`time` is the first's).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_time: Option<String>,
 }

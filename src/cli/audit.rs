@@ -41,6 +41,18 @@ pub struct Sources {
     no_redis: bool,
 }
 
+impl Sources {
+    /// The configuration, unless nothing needs it: files alone, and no keys to take from it
+    /// (`keys_from_config`). An auditor holding only the files and the public key can then
+    /// verify without the configuration, which names private keys they should not need.
+    fn config(&self, keys_from_config: bool) -> anyhow::Result<Option<Config>> {
+        if self.no_redis && !keys_from_config {
+            return Ok(None);
+        }
+        load(&self.config).map(Some)
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
     /// Check records, chain, signatures, key rotations and checkpoints; names the first
@@ -148,9 +160,9 @@ async fn save_checkpoint(
     public_keys: &[PathBuf],
     out: &Path,
 ) -> anyhow::Result<ExitCode> {
-    let config = load(&sources.config)?;
-    let keys = anchor_keys(&config, public_keys)?;
-    let trail = match read(sources).await? {
+    let config = sources.config(public_keys.is_empty())?;
+    let keys = anchor_keys(config.as_ref(), public_keys)?;
+    let trail = match read(config.as_ref(), sources).await? {
         Ok(trail) => trail,
         Err(code) => return Ok(code),
     };
@@ -187,11 +199,13 @@ async fn save_checkpoint(
 
 /// The keys verification starts from: those given, else the configured signing and
 /// retired keys' public halves.
-fn anchor_keys(config: &Config, public_keys: &[PathBuf]) -> anyhow::Result<Vec<VerifyingKey>> {
-    if public_keys.is_empty() {
-        configured_public_keys(config)
-    } else {
-        public_keys_from(public_keys)
+fn anchor_keys(
+    config: Option<&Config>,
+    public_keys: &[PathBuf],
+) -> anyhow::Result<Vec<VerifyingKey>> {
+    match config {
+        Some(config) if public_keys.is_empty() => configured_public_keys(config),
+        _ => public_keys_from(public_keys),
     }
 }
 
@@ -232,7 +246,8 @@ async fn prove(
     checkpoint: Option<u64>,
     consistency: Option<&[u64]>,
 ) -> anyhow::Result<ExitCode> {
-    let trail = match read(sources).await? {
+    let config = sources.config(false)?;
+    let trail = match read(config.as_ref(), sources).await? {
         Ok(trail) => trail,
         Err(code) => return Ok(code),
     };
@@ -288,7 +303,8 @@ fn verify_proof(public_keys: &[PathBuf], proof: &Path, json: bool) -> anyhow::Re
 
 /// `audit checkpoints`: the signed checkpoints, by size.
 async fn checkpoints(sources: &Sources, json: bool) -> anyhow::Result<ExitCode> {
-    let trail = match read(sources).await? {
+    let config = sources.config(false)?;
+    let trail = match read(config.as_ref(), sources).await? {
         Ok(trail) => trail,
         Err(code) => return Ok(code),
     };
@@ -317,10 +333,10 @@ async fn verify(
     since: Option<&Path>,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
-    let config = load(&sources.config)?;
+    let config = sources.config(public_keys.is_empty())?;
     let since = since.map(saved_checkpoint).transpose()?;
-    let keys = anchor_keys(&config, public_keys)?;
-    let trail = match read_with(&config, sources).await {
+    let keys = anchor_keys(config.as_ref(), public_keys)?;
+    let trail = match read_with(config.as_ref(), sources).await {
         Ok(Ok(trail)) => trail,
         Ok(Err(problem)) => return Ok(report(Err(problem), json)),
         Err(e) => {
@@ -338,9 +354,8 @@ async fn verify(
     let checked = check(&trail, &keys, since);
     let trimmed = trail.start.seq;
     let retention = config
-        .audit
-        .files
         .as_ref()
+        .and_then(|config| config.audit.files.as_ref())
         .is_some_and(|files| files.redis_keep_records > 0);
     if trimmed > 0 && !retention {
         // Not proof of tampering (retention may have been on before), but worth a look: a
@@ -400,9 +415,11 @@ fn report(checked: Result<(crate::audit::verify::Verified, u64), Problem>, json:
 }
 
 /// The trail, or the exit code already reported.
-async fn read(sources: &Sources) -> anyhow::Result<Result<Trail, ExitCode>> {
-    let config = load(&sources.config)?;
-    match read_with(&config, sources).await {
+async fn read(
+    config: Option<&Config>,
+    sources: &Sources,
+) -> anyhow::Result<Result<Trail, ExitCode>> {
+    match read_with(config, sources).await {
         Ok(Ok(trail)) => Ok(Ok(trail)),
         Ok(Err(problem)) => {
             println!("audit trail BROKEN at {problem}");
@@ -415,8 +432,9 @@ async fn read(sources: &Sources) -> anyhow::Result<Result<Trail, ExitCode>> {
     }
 }
 
+/// The trail from `sources`; `config` is needed only to reach Redis.
 async fn read_with(
-    config: &Config,
+    config: Option<&Config>,
     sources: &Sources,
 ) -> Result<Result<Trail, Problem>, ReadError> {
     let files = sources
@@ -429,6 +447,12 @@ async fn read_with(
     {
         return Ok(Ok(files));
     }
+    let Some(config) = config else {
+        return Err(ReadError::Redis(redis::RedisError::from((
+            redis::ErrorKind::InvalidClientConfig,
+            "reading Redis needs the configuration",
+        ))));
+    };
     let endpoint = redis_endpoint(config).map_err(|e| {
         ReadError::Redis(redis::RedisError::from((
             redis::ErrorKind::InvalidClientConfig,

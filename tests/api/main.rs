@@ -32,4 +32,5 @@ mod reload;
 mod roles;
 #[path = "../support/mod.rs"]
 mod support;
+mod trail_format;
 mod trigger;
