@@ -14,6 +14,8 @@
 //! process's, during a rolling key rotation) is left for a process that holds it — the relay
 //! of that outbox stops before it — for up to five minutes; then it counts as forged.
 
+use std::collections::HashMap;
+
 use hmac::digest::KeyInit;
 use hmac::{Hmac, Mac as _};
 use redis::streams::StreamRangeReply;
@@ -179,11 +181,29 @@ pub(super) struct Outboxes {
     /// The seals of the signing key and of every retired key (a process not yet restarted
     /// after a rotation still seals with the old one).
     seals: Vec<Seal>,
+    /// Per outbox, the mark this writer moved last and trimmed the outbox to: the next
+    /// relay reads on from it without asking Redis. Stale when another writer relayed since;
+    /// the append's compare-and-set then says so, and the mark is read afresh.
+    marks: HashMap<String, String>,
 }
 
 impl Outboxes {
     pub fn new(keys: Keys, seals: Vec<Seal>) -> Self {
-        Self { keys, seals }
+        Self {
+            keys,
+            seals,
+            marks: HashMap::new(),
+        }
+    }
+
+    /// `workflow`'s outbox is relayed and trimmed up to `last` by this writer.
+    pub fn relayed_to(&mut self, workflow: &str, last: &str) {
+        self.marks.insert(workflow.to_owned(), last.to_owned());
+    }
+
+    /// Another writer moved `workflow`'s mark: read it afresh next time.
+    pub fn forget_mark(&mut self, workflow: &str) {
+        self.marks.remove(workflow);
     }
 
     pub async fn names(&self, redis: &mut RedisConnection) -> redis::RedisResult<Vec<String>> {
@@ -193,22 +213,29 @@ impl Outboxes {
             .await
     }
 
-    /// The last entry of `workflow`'s outbox chained ('' for none), and up to
-    /// [`RELAY_PAGE`] events after it (`None` when there are none).
+    /// Up to [`RELAY_PAGE`] events of `workflow`'s outbox after its last entry chained
+    /// (`None` when there are none); with the mark read from Redis, when it was (entries up
+    /// to it are chained, but may not have been deleted yet).
     pub async fn pending(
         &self,
         redis: &mut RedisConnection,
         workflow: &str,
-    ) -> redis::RedisResult<(String, Option<Pending>)> {
+    ) -> redis::RedisResult<(Option<String>, Option<Pending>)> {
         let Ok(name) = WorkflowName::parse(workflow) else {
-            return Ok((String::new(), None));
+            return Ok((None, None));
         };
-        let after: Option<String> = redis::cmd("HGET")
-            .arg(self.keys.audit_relayed())
-            .arg(workflow)
-            .query_async(redis)
-            .await?;
-        let after = after.unwrap_or_default();
+        let (after, read) = match self.marks.get(workflow) {
+            Some(mark) => (mark.clone(), None),
+            None => {
+                let mark: Option<String> = redis::cmd("HGET")
+                    .arg(self.keys.audit_relayed())
+                    .arg(workflow)
+                    .query_async(redis)
+                    .await?;
+                let mark = mark.unwrap_or_default();
+                (mark.clone(), Some(mark))
+            }
+        };
         let start = if after.is_empty() {
             "-".to_owned()
         } else {
@@ -238,10 +265,10 @@ impl Outboxes {
             last = Some(entry.id.clone());
         }
         let Some(last) = last else {
-            return Ok((after, None));
+            return Ok((read, None));
         };
         Ok((
-            after.clone(),
+            read,
             Some(Pending {
                 moving: OutboxMove {
                     workflow: workflow.to_owned(),

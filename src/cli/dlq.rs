@@ -102,6 +102,9 @@ async fn list(
     Ok(ExitCode::SUCCESS)
 }
 
+/// How long the command waits for its operations' records to be chained.
+const CHAIN_WAIT: Duration = Duration::from_secs(30);
+
 #[derive(Debug, Clone, Copy)]
 enum Operation {
     Replay,
@@ -114,6 +117,8 @@ async fn operate(selection: Selection, operation: Operation) -> anyhow::Result<E
     let keys = Keys::new(&config.redis.key_prefix);
     let mut redis = connect_redis(&redis_endpoint(&config)?, Duration::from_secs(5)).await?;
     let (audit, writer) = crate::audit::AuditLog::open(&config.audit, redis.clone(), keys.clone())?;
+    // Relayed only once registered (the configuration may no longer name the workflow).
+    crate::audit::outbox::register(&mut redis, &keys, [&workflow]).await?;
     let writing = writer.map(|writer| tokio::spawn(writer.run()));
 
     let ids = if selection.all {
@@ -149,13 +154,25 @@ async fn operate(selection: Selection, operation: Operation) -> anyhow::Result<E
         }
         println!("{id}: {}", handled.verb());
     }
-    // Every record is in the trail (the outbox relayed) before the command reports success.
-    audit.flush().await.map_err(|e| {
-        anyhow::anyhow!("{e}: the operations are done, their records are in the outbox")
-    })?;
+    // Each operation's record went into the outbox with it; they are chained here before
+    // the command returns, for as long as Redis lets that happen in `CHAIN_WAIT`. Past it
+    // nothing is lost: any running stepgate chains them.
+    let chained = tokio::time::timeout(CHAIN_WAIT, audit.flush()).await;
     drop(audit);
-    if let Some(writing) = writing {
-        let _ = writing.await;
+    match (chained, writing) {
+        (Ok(Ok(())), Some(writing)) => {
+            let _ = writing.await;
+        }
+        (Ok(Ok(())), None) => {}
+        (_, writing) => {
+            if let Some(writing) = writing {
+                writing.abort();
+            }
+            eprintln!(
+                "warning: the audit records of these operations are in Redis (the workflow's \
+                 audit outbox) but not chained yet; a running stepgate chains them"
+            );
+        }
     }
     Ok(if missing == 0 {
         ExitCode::SUCCESS

@@ -6,16 +6,17 @@
 --   jti_ttl (0: none), max_backlog (0: none), limits: [{window, requests, period_ms}]
 --   (window: 'workflow' or 'caller'), idempotency_fingerprint ('': no key),
 --   idempotency_legacy_fingerprint (what versions before fingerprint v2 stored),
---   idempotency_ttl, due_ms (0: now), hold_ms (0: none; else an immediate trigger is held,
---   invisible to the drain, until the admitting process releases it once its audit record
---   is written, or withdraws it)}
+--   idempotency_ttl, due_ms (0: now), hold_ms (0: none; else the trigger, deferred or not,
+--   is held, invisible to the drain, until the admitting process releases it once its
+--   audit record is chained, or withdraws it)}
 -- input: the input, as received
 -- accepted_event, accepted_mac: the trigger's `accepted` audit event, sealed for the
 --   workflow's outbox ('' with the audit off); deferred_event, deferred_mac: its `deferred`
 --   event ('' unless it asked for a time): written with the trigger, whichever this script
 --   makes it (the caller's clock and Redis' may disagree on whether that time has come).
 -- Returns {'queued', entry_id, remaining_1, reset_ms_1, ...} (one pair per limit; entry_id is
---   'deferred' for a trigger held until its due time, 'held' for one held for release),
+--   'deferred' for a trigger held until its due time (and for release, with hold_ms),
+--   'held' for an immediate one held for release),
 --   {'duplicate', request_id} (same key, same body), {'pending', request_id} (same key, same
 --   body, the first still held: it may yet be withdrawn), {'conflict'} (same key, other body),
 --   {'replayed'}, {'backlog'}, or {'limited', limit_index (1-based), retry_ms}.
@@ -76,23 +77,30 @@ for i, limit in ipairs(plan.limits) do
   table.insert(reply, resets[i])
 end
 local status = 'queued'
--- `audited`: its admission event is in the outbox (entries of earlier versions lack it).
+-- `audited`: its admission event is in the outbox (entries of earlier versions lack it);
+-- `due_ms`: when a held trigger is released, whether it waits among the deferred ones.
 local function fields()
   return cjson.encode({input = input, owner = plan.owner, client_id = plan.client_id,
     accepted_at = plan.accepted_at, http_request_id = plan.http_request_id,
     trace_header = plan.trace_header, traceparent = plan.traceparent,
-    audited = accepted_event ~= ''})
+    audited = accepted_event ~= '', due_ms = plan.due_ms})
 end
 if plan.due_ms > now then
-  -- Held in Redis until due; the drain's promote step moves it into the queue.
   status = 'deferred'
   reply[2] = 'deferred'
-  redis.call('ZADD', deferred, plan.due_ms, plan.request_id)
-  redis.call('HSET', deferred_entries, plan.request_id, fields())
-elseif plan.hold_ms > 0 then
-  -- Scored by when the drain may assume the admitting process died and recover it.
-  reply[2] = 'held'
+end
+if plan.hold_ms > 0 then
+  -- Every trigger, deferred or not, is held until its admitting process releases it (its
+  -- record chained) or withdraws it; scored by when the drain may assume that process
+  -- died and recover it. A deferred one due before then must not start either.
+  if status ~= 'deferred' then
+    reply[2] = 'held'
+  end
   redis.call('ZADD', held, now + plan.hold_ms, plan.request_id)
+  redis.call('HSET', deferred_entries, plan.request_id, fields())
+elseif status == 'deferred' then
+  -- Held in Redis until due; the drain's promote step moves it into the queue.
+  redis.call('ZADD', deferred, plan.due_ms, plan.request_id)
   redis.call('HSET', deferred_entries, plan.request_id, fields())
 else
   reply[2] = redis.call('XADD', queue, '*', 'request_id', plan.request_id, 'input', input,

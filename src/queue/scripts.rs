@@ -23,9 +23,10 @@ lua_script! {
 }
 
 lua_keys! {
-    /// Admission's keys less the queue, which a withdrawal never touches.
+    /// Admission's keys less the queue and the deferred triggers, which a withdrawal never
+    /// touches (it takes back only what is still held).
     pub struct WithdrawKeys {
-        request_status, used_token, workflow_rate, caller_rate, idempotency, deferred,
+        request_status, used_token, workflow_rate, caller_rate, idempotency,
         deferred_entries, held, outbox,
     }
 }
@@ -37,7 +38,6 @@ impl From<AdmissionKeys> for WithdrawKeys {
             workflow_rate: keys.workflow_rate,
             caller_rate: keys.caller_rate,
             idempotency: keys.idempotency,
-            deferred: keys.deferred,
             deferred_entries: keys.deferred_entries,
             held: keys.held,
             outbox: keys.outbox,
@@ -64,10 +64,11 @@ lua_script! {
     pub struct Promote = "promote.lua", MoveKeys, PromoteArgs;
 }
 
-lua_keys! { pub struct ReleaseKeys { held, deferred_entries, queue } }
+lua_keys! { pub struct ReleaseKeys { held, deferred_entries, queue, deferred } }
 lua_args! { pub struct ReleaseArgs<'a> { ..request_ids: &'a [String] } }
 lua_script! {
-    /// Moves held triggers into the queue, each only if still held.
+    /// Moves held triggers into the queue (or, not yet due, the deferred ones), each only
+    /// if still held.
     pub struct Release = "release.lua", ReleaseKeys, ReleaseArgs;
 }
 

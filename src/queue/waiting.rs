@@ -26,8 +26,8 @@ pub async fn promote_due(
         .await
 }
 
-/// Moves held triggers of `workflow` into its queue, each only if still held; returns how
-/// many moved.
+/// Moves held triggers of `workflow` into its queue (or, not yet due, among its deferred
+/// triggers), each only if still held; returns how many moved.
 pub async fn release_held(
     redis: &mut RedisConnection,
     keys: &Keys,
@@ -41,6 +41,7 @@ pub async fn release_held(
         held: keys.held(workflow),
         deferred_entries: keys.deferred_entries(workflow),
         queue: keys.queue(workflow),
+        deferred: keys.deferred(workflow),
     };
     Release::invocation(keys, &ReleaseArgs { request_ids })
         .invoke_async(redis)

@@ -1,9 +1,10 @@
--- Takes back a trigger admitted held or deferred, whose audit record could not be written
--- (fail_closed): as if it had never been admitted, if it has not reached the queue yet.
+-- Takes back a trigger admitted held (fail_closed: immediate or deferred) whose audit
+-- record could not be chained in time: as if it had never been admitted, if it is still
+-- held (not released by a recovery that chained its record).
 -- Keys: `AdmissionKeys` (as enqueue.lua); arguments: `Withdraw`, both in scripts.rs.
 -- The `withdrawn` audit event (`event`, sealed by `mac`; '' with the audit off) goes into
 -- the workflow's outbox with the withdrawal. Returns 1 if withdrawn, 0 if already released.
-if redis.call('ZREM', held, request_id) == 0 and redis.call('ZREM', deferred, request_id) == 0 then
+if redis.call('ZREM', held, request_id) == 0 then
   return 0
 end
 redis.call('HDEL', deferred_entries, request_id)

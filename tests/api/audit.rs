@@ -65,15 +65,20 @@ pub(crate) fn verify_json(app: &TestApp, extra: &[&str]) -> TestResult<(i32, Val
 }
 
 #[derive(Clone)]
-struct Entry {
-    body: String,
-    sig: String,
+pub(crate) struct Entry {
+    pub(crate) body: String,
+    pub(crate) sig: String,
 }
 
 async fn entries(app: &TestApp) -> TestResult<Vec<Entry>> {
+    stream_entries(app, &keys().audit_log()).await
+}
+
+/// The `body` and `sig` fields of a trail stream's entries (records or checkpoints).
+pub(crate) async fn stream_entries(app: &TestApp, key: &str) -> TestResult<Vec<Entry>> {
     let mut redis = app.redis.connection().await?;
     let reply: StreamRangeReply = redis::cmd("XRANGE")
-        .arg(keys().audit_log())
+        .arg(key)
         .arg("-")
         .arg("+")
         .query_async(&mut redis)

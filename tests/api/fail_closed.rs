@@ -35,18 +35,7 @@ async fn failing_closed_refuses_triggers_the_trail_cannot_record() -> TestResult
         "started"
     );
 
-    // Every append fails while the record stream is not a stream.
-    let mut redis = app.redis.connection().await?;
-    let _: () = redis::cmd("RENAME")
-        .arg(keys().audit_log())
-        .arg("aside")
-        .query_async(&mut redis)
-        .await?;
-    let _: () = redis::cmd("SET")
-        .arg(keys().audit_log())
-        .arg("broken")
-        .query_async(&mut redis)
-        .await?;
+    let mut redis = break_the_trail(&app).await?;
     let refused = app
         .trigger("orders", &token, &json!({"input": {"n": 2}}))
         .await?;
@@ -59,15 +48,7 @@ async fn failing_closed_refuses_triggers_the_trail_cannot_record() -> TestResult
         .await?;
     assert_eq!(held, 0, "nothing held");
 
-    let _: () = redis::cmd("DEL")
-        .arg(keys().audit_log())
-        .query_async(&mut redis)
-        .await?;
-    let _: () = redis::cmd("RENAME")
-        .arg("aside")
-        .arg(keys().audit_log())
-        .query_async(&mut redis)
-        .await?;
+    mend_the_trail(&mut redis).await?;
     crate::support::eventually(
         std::time::Duration::from_secs(15),
         "the trail to catch up",
@@ -123,33 +104,11 @@ async fn failing_closed_refuses_triggers_the_trail_cannot_record() -> TestResult
 /// withdrawn; once it is withdrawn, the retry is admitted as a new request, and starts.
 #[tokio::test]
 async fn failing_closed_a_retry_of_a_held_trigger_is_told_to_wait() -> TestResult {
-    let app = spawn_app_with(RedisServer::start(), |config| {
-        config.set("audit.fail_closed", true).set_ms(
-            "audit.write_timeout_ms",
-            std::time::Duration::from_millis(2_000),
-        )
-    })
-    .await?;
+    let app = failing_closed_within(2_000).await?;
     let token = partners().idp.billing_token().await?;
-    let send = || {
-        app.http
-            .post(app.url("/v1/workflows/orders/executions"))
-            .bearer_auth(&token)
-            .header("idempotency-key", "order-77")
-            .json(&json!({"input": {"n": 77}}))
-            .send()
-    };
-    // Every append fails while the record stream is not a stream.
-    let mut redis = app.redis.connection().await?;
-    let _: () = redis::pipe()
-        .cmd("RENAME")
-        .arg(keys().audit_log())
-        .arg("aside")
-        .cmd("SET")
-        .arg(keys().audit_log())
-        .arg("broken")
-        .query_async(&mut redis)
-        .await?;
+    let body = json!({"input": {"n": 77}});
+    let send = || send_with_key(&app, &token, "order-77", &body);
+    let mut redis = break_the_trail(&app).await?;
     let retry = async {
         // While the first waits for its record (up to write_timeout_ms).
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
@@ -163,20 +122,99 @@ async fn failing_closed_a_retry_of_a_held_trigger_is_told_to_wait() -> TestResul
     let problem: Value = retry.json().await?;
     assert_eq!(problem["code"], "request_pending", "{problem}");
 
-    let _: () = redis::pipe()
-        .cmd("DEL")
-        .arg(keys().audit_log())
-        .cmd("RENAME")
-        .arg("aside")
-        .arg(keys().audit_log())
-        .query_async(&mut redis)
-        .await?;
+    mend_the_trail(&mut redis).await?;
     let again = send().await?;
     assert_eq!(again.status(), StatusCode::ACCEPTED);
     let id = request_id_of(again).await?;
     assert_eq!(app.settled_status(&id, &token).await["status"], "started");
     let started = crate::support::executions(&app.sfn, &app.state_machine_arn).await?;
     assert_eq!(started.len(), 1, "the withdrawn trigger never started");
+    Ok(())
+}
+
+/// A deferred trigger is held too while failing closed: due before its record could be
+/// chained, it must neither start nor be answered 202, and a retry meanwhile is told to
+/// wait. (Before, deferred triggers were not held: the promotion queued this one while its
+/// admission still waited, and the withdrawal, finding it gone, answered 202.)
+#[tokio::test]
+async fn failing_closed_a_deferred_trigger_due_before_its_record_is_chained_never_starts()
+-> TestResult {
+    let app = failing_closed_within(2_500).await?;
+    let token = partners().idp.billing_token().await?;
+    let body = json!({"input": {"n": 1}, "delay_seconds": 1});
+    let send = || send_with_key(&app, &token, "soon-1", &body);
+    let _redis = break_the_trail(&app).await?;
+    let retry = async {
+        // After its due time, while the first still waits for its record.
+        tokio::time::sleep(std::time::Duration::from_millis(1_800)).await;
+        send().await
+    };
+    let (first, retry) = tokio::join!(send(), retry);
+    let (first, retry) = (first?, retry?);
+    assert_eq!(first.status(), StatusCode::SERVICE_UNAVAILABLE, "withdrawn");
+    assert_eq!(retry.status(), StatusCode::CONFLICT, "still held");
+    assert_eq!(app.queue_len("orders").await?, 0, "never queued");
+    // Past the hold too (write_timeout plus a margin): nothing was promoted or recovered.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    assert_eq!(app.queue_len("orders").await?, 0, "never queued");
+    let started = crate::support::executions(&app.sfn, &app.state_machine_arn).await?;
+    assert!(started.is_empty(), "{started:?}");
+    Ok(())
+}
+
+/// An app failing closed, waiting up to `write_timeout_ms` for a trigger's record.
+async fn failing_closed_within(write_timeout_ms: u64) -> TestResult<TestApp> {
+    spawn_app_with(RedisServer::start(), |config| {
+        config.set("audit.fail_closed", true).set_ms(
+            "audit.write_timeout_ms",
+            std::time::Duration::from_millis(write_timeout_ms),
+        )
+    })
+    .await
+}
+
+/// Triggers `orders` with `body` under `Idempotency-Key: key`.
+async fn send_with_key(
+    app: &TestApp,
+    token: &str,
+    key: &str,
+    body: &Value,
+) -> reqwest::Result<reqwest::Response> {
+    app.http
+        .post(app.url("/v1/workflows/orders/executions"))
+        .bearer_auth(token)
+        .header("idempotency-key", key)
+        .json(body)
+        .send()
+        .await
+}
+
+/// Makes every append fail (the record stream moved aside, a string in its place) until
+/// [`mend_the_trail`]; a connection for that.
+async fn break_the_trail(app: &TestApp) -> TestResult<redis::aio::MultiplexedConnection> {
+    let mut redis = app.redis.connection().await?;
+    let _: () = redis::pipe()
+        .cmd("RENAME")
+        .arg(keys().audit_log())
+        .arg("aside")
+        .cmd("SET")
+        .arg(keys().audit_log())
+        .arg("broken")
+        .query_async(&mut redis)
+        .await?;
+    Ok(redis)
+}
+
+/// Undoes [`break_the_trail`].
+async fn mend_the_trail(redis: &mut redis::aio::MultiplexedConnection) -> TestResult {
+    let _: () = redis::pipe()
+        .cmd("DEL")
+        .arg(keys().audit_log())
+        .cmd("RENAME")
+        .arg("aside")
+        .arg(keys().audit_log())
+        .query_async(redis)
+        .await?;
     Ok(())
 }
 

@@ -4,8 +4,9 @@
 //! `scripts/bench-audit` runs it (release build). Each stepgate has its own Redis; the
 //! drain is off, so only admission is measured: a real RS256 token from the real identity
 //! provider (verified once, then a cache hit, as for a service reusing its token), the
-//! policy, the admission script in Redis, and — with the audit on — the `accepted` record
-//! chained, signed and appended. Load: `CONCURRENCY` keep-alive connections posting
+//! policy, the admission script in Redis, and — with the audit on — the `accepted` event
+//! sealed and written into the workflow's outbox by that script, then relayed by the writer
+//! (read back, chained, signed, appended, deleted from the outbox). Load: `CONCURRENCY` keep-alive connections posting
 //! triggers as fast as answered for `ROUND` each, `ROUNDS` times per configuration.
 
 #![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]

@@ -1,6 +1,8 @@
 //! The handle request paths and the drain hold: events go to the writer task over a
 //! bounded channel (backpressure, never a silent drop while the writer keeps up).
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
@@ -17,7 +19,8 @@ use crate::redis_conn::RedisConnection;
 pub(super) enum Message {
     /// An event, and who waits to hear it is in Redis.
     Event(Box<AuditEvent>, Option<oneshot::Sender<()>>),
-    /// Everything before it in Redis (the outboxes relayed too), then tell the sender.
+    /// Everything before it in Redis (the outboxes relayed too), then tell the sender; the
+    /// sender is dropped when the outboxes could not be relayed within the flush's patience.
     Flush(oneshot::Sender<()>),
     /// An outbox event was written here: relay soon rather than at the next poll.
     Nudge,
@@ -38,6 +41,9 @@ pub struct AuditLog {
     refusals: SharedRefusals,
     /// Seals events for the workflows' outboxes; `None` with the audit off.
     seal: Option<Seal>,
+    /// Set by a nudge the writer has not relayed yet: further nudges send nothing, so a
+    /// stream of admissions wakes the writer once per relay, not once per event.
+    nudged: Arc<AtomicBool>,
 }
 
 impl AuditLog {
@@ -53,6 +59,7 @@ impl AuditLog {
         let writer_key = keys.audit_writer(&uuid::Uuid::new_v4().simple().to_string());
         let refusals = SharedRefusals::new(RefusalAggregator::new(settings.refusal_window));
         let seal = Seal::of(&signer);
+        let nudged = Arc::new(AtomicBool::new(false));
         let seals = std::iter::once(&signer)
             .chain(&retired)
             .map(Seal::of)
@@ -63,6 +70,7 @@ impl AuditLog {
                 buffer_wait: settings.buffer_wait,
                 refusals: refusals.clone(),
                 seal: Some(seal),
+                nudged: Arc::clone(&nudged),
             },
             AuditWriter {
                 rx,
@@ -76,6 +84,7 @@ impl AuditLog {
                 batch: 0,
                 head: None,
                 outboxes: Outboxes::new(keys_for_outboxes, seals),
+                nudged,
             },
         )
     }
@@ -87,6 +96,7 @@ impl AuditLog {
             buffer_wait: Duration::ZERO,
             refusals: SharedRefusals::new(RefusalAggregator::new(Duration::ZERO)),
             seal: None,
+            nudged: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -99,8 +109,12 @@ impl AuditLog {
     /// Tells the writer that an outbox event was just written here, so it relays it now
     /// (any writer relays it within a poll anyway; a full channel is not waited on).
     pub fn nudge(&self) {
-        if let Some(tx) = &self.tx {
-            let _ = tx.try_send(Message::Nudge);
+        if let Some(tx) = &self.tx
+            && !self.nudged.swap(true, Ordering::AcqRel)
+            && tx.try_send(Message::Nudge).is_err()
+        {
+            // Not delivered: the next nudge tries again (the poll relays meanwhile).
+            self.nudged.store(false, Ordering::Release);
         }
     }
 

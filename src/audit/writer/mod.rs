@@ -41,8 +41,12 @@ const CHANNEL_CAPACITY: usize = 16_384;
 const MAX_BATCH: usize = 512;
 const RETRY_MAX: Duration = Duration::from_secs(5);
 /// How often the writer looks into every outbox, for events another process wrote and did
-/// not relay itself (it stopped, or its writer is behind); its own it relays at once.
+/// not relay itself (it stopped, or its writer is behind); its own it relays soon.
 const RELAY_POLL: Duration = Duration::from_millis(250);
+/// How soon after a nudge (an outbox event written here) the writer relays: not at once, so
+/// that under load one relay round (five round trips) moves a page of events rather than
+/// one. The events are durable in Redis meanwhile; a flush relays at once.
+const NUDGE_DELAY: Duration = Duration::from_millis(5);
 
 /// How the writer checkpoints, and how long a caller waits for room in a full buffer.
 #[derive(Debug, Clone, Copy)]
@@ -85,6 +89,17 @@ pub struct AuditWriter {
     /// The head as last seen; `None` until read from Redis (or after an ambiguous write).
     head: Option<ChainHead>,
     outboxes: Outboxes,
+    /// Shared with the handles: a nudge is pending (cleared as a relay starts).
+    nudged: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// What the messages taken ask of the relay.
+enum Relay {
+    /// Relayed already (a flush).
+    Done,
+    /// Nudged: relay within [`NUDGE_DELAY`].
+    Soon,
+    NotAsked,
 }
 
 /// Whose an append's records became.
@@ -115,7 +130,15 @@ impl AuditWriter {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut poll = tokio::time::interval(RELAY_POLL);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // When nudged: the relay due then (see NUDGE_DELAY).
+        let mut relay_at: Option<Instant> = None;
         loop {
+            let nudged = async {
+                match relay_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
             let first = tokio::select! {
                 message = self.rx.recv() => match message {
                     Some(message) => message,
@@ -140,20 +163,33 @@ impl AuditWriter {
                     continue;
                 }
                 _ = poll.tick() => {
+                    relay_at = None;
+                    self.relay_outboxes().await;
+                    continue;
+                }
+                () = nudged => {
+                    relay_at = None;
                     self.relay_outboxes().await;
                     continue;
                 }
             };
-            self.take_messages(first).await;
+            match self.take_messages(first).await {
+                Relay::Done => relay_at = None,
+                Relay::Soon => {
+                    relay_at.get_or_insert_with(|| Instant::now() + NUDGE_DELAY);
+                }
+                Relay::NotAsked => {}
+            }
         }
     }
 
     /// `first` and the messages waiting behind it, up to a batch: their events appended,
-    /// the outboxes relayed when asked, then whoever waits is told.
-    async fn take_messages(&mut self, first: Message) {
+    /// the outboxes relayed when a flush asks, then whoever waits is told; whether a nudge
+    /// asks for a relay still to come.
+    async fn take_messages(&mut self, first: Message) -> Relay {
         let mut events = Vec::with_capacity(MAX_BATCH);
-        let mut waiting = Vec::new();
-        let (mut relay, mut flushed) = (false, false);
+        let (mut waiting, mut flushing) = (Vec::new(), Vec::new());
+        let mut nudged = false;
         let mut next = Some(first);
         // Bounded in messages as well as records (a flush can add many closed windows).
         let mut taken = 0;
@@ -168,10 +204,9 @@ impl AuditWriter {
                     // Everything recorded before a flush is in Redis after it, counted
                     // refusals and outbox events included.
                     events.extend(self.refusals.close_all());
-                    flushed = true;
-                    waiting.push(done);
+                    flushing.push(done);
                 }
-                Message::Nudge => relay = true,
+                Message::Nudge => nudged = true,
             }
             next = if taken < MAX_BATCH && events.len() < MAX_BATCH {
                 self.rx.try_recv().ok()
@@ -182,13 +217,20 @@ impl AuditWriter {
         if !events.is_empty() {
             self.append_in_batches(&events).await;
         }
-        if flushed {
-            self.relay_until_empty().await;
-        } else if relay {
-            self.relay_outboxes().await;
-        }
         for done in waiting {
             let _ = done.send(());
+        }
+        if flushing.is_empty() {
+            return if nudged { Relay::Soon } else { Relay::NotAsked };
+        }
+        // A flush that could not relay everything is answered by dropping its sender.
+        if self.relay_until_empty().await {
+            for done in flushing {
+                let _ = done.send(());
+            }
+            Relay::Done
+        } else {
+            Relay::Soon
         }
     }
 

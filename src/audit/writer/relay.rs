@@ -6,12 +6,16 @@
 //! (another process chained the page first) deletes nothing (the other may have read fewer
 //! entries) and reads on from the new mark; entries the mark already covers (a relay that
 //! stopped between its append and its delete) are deleted by the next relay, unchained.
+//! A writer remembers the mark it moved last and reads on from it without asking Redis; the
+//! compare-and-set catches a mark that went stale, and it is then read afresh.
 
 use super::{Appended, AuditWriter};
 
 /// Pages of one outbox a poll relays at most, so that a busy outbox does not keep the writer
 /// from its own events; a flush relays until every outbox is empty.
 const POLL_PAGES: usize = 8;
+/// How long a flush keeps relaying while Redis fails before it reports failure.
+const FLUSH_PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl AuditWriter {
     /// Relays every registered outbox, up to [`POLL_PAGES`] pages each; `false` when Redis
@@ -20,17 +24,28 @@ impl AuditWriter {
         self.relay_all(Some(POLL_PAGES)).await
     }
 
-    /// Relays every outbox until it is empty, retrying while Redis fails: what a flush
-    /// promises (everything recorded before it is in the chain).
-    pub(super) async fn relay_until_empty(&mut self) {
+    /// Relays every outbox until it is empty, retrying while Redis fails, for up to
+    /// [`FLUSH_PATIENCE`]: what a flush promises (everything recorded before it is in the
+    /// chain); `false` when that could not be done in time (the flush fails, the writer
+    /// goes on with its other work, and the outboxes are relayed later).
+    pub(super) async fn relay_until_empty(&mut self) -> bool {
+        let deadline = tokio::time::Instant::now() + FLUSH_PATIENCE;
         let mut pause = std::time::Duration::from_millis(50);
         while !self.relay_all(None).await {
+            if tokio::time::Instant::now() + pause > deadline {
+                return false;
+            }
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(super::RETRY_MAX);
         }
+        true
     }
 
     async fn relay_all(&mut self, pages: Option<usize>) -> bool {
+        // Cleared before reading: an event nudged from now on is read by this relay or, its
+        // nudge sent again, by the next.
+        self.nudged
+            .store(false, std::sync::atomic::Ordering::Release);
         let names = match self.outboxes.names(&mut self.redis).await {
             Ok(names) => names,
             Err(e) => {
@@ -52,12 +67,11 @@ impl AuditWriter {
         let mut left = pages.unwrap_or(usize::MAX);
         while left > 0 {
             left -= 1;
-            let (after, pending) = self.outboxes.pending(&mut self.redis, workflow).await?;
-            if !after.is_empty() {
+            let (read, pending) = self.outboxes.pending(&mut self.redis, workflow).await?;
+            if let Some(mark) = read.filter(|mark| !mark.is_empty()) {
                 // Chained already (a relay that stopped between its append and its delete).
-                self.outboxes
-                    .trim(&mut self.redis, workflow, &after)
-                    .await?;
+                self.outboxes.trim(&mut self.redis, workflow, &mark).await?;
+                self.outboxes.relayed_to(workflow, &mark);
             }
             let Some(pending) = pending else {
                 return Ok(());
@@ -74,11 +88,12 @@ impl AuditWriter {
                     self.outboxes
                         .trim(&mut self.redis, workflow, &moving.last)
                         .await?;
+                    self.outboxes.relayed_to(workflow, &moving.last);
                     if !pending.more {
                         return Ok(());
                     }
                 }
-                Appended::Elsewhere => {}
+                Appended::Elsewhere => self.outboxes.forget_mark(workflow),
             }
         }
         Ok(())

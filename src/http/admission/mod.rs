@@ -17,7 +17,7 @@ mod record;
 
 pub use checks::{Ask, checks, idempotency_key};
 pub use decide::decide;
-pub use record::{admission_events, record};
+pub use record::{admission_events, record, take_back_after_ambiguity};
 
 use serde_json::Value;
 

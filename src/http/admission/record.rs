@@ -15,7 +15,7 @@ use crate::audit::outbox::AdmissionEvents;
 use crate::audit::{AuditEvent, AuditLog, EventKind};
 use crate::auth::Principal;
 use crate::http::error::ApiError;
-use crate::queue::{Placement, QueuedRequest};
+use crate::queue::{Admission, QueuedRequest};
 use crate::state::AppState;
 
 /// Retry-After when the audit trail cannot take a trigger's record.
@@ -99,9 +99,9 @@ async fn chain_before_answering(
 ) -> Result<(), ApiError> {
     let request = &trigger.request;
     if let Ok(Ok(())) = tokio::time::timeout(deadline, state.audit.flush()).await {
-        if trigger.placement == Placement::Held
-            && let Err(e) = state.producer.release(request).await
-        {
+        // Every trigger is held while failing closed (a deferred one too: it may come due
+        // before its record is chained).
+        if let Err(e) = state.producer.release(request).await {
             // Audited and in Redis: the drain recovers it once the hold expires.
             tracing::warn!(request.id = %request.request_id, error = %e, "could not release a held trigger; the drain will recover it");
         }
@@ -112,16 +112,13 @@ async fn chain_before_answering(
         detail: detail.to_owned(),
         retry_after_seconds: AUDIT_RETRY_SECONDS,
     };
-    let mut withdrawn = admission_event(
-        EventKind::Withdrawn,
+    let sealed = withdrawn_event(
+        state,
         caller,
         request,
         trigger.stored_input.clone(),
+        "its audit record could not be chained in time (audit.fail_closed); answered 503",
     );
-    withdrawn.reason = Some(
-        "its audit record could not be chained in time (audit.fail_closed); answered 503".into(),
-    );
-    let sealed = state.audit.seal(&withdrawn);
     match state
         .producer
         .withdraw(request, &trigger.checks, sealed.as_ref())
@@ -140,9 +137,57 @@ async fn chain_before_answering(
         Err(e) => {
             tracing::error!(request.id = %request.request_id, error = %e, "audit record not chained and the trigger could not be withdrawn");
             Err(unavailable(
-                "the trigger's audit record could not be written and Redis could not take the trigger back: \
-                 it starts once its record is written; retry with the same Idempotency-Key to learn its request id",
+                "the trigger's audit record could not be written, and whether Redis took the trigger back is \
+                 unknown: if not, it starts once its record is written; retry with the same Idempotency-Key \
+                 to learn whether it holds a request id",
             ))
+        }
+    }
+}
+
+/// The `withdrawn` event of `request`, sealed for its outbox.
+fn withdrawn_event(
+    state: &AppState,
+    caller: &Principal,
+    request: &QueuedRequest,
+    stored_input: Option<Value>,
+    reason: &str,
+) -> Option<crate::audit::outbox::SealedEvent> {
+    let mut withdrawn = admission_event(EventKind::Withdrawn, caller, request, stored_input);
+    withdrawn.reason = Some(reason.to_owned());
+    state.audit.seal(&withdrawn)
+}
+
+/// `audit.fail_closed`, after the admission script failed in a way that leaves unknown
+/// whether it ran (a timeout, a connection dropped mid-call): the caller is told 503, so a
+/// trigger it may have admitted, held, is taken back (a no-op if it did not run). Should
+/// this fail too, the drain's recovery releases the trigger once its hold expires.
+pub async fn take_back_after_ambiguity(
+    state: &AppState,
+    caller: &Principal,
+    request: &QueuedRequest,
+    checks: &Admission,
+    stored_input: Option<Value>,
+) {
+    if state.audit_fail_closed.is_none() {
+        return;
+    }
+    let sealed = withdrawn_event(
+        state,
+        caller,
+        request,
+        stored_input,
+        "Redis' answer to its admission was lost (audit.fail_closed); answered 503",
+    );
+    match state
+        .producer
+        .withdraw(request, checks, sealed.as_ref())
+        .await
+    {
+        Ok(true) => state.audit.nudge(),
+        Ok(false) => {}
+        Err(e) => {
+            tracing::warn!(request.id = %request.request_id, error = %e, "a trigger whose admission was ambiguous could not be taken back; if admitted, it starts once its hold expires");
         }
     }
 }

@@ -211,11 +211,22 @@ async fn admit(
         checks.due_ms.is_some(),
         stored_input.clone(),
     );
-    let enqueued = state
-        .producer
-        .enqueue(&request, &checks)
-        .await
-        .map_err(|e| Refusal::not_audited(ApiError::redis_unavailable(&e)))?;
+    let enqueued = match state.producer.enqueue(&request, &checks).await {
+        Ok(enqueued) => enqueued,
+        Err(e) => {
+            if !crate::redis_conn::refused_before_running(&e) {
+                admission::take_back_after_ambiguity(
+                    state,
+                    caller,
+                    &request,
+                    &checks,
+                    stored_input,
+                )
+                .await;
+            }
+            return Err(Refusal::not_audited(ApiError::redis_unavailable(&e)));
+        }
+    };
     admission::decide(workflow, request, checks, stored_input, enqueued)
 }
 
