@@ -53,7 +53,11 @@ async fn add_records(app: &TestApp) -> TestResult<String> {
 pub(crate) fn verify_json(app: &TestApp, extra: &[&str]) -> TestResult<(i32, Value)> {
     let mut args = vec!["audit", "verify", "--json"];
     args.extend_from_slice(extra);
-    let output = app.stepgate(&args)?;
+    report_of(&app.stepgate(&args)?)
+}
+
+/// A `--json` verification's exit code and report (its output in the error, if not JSON).
+pub(crate) fn report_of(output: &std::process::Output) -> TestResult<(i32, Value)> {
     let report = serde_json::from_slice(&output.stdout).map_err(|e| {
         format!(
             "{e}: {}{}",

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::json;
 use stepgate::audit::outbox::{Seal, SealedEvent};
 use stepgate::audit::{AuditEvent, AuditLog, AuditSigner, EventKind, WriterSettings};
 use stepgate::config::Config;
@@ -92,7 +92,7 @@ async fn a_started_record_survives_a_process_whose_writer_never_appended() -> Te
         started, accepted,
         "each started request recorded exactly once"
     );
-    let (code, report) = verify(&app)?;
+    let (code, report) = crate::audit::verify_json(&app, &[])?;
     assert_eq!(code, 0, "{report}");
     Ok(())
 }
@@ -128,18 +128,9 @@ async fn an_accepted_record_survives_a_replica_whose_writer_never_appended() -> 
         accepted, admitted,
         "each admitted request recorded exactly once"
     );
-    let (code, report) = verify(&app)?;
+    let (code, report) = crate::audit::verify_json(&app, &[])?;
     assert_eq!(code, 0, "{report}");
     Ok(())
-}
-
-/// `stepgate audit verify --json`.
-fn verify(app: &TestApp) -> TestResult<(i32, Value)> {
-    let output = app.stepgate(&["audit", "verify", "--json"])?;
-    Ok((
-        output.status.code().unwrap_or(-1),
-        serde_json::from_slice(&output.stdout)?,
-    ))
 }
 
 /// `count` events of `orders`, sealed with `app`'s key, written straight into its outbox.
@@ -211,7 +202,7 @@ async fn every_outbox_event_is_chained_exactly_once_by_racing_writers() -> TestR
         .query_async(&mut redis)
         .await?;
     assert_eq!(left, 0, "chained entries are deleted from the outbox");
-    let (code, report) = verify(&app)?;
+    let (code, report) = crate::audit::verify_json(&app, &[])?;
     assert_eq!(code, 0, "{report}");
     Ok(())
 }

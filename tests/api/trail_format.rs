@@ -69,15 +69,7 @@ fn as_auditor(cwd: &Path, args: &[&str]) -> TestResult<std::process::Output> {
 fn verify_as_auditor(cwd: &Path, args: &[&str]) -> TestResult<(i32, Value)> {
     let mut all = vec!["verify", "--json"];
     all.extend_from_slice(args);
-    let output = as_auditor(cwd, &all)?;
-    let report = serde_json::from_slice(&output.stdout).map_err(|e| {
-        format!(
-            "{e}: {}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        )
-    })?;
-    Ok((output.status.code().unwrap_or(-1), report))
+    crate::audit::report_of(&as_auditor(cwd, &all)?)
 }
 
 /// A crash mid-write leaves a torn last line in the newest records file or in
