@@ -192,6 +192,8 @@ async fn send_with_key(
 /// Makes every append fail (the record stream moved aside, a string in its place) until
 /// [`mend_the_trail`]; a connection for that.
 async fn break_the_trail(app: &TestApp) -> TestResult<redis::aio::MultiplexedConnection> {
+    // The record stream exists once the start-up's record is written (RENAME needs it).
+    app.audit_records().await?;
     let mut redis = app.redis.connection().await?;
     let _: () = redis::pipe()
         .cmd("RENAME")
