@@ -201,6 +201,14 @@ impl Outboxes {
         self.marks.insert(workflow.to_owned(), last.to_owned());
     }
 
+    /// Whether this writer knows `workflow`'s mark to be at or past `end`.
+    pub fn relayed_past(&self, workflow: &str, end: StreamId) -> bool {
+        self.marks
+            .get(workflow)
+            .and_then(|mark| StreamId::parse(mark))
+            .is_some_and(|mark| mark >= end)
+    }
+
     /// Another writer moved `workflow`'s mark: read it afresh next time.
     pub fn forget_mark(&mut self, workflow: &str) {
         self.marks.remove(workflow);
@@ -211,6 +219,24 @@ impl Outboxes {
             .arg(self.keys.audit_outboxes())
             .query_async(redis)
             .await
+    }
+
+    /// Each outbox's last entry now (empty outboxes left out): what a flush must see chained.
+    pub async fn ends(
+        &self,
+        redis: &mut RedisConnection,
+    ) -> redis::RedisResult<Vec<(String, StreamId)>> {
+        let mut ends = Vec::new();
+        for workflow in self.names(redis).await? {
+            let Ok(name) = WorkflowName::parse(&workflow) else {
+                continue;
+            };
+            let newest = super::store::newest_entry(redis, &self.keys.audit_outbox(&name)).await?;
+            if let Some(end) = newest.and_then(|entry| StreamId::parse(&entry.id)) {
+                ends.push((workflow, end));
+            }
+        }
+        Ok(ends)
     }
 
     /// Up to [`RELAY_PAGE`] events of `workflow`'s outbox after its last entry chained
@@ -346,6 +372,24 @@ fn waiting_for_its_key(id: &str) -> bool {
 /// How far ahead of this process's clock Redis' may be.
 const CLOCK_SKEW_MS: u64 = 60_000;
 
+/// A stream entry's id, ordered as Redis orders them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) struct StreamId {
+    ms: u64,
+    seq: u64,
+}
+
+impl StreamId {
+    /// `<ms>-<seq>`, as Redis writes ids.
+    pub fn parse(id: &str) -> Option<Self> {
+        let (ms, seq) = id.split_once('-')?;
+        Some(Self {
+            ms: ms.parse().ok()?,
+            seq: seq.parse().ok()?,
+        })
+    }
+}
+
 /// The stream id right after `id` (`<ms>-<seq+1>`): XTRIM MINID keeps it and what follows.
 fn next_id(id: &str) -> Option<String> {
     let (ms, seq) = id.split_once('-')?;
@@ -382,5 +426,15 @@ mod tests {
         );
         assert_eq!(next_id("5-41").as_deref(), Some("5-42"));
         assert_eq!(next_id("garbage"), None);
+    }
+
+    #[test]
+    fn stream_ids_order_by_time_then_sequence_not_as_text() {
+        let id = |s| StreamId::parse(s).unwrap_or_else(|| panic!("{s}"));
+        assert!(id("999-5") < id("1000-0"));
+        assert!(id("1000-9") < id("1000-10"));
+        assert_eq!(id("7-3"), id("7-3"));
+        assert_eq!(StreamId::parse("7"), None);
+        assert_eq!(StreamId::parse(""), None);
     }
 }

@@ -139,18 +139,27 @@ pub async fn newest_checkpoint(
     redis: &mut RedisConnection,
     keys: &Keys,
 ) -> redis::RedisResult<Option<SignedCheckpoint>> {
+    let newest = newest_entry(redis, &keys.audit_checkpoints()).await?;
+    Ok(newest.map(|entry| SignedCheckpoint {
+        body: entry.get("body").unwrap_or_default(),
+        signature: entry.get("sig").unwrap_or_default(),
+    }))
+}
+
+/// The newest entry of the stream at `key`, if any.
+pub(super) async fn newest_entry(
+    redis: &mut RedisConnection,
+    key: &str,
+) -> redis::RedisResult<Option<redis::streams::StreamId>> {
     let page: StreamRangeReply = redis::cmd("XREVRANGE")
-        .arg(keys.audit_checkpoints())
+        .arg(key)
         .arg("+")
         .arg("-")
         .arg("COUNT")
         .arg(1)
         .query_async(redis)
         .await?;
-    Ok(page.ids.first().map(|entry| SignedCheckpoint {
-        body: entry.get("body").unwrap_or_default(),
-        signature: entry.get("sig").unwrap_or_default(),
-    }))
+    Ok(page.ids.into_iter().next())
 }
 
 /// The size of the newest signed checkpoint covering at most `limit` records (0: none),

@@ -269,14 +269,17 @@ async fn an_outbox_entry_without_a_valid_seal_is_never_chained() -> TestResult {
 
 /// During a rolling key rotation a process may meet an entry sealed by the new key, which it
 /// does not hold: it leaves it (and what follows) for a process that holds the key, rather
-/// than skipping it as forged and losing the event.
+/// than skipping it as forged and losing the event; and its flush, which promises everything
+/// in the outboxes chained, waits until that process has relayed it rather than report
+/// success with the entry (and a trigger's record behind it) still unchained.
 #[tokio::test]
-async fn an_entry_sealed_by_a_key_this_process_lacks_is_left_not_lost() -> TestResult {
+async fn a_flush_waits_for_an_entry_only_a_process_holding_its_key_can_relay() -> TestResult {
     let app = app_without_drain().await?;
     let outbox = keys().audit_outbox(&workflow_named("orders")?);
     let mut event = AuditEvent::now(EventKind::Started);
     event.workflow = Some("orders".into());
-    let newer = Seal::of(&AuditSigner::generate()).seal(&event);
+    let newer_key = AuditSigner::generate();
+    let newer = Seal::of(&newer_key).seal(&event);
     let mut redis = app.redis.connection().await?;
     let _: String = redis::cmd("XADD")
         .arg(&outbox)
@@ -288,17 +291,72 @@ async fn an_entry_sealed_by_a_key_this_process_lacks_is_left_not_lost() -> TestR
         .query_async(&mut redis)
         .await?;
     let behind = fill_outbox(&app, 1).await?;
-    assert_eq!(
-        times_chained(&app, &behind).await?,
-        [0],
-        "kept in order behind it"
+    let audit = app.audit.clone().ok_or("the app has an audit trail")?;
+    let flush = tokio::spawn(async move { audit.flush().await });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        !flush.is_finished(),
+        "a flush does not report success past an entry it could not relay"
     );
+    let records = app.audit_records_written().await?;
+    let chained = |id: &str| records.iter().filter(|r| r["id"] == id).count();
+    assert_eq!(
+        chained(&event.id),
+        0,
+        "not chained by a process lacking its key"
+    );
+    assert_eq!(chained(&behind[0]), 0, "kept in order behind it");
     let left: u64 = redis::cmd("XLEN")
         .arg(&outbox)
         .query_async(&mut redis)
         .await?;
     assert_eq!(left, 2, "nothing deleted");
-    let records = app.audit_records().await?;
-    assert!(!records.iter().any(|r| r["id"] == event.id.as_str()));
+    // A process of the new version: the new key, the old one retired.
+    let (newer_log, newer_writer) = AuditLog::new(
+        connect(&app, Duration::from_secs(2)).await?,
+        keys(),
+        newer_key,
+        vec![signer(&app)?],
+        WriterSettings::default(),
+    );
+    tokio::spawn(newer_writer.run());
+    newer_log.nudge();
+    tokio::time::timeout(Duration::from_secs(10), flush).await???;
+    let records = app.audit_records_written().await?;
+    let chained = |id: &str| records.iter().filter(|r| r["id"] == id).count();
+    assert_eq!(
+        (chained(&event.id), chained(&behind[0])),
+        (1, 1),
+        "each chained once, by the process holding the key, before the flush answered"
+    );
+    Ok(())
+}
+
+/// A flush promises what was in the outboxes when it began, not that they are empty: an
+/// outbox written to faster than it is relayed (a flood) cannot keep it from answering, as
+/// it could when a flush relayed until every outbox was empty.
+#[tokio::test]
+async fn a_flush_under_a_flood_answers_once_what_came_before_it_is_chained() -> TestResult {
+    let app = app_without_drain().await?;
+    let before = fill_outbox(&app, 300).await?;
+    let audit = app.audit.clone().ok_or("the app has an audit trail")?;
+    let flood = async {
+        loop {
+            if let Err(e) = fill_outbox(&app, 500).await {
+                return e;
+            }
+        }
+    };
+    let flushed = tokio::select! {
+        flushed = tokio::time::timeout(Duration::from_secs(8), audit.flush()) => flushed,
+        e = flood => return Err(e),
+    };
+    flushed??;
+    let records = app.audit_records_written().await?;
+    let chained: Vec<usize> = before
+        .iter()
+        .map(|id| records.iter().filter(|r| r["id"] == id.as_str()).count())
+        .collect();
+    assert!(chained.iter().all(|n| *n == 1), "{chained:?}");
     Ok(())
 }

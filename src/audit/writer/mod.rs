@@ -224,7 +224,7 @@ impl AuditWriter {
             return if nudged { Relay::Soon } else { Relay::NotAsked };
         }
         // A flush that could not relay everything is answered by dropping its sender.
-        if self.relay_until_empty().await {
+        if self.relay_for_flush().await {
             for done in flushing {
                 let _ = done.send(());
             }

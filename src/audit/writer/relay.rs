@@ -8,44 +8,43 @@
 //! stopped between its append and its delete) are deleted by the next relay, unchained.
 //! A writer remembers the mark it moved last and reads on from it without asking Redis; the
 //! compare-and-set catches a mark that went stale, and it is then read afresh.
+//!
+//! A flush relays each outbox up to the entry that was its last when the flush began, and
+//! no further: the mark passing it, whoever moved it, is what the flush waits for. So a
+//! flood behind it cannot make a flush chase an outbox that never empties, and an entry this
+//! writer cannot relay (sealed by a key it does not hold yet) holds the flush until a
+//! process that holds the key relays it, instead of being passed over.
 
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::super::outbox::StreamId;
 use super::{Appended, AuditWriter};
 
 /// Pages of one outbox a poll relays at most, so that a busy outbox does not keep the writer
-/// from its own events; a flush relays until every outbox is empty.
+/// from its own events.
 const POLL_PAGES: usize = 8;
-/// How long a flush keeps relaying while Redis fails before it reports failure.
-const FLUSH_PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long a flush waits for the outboxes (Redis failing, or another process to relay an
+/// entry this one cannot) before it reports failure.
+const FLUSH_PATIENCE: Duration = Duration::from_secs(10);
+/// The longest pause between a flush's rounds while it waits.
+const FLUSH_PAUSE_MAX: Duration = Duration::from_millis(250);
+
+/// How far one relay of an outbox goes.
+#[derive(Clone, Copy)]
+enum Reach {
+    /// This many pages at most (a poll).
+    Pages(usize),
+    /// Until the mark passes this entry (a flush).
+    Through(StreamId),
+}
 
 impl AuditWriter {
     /// Relays every registered outbox, up to [`POLL_PAGES`] pages each; `false` when Redis
     /// failed a step (the next poll tries again).
     pub(super) async fn relay_outboxes(&mut self) -> bool {
-        self.relay_all(Some(POLL_PAGES)).await
-    }
-
-    /// Relays every outbox until it is empty, retrying while Redis fails, for up to
-    /// [`FLUSH_PATIENCE`]: what a flush promises (everything recorded before it is in the
-    /// chain); `false` when that could not be done in time (the flush fails, the writer
-    /// goes on with its other work, and the outboxes are relayed later).
-    pub(super) async fn relay_until_empty(&mut self) -> bool {
-        let deadline = tokio::time::Instant::now() + FLUSH_PATIENCE;
-        let mut pause = std::time::Duration::from_millis(50);
-        while !self.relay_all(None).await {
-            if tokio::time::Instant::now() + pause > deadline {
-                return false;
-            }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(super::RETRY_MAX);
-        }
-        true
-    }
-
-    async fn relay_all(&mut self, pages: Option<usize>) -> bool {
-        // Cleared before reading: an event nudged from now on is read by this relay or, its
-        // nudge sent again, by the next.
-        self.nudged
-            .store(false, std::sync::atomic::Ordering::Release);
+        self.clear_nudge();
         let names = match self.outboxes.names(&mut self.redis).await {
             Ok(names) => names,
             Err(e) => {
@@ -55,7 +54,7 @@ impl AuditWriter {
         };
         let mut relayed = true;
         for workflow in names {
-            if let Err(e) = self.relay(&workflow, pages).await {
+            if let Err(e) = self.relay(&workflow, Reach::Pages(POLL_PAGES)).await {
                 tracing::warn!(error = %e, outbox = %workflow, "cannot relay an audit outbox; retrying");
                 relayed = false;
             }
@@ -63,9 +62,70 @@ impl AuditWriter {
         relayed
     }
 
-    async fn relay(&mut self, workflow: &str, pages: Option<usize>) -> redis::RedisResult<()> {
-        let mut left = pages.unwrap_or(usize::MAX);
+    /// Waits until every outbox entry written before this call is chained, relaying meanwhile,
+    /// for up to [`FLUSH_PATIENCE`]: what a flush promises. `false` when that could not be done
+    /// in time (the flush fails, the writer goes on with its other work, and the outboxes are
+    /// relayed later).
+    pub(super) async fn relay_for_flush(&mut self) -> bool {
+        let deadline = Instant::now() + FLUSH_PATIENCE;
+        let mut pause = Duration::from_millis(10);
+        let mut ends = None;
+        loop {
+            if ends.is_none() {
+                self.clear_nudge();
+                ends = match self.outboxes.ends(&mut self.redis).await {
+                    Ok(ends) => Some(ends),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot read the audit outboxes; retrying");
+                        None
+                    }
+                };
+            }
+            if let Some(waiting) = ends.as_mut() {
+                let mut still = Vec::new();
+                for (workflow, end) in waiting.drain(..) {
+                    match self.relay(&workflow, Reach::Through(end)).await {
+                        Ok(true) => {}
+                        Ok(false) => still.push((workflow, end)),
+                        Err(e) => {
+                            tracing::warn!(error = %e, outbox = %workflow, "cannot relay an audit outbox; retrying");
+                            still.push((workflow, end));
+                        }
+                    }
+                }
+                if still.is_empty() {
+                    return true;
+                }
+                *waiting = still;
+            }
+            if Instant::now() + pause > deadline {
+                return false;
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(FLUSH_PAUSE_MAX);
+        }
+    }
+
+    /// Cleared before reading the outboxes: an event nudged from now on is read by this
+    /// relay or, its nudge sent again, by the next.
+    fn clear_nudge(&self) {
+        self.nudged
+            .store(false, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Relays `workflow`'s outbox as far as `reach` asks; whether the mark reached it (for
+    /// [`Reach::Pages`]: whether the outbox was caught up with).
+    async fn relay(&mut self, workflow: &str, reach: Reach) -> redis::RedisResult<bool> {
+        let mut left = match reach {
+            Reach::Pages(pages) => pages,
+            Reach::Through(_) => usize::MAX,
+        };
         while left > 0 {
+            if let Reach::Through(end) = reach
+                && self.outboxes.relayed_past(workflow, end)
+            {
+                return Ok(true);
+            }
             left -= 1;
             let (read, pending) = self.outboxes.pending(&mut self.redis, workflow).await?;
             if let Some(mark) = read.filter(|mark| !mark.is_empty()) {
@@ -74,7 +134,18 @@ impl AuditWriter {
                 self.outboxes.relayed_to(workflow, &mark);
             }
             let Some(pending) = pending else {
-                return Ok(());
+                return Ok(match reach {
+                    Reach::Pages(_) => true,
+                    Reach::Through(end) => {
+                        let reached = self.outboxes.relayed_past(workflow, end);
+                        if !reached {
+                            // Blocked (an entry for another process to relay): read the mark
+                            // afresh next round, to see whether someone did.
+                            self.outboxes.forget_mark(workflow);
+                        }
+                        reached
+                    }
+                });
             };
             let moving = &pending.moving;
             let appended = self
@@ -89,13 +160,13 @@ impl AuditWriter {
                         .trim(&mut self.redis, workflow, &moving.last)
                         .await?;
                     self.outboxes.relayed_to(workflow, &moving.last);
-                    if !pending.more {
-                        return Ok(());
+                    if !pending.more && matches!(reach, Reach::Pages(_)) {
+                        return Ok(true);
                     }
                 }
                 Appended::Elsewhere => self.outboxes.forget_mark(workflow),
             }
         }
-        Ok(())
+        Ok(false)
     }
 }
