@@ -292,12 +292,24 @@ async fn a_flush_waits_for_an_entry_only_a_process_holding_its_key_can_relay() -
         .await?;
     let behind = fill_outbox(&app, 1).await?;
     let audit = app.audit.clone().ok_or("the app has an audit trail")?;
-    let flush = tokio::spawn(async move { audit.flush().await });
+    let waiting = audit.clone();
+    let flush = tokio::spawn(async move { waiting.flush().await });
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(
         !flush.is_finished(),
         "a flush does not report success past an entry it could not relay"
     );
+    // A caller that gives up (a fail-closed request at its deadline) frees the writer: it
+    // does not go on waiting for nobody while its own events queue up behind the flush.
+    flush.abort();
+    let own = AuditEvent::now(EventKind::Started);
+    audit
+        .record_durably(own.clone(), Duration::from_secs(3))
+        .await?;
+    let flush = {
+        let waiting = audit.clone();
+        tokio::spawn(async move { waiting.flush().await })
+    };
     let records = app.audit_records_written().await?;
     let chained = |id: &str| records.iter().filter(|r| r["id"] == id).count();
     assert_eq!(
@@ -324,6 +336,7 @@ async fn a_flush_waits_for_an_entry_only_a_process_holding_its_key_can_relay() -
     tokio::time::timeout(Duration::from_secs(10), flush).await???;
     let records = app.audit_records_written().await?;
     let chained = |id: &str| records.iter().filter(|r| r["id"] == id).count();
+    assert_eq!(chained(&own.id), 1);
     assert_eq!(
         (chained(&event.id), chained(&behind[0])),
         (1, 1),

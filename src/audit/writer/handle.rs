@@ -166,8 +166,9 @@ impl AuditLog {
             .map_err(|_| NotRecorded)?
     }
 
-    /// Waits until every event recorded before this call is in Redis, and every outbox
-    /// relayed into the chain; `NotRecorded` when the writer is gone (it never will be).
+    /// Waits until every event recorded before this call is in Redis, and every outbox entry
+    /// written before it chained; `NotRecorded` when the writer is gone (it never will be)
+    /// or could not get there within its patience (see `relay.rs`).
     pub async fn flush(&self) -> Result<(), NotRecorded> {
         let Some(tx) = &self.tx else {
             return Ok(());

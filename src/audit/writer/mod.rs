@@ -223,8 +223,8 @@ impl AuditWriter {
         if flushing.is_empty() {
             return if nudged { Relay::Soon } else { Relay::NotAsked };
         }
-        // A flush that could not relay everything is answered by dropping its sender.
-        if self.relay_for_flush().await {
+        // A flush that could not be done is answered by dropping its sender.
+        if self.relay_for_flush(&flushing).await {
             for done in flushing {
                 let _ = done.send(());
             }

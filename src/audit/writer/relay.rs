@@ -17,6 +17,7 @@
 
 use std::time::Duration;
 
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::super::outbox::StreamId;
@@ -63,10 +64,13 @@ impl AuditWriter {
     }
 
     /// Waits until every outbox entry written before this call is chained, relaying meanwhile,
-    /// for up to [`FLUSH_PATIENCE`]: what a flush promises. `false` when that could not be done
-    /// in time (the flush fails, the writer goes on with its other work, and the outboxes are
-    /// relayed later).
-    pub(super) async fn relay_for_flush(&mut self) -> bool {
+    /// for up to [`FLUSH_PATIENCE`], and only while someone still waits for the answer
+    /// (`flushing` not all closed): what a flush promises. `false` when that could not be
+    /// done in time, or nobody waits any longer (the flush fails, the writer goes on with its
+    /// other work, and the outboxes are relayed later). The writer does nothing else
+    /// meanwhile, so a caller that gives up (a fail-closed request at its `write_timeout`)
+    /// frees it at once.
+    pub(super) async fn relay_for_flush(&mut self, flushing: &[oneshot::Sender<()>]) -> bool {
         let deadline = Instant::now() + FLUSH_PATIENCE;
         let mut pause = Duration::from_millis(10);
         let mut ends = None;
@@ -98,7 +102,7 @@ impl AuditWriter {
                 }
                 *waiting = still;
             }
-            if Instant::now() + pause > deadline {
+            if Instant::now() + pause > deadline || flushing.iter().all(|f| f.is_closed()) {
                 return false;
             }
             tokio::time::sleep(pause).await;
@@ -128,24 +132,32 @@ impl AuditWriter {
             }
             left -= 1;
             let (read, pending) = self.outboxes.pending(&mut self.redis, workflow).await?;
+            let fresh = read.is_some();
             if let Some(mark) = read.filter(|mark| !mark.is_empty()) {
                 // Chained already (a relay that stopped between its append and its delete).
-                self.outboxes.trim(&mut self.redis, workflow, &mark).await?;
                 self.outboxes.relayed_to(workflow, &mark);
+                self.outboxes.trim(&mut self.redis, workflow, &mark).await?;
+                if let Reach::Through(end) = reach
+                    && self.outboxes.relayed_past(workflow, end)
+                {
+                    return Ok(true);
+                }
             }
             let Some(pending) = pending else {
-                return Ok(match reach {
-                    Reach::Pages(_) => true,
-                    Reach::Through(end) => {
-                        let reached = self.outboxes.relayed_past(workflow, end);
-                        if !reached {
-                            // Blocked (an entry for another process to relay): read the mark
-                            // afresh next round, to see whether someone did.
-                            self.outboxes.forget_mark(workflow);
-                        }
-                        reached
-                    }
-                });
+                let Reach::Through(end) = reach else {
+                    return Ok(true);
+                };
+                if self.outboxes.relayed_past(workflow, end) {
+                    return Ok(true);
+                }
+                // Blocked (an entry for another process to relay), or the mark this writer
+                // remembers is stale (another writer relayed and trimmed): the mark is read
+                // afresh, at once when it was remembered, else next round.
+                self.outboxes.forget_mark(workflow);
+                if fresh {
+                    return Ok(false);
+                }
+                continue;
             };
             let moving = &pending.moving;
             let appended = self
@@ -156,10 +168,10 @@ impl AuditWriter {
             // race, read on from the new mark whatever this page held.
             match appended {
                 Appended::Here => {
+                    self.outboxes.relayed_to(workflow, &moving.last);
                     self.outboxes
                         .trim(&mut self.redis, workflow, &moving.last)
                         .await?;
-                    self.outboxes.relayed_to(workflow, &moving.last);
                     if !pending.more && matches!(reach, Reach::Pages(_)) {
                         return Ok(true);
                     }
