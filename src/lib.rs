@@ -24,7 +24,3 @@ pub mod telemetry;
 #[cfg(any(test, feature = "test-helpers"))]
 pub mod testing;
 pub mod worker;
-
-/// The allocator the `stepgate` binary runs on (see Cargo.toml for why); benchmarks that run
-/// the gateway in their own process set it too, so they measure what ships.
-pub use mimalloc::MiMalloc as Allocator;

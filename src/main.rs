@@ -3,9 +3,6 @@ use std::process::ExitCode;
 use clap::Parser;
 use stepgate::cli::{Cli, run};
 
-#[global_allocator]
-static ALLOCATOR: stepgate::Allocator = stepgate::Allocator;
-
 #[tokio::main]
 async fn main() -> ExitCode {
     match run(Cli::parse()).await {

@@ -116,6 +116,11 @@ impl RedisServer {
     }
 
     /// Freezes the process (SIGSTOP): it keeps its connections but answers nothing.
+    /// The server process's id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn pause(&self) {
         self.signal("-STOP");
     }
