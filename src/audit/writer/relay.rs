@@ -74,7 +74,13 @@ impl AuditWriter {
         let deadline = Instant::now() + FLUSH_PATIENCE;
         let mut pause = Duration::from_millis(10);
         let mut ends = None;
+        let given_up = |flushing: &[oneshot::Sender<()>]| flushing.iter().all(|f| f.is_closed());
         loop {
+            // Before each round too: a batch whose callers all gave up while it was queued
+            // (or during the pause) costs nothing more.
+            if given_up(flushing) {
+                return false;
+            }
             if ends.is_none() {
                 self.clear_nudge();
                 ends = match self.outboxes.ends(&mut self.redis).await {
@@ -102,7 +108,7 @@ impl AuditWriter {
                 }
                 *waiting = still;
             }
-            if Instant::now() + pause > deadline || flushing.iter().all(|f| f.is_closed()) {
+            if Instant::now() + pause > deadline {
                 return false;
             }
             tokio::time::sleep(pause).await;
@@ -124,6 +130,8 @@ impl AuditWriter {
             Reach::Pages(pages) => pages,
             Reach::Through(_) => usize::MAX,
         };
+        // Whether a remembered mark was dropped to be read afresh (once per call).
+        let mut reread = false;
         while left > 0 {
             if let Reach::Through(end) = reach
                 && self.outboxes.relayed_past(workflow, end)
@@ -136,12 +144,14 @@ impl AuditWriter {
             if let Some(mark) = read.filter(|mark| !mark.is_empty()) {
                 // Chained already (a relay that stopped between its append and its delete).
                 self.outboxes.relayed_to(workflow, &mark);
-                self.outboxes.trim(&mut self.redis, workflow, &mark).await?;
+                let trimmed = self.outboxes.trim(&mut self.redis, workflow, &mark).await;
                 if let Reach::Through(end) = reach
                     && self.outboxes.relayed_past(workflow, end)
                 {
+                    // Chained is what a flush waits for; a trim left undone is redone later.
                     return Ok(true);
                 }
+                trimmed?;
             }
             let Some(pending) = pending else {
                 let Reach::Through(end) = reach else {
@@ -154,9 +164,10 @@ impl AuditWriter {
                 // remembers is stale (another writer relayed and trimmed): the mark is read
                 // afresh, at once when it was remembered, else next round.
                 self.outboxes.forget_mark(workflow);
-                if fresh {
+                if fresh || reread {
                     return Ok(false);
                 }
+                reread = true;
                 continue;
             };
             let moving = &pending.moving;
