@@ -118,7 +118,22 @@ pub(super) fn start_idp() -> Idp {
 }
 
 /// Starts `oidc-provider` on `port` (0: any) and waits for its ready line.
+/// How long an IdP may take to report that it listens; a start that hangs (seen once on a
+/// loaded machine: node blocked at start-up, never listening) is killed and tried again.
+const IDP_START_TIMEOUT: Duration = Duration::from_secs(20);
+const IDP_START_ATTEMPTS: usize = 3;
+
 fn spawn_idp(port: u16, key_pem: Option<&str>) -> Result<(Idp, Child), String> {
+    let mut attempt = 1;
+    loop {
+        match spawn_idp_once(port, key_pem) {
+            Err(e) if attempt < IDP_START_ATTEMPTS && e.contains("in time") => attempt += 1,
+            result => return result,
+        }
+    }
+}
+
+fn spawn_idp_once(port: u16, key_pem: Option<&str>) -> Result<(Idp, Child), String> {
     let dir = root().join("tests/partners/idp");
     assert!(
         dir.join("node_modules").exists(),
@@ -147,10 +162,23 @@ fn spawn_idp(port: u16, key_pem: Option<&str>) -> Result<(Idp, Child), String> {
     let mut child = command
         .spawn()
         .map_err(|e| format!("cannot start the identity provider: {e}"))?;
-    let mut line = String::new();
-    if let Some(stdout) = child.stdout.take() {
-        let _ = BufReader::new(stdout).read_line(&mut line);
-    }
+    let stdout = child.stdout.take();
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        if let Some(stdout) = stdout {
+            let _ = BufReader::new(stdout).read_line(&mut line);
+        }
+        let _ = sender.send(line);
+    });
+    let Ok(line) = receiver.recv_timeout(IDP_START_TIMEOUT) else {
+        // Killing it ends the reader's read_line (end of file).
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(format!(
+            "the identity provider did not start in time ({IDP_START_TIMEOUT:?})"
+        ));
+    };
     match serde_json::from_str(&line) {
         Ok(idp) => Ok((idp, child)),
         Err(e) => {
