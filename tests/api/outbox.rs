@@ -158,13 +158,20 @@ async fn fill_outbox(app: &TestApp, count: usize) -> TestResult<Vec<String>> {
     Ok(ids)
 }
 
-/// How many records of the trail carry each of `ids`.
+/// How many records of the trail carry each of `ids`, after a flush.
 async fn times_chained(app: &TestApp, ids: &[String]) -> TestResult<Vec<usize>> {
-    let records = app.audit_records().await?;
-    Ok(ids
-        .iter()
+    Ok(count_ids(&app.audit_records().await?, ids))
+}
+
+/// How many records of the trail carry each of `ids`, as written (no flush first).
+async fn times_chained_written(app: &TestApp, ids: &[String]) -> TestResult<Vec<usize>> {
+    Ok(count_ids(&app.audit_records_written().await?, ids))
+}
+
+fn count_ids(records: &[serde_json::Value], ids: &[String]) -> Vec<usize> {
+    ids.iter()
         .map(|id| records.iter().filter(|r| r["id"] == id.as_str()).count())
-        .collect())
+        .collect()
 }
 
 /// Three writers (two more processes' and the app's) relay one outbox at once, and Redis
@@ -190,11 +197,7 @@ async fn every_outbox_event_is_chained_exactly_once_by_racing_writers() -> TestR
     first?;
     second?;
     // Read as written, without another flush: each flush promised everything chained.
-    let records = app.audit_records_written().await?;
-    let chained: Vec<usize> = ids
-        .iter()
-        .map(|id| records.iter().filter(|r| r["id"] == id.as_str()).count())
-        .collect();
+    let chained = times_chained_written(&app, &ids).await?;
     assert!(chained.iter().all(|n| *n == 1), "{chained:?}");
     let mut redis = app.redis.connection().await?;
     let left: u64 = redis::cmd("XLEN")
@@ -365,11 +368,7 @@ async fn a_flush_under_a_flood_answers_once_what_came_before_it_is_chained() -> 
         e = flood => return Err(e),
     };
     flushed??;
-    let records = app.audit_records_written().await?;
-    let chained: Vec<usize> = before
-        .iter()
-        .map(|id| records.iter().filter(|r| r["id"] == id.as_str()).count())
-        .collect();
+    let chained = times_chained_written(&app, &before).await?;
     assert!(chained.iter().all(|n| *n == 1), "{chained:?}");
     Ok(())
 }
