@@ -66,7 +66,14 @@ impl Application {
             RedisEndpoint::from_config(&config.redis).context("invalid redis.url")?;
         let redis = connect_redis(&redis_endpoint, config.redis.command_timeout).await?;
 
-        let (audit, audit_writer) = AuditLog::open(&config.audit, redis.clone(), keys.clone())
+        // The writer's own connection: a relay moves pages of hundreds of events, which on
+        // the shared one would queue admissions' replies behind them.
+        let audit_redis = if config.audit.enabled {
+            connect_redis(&redis_endpoint, config.redis.command_timeout).await?
+        } else {
+            redis.clone()
+        };
+        let (audit, audit_writer) = AuditLog::open(&config.audit, audit_redis, keys.clone())
             .context("loading the audit signing keys")?;
 
         let http = identity_provider_client()?;

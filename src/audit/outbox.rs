@@ -18,9 +18,10 @@ use std::collections::HashMap;
 
 use hmac::digest::KeyInit;
 use hmac::{Hmac, Mac as _};
-use redis::streams::StreamRangeReply;
 use sha2::Sha256;
 
+pub(super) use super::outbox_entries::StreamId;
+use super::outbox_entries::{OutboxEntry, next_id, outbox_entries};
 use super::record::AuditEvent;
 use super::signer::AuditSigner;
 use crate::domain::WorkflowName;
@@ -29,6 +30,8 @@ use crate::redis_conn::RedisConnection;
 
 /// Outbox entries moved into the chain by one append at most.
 pub(super) const RELAY_PAGE: usize = 256;
+/// Bytes reserved for an event's JSON: an admission's event takes about 600.
+const SEALED_CAPACITY: usize = 1024;
 /// How long an entry sealed by a key this process does not hold is left for a process that
 /// holds it (a rolling key rotation takes less); older, it is taken for a forgery, so that
 /// an entry naming a made-up key cannot stall the outbox for good.
@@ -79,13 +82,16 @@ pub struct AdmissionEvents {
 #[derive(Clone)]
 pub struct Seal {
     kid: String,
-    key: [u8; 32],
+    /// Keyed once: each seal and check starts from a copy (the key's two HMAC blocks are
+    /// not hashed again per event).
+    keyed: Hmac<Sha256>,
 }
 
 /// What an outbox entry's seal says.
 enum Opened {
-    Event(Box<AuditEvent>),
-    /// Not sealed by the key it names, or not an event of this outbox: never chained.
+    /// The event's JSON, sealed by a key this process holds.
+    Event(String),
+    /// Not sealed by the key it names: never chained.
     Forged,
     /// Sealed by a key this process does not hold: left for one that does.
     UnknownKey,
@@ -95,29 +101,38 @@ impl Seal {
     pub fn of(signer: &AuditSigner) -> Self {
         Self {
             kid: signer.kid().to_owned(),
-            key: signer.outbox_key(),
+            keyed: keyed(&signer.outbox_key()),
         }
     }
 
     pub fn seal(&self, event: &AuditEvent) -> SealedEvent {
-        // Serializing strings, integers and JSON values cannot fail.
-        let json = serde_json::to_string(event).unwrap_or_default();
-        let mac = format!(
-            "{}:{}",
-            self.kid,
-            hex::encode(hmac_sha256(&self.key, json.as_bytes()))
-        );
+        // Serializing strings, integers and JSON values cannot fail. Sized for an
+        // admission's event at once (growing a string costs a copy each time).
+        let mut json = Vec::with_capacity(SEALED_CAPACITY);
+        let _ = serde_json::to_writer(&mut json, event);
+        let json = String::from_utf8(json).unwrap_or_default();
+        let mut tag = self.keyed.clone();
+        tag.update(json.as_bytes());
+        let mut hex = [0u8; 64];
+        // 32 bytes always fit 64 hex digits.
+        let _ = hex::encode_to_slice(tag.finalize().into_bytes(), &mut hex);
+        let mut mac = String::with_capacity(self.kid.len() + 1 + hex.len());
+        mac.push_str(&self.kid);
+        mac.push(':');
+        mac.push_str(std::str::from_utf8(&hex).unwrap_or_default());
         SealedEvent { json, mac }
     }
 
-    /// Whether `mac` (the hex part of a seal) is this key's over `json`.
+    /// Whether `mac` (the hex part of a seal) is this key's over `json`: compared as hex
+    /// text, in constant time (what `seal` writes is lowercase hex; decoding the hex costs
+    /// more than encoding the tag).
     fn opens(&self, json: &str, mac: &str) -> bool {
-        let Ok(mac) = hex::decode(mac) else {
-            return false;
-        };
-        let mut check = keyed(&self.key);
+        let mut check = self.keyed.clone();
         check.update(json.as_bytes());
-        check.verify_slice(&mac).is_ok()
+        let mut hex = [0u8; 64];
+        let _ = hex::encode_to_slice(check.finalize().into_bytes(), &mut hex);
+        mac.len() == hex.len()
+            && bool::from(subtle::ConstantTimeEq::ct_eq(mac.as_bytes(), &hex[..]))
     }
 }
 
@@ -170,7 +185,8 @@ pub(super) struct OutboxMove {
 /// The next events of one outbox not yet in the chain.
 pub(super) struct Pending {
     pub moving: OutboxMove,
-    pub events: Vec<AuditEvent>,
+    /// The events' sealed JSON (see `super::relayed`).
+    pub events: Vec<String>,
     /// Whether the outbox may hold more after `last` (a full page was taken).
     pub more: bool,
 }
@@ -267,7 +283,7 @@ impl Outboxes {
         } else {
             format!("({after}")
         };
-        let page: StreamRangeReply = redis::cmd("XRANGE")
+        let page: redis::Value = redis::cmd("XRANGE")
             .arg(self.keys.audit_outbox(&name))
             .arg(start)
             .arg("+")
@@ -275,20 +291,22 @@ impl Outboxes {
             .arg(RELAY_PAGE)
             .query_async(redis)
             .await?;
-        let mut events = Vec::new();
+        let page = outbox_entries(page);
+        let mut events = Vec::with_capacity(page.len());
         let mut last = None;
-        let mut more = page.ids.len() == RELAY_PAGE;
-        for entry in &page.ids {
+        let mut more = page.len() == RELAY_PAGE;
+        for entry in page {
+            let id = entry.id.clone();
             match self.open(workflow, entry) {
-                Opened::Event(event) => events.push(*event),
+                Opened::Event(json) => events.push(json),
                 Opened::Forged => {}
                 Opened::UnknownKey => {
-                    tracing::warn!(outbox = workflow, entry = %entry.id, "an audit outbox entry is sealed by a key this process does not hold (a rotation in progress?); left for a process that holds it");
+                    tracing::warn!(outbox = workflow, entry = %id, "an audit outbox entry is sealed by a key this process does not hold (a rotation in progress?); left for a process that holds it");
                     more = false;
                     break;
                 }
             }
-            last = Some(entry.id.clone());
+            last = Some(id);
         }
         let Some(last) = last else {
             return Ok((read, None));
@@ -326,35 +344,40 @@ impl Outboxes {
         Ok(())
     }
 
-    /// The entry's event, if its seal holds and it is an event of this workflow.
-    fn open(&self, workflow: &str, entry: &redis::streams::StreamId) -> Opened {
-        let json: String = entry.get("event").unwrap_or_default();
-        let mac: String = entry.get("mac").unwrap_or_default();
-        let event = match mac.split_once(':') {
+    /// The entry's event, if its seal holds (whether it is an event of this workflow is
+    /// checked as its body is made, `super::relayed`).
+    fn open(&self, workflow: &str, entry: OutboxEntry) -> Opened {
+        let sealed = std::str::from_utf8(&entry.mac)
+            .ok()
+            .and_then(|mac| mac.split_once(':'));
+        let event = match sealed {
             Some((kid, mac)) => match self.seals.iter().find(|seal| seal.kid == kid) {
                 None if waiting_for_its_key(&entry.id) => return Opened::UnknownKey,
                 None => None,
-                Some(seal) => seal
-                    .opens(&json, mac)
-                    .then(|| serde_json::from_str::<AuditEvent>(&json).ok())
-                    .flatten()
-                    .filter(|event| event.workflow.as_deref() == Some(workflow)),
+                Some(seal) => String::from_utf8(entry.event)
+                    .ok()
+                    .filter(|json| seal.opens(json, mac)),
             },
             None => None,
         };
         match event {
-            Some(event) => Opened::Event(Box::new(event)),
+            Some(json) => Opened::Event(json),
             None => {
-                tracing::error!(
-                    outbox = workflow,
-                    entry = %entry.id,
-                    "an audit outbox entry without a valid seal was skipped (written by someone without the signing key?)"
-                );
-                crate::metrics::metrics().audit_outbox_rejected.inc();
+                forged(workflow, &entry.id);
                 Opened::Forged
             }
         }
     }
+}
+
+/// Logs and counts an outbox entry whose seal does not hold: it is never chained.
+fn forged(workflow: &str, entry: &str) {
+    tracing::error!(
+        outbox = workflow,
+        entry,
+        "an audit outbox entry without a valid seal was skipped (written by someone without the signing key?)"
+    );
+    crate::metrics::metrics().audit_outbox_rejected.inc();
 }
 
 /// Whether an entry (`<ms>-<seq>`) sealed by an unknown key is still given time for a
@@ -371,31 +394,6 @@ fn waiting_for_its_key(id: &str) -> bool {
 
 /// How far ahead of this process's clock Redis' may be.
 const CLOCK_SKEW_MS: u64 = 60_000;
-
-/// A stream entry's id, ordered as Redis orders them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub(super) struct StreamId {
-    ms: u64,
-    seq: u64,
-}
-
-impl StreamId {
-    /// `<ms>-<seq>`, as Redis writes ids.
-    pub fn parse(id: &str) -> Option<Self> {
-        let (ms, seq) = id.split_once('-')?;
-        Some(Self {
-            ms: ms.parse().ok()?,
-            seq: seq.parse().ok()?,
-        })
-    }
-}
-
-/// The stream id right after `id` (`<ms>-<seq+1>`): XTRIM MINID keeps it and what follows.
-fn next_id(id: &str) -> Option<String> {
-    let (ms, seq) = id.split_once('-')?;
-    let seq: u64 = seq.parse().ok()?;
-    Some(format!("{ms}-{}", seq.checked_add(1)?))
-}
 
 #[cfg(test)]
 mod tests {
@@ -416,25 +414,5 @@ mod tests {
         let other = Seal::of(&AuditSigner::generate());
         assert!(!other.opens(&sealed.json, mac));
         assert!(!seal.opens(&sealed.json, "zz"));
-    }
-
-    #[test]
-    fn the_id_after_an_entry_is_its_successor_in_the_stream() {
-        assert_eq!(
-            next_id("1700000000000-0").as_deref(),
-            Some("1700000000000-1")
-        );
-        assert_eq!(next_id("5-41").as_deref(), Some("5-42"));
-        assert_eq!(next_id("garbage"), None);
-    }
-
-    #[test]
-    fn stream_ids_order_by_time_then_sequence_not_as_text() {
-        let id = |s| StreamId::parse(s).unwrap_or_else(|| panic!("{s}"));
-        assert!(id("999-5") < id("1000-0"));
-        assert!(id("1000-9") < id("1000-10"));
-        assert_eq!(id("7-3"), id("7-3"));
-        assert_eq!(StreamId::parse("7"), None);
-        assert_eq!(StreamId::parse(""), None);
     }
 }

@@ -164,10 +164,7 @@ impl AuditEvent {
             execution_arn: self.execution_arn.as_deref(),
             http_request_id: self.http_request_id.as_deref(),
             id: &self.id,
-            input: self.input.as_ref().and_then(|input| {
-                let canonical = String::from_utf8(canonical_json(input)).ok()?;
-                RawValue::from_string(canonical).ok()
-            }),
+            input: self.input.as_ref().and_then(canonical_raw),
             input_sha256: self.input_sha256.as_deref(),
             issuer: self.issuer.as_deref(),
             kid,
@@ -193,54 +190,56 @@ impl AuditEvent {
 /// A record body with its members declared in RFC 8785 order (sorted by name), so that
 /// `serde_json` writes the canonical form directly: its string escapes and integers are
 /// JCS's, and `input` is canonicalized on its own. A unit test holds it to
-/// [`canonical_json`].
+/// [`canonical_json`]. The event's strings are `S`: borrowed `&str`s of an [`AuditEvent`],
+/// or the JSON text of a sealed outbox event's strings, written as they are (see
+/// `super::relayed`: what `serde_json` wrote once need not be unescaped and escaped again).
 #[derive(Serialize)]
-struct Body<'a> {
+pub(super) struct Body<'a, S> {
     #[serde(skip_serializing_if = "Option::is_none")]
-    attempt: Option<u32>,
+    pub(super) attempt: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    client_addr: Option<&'a str>,
+    pub(super) client_addr: Option<S>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    client_id: Option<&'a str>,
+    pub(super) client_id: Option<S>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    config_sha256: Option<&'a str>,
+    pub(super) config_sha256: Option<S>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    count: Option<u64>,
-    event: EventKind,
+    pub(super) count: Option<u64>,
+    pub(super) event: EventKind,
     #[serde(skip_serializing_if = "Option::is_none")]
-    execution_arn: Option<&'a str>,
+    pub(super) execution_arn: Option<S>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    http_request_id: Option<&'a str>,
-    id: &'a str,
+    pub(super) http_request_id: Option<S>,
+    pub(super) id: S,
     #[serde(skip_serializing_if = "Option::is_none")]
-    input: Option<Box<RawValue>>,
+    pub(super) input: Option<Box<RawValue>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    input_sha256: Option<&'a str>,
+    pub(super) input_sha256: Option<S>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    issuer: Option<&'a str>,
-    kid: &'a str,
+    pub(super) issuer: Option<S>,
+    pub(super) kid: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    last_time: Option<&'a str>,
+    pub(super) last_time: Option<S>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    new_kid: Option<&'a str>,
-    prev: &'a str,
+    pub(super) new_kid: Option<S>,
+    pub(super) prev: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    public_key: Option<&'a str>,
+    pub(super) public_key: Option<S>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    reason: Option<&'a str>,
+    pub(super) reason: Option<S>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    request_id: Option<&'a str>,
+    pub(super) request_id: Option<S>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    requested: Option<&'a str>,
-    seq: u64,
+    pub(super) requested: Option<S>,
+    pub(super) seq: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
-    subject: Option<&'a str>,
-    time: &'a str,
+    pub(super) subject: Option<S>,
+    pub(super) time: S,
     #[serde(skip_serializing_if = "Option::is_none")]
-    token_sha256: Option<&'a str>,
-    v: u64,
+    pub(super) token_sha256: Option<S>,
+    pub(super) v: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
-    workflow: Option<&'a str>,
+    pub(super) workflow: Option<S>,
 }
 
 tokio::task_local! {
@@ -257,20 +256,27 @@ fn current_http_request_id() -> Option<String> {
     HTTP_REQUEST_ID.try_with(Clone::clone).ok().flatten()
 }
 
+/// `input` in RFC 8785 form, to be written as it is.
+pub(super) fn canonical_raw(input: &Value) -> Option<Box<RawValue>> {
+    let canonical = String::from_utf8(canonical_json(input)).ok()?;
+    RawValue::from_string(canonical).ok()
+}
+
 /// Hex SHA-256.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
 #[cfg(test)]
-mod tests {
+pub(in crate::audit) mod tests {
     use super::*;
 
-    #[test]
-    fn the_body_is_already_canonical_with_every_field_set() -> Result<(), serde_json::Error> {
+    /// An event with every field set, strings with every kind of escape (and `workflow`
+    /// the given name): a new field is set here, so every test of bodies covers it.
+    pub(in crate::audit) fn every_field_set(workflow: &str) -> AuditEvent {
         let mut event = AuditEvent::now(EventKind::KeyRotated);
         let text = "a \"quoted\" \\ back\u{1}slash\ttab\u{7f} \u{e9}\u{1f600}\u{2028}".to_owned();
-        event.workflow = Some(text.clone());
+        event.workflow = Some(workflow.to_owned());
         event.request_id = Some(text.clone());
         event.requested = Some(text.clone());
         event.issuer = Some(text.clone());
@@ -291,6 +297,12 @@ mod tests {
         event.public_key = Some(text.clone());
         event.count = Some(u64::from(u32::MAX) + 1);
         event.last_time = Some(text);
+        event
+    }
+
+    #[test]
+    fn the_body_is_already_canonical_with_every_field_set() -> Result<(), serde_json::Error> {
+        let event = every_field_set("a \"quoted\" \\ back\u{1}slash");
         let body = event.body(u64::from(u32::MAX) + 7, GENESIS_HASH, "k1");
         let parsed: Value = serde_json::from_slice(&body)?;
         assert_eq!(

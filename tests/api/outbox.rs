@@ -135,16 +135,26 @@ async fn an_accepted_record_survives_a_replica_whose_writer_never_appended() -> 
 
 /// `count` events of `orders`, sealed with `app`'s key, written straight into its outbox.
 async fn fill_outbox(app: &TestApp, count: usize) -> TestResult<Vec<String>> {
+    let events: Vec<AuditEvent> = (0..count)
+        .map(|n| {
+            let mut event = AuditEvent::now(EventKind::Retried);
+            event.workflow = Some("orders".into());
+            event.attempt = Some(n as u32);
+            event
+        })
+        .collect();
+    write_to_outbox(app, &events).await?;
+    Ok(events.into_iter().map(|event| event.id).collect())
+}
+
+/// `events`, sealed with `app`'s key, written into `orders`' outbox in one pipeline
+/// (whatever workflow they name).
+async fn write_to_outbox(app: &TestApp, events: &[AuditEvent]) -> TestResult {
     let seal = Seal::of(&signer(app)?);
     let mut redis = app.redis.connection().await?;
-    let mut ids = Vec::new();
     let mut pipe = redis::pipe();
-    for n in 0..count {
-        let mut event = AuditEvent::now(EventKind::Retried);
-        event.workflow = Some("orders".into());
-        event.attempt = Some(n as u32);
-        ids.push(event.id.clone());
-        let SealedEvent { json, mac } = seal.seal(&event);
+    for event in events {
+        let SealedEvent { json, mac } = seal.seal(event);
         pipe.cmd("XADD")
             .arg(keys().audit_outbox(&workflow_named("orders")?))
             .arg("*")
@@ -155,7 +165,7 @@ async fn fill_outbox(app: &TestApp, count: usize) -> TestResult<Vec<String>> {
             .ignore();
     }
     let () = pipe.query_async(&mut redis).await?;
-    Ok(ids)
+    Ok(())
 }
 
 /// How many records of the trail carry each of `ids`, after a flush.
@@ -267,6 +277,33 @@ async fn an_outbox_entry_without_a_valid_seal_is_never_chained() -> TestResult {
     assert_eq!(times_chained(&app, &genuine).await?, [1]);
     let rejected = app.metric("stepgate_audit_outbox_rejected_total").await?;
     assert!(rejected.is_some_and(|n| n >= before + 3.0), "{rejected:?}");
+    Ok(())
+}
+
+/// Someone with Redis access copies a genuinely sealed event of another workflow into this
+/// outbox, as the last of a page (whose record would carry the append's signature): it is
+/// never chained here, it is counted, the events before it are chained once, and the trail
+/// still verifies.
+#[tokio::test]
+async fn a_sealed_event_copied_into_another_workflows_outbox_is_never_chained() -> TestResult {
+    let app = app_without_drain().await?;
+    let event_of = |workflow: &str| {
+        let mut event = AuditEvent::now(EventKind::Retried);
+        event.workflow = Some(workflow.into());
+        event
+    };
+    let events = [event_of("orders"), event_of("orders"), event_of("billing")];
+    let before = app
+        .metric("stepgate_audit_outbox_rejected_total")
+        .await?
+        .unwrap_or(0.0);
+    write_to_outbox(&app, &events).await?;
+    let ids: Vec<String> = events.iter().map(|event| event.id.clone()).collect();
+    assert_eq!(times_chained(&app, &ids).await?, [1, 1, 0]);
+    let rejected = app.metric("stepgate_audit_outbox_rejected_total").await?;
+    assert!(rejected.is_some_and(|n| n >= before + 1.0), "{rejected:?}");
+    let (code, report) = crate::audit::verify_json(&app, &[])?;
+    assert_eq!(code, 0, "{report}");
     Ok(())
 }
 

@@ -12,6 +12,9 @@
 //! slowing down or speeding up favours neither). The cost is the median of the pairs' costs:
 //! on a shared 2-core machine the throughput of whole rounds drifts by more than the audit
 //! costs, while two adjacent rounds see the same machine.
+//!
+//! For a profiler, `BENCH_AUDIT_ONLY=on` (or `off`) runs one configuration alone for
+//! `PROFILE_LENGTH` (record it once each way and compare samples per request).
 
 #![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
 
@@ -29,6 +32,8 @@ use support::{RedisServer, TestApp, TestResult, partners, spawn_app_with};
 const CONCURRENCY: usize = 32;
 const ROUND: Duration = Duration::from_secs(2);
 const PAIRS: usize = 16;
+/// `BENCH_AUDIT_ONLY=on` (or `off`): how long that one configuration runs.
+const PROFILE_LENGTH: Duration = Duration::from_secs(20);
 
 struct Round {
     rate: f64,
@@ -74,6 +79,18 @@ async fn main() -> TestResult {
     // Warm both up (connections, token cache, scripts loaded).
     for app in [&on, &off] {
         load(app, &token, Duration::from_secs(1)).await?;
+    }
+    // For a profiler: one configuration under load for `PROFILE_LENGTH`, nothing else.
+    if let Ok(only) = std::env::var("BENCH_AUDIT_ONLY") {
+        let app = if only == "on" { &on } else { &off };
+        let round = load(app, &token, PROFILE_LENGTH).await?;
+        println!(
+            "audit {only} only: {} requests, {:.0} requests/s, CPU {:.1} µs per request",
+            round.latencies_us.len(),
+            round.rate,
+            round.cpu_us
+        );
+        return Ok(());
     }
     let mut results: [Vec<Round>; 2] = [Vec::new(), Vec::new()];
     for pair in 0..PAIRS {

@@ -14,12 +14,9 @@
 
 use std::time::Duration;
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD as BASE64;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::checkpoint::Checkpoint;
 use super::merkle::leaf_hash;
 use super::outbox::{OutboxMove, Outboxes};
 use super::record::{AuditEvent, sha256_hex};
@@ -29,9 +26,11 @@ use super::signer::AuditSigner;
 use super::store::{self, ChainHead};
 use crate::queue::Keys;
 use crate::redis_conn::RedisConnection;
+use chain::{Events, Plan};
 use handle::Message;
 pub use handle::{AuditLog, NotRecorded};
 
+mod chain;
 mod handle;
 mod relay;
 
@@ -158,7 +157,7 @@ impl AuditWriter {
                 }
                 _ = tick.tick() => {
                     if self.checkpoint_due() {
-                        self.append_until_written(&[], None).await;
+                        self.append_until_written(Events::Built(&[]), None).await;
                     }
                     continue;
                 }
@@ -247,7 +246,7 @@ impl AuditWriter {
     /// once can yield more).
     async fn append_in_batches(&mut self, events: &[AuditEvent]) {
         for batch in events.chunks(MAX_BATCH) {
-            self.append_until_written(batch, None).await;
+            self.append_until_written(Events::Built(batch), None).await;
         }
     }
 
@@ -255,7 +254,7 @@ impl AuditWriter {
     /// retrying until Redis takes them.
     async fn append_until_written(
         &mut self,
-        events: &[AuditEvent],
+        events: Events<'_>,
         moving: Option<&OutboxMove>,
     ) -> Appended {
         self.batch += 1;
@@ -276,7 +275,7 @@ impl AuditWriter {
     /// when another writer moved the head first, re-chains on the new head.
     async fn append(
         &mut self,
-        events: &[AuditEvent],
+        events: Events<'_>,
         moving: Option<&OutboxMove>,
     ) -> Result<Appended, AppendError> {
         loop {
@@ -284,7 +283,7 @@ impl AuditWriter {
                 Some(head) => head,
                 None => self.read_head().await?,
             };
-            let plan = match (self.chain(&head, events)?, moving) {
+            let plan = match (self.chain(&head, events, moving)?, moving) {
                 (Some(plan), _) => plan,
                 // Only skipped outbox entries: nothing to chain, but the mark still moves.
                 (None, Some(_)) => Plan {
@@ -372,83 +371,6 @@ impl AuditWriter {
         }
     }
 
-    /// The records (and checkpoint, if due) that put `events` after `head`; `None` when
-    /// there is nothing to write.
-    fn chain(&self, head: &ChainHead, events: &[AuditEvent]) -> Result<Option<Plan>, AppendError> {
-        let ours = self.signer.kid();
-        let rotating_from = match head.kid.as_deref() {
-            None => None,
-            Some(kid) if kid == ours => None,
-            Some(kid) => match self.retired.iter().find(|r| r.kid() == kid) {
-                Some(old) => Some(old),
-                None => {
-                    return Err(AppendError::ForeignKey {
-                        active: kid.to_owned(),
-                        ours: ours.to_owned(),
-                    });
-                }
-            },
-        };
-        let mut next = head.clone();
-        let mut records = Vec::with_capacity(events.len() + 1);
-        // Only the record closing a key's span in this append is signed: it covers the
-        // records before it through their chained hashes (one signature per append, not per
-        // record, is what keeps the audit cheap under load).
-        let mut push = |event: &AuditEvent, signer: &AuditSigner, closes: bool| {
-            let body = event.body(next.seq + 1, &next.hash, signer.kid());
-            next.seq += 1;
-            next.hash = sha256_hex(&body);
-            next.frontier.push(leaf_hash(&body));
-            let sig = if closes {
-                BASE64.encode(signer.sign(&body))
-            } else {
-                String::new()
-            };
-            records.push((body, sig));
-        };
-        if let (Some(old), false) = (rotating_from, events.is_empty()) {
-            let public_key = BASE64.encode(self.signer.verifying_key().as_bytes());
-            let rotation = AuditEvent::key_rotated(old.kid(), ours, public_key);
-            push(&rotation, old, true);
-        }
-        for (i, event) in events.iter().enumerate() {
-            push(event, &self.signer, i + 1 == events.len());
-        }
-        if !records.is_empty() {
-            next.kid = Some(ours.to_owned());
-        }
-        let now_ms = crate::clock::unix_ms();
-        let due = next.seq > head.checkpoint_size
-            && (next.seq - head.checkpoint_size >= self.settings.checkpoint_every
-                || now_ms.saturating_sub(head.checkpoint_ms)
-                    >= self.settings.checkpoint_interval.as_millis() as u64);
-        // A checkpoint is signed by the key active after its last record.
-        let checkpoint_signer = match (&next.kid, rotating_from) {
-            (Some(kid), Some(old)) if kid == old.kid() => old,
-            _ => &self.signer,
-        };
-        let checkpoint = due.then(|| {
-            next.checkpoint_size = next.seq;
-            next.checkpoint_ms = now_ms;
-            let signed = Checkpoint::new(
-                next.seq,
-                &next.frontier.root(),
-                &next.hash,
-                checkpoint_signer.kid(),
-            )
-            .sign(checkpoint_signer);
-            (signed.body, signed.signature)
-        });
-        if records.is_empty() && checkpoint.is_none() {
-            return Ok(None);
-        }
-        Ok(Some(Plan {
-            records,
-            checkpoint,
-            head: next,
-        }))
-    }
-
     async fn read_head(&mut self) -> Result<ChainHead, AppendError> {
         let fields = store::read_head_fields(&mut self.redis, &self.keys).await?;
         match ChainHead::from_fields(&fields) {
@@ -476,11 +398,4 @@ impl AuditWriter {
         );
         Ok(head)
     }
-}
-
-/// What one append writes.
-struct Plan {
-    records: Vec<(Vec<u8>, String)>,
-    checkpoint: Option<(String, String)>,
-    head: ChainHead,
 }

@@ -21,7 +21,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::super::outbox::StreamId;
-use super::{Appended, AuditWriter};
+use super::{Appended, AuditWriter, Events};
 
 /// Pages of one outbox a poll relays at most, so that a busy outbox does not keep the writer
 /// from its own events.
@@ -172,7 +172,7 @@ impl AuditWriter {
             };
             let moving = &pending.moving;
             let appended = self
-                .append_until_written(&pending.events, Some(moving))
+                .append_until_written(Events::Sealed(&pending.events), Some(moving))
                 .await;
             // Only entries this append chained may go: another writer that chained first
             // may have read fewer, and the rest are still to be chained — so after losing the

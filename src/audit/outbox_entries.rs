@@ -1,0 +1,94 @@
+//! Outbox stream entries as the relay reads them: an `XRANGE` reply taken apart without
+//! copying what it holds, and stream ids ordered and stepped as Redis does.
+
+/// One outbox entry as read: its id, its event's JSON and its seal (empty when absent).
+pub(super) struct OutboxEntry {
+    pub id: String,
+    pub event: Vec<u8>,
+    pub mac: Vec<u8>,
+}
+
+/// An `XRANGE` reply's entries, their bytes taken rather than copied; anything not shaped
+/// as an entry is left out (nothing stepgate writes).
+pub(super) fn outbox_entries(reply: redis::Value) -> Vec<OutboxEntry> {
+    use redis::Value;
+    let Value::Array(entries) = reply else {
+        return Vec::new();
+    };
+    let mut read = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let Value::Array(entry) = entry else { continue };
+        let mut parts = entry.into_iter();
+        let (Some(Value::BulkString(id)), Some(Value::Array(fields))) =
+            (parts.next(), parts.next())
+        else {
+            continue;
+        };
+        let Ok(id) = String::from_utf8(id) else {
+            continue;
+        };
+        let (mut event, mut mac) = (Vec::new(), Vec::new());
+        let mut fields = fields.into_iter();
+        while let (Some(Value::BulkString(name)), Some(Value::BulkString(value))) =
+            (fields.next(), fields.next())
+        {
+            match name.as_slice() {
+                b"event" => event = value,
+                b"mac" => mac = value,
+                _ => {}
+            }
+        }
+        read.push(OutboxEntry { id, event, mac });
+    }
+    read
+}
+
+/// A stream entry's id, ordered as Redis orders them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) struct StreamId {
+    ms: u64,
+    seq: u64,
+}
+
+impl StreamId {
+    /// `<ms>-<seq>`, as Redis writes ids.
+    pub fn parse(id: &str) -> Option<Self> {
+        let (ms, seq) = id.split_once('-')?;
+        Some(Self {
+            ms: ms.parse().ok()?,
+            seq: seq.parse().ok()?,
+        })
+    }
+}
+
+/// The stream id right after `id` (`<ms>-<seq+1>`): XTRIM MINID keeps it and what follows.
+pub(super) fn next_id(id: &str) -> Option<String> {
+    let (ms, seq) = id.split_once('-')?;
+    let seq: u64 = seq.parse().ok()?;
+    Some(format!("{ms}-{}", seq.checked_add(1)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_id_after_an_entry_is_its_successor_in_the_stream() {
+        assert_eq!(
+            next_id("1700000000000-0").as_deref(),
+            Some("1700000000000-1")
+        );
+        assert_eq!(next_id("5-41").as_deref(), Some("5-42"));
+        assert_eq!(next_id("garbage"), None);
+    }
+
+    #[test]
+    fn stream_ids_order_by_time_then_sequence_not_as_text() {
+        let id = |s| StreamId::parse(s).unwrap_or_else(|| panic!("{s}"));
+        assert!(id("999-5") < id("1000-0"));
+        assert!(id("1000-9") < id("1000-10"));
+        assert_eq!(id("7-3"), id("7-3"));
+        assert_eq!(StreamId::parse("7"), None);
+        assert_eq!(StreamId::parse(""), None);
+    }
+}
