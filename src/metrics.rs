@@ -151,7 +151,7 @@ const AUDIT_RECORDS: Named = ("audit_records", "Audit records this process appen
 /// `stepgate_audit_outbox_rejected`
 const AUDIT_OUTBOX_REJECTED: Named = (
     "audit_outbox_rejected",
-    "Audit outbox entries skipped because their seal did not hold (written without the signing key)",
+    "Audit outbox entries skipped: their seal did not hold (written without the signing key), or a sealed event sat in another workflow's outbox",
 );
 /// `stepgate_queue_backlog`
 const BACKLOG: Named = (

@@ -182,11 +182,17 @@ pub(super) struct OutboxMove {
     pub last: String,
 }
 
+/// An outbox entry whose seal holds: its id and its event's JSON.
+pub(super) struct SealedEntry {
+    pub id: String,
+    pub json: String,
+}
+
 /// The next events of one outbox not yet in the chain.
 pub(super) struct Pending {
     pub moving: OutboxMove,
-    /// The events' sealed JSON (see `super::relayed`).
-    pub events: Vec<String>,
+    /// The entries whose seal holds (see `super::relayed` for their events).
+    pub events: Vec<SealedEntry>,
     /// Whether the outbox may hold more after `last` (a full page was taken).
     pub more: bool,
 }
@@ -291,14 +297,17 @@ impl Outboxes {
             .arg(RELAY_PAGE)
             .query_async(redis)
             .await?;
-        let page = outbox_entries(page);
+        let page = outbox_entries(page)?;
         let mut events = Vec::with_capacity(page.len());
         let mut last = None;
         let mut more = page.len() == RELAY_PAGE;
         for entry in page {
             let id = entry.id.clone();
             match self.open(workflow, entry) {
-                Opened::Event(json) => events.push(json),
+                Opened::Event(json) => events.push(SealedEntry {
+                    id: id.clone(),
+                    json,
+                }),
                 Opened::Forged => {}
                 Opened::UnknownKey => {
                     tracing::warn!(outbox = workflow, entry = %id, "an audit outbox entry is sealed by a key this process does not hold (a rotation in progress?); left for a process that holds it");

@@ -8,39 +8,49 @@ pub(super) struct OutboxEntry {
     pub mac: Vec<u8>,
 }
 
-/// An `XRANGE` reply's entries, their bytes taken rather than copied; anything not shaped
-/// as an entry is left out (nothing stepgate writes).
-pub(super) fn outbox_entries(reply: redis::Value) -> Vec<OutboxEntry> {
+/// An `XRANGE` reply's entries, their bytes taken rather than copied. A reply not shaped
+/// as Redis shapes one is an error (the relay tries again), never entries passed over.
+pub(super) fn outbox_entries(reply: redis::Value) -> redis::RedisResult<Vec<OutboxEntry>> {
     use redis::Value;
+    let malformed = || {
+        redis::RedisError::from((
+            redis::ErrorKind::TypeError,
+            "an XRANGE reply not shaped as stream entries",
+        ))
+    };
     let Value::Array(entries) = reply else {
-        return Vec::new();
+        return Err(malformed());
     };
     let mut read = Vec::with_capacity(entries.len());
     for entry in entries {
-        let Value::Array(entry) = entry else { continue };
+        let Value::Array(entry) = entry else {
+            return Err(malformed());
+        };
         let mut parts = entry.into_iter();
-        let (Some(Value::BulkString(id)), Some(Value::Array(fields))) =
-            (parts.next(), parts.next())
+        let (Some(Value::BulkString(id)), Some(Value::Array(fields)), None) =
+            (parts.next(), parts.next(), parts.next())
         else {
-            continue;
+            return Err(malformed());
         };
-        let Ok(id) = String::from_utf8(id) else {
-            continue;
-        };
+        let id = String::from_utf8(id).map_err(|_| malformed())?;
         let (mut event, mut mac) = (Vec::new(), Vec::new());
         let mut fields = fields.into_iter();
-        while let (Some(Value::BulkString(name)), Some(Value::BulkString(value))) =
-            (fields.next(), fields.next())
-        {
-            match name.as_slice() {
-                b"event" => event = value,
-                b"mac" => mac = value,
-                _ => {}
+        loop {
+            match (fields.next(), fields.next()) {
+                (None, None) => break,
+                (Some(Value::BulkString(name)), Some(Value::BulkString(value))) => {
+                    match name.as_slice() {
+                        b"event" => event = value,
+                        b"mac" => mac = value,
+                        _ => {}
+                    }
+                }
+                _ => return Err(malformed()),
             }
         }
         read.push(OutboxEntry { id, event, mac });
     }
-    read
+    Ok(read)
 }
 
 /// A stream entry's id, ordered as Redis orders them.
@@ -71,6 +81,36 @@ pub(super) fn next_id(id: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use redis::Value;
+
+    #[test]
+    fn an_xrange_reply_is_taken_apart_or_refused_whole() {
+        let bulk = |text: &str| Value::BulkString(text.as_bytes().to_vec());
+        let entry =
+            |id: &str, fields: Vec<Value>| Value::Array(vec![bulk(id), Value::Array(fields)]);
+        let reply = Value::Array(vec![
+            entry(
+                "1-0",
+                vec![bulk("event"), bulk("{}"), bulk("mac"), bulk("k:00")],
+            ),
+            entry("1-1", vec![bulk("other"), bulk("x")]),
+        ]);
+        let read = outbox_entries(reply).unwrap_or_default();
+        assert_eq!(read.len(), 2);
+        assert_eq!(
+            (
+                read[0].id.as_str(),
+                read[0].event.as_slice(),
+                read[0].mac.as_slice()
+            ),
+            ("1-0", &b"{}"[..], &b"k:00"[..])
+        );
+        assert!(read[1].event.is_empty() && read[1].mac.is_empty());
+        let odd_fields = Value::Array(vec![entry("1-0", vec![bulk("event")])]);
+        assert!(outbox_entries(odd_fields).is_err());
+        assert!(outbox_entries(Value::Array(vec![bulk("1-0")])).is_err());
+        assert!(outbox_entries(Value::Nil).is_err());
+    }
 
     #[test]
     fn the_id_after_an_entry_is_its_successor_in_the_stream() {

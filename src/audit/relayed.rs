@@ -5,8 +5,10 @@
 //! `serde_json` escape alike). So they are borrowed from the JSON text and written back
 //! verbatim into the body's canonical member order, instead of being parsed into an
 //! [`AuditEvent`](super::AuditEvent) (an allocation and an unescape per field) and escaped
-//! again. Only `input` is canonicalized, as for any event. The body is byte for byte the
-//! one the event would have had (a unit test holds the two to each other).
+//! again; only a string holding an escape (rare: a quote, a backslash, a control character)
+//! is decoded and written again, so that an escape `serde_json` would not have written
+//! cannot reach a record. `input` is canonicalized, as for any event. The body is byte for
+//! byte the one the event would have had (a unit test holds the two to each other).
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -70,30 +72,37 @@ struct Sealed<'a> {
     last_time: Option<&'a RawValue>,
 }
 
-impl<'a> Sealed<'a> {
-    /// Every member the record schema holds as a string.
-    fn strings(&self) -> [Option<&'a RawValue>; 18] {
-        [
-            Some(self.id),
-            Some(self.time),
-            self.workflow,
-            self.requested,
-            self.request_id,
-            self.issuer,
-            self.subject,
-            self.client_id,
-            self.client_addr,
-            self.token_sha256,
-            self.input_sha256,
-            self.execution_arn,
-            self.http_request_id,
-            self.reason,
-            self.config_sha256,
-            self.new_kid,
-            self.public_key,
-            self.last_time,
-        ]
+/// A string member as the body writes it: its JSON text as sealed when it holds no escape
+/// (what it says and how `serde_json` writes it are then the same bytes), else decoded and
+/// written again — so an escape `serde_json` would not have written (`\/`, `\u0041`, an
+/// unpaired surrogate) never reaches a record as it came.
+enum Text<'a> {
+    Verbatim(&'a RawValue),
+    Decoded(String),
+}
+
+impl serde::Serialize for Text<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::Verbatim(raw) => raw.serialize(serializer),
+            Self::Decoded(text) => serializer.serialize_str(text),
+        }
     }
+}
+
+fn text(raw: &RawValue) -> Result<Text<'_>, Unchainable> {
+    let json = raw.get();
+    if !json.starts_with('"') {
+        return Err(Unchainable::NotAString);
+    }
+    if json.contains('\\') {
+        return Ok(Text::Decoded(serde_json::from_str(json)?));
+    }
+    Ok(Text::Verbatim(raw))
+}
+
+fn optional_text(raw: Option<&RawValue>) -> Result<Option<Text<'_>>, Unchainable> {
+    raw.map(text).transpose()
 }
 
 /// The body of the event sealed as `json`, taken from `workflow`'s outbox, as record `seq`
@@ -106,10 +115,6 @@ pub fn body(
     kid: &str,
 ) -> Result<Vec<u8>, Unchainable> {
     let sealed: Sealed<'_> = serde_json::from_str(json)?;
-    let is_string = |raw: &Option<&RawValue>| raw.is_none_or(|raw| raw.get().starts_with('"'));
-    if !sealed.strings().iter().all(is_string) {
-        return Err(Unchainable::NotAString);
-    }
     // Workflow names need no escape: the JSON text is the name in quotes.
     let named = sealed
         .workflow
@@ -123,31 +128,31 @@ pub fn body(
     };
     let body = Body {
         attempt: sealed.attempt,
-        client_addr: sealed.client_addr,
-        client_id: sealed.client_id,
-        config_sha256: sealed.config_sha256,
+        client_addr: optional_text(sealed.client_addr)?,
+        client_id: optional_text(sealed.client_id)?,
+        config_sha256: optional_text(sealed.config_sha256)?,
         count: sealed.count,
         event: sealed.event,
-        execution_arn: sealed.execution_arn,
-        http_request_id: sealed.http_request_id,
-        id: sealed.id,
+        execution_arn: optional_text(sealed.execution_arn)?,
+        http_request_id: optional_text(sealed.http_request_id)?,
+        id: text(sealed.id)?,
         input,
-        input_sha256: sealed.input_sha256,
-        issuer: sealed.issuer,
+        input_sha256: optional_text(sealed.input_sha256)?,
+        issuer: optional_text(sealed.issuer)?,
         kid,
-        last_time: sealed.last_time,
-        new_kid: sealed.new_kid,
+        last_time: optional_text(sealed.last_time)?,
+        new_kid: optional_text(sealed.new_kid)?,
         prev,
-        public_key: sealed.public_key,
-        reason: sealed.reason,
-        request_id: sealed.request_id,
-        requested: sealed.requested,
+        public_key: optional_text(sealed.public_key)?,
+        reason: optional_text(sealed.reason)?,
+        request_id: optional_text(sealed.request_id)?,
+        requested: optional_text(sealed.requested)?,
         seq,
-        subject: sealed.subject,
-        time: sealed.time,
-        token_sha256: sealed.token_sha256,
+        subject: optional_text(sealed.subject)?,
+        time: text(sealed.time)?,
+        token_sha256: optional_text(sealed.token_sha256)?,
         v: SCHEMA_VERSION,
-        workflow: sealed.workflow,
+        workflow: optional_text(sealed.workflow)?,
     };
     // The body is the event's JSON and the chain's members (about 150 bytes): reserved at
     // once rather than grown.
@@ -186,6 +191,24 @@ mod tests {
                 members(json.as_bytes()).map(|sealed| sealed + 4)
             );
         }
+        Ok(())
+    }
+
+    #[test]
+    fn an_escape_serde_json_would_not_write_is_written_as_it_would() -> Result<(), Unchainable> {
+        let mut event = AuditEvent::now(EventKind::Retried);
+        event.workflow = Some("orders".into());
+        event.reason = Some("a/A\u{1f}".into());
+        let json = serde_json::to_string(&event).map_err(Unchainable::Json)?;
+        let odd = json.replace(r#""a/A\u001f""#, r#""a\/\u0041\u001F""#);
+        assert_ne!(odd, json);
+        let expected = event.body(3, GENESIS_HASH, "k1");
+        assert_eq!(body(&odd, "orders", 3, GENESIS_HASH, "k1")?, expected);
+        let unpaired = json.replace(r#""a/A\u001f""#, r#""\ud800""#);
+        assert!(matches!(
+            body(&unpaired, "orders", 3, GENESIS_HASH, "k1"),
+            Err(Unchainable::Json(_))
+        ));
         Ok(())
     }
 

@@ -6,7 +6,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 
 use super::super::checkpoint::Checkpoint;
 use super::super::merkle::leaf_hash;
-use super::super::outbox::OutboxMove;
+use super::super::outbox::{OutboxMove, SealedEntry};
 use super::super::record::{AuditEvent, sha256_hex};
 use super::super::relayed;
 use super::super::store::ChainHead;
@@ -41,6 +41,7 @@ impl AuditWriter {
         // records before it through their chained hashes (one signature per append, not per
         // record, is what keeps the audit cheap under load).
         let mut rotation = 0;
+        let mut skipped = Vec::new();
         if let (Some(old), false) = (rotating_from, events.is_empty()) {
             let public_key = BASE64.encode(self.signer.verifying_key().as_bytes());
             let body = AuditEvent::key_rotated(old.kid(), ours, public_key).body(
@@ -61,14 +62,10 @@ impl AuditWriter {
             }
             Events::Sealed(events) => {
                 let workflow = moving.map_or("", |moving| moving.workflow.as_str());
-                for json in events {
-                    match relayed::body(json, workflow, next.seq + 1, &next.hash, ours) {
+                for entry in events {
+                    match relayed::body(&entry.json, workflow, next.seq + 1, &next.hash, ours) {
                         Ok(body) => link(&mut next, &mut records, body, String::new()),
-                        // Sealed, so never made by stepgate: logged and counted as forged.
-                        Err(e) => {
-                            tracing::error!(outbox = workflow, error = %e, "a sealed audit outbox event that cannot be chained was skipped");
-                            crate::metrics::metrics().audit_outbox_rejected.inc();
-                        }
+                        Err(e) => skipped.push((entry.id.clone(), e)),
                     }
                 }
             }
@@ -101,13 +98,16 @@ impl AuditWriter {
             .sign(checkpoint_signer);
             (signed.body, signed.signature)
         });
-        if records.is_empty() && checkpoint.is_none() {
+        // An outbox's move is written even with nothing to chain (only skipped entries): the
+        // mark must still pass them.
+        if records.is_empty() && checkpoint.is_none() && moving.is_none() {
             return Ok(None);
         }
         Ok(Some(Plan {
             records,
             checkpoint,
             head: next,
+            skipped,
         }))
     }
 }
@@ -131,7 +131,7 @@ pub(super) enum Events<'a> {
     /// Events of this process.
     Built(&'a [AuditEvent]),
     /// Events relayed from the outbox an append moves, as sealed (`super::relayed`).
-    Sealed(&'a [String]),
+    Sealed(&'a [SealedEntry]),
 }
 
 impl Events<'_> {
@@ -152,4 +152,19 @@ pub(super) struct Plan {
     pub records: Vec<(Vec<u8>, String)>,
     pub checkpoint: Option<(String, String)>,
     pub head: ChainHead,
+    /// Outbox entries sealed by a key this process holds that cannot be chained (an event
+    /// of another workflow's outbox, copied there by someone with access to Redis), by id.
+    skipped: Vec<(String, relayed::Unchainable)>,
+}
+
+impl Plan {
+    /// Logs and counts the entries this plan skipped, once its append went through (a plan
+    /// made again after a conflict or a failed try must not count them again).
+    pub fn report_skipped(&self, moving: Option<&OutboxMove>) {
+        let workflow = moving.map_or("", |moving| moving.workflow.as_str());
+        for (entry, error) in &self.skipped {
+            tracing::error!(outbox = workflow, entry = %entry, error = %error, "a sealed audit outbox entry that cannot be chained was skipped (copied from elsewhere by someone with access to Redis?)");
+            crate::metrics::metrics().audit_outbox_rejected.inc();
+        }
+    }
 }

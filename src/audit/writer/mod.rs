@@ -26,7 +26,7 @@ use super::signer::AuditSigner;
 use super::store::{self, ChainHead};
 use crate::queue::Keys;
 use crate::redis_conn::RedisConnection;
-use chain::{Events, Plan};
+use chain::Events;
 use handle::Message;
 pub use handle::{AuditLog, NotRecorded};
 
@@ -283,18 +283,9 @@ impl AuditWriter {
                 Some(head) => head,
                 None => self.read_head().await?,
             };
-            let plan = match (self.chain(&head, events, moving)?, moving) {
-                (Some(plan), _) => plan,
-                // Only skipped outbox entries: nothing to chain, but the mark still moves.
-                (None, Some(_)) => Plan {
-                    records: Vec::new(),
-                    checkpoint: None,
-                    head: head.clone(),
-                },
-                (None, None) => {
-                    self.head = Some(head);
-                    return Ok(Appended::Here);
-                }
+            let Some(plan) = self.chain(&head, events, moving)? else {
+                self.head = Some(head);
+                return Ok(Appended::Here);
             };
             let keys = AppendKeys {
                 head: self.keys.audit_head(),
@@ -329,6 +320,7 @@ impl AuditWriter {
                 .await?;
             match reply.first().cloned().flatten().as_deref() {
                 Some("ok") => {
+                    plan.report_skipped(moving);
                     let registry = crate::metrics::metrics();
                     registry
                         .audit_append_duration
@@ -343,6 +335,7 @@ impl AuditWriter {
                 // An earlier attempt of this batch went through; the head is unknown now, and
                 // whichever checkpoint that attempt carried is logged from Redis.
                 Some("done") => {
+                    plan.report_skipped(moving);
                     if let Ok(Some(newest)) =
                         store::newest_checkpoint(&mut self.redis, &self.keys).await
                     {
