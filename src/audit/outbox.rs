@@ -304,10 +304,11 @@ impl Outboxes {
         for entry in page {
             let id = entry.id.clone();
             match self.open(workflow, entry) {
-                Opened::Event(json) => events.push(SealedEntry {
-                    id: id.clone(),
-                    json,
-                }),
+                Opened::Event(json) => {
+                    last = Some(id.clone());
+                    events.push(SealedEntry { id, json });
+                    continue;
+                }
                 Opened::Forged => {}
                 Opened::UnknownKey => {
                     tracing::warn!(outbox = workflow, entry = %id, "an audit outbox entry is sealed by a key this process does not hold (a rotation in progress?); left for a process that holds it");

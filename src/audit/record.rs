@@ -191,7 +191,7 @@ impl AuditEvent {
 /// `serde_json` writes the canonical form directly: its string escapes and integers are
 /// JCS's, and `input` is canonicalized on its own. A unit test holds it to
 /// [`canonical_json`]. The event's strings are `S`: borrowed `&str`s of an [`AuditEvent`],
-/// or the JSON text of a sealed outbox event's strings, written as they are (see
+/// or a sealed outbox event's strings, as their JSON text unless they hold an escape (see
 /// `super::relayed`: what `serde_json` wrote once need not be unescaped and escaped again).
 #[derive(Serialize)]
 pub(super) struct Body<'a, S> {

@@ -173,7 +173,18 @@ mod tests {
         let full = every_field_set("orders-2");
         let mut bare = AuditEvent::now(EventKind::Accepted);
         bare.workflow = Some("orders-2".into());
-        for event in [full, bare] {
+        // No escape anywhere (written verbatim), but every kind of text JSON writes raw.
+        let mut plain = every_field_set("orders-2");
+        let raw = "/\u{7f} \u{e9}\u{1f600}\u{2028}'<>&".to_owned();
+        for text in [
+            &mut plain.request_id,
+            &mut plain.reason,
+            &mut plain.subject,
+            &mut plain.last_time,
+        ] {
+            *text = Some(raw.clone());
+        }
+        for event in [full, bare, plain] {
             let json = serde_json::to_string(&event).map_err(Unchainable::Json)?;
             let relayed = body(&json, "orders-2", 42, GENESIS_HASH, "k1")?;
             assert_eq!(

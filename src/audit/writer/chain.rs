@@ -14,7 +14,8 @@ use super::{AppendError, AuditWriter};
 
 impl AuditWriter {
     /// The records (and checkpoint, if due) that put `events` after `head`; `None` when
-    /// there is nothing to write.
+    /// there is nothing to write (never when an outbox's move is given: its mark moves even
+    /// past entries none of which is chained).
     pub(super) fn chain(
         &self,
         head: &ChainHead,
