@@ -38,9 +38,6 @@ impl AuditWriter {
         };
         let mut next = head.clone();
         let mut records = Vec::with_capacity(events.len() + 1);
-        // Only the record closing a key's span in this append is signed: it covers the
-        // records before it through their chained hashes (one signature per append, not per
-        // record, is what keeps the audit cheap under load).
         let mut rotation = 0;
         let mut skipped = Vec::new();
         if let (Some(old), false) = (rotating_from, events.is_empty()) {
@@ -71,6 +68,9 @@ impl AuditWriter {
                 }
             }
         }
+        // Only the record closing a key's span in this append is signed: it covers the
+        // records before it through their chained hashes (one signature per append, not per
+        // record, is what keeps the audit cheap under load).
         if let Some((body, signature)) = records.get_mut(rotation..).and_then(<[_]>::last_mut) {
             *signature = BASE64.encode(self.signer.sign(body));
         }

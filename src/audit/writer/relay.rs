@@ -74,11 +74,11 @@ impl AuditWriter {
         let deadline = Instant::now() + FLUSH_PATIENCE;
         let mut pause = Duration::from_millis(10);
         let mut ends = None;
-        let given_up = |flushing: &[oneshot::Sender<()>]| flushing.iter().all(|f| f.is_closed());
+        let given_up = || flushing.iter().all(oneshot::Sender::is_closed);
         loop {
             // Before each round too: a batch whose callers all gave up while it was queued
             // (or during the pause) costs nothing more.
-            if given_up(flushing) {
+            if given_up() {
                 return false;
             }
             if ends.is_none() {
