@@ -20,14 +20,19 @@ FROM debian:bookworm-slim
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
- && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin stepgate
+ && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin stepgate \
+ && install -d -o 10001 -g 10001 -m 0750 /var/lib/stepgate/audit
 COPY --from=build /src/target/release/stepgate /usr/local/bin/stepgate
 USER 10001:10001
 # In a container the API must listen on all interfaces; the file may still override it.
 # Probes and metrics get their own port (9090), to be kept off the callers' network.
 ENV STEPGATE_SERVER__LISTEN=0.0.0.0:8080 \
     STEPGATE_SERVER__OPS_LISTEN=0.0.0.0:9090 \
-    STEPGATE_CONFIG=/etc/stepgate/stepgate.toml
+    STEPGATE_CONFIG=/etc/stepgate/stepgate.toml \
+    STEPGATE_AUDIT__FILES__DIR=/var/lib/stepgate/audit
+# The exported audit trail: mount a durable volume here, the same for every replica (the
+# variable above sets audit.files.dir over the file's; set it to move the trail).
+VOLUME ["/var/lib/stepgate/audit"]
 EXPOSE 8080 9090
 # The binary probes itself (no curl in the image): liveness of the server on this container,
 # on the operations port when one is set.

@@ -16,6 +16,7 @@ pub mod migrations;
 pub mod policy;
 pub mod queue;
 pub mod redis_conn;
+pub mod redis_eviction;
 pub mod reload;
 pub mod runtime;
 pub mod startup;

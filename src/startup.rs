@@ -170,6 +170,7 @@ impl Application {
         } = self;
         let addr = listener.local_addr()?;
         let config_server = config.server.clone();
+        crate::redis_eviction::warn_at_start(&mut state.redis.clone()).await;
         let writer = audit_writer.map(|writer| tokio::spawn(writer.run()));
         let exporter = start_exporter(&state, &config, &shutdown);
         let reloader = start_companions(
@@ -283,7 +284,7 @@ fn start_exporter(
     config: &Config,
     shutdown: &CancellationToken,
 ) -> Option<tokio::task::JoinHandle<()>> {
-    let files = config.audit.files.as_ref()?;
+    let files = config.audit.export()?;
     let exporter = crate::audit::export::Exporter::new(
         state.redis.clone(),
         state.keys.clone(),

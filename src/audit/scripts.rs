@@ -27,7 +27,7 @@ lua_script! {
     pub struct Append = "append.lua", AppendKeys, AppendArgs;
 }
 
-lua_keys! { pub struct TrimKeys { marker, log, fence } }
+lua_keys! { pub struct TrimKeys { marker, log, checkpoints, fence } }
 lua_args! {
     pub struct TrimArgs<'a> {
         token: u64,
@@ -36,6 +36,7 @@ lua_args! {
         hash: &'a str,
         frontier: String,
         kid: &'a str,
+        keep_checkpoints_from: &'a str,
         ..entry_ids: &'a [String],
     }
 }

@@ -162,14 +162,50 @@ pub(super) async fn newest_entry(
     Ok(page.ids.into_iter().next())
 }
 
-/// The size of the newest signed checkpoint covering at most `limit` records (0: none),
-/// read newest first, in pages: retention trims only to such a boundary, so the trim point
-/// is always one a signature vouches for.
-pub async fn checkpoint_size_at_most(
+/// A checkpoint with its stream entry id.
+#[derive(Debug, Clone)]
+pub struct StoredCheckpoint {
+    pub entry: String,
+    pub size: u64,
+    pub signed: SignedCheckpoint,
+}
+
+impl StoredCheckpoint {
+    fn from_entry(entry: &redis::streams::StreamId) -> Self {
+        let body: String = entry.get("body").unwrap_or_default();
+        Self {
+            entry: entry.id.clone(),
+            // A body that is not a checkpoint sorts last: never exported early, never a trim
+            // boundary.
+            size: serde_json::from_str::<super::checkpoint::Checkpoint>(&body)
+                .map_or(u64::MAX, |checkpoint| checkpoint.size),
+            signed: SignedCheckpoint {
+                body,
+                signature: entry.get("sig").unwrap_or_default(),
+            },
+        }
+    }
+}
+
+/// Checkpoints after stream entry `after` (`None`: from the start), at most `count`.
+pub async fn read_checkpoints_after(
+    redis: &mut RedisConnection,
+    keys: &Keys,
+    after: Option<&str>,
+    count: usize,
+) -> redis::RedisResult<Vec<StoredCheckpoint>> {
+    let page = read_stream(redis, &keys.audit_checkpoints(), after, count).await?;
+    Ok(page.ids.iter().map(StoredCheckpoint::from_entry).collect())
+}
+
+/// The newest signed checkpoint covering at most `limit` records, read newest first, in
+/// pages: retention trims only to such a boundary, so the trim point is always one a
+/// signature vouches for.
+pub async fn checkpoint_at_most(
     redis: &mut RedisConnection,
     keys: &Keys,
     limit: u64,
-) -> redis::RedisResult<u64> {
+) -> redis::RedisResult<Option<StoredCheckpoint>> {
     const PAGE: usize = 64;
     let mut before = "+".to_owned();
     loop {
@@ -181,17 +217,17 @@ pub async fn checkpoint_size_at_most(
             .arg(PAGE)
             .query_async(redis)
             .await?;
-        for entry in &page.ids {
-            let body: String = entry.get("body").unwrap_or_default();
-            let size = serde_json::from_str::<super::checkpoint::Checkpoint>(&body)
-                .map_or(0, |checkpoint| checkpoint.size);
-            if size > 0 && size <= limit {
-                return Ok(size);
-            }
+        let found = page
+            .ids
+            .iter()
+            .map(StoredCheckpoint::from_entry)
+            .find(|checkpoint| checkpoint.size > 0 && checkpoint.size <= limit);
+        if found.is_some() {
+            return Ok(found);
         }
         match page.ids.last() {
             Some(oldest) if page.ids.len() == PAGE => before = format!("({}", oldest.id),
-            _ => return Ok(0),
+            _ => return Ok(None),
         }
     }
 }

@@ -83,8 +83,14 @@ pub fn join(files: Trail, redis: Trail) -> Result<Trail, Problem> {
             _ => joined.records.push(record),
         }
     }
+    // Both hold the checkpoints over what both hold: each is taken once (linear time).
+    let mut seen: std::collections::HashSet<(String, String)> = joined
+        .checkpoints
+        .iter()
+        .map(|c| (c.body.clone(), c.signature.clone()))
+        .collect();
     for checkpoint in redis.checkpoints {
-        if !joined.checkpoints.contains(&checkpoint) {
+        if seen.insert((checkpoint.body.clone(), checkpoint.signature.clone())) {
             joined.checkpoints.push(checkpoint);
         }
     }

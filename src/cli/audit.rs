@@ -355,14 +355,14 @@ async fn verify(
     let trimmed = trail.start.seq;
     let retention = config
         .as_ref()
-        .and_then(|config| config.audit.files.as_ref())
+        .and_then(|config| config.audit.export())
         .is_some_and(|files| files.redis_keep_records > 0);
     if trimmed > 0 && !retention {
         // Not proof of tampering (retention may have been on before), but worth a look: a
         // prefix deleted exactly at a checkpoint verifies like a genuine trim.
         eprintln!(
             "note: records 1..={trimmed} were trimmed from Redis, but this configuration keeps \
-             every record (audit.files.redis_keep_records is 0); verify with --files to see them"
+             every record (audit.files is off or redis_keep_records is 0); verify with --files to see them"
         );
     }
     Ok(report(checked.map(|v| (v, trimmed)), json))

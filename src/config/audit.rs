@@ -49,24 +49,52 @@ pub struct AuditConfig {
         default = "default_refusal_window"
     )]
     pub refusal_window: Duration,
-    /// Export to rotated JSON Lines files (and trim Redis behind the export).
+    /// Export to rotated JSON Lines files, and trim Redis behind the export: on by default,
+    /// so that Redis holds only what is not yet exported plus a bounded tail.
     #[serde(default)]
-    pub files: Option<AuditFilesConfig>,
+    pub files: AuditFilesConfig,
 }
 
 /// `[audit.files]`
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct AuditFilesConfig {
-    /// The same durable directory for every process that exports (one exports at a time).
+    /// Off, Redis keeps every record forever: its memory grows with the trail.
+    #[serde(default = "enabled")]
+    pub enabled: bool,
+    /// The same durable directory for every process of a deployment that exports (one
+    /// exports at a time; the directory is locked meanwhile). Relative to the configuration
+    /// file's directory.
+    #[serde(default = "default_files_dir")]
     pub dir: PathBuf,
     /// A new file once the current one holds this many bytes.
     #[serde(default = "default_rotate_bytes")]
     pub rotate_bytes: u64,
-    /// Keep only this many newest records in Redis; older ones are deleted once exported
-    /// and covered by a checkpoint (0: keep everything).
-    #[serde(default)]
+    /// Keep only this many newest records in Redis (for `GET /v1/audit` and verifying
+    /// Redis alone); older ones are deleted once exported and covered by a checkpoint, so
+    /// Redis holds at most this plus `checkpoint_every` plus what is not exported yet
+    /// (0: keep everything).
+    #[serde(default = "default_keep_records")]
     pub redis_keep_records: u64,
+}
+
+impl Default for AuditFilesConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            dir: default_files_dir(),
+            rotate_bytes: default_rotate_bytes(),
+            redis_keep_records: default_keep_records(),
+        }
+    }
+}
+
+fn default_files_dir() -> PathBuf {
+    PathBuf::from("audit-trail")
+}
+
+fn default_keep_records() -> u64 {
+    1_000
 }
 
 fn default_refusal_window() -> Duration {
@@ -111,6 +139,11 @@ pub struct FailClosed {
 }
 
 impl AuditConfig {
+    /// Where the trail is exported, when it is (the audit and the export both on).
+    pub fn export(&self) -> Option<&AuditFilesConfig> {
+        (self.enabled && self.files.enabled).then_some(&self.files)
+    }
+
     /// The timing of failing closed, when `fail_closed` is on.
     pub fn fail_closed_timing(&self) -> Option<FailClosed> {
         self.fail_closed.then(|| FailClosed {
@@ -135,7 +168,7 @@ impl AuditConfig {
         if self.checkpoint_interval.is_zero() {
             problems.add("audit.checkpoint_interval_seconds", "must be at least 1");
         }
-        if self.files.as_ref().is_some_and(|f| f.rotate_bytes == 0) {
+        if self.files.rotate_bytes == 0 {
             problems.add("audit.files.rotate_bytes", "must be at least 1");
         }
         if self.write_timeout.is_zero() {

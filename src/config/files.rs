@@ -42,9 +42,7 @@ impl Config {
         };
         resolve(&mut self.audit.signing_key);
         self.audit.retired_keys.iter_mut().for_each(resolve);
-        if let Some(files) = &mut self.audit.files {
-            resolve(&mut files.dir);
-        }
+        resolve(&mut self.audit.files.dir);
         for issuer in &mut self.issuers {
             if let Some(path) = &mut issuer.jwks_file {
                 resolve(path);

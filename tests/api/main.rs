@@ -14,6 +14,7 @@ mod dead_letters;
 mod delivery;
 mod deploy;
 mod docs;
+mod export;
 mod express;
 mod fail_closed;
 mod first_hour;

@@ -128,3 +128,41 @@ async fn on_shutdown_readiness_fails_and_admission_stops_before_the_listener_clo
     assert_eq!(queued, 1, "only the trigger admitted before shutdown");
     Ok(())
 }
+
+/// A Redis that may evict stepgate's keys under memory pressure (`allkeys-*`, and
+/// `volatile-*`: idempotency keys carry TTLs) is named in readiness, which stays ready: it
+/// is the operator's setting to fix, and nothing is lost until memory runs short.
+#[tokio::test]
+async fn a_redis_that_may_evict_is_named_in_readiness() -> TestResult {
+    let app = spawn_app_with(RedisServer::start(), |config| {
+        config.set("worker.enabled", false)
+    })
+    .await?;
+    let readiness = || async {
+        let response = app.http.get(app.url("/readyz")).send().await?;
+        let status = response.status();
+        TestResult::Ok((status, response.json::<Value>().await?))
+    };
+    let (status, body) = readiness().await?;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["checks"]["redis_eviction"], "ok", "{body}");
+    let mut redis = app.redis.connection().await?;
+    for policy in ["volatile-lru", "allkeys-lfu"] {
+        let () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("maxmemory-policy")
+            .arg(policy)
+            .query_async(&mut redis)
+            .await?;
+        let (status, body) = readiness().await?;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let detail = body["checks"]["redis_eviction"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(
+            detail.contains(policy) && detail.contains("set maxmemory-policy noeviction"),
+            "{body}"
+        );
+    }
+    Ok(())
+}

@@ -38,6 +38,21 @@ pub struct Health {
     pub circuits: Vec<CircuitStatus>,
 }
 
+/// `ok` when Redis never evicts stepgate's keys, else what to change.
+async fn eviction_check(redis: &mut crate::redis_conn::RedisConnection) -> String {
+    let policies = tokio::time::timeout(
+        REDIS_PING_TIMEOUT,
+        crate::redis_eviction::evicting_policies(redis),
+    )
+    .await;
+    match policies {
+        Ok(Ok(policies)) if policies.is_empty() => "ok".to_owned(),
+        Ok(Ok(policies)) => crate::redis_eviction::warning(&policies),
+        Ok(Err(e)) => format!("unknown: cannot read maxmemory-policy ({})", e.category()),
+        Err(_) => "unknown: timed out".to_owned(),
+    }
+}
+
 /// Liveness: the process is up.
 #[utoipa::path(get, path = "/healthz", operation_id = "get_health", tag = "health",
     responses((status = 200, description = "Alive", body = Health, example = json!({"status": "ok"}))))]
@@ -74,6 +89,7 @@ pub async fn get_readiness(
         Ok(Err(e)) => format!("unreachable: {}", e.category()),
         Err(_) => "unreachable: timed out".to_owned(),
     };
+    let redis_answers = redis_check == "ok";
     checks.insert("redis".to_owned(), redis_check);
     for issuer in state.runtime().verifier.issuers() {
         let status = if issuer.keys.is_loaded() {
@@ -105,6 +121,13 @@ pub async fn get_readiness(
         (Some(_), false) => "unavailable".to_owned(),
     };
     checks.insert("aws_credentials".to_owned(), credentials);
+    if redis_answers {
+        // Reported, not a reason to stop: an operator's setting to fix (logged at start-up).
+        checks.insert(
+            "redis_eviction".to_owned(),
+            eviction_check(&mut redis).await,
+        );
+    }
     let body = Json(Health {
         status: if ready { "ready" } else { "not_ready" }.into(),
         checks,
