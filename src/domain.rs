@@ -142,6 +142,15 @@ impl Owner {
             },
         }
     }
+
+    /// 32 hex digits of SHA-256 over the stored form: what keys and statuses hold instead
+    /// of the identity itself (caller-chosen text, of any length).
+    pub fn digest(&self) -> String {
+        use sha2::Digest as _;
+        let mut digest = hex::encode(sha2::Sha256::digest(self.to_string().as_bytes()));
+        digest.truncate(32);
+        digest
+    }
 }
 
 impl fmt::Display for Owner {

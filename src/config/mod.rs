@@ -90,9 +90,14 @@ pub struct ServerConfig {
     pub ops_listen: Option<SocketAddr>,
     /// Largest accepted request body, in bytes.
     pub max_body_bytes: usize,
-    /// How long an accepted request's status stays readable.
+    /// How long an accepted request's status stays readable while it waits (queued,
+    /// deferred: this long past its due time, dead-lettered).
     #[serde(rename = "status_ttl_seconds", with = "duration::seconds")]
     pub status_ttl: Duration,
+    /// How long it stays readable once it ended (started, or failed for good): the truth
+    /// is in Step Functions from then on, under the execution ARN.
+    #[serde(rename = "finished_status_ttl_seconds", with = "duration::seconds")]
+    pub finished_status_ttl: Duration,
     /// How long a running execution's state (from `DescribeExecution`) is reused for status
     /// requests; an ended execution's state is kept as long as the status.
     #[serde(rename = "live_status_ttl_ms", with = "duration::millis")]
@@ -133,6 +138,7 @@ impl Default for ServerConfig {
             ops_listen: None,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             status_ttl: Duration::from_secs(7 * 24 * 3600),
+            finished_status_ttl: Duration::from_secs(24 * 3600),
             live_status_ttl: Duration::from_secs(2),
             config_poll: Duration::from_secs(2),
             idempotency_ttl: Duration::from_secs(24 * 3600),

@@ -119,11 +119,21 @@ impl Config {
                 ),
             );
         }
-        if self.server.idempotency_ttl > self.server.status_ttl {
+        if self.server.idempotency_ttl > self.server.finished_status_ttl {
             problems.add(
                 "server.idempotency_ttl_seconds",
-                "must not exceed status_ttl_seconds: a retry is answered with its request's status",
+                "must not exceed finished_status_ttl_seconds: a retry is answered with its \
+                 request's status",
             );
+        }
+        if self.server.finished_status_ttl > self.server.status_ttl {
+            problems.add(
+                "server.finished_status_ttl_seconds",
+                "must not exceed status_ttl_seconds",
+            );
+        }
+        if self.server.finished_status_ttl.is_zero() {
+            problems.add("server.finished_status_ttl_seconds", "must be at least 1");
         }
     }
 

@@ -1,27 +1,38 @@
 -- Records the outcome of a delivery (started, or failed for good) and removes the entry,
 -- atomically, with the mark of an EXPRESS start attempt.
--- Keys and arguments: `Complete` in scripts.rs (the request's status hash is in the queue's
--- slot; `execution_arn` and `failure` are '' when they do not apply). Returns 1 when this
+-- Keys and arguments: `Complete` in scripts.rs (the request's status is in the queue's
+-- slot; `execution_arn` and `failure` are '' when they do not apply; `legacy_status` is the
+-- hash an earlier version kept the status in, updated when that is where it is). Returns 1 when this
 -- call acknowledged the entry, 0 when another delivery of the same entry already had (so
 -- exactly one of them records the event in the audit trail): the acknowledging call writes
 -- the outcome's audit event (`event`, sealed by `mac`; '' with the audit off) into the
 -- workflow's outbox, in the same step.
--- An expired status hash is not recreated (it would never expire).
+-- An expired status is not recreated (it would never expire).
 local acked = redis.call('XACK', queue, group, entry_id)
 if acked == 1 then
   redis.call('DEL', attempt)
   if event ~= '' then
     redis.call('XADD', outbox, '*', 'event', event, 'mac', mac)
   end
-  if redis.call('EXISTS', request_status) == 1 then
-    redis.call('HSET', request_status, 'status', state, 'updated_at', updated_at)
+  local current = redis.call('GET', status)
+  if current then
+    local ok, record = pcall(cjson.decode, current)
+    if ok and type(record) == 'table' then
+      record.s, record.u = state, updated_at
+      if execution_arn ~= '' then record.a = execution_arn end
+      record.e = failure ~= '' and failure or nil
+      -- Ended here: kept finished_ttl more seconds (the truth stays in Step Functions).
+      redis.call('SET', status, cjson.encode(record), 'EX', finished_ttl)
+    end
+  elseif redis.call('EXISTS', legacy_status) == 1 then
+    redis.call('HSET', legacy_status, 'status', state, 'updated_at', updated_at)
     if execution_arn ~= '' then
-      redis.call('HSET', request_status, 'execution_arn', execution_arn)
+      redis.call('HSET', legacy_status, 'execution_arn', execution_arn)
     end
     if failure ~= '' then
-      redis.call('HSET', request_status, 'error', failure)
+      redis.call('HSET', legacy_status, 'error', failure)
     else
-      redis.call('HDEL', request_status, 'error')
+      redis.call('HDEL', legacy_status, 'error')
     end
   end
 end

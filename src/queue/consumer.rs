@@ -116,6 +116,8 @@ pub struct Completion<'a> {
     pub request_id: Option<&'a RequestId>,
     pub entry_id: &'a str,
     pub now: &'a str,
+    /// How long the request's status is kept once it ended here (started or failed).
+    pub finished_ttl: std::time::Duration,
     /// The outcome's audit event, sealed for the workflow's outbox (`None`: the audit is
     /// off): written by the same script that records the outcome.
     pub event: Option<&'a SealedEvent>,
@@ -169,7 +171,8 @@ async fn complete_as(
 ) -> RedisResult<bool> {
     let script_keys = CompleteKeys {
         queue: keys.queue(completion.workflow),
-        request_status: completion.request_key(keys, Keys::request),
+        status: completion.request_key(keys, Keys::status),
+        legacy_status: completion.request_key(keys, Keys::request),
         attempt: completion.request_key(keys, Keys::attempt),
         outbox: keys.audit_outbox(completion.workflow),
     };
@@ -181,6 +184,7 @@ async fn complete_as(
         updated_at: completion.now,
         execution_arn,
         failure,
+        finished_ttl: completion.finished_ttl.as_secs().max(1),
         event,
         mac,
     };

@@ -22,7 +22,14 @@ redis.call('DEL', attempt)
 if event ~= '' then
   redis.call('XADD', outbox, '*', 'event', event, 'mac', mac)
 end
-if redis.call('EXISTS', request_status) == 1 then
-  redis.call('HSET', request_status, 'status', 'dead_lettered', 'updated_at', now, 'error', reason)
+local current = redis.call('GET', status)
+if current then
+  local ok, record = pcall(cjson.decode, current)
+  if ok and type(record) == 'table' then
+    record.s, record.u, record.e = 'dead_lettered', now, reason
+    redis.call('SET', status, cjson.encode(record), 'KEEPTTL')
+  end
+elseif redis.call('EXISTS', legacy_status) == 1 then
+  redis.call('HSET', legacy_status, 'status', 'dead_lettered', 'updated_at', now, 'error', reason)
 end
 return 1

@@ -111,7 +111,8 @@ pub async fn dead_letter(
         queue: keys.queue(workflow),
         dead_letters: keys.dead_letters(workflow),
         dead_letter_index: keys.dead_letter_index(workflow),
-        request_status: status_key(keys, workflow, request_id),
+        status: status_key(keys, workflow, request_id, Keys::status),
+        legacy_status: status_key(keys, workflow, request_id, Keys::request),
         attempt: request_id.map_or_else(|| keys.unused(workflow), |id| keys.attempt(id)),
         outbox: keys.audit_outbox(workflow),
     };
@@ -192,7 +193,8 @@ fn replay_keys(keys: &Keys, workflow: &WorkflowName, id: &str) -> ReplayKeys {
         dead_letters: keys.dead_letters(workflow),
         dead_letter_index: keys.dead_letter_index(workflow),
         queue: keys.queue(workflow),
-        request_status: status_key(keys, workflow, request_id.as_ref()),
+        status: status_key(keys, workflow, request_id.as_ref(), Keys::status),
+        legacy_status: status_key(keys, workflow, request_id.as_ref(), Keys::request),
         outbox: keys.audit_outbox(workflow),
     }
 }
@@ -246,8 +248,14 @@ fn request_id_of(workflow: &WorkflowName, id: &str) -> Option<RequestId> {
         .filter(|r| r.workflow() == workflow)
 }
 
-/// The request's status hash; a key that is never written for an entry without one (every
-/// key a script touches must be declared, in the workflow's slot).
-fn status_key(keys: &Keys, workflow: &WorkflowName, request_id: Option<&RequestId>) -> String {
-    request_id.map_or_else(|| keys.unused(workflow), |id| keys.request(id))
+/// The request's `key` (its status, or the hash an earlier version kept it in); a key that
+/// is never written for an entry without one (every key a script touches must be declared,
+/// in the workflow's slot).
+fn status_key(
+    keys: &Keys,
+    workflow: &WorkflowName,
+    request_id: Option<&RequestId>,
+    key: fn(&Keys, &RequestId) -> String,
+) -> String {
+    request_id.map_or_else(|| keys.unused(workflow), |id| key(keys, id))
 }

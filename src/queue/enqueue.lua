@@ -1,7 +1,7 @@
 -- Admission of one trigger: every check, then every write, in one atomic step.
 -- Keys: `AdmissionKeys` in scripts.rs, all in the workflow's slot (unused ones are the
 -- never-written `unused` key). Arguments (`Enqueue`):
--- plan_json: {request_id, owner, client_id, accepted_at, http_request_id,
+-- plan_json: {request_id, owner, owner_digest, client_id, accepted_at, http_request_id,
 --   trace_header, traceparent ('' when absent), status_ttl,
 --   jti_ttl (0: none), max_backlog (0: none), limits: [{window, requests, period_ms}]
 --   (window: 'workflow' or 'caller'), idempotency_fingerprint ('': no key),
@@ -76,7 +76,7 @@ for i, limit in ipairs(plan.limits) do
   table.insert(reply, tostring(limit.requests - counts[i] - 1))
   table.insert(reply, resets[i])
 end
-local status = 'queued'
+local state = 'queued'
 -- `audited`: its admission event is in the outbox (entries of earlier versions lack it);
 -- `due_ms`: when a held trigger is released, whether it waits among the deferred ones.
 local function fields()
@@ -86,19 +86,19 @@ local function fields()
     audited = accepted_event ~= '', due_ms = plan.due_ms})
 end
 if plan.due_ms > now then
-  status = 'deferred'
+  state = 'deferred'
   reply[2] = 'deferred'
 end
 if plan.hold_ms > 0 then
   -- Every trigger, deferred or not, is held until its admitting process releases it (its
   -- record chained) or withdraws it; scored by when the drain may assume that process
   -- died and recover it. A deferred one due before then must not start either.
-  if status ~= 'deferred' then
+  if state ~= 'deferred' then
     reply[2] = 'held'
   end
   redis.call('ZADD', held, now + plan.hold_ms, plan.request_id)
   redis.call('HSET', deferred_entries, plan.request_id, fields())
-elseif status == 'deferred' then
+elseif state == 'deferred' then
   -- Held in Redis until due; the drain's promote step moves it into the queue.
   redis.call('ZADD', deferred, plan.due_ms, plan.request_id)
   redis.call('HSET', deferred_entries, plan.request_id, fields())
@@ -108,18 +108,22 @@ else
     'http_request_id', plan.http_request_id, 'trace_header', plan.trace_header,
     'traceparent', plan.traceparent)
 end
-redis.call('HSET', request_status, 'status', status, 'owner', plan.owner,
-  'created_at', plan.accepted_at, 'updated_at', plan.accepted_at, 'not_before_ms', tostring(plan.due_ms))
--- A deferred trigger's status lives status_ttl past its due time, so it outlasts the wait
--- (completion updates an existing status only, never recreates an expired one).
+-- The status, compact (`StoredStatus` in request.rs): state, owner digest, creation time
+-- and, when deferred, the due time. A deferred trigger's status lives status_ttl past its
+-- due time, so it outlasts the wait (completion updates an existing status only, never
+-- recreates an expired one).
+local record = {s = state, o = plan.owner_digest, c = plan.accepted_at}
 local status_ttl = plan.status_ttl
-if status == 'deferred' then
+if plan.due_ms > 0 then
+  record.n = plan.due_ms
+end
+if state == 'deferred' then
   status_ttl = status_ttl + math.ceil((plan.due_ms - now) / 1000)
 end
-redis.call('EXPIRE', request_status, status_ttl)
+redis.call('SET', status, cjson.encode(record), 'EX', status_ttl)
 -- The audit record goes with the admission: a crash after this script cannot lose it.
 local event, mac = accepted_event, accepted_mac
-if status == 'deferred' and deferred_event ~= '' then
+if state == 'deferred' and deferred_event ~= '' then
   event, mac = deferred_event, deferred_mac
 end
 if event ~= '' then

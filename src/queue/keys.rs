@@ -7,7 +7,8 @@
 //! | key                                   | type   | holds                                  |
 //! |---------------------------------------|--------|----------------------------------------|
 //! | `<p>:{wf:<name>}:queue`               | stream | accepted triggers awaiting the drain   |
-//! | `<p>:{wf:<name>}:request:<32 hex>`    | hash   | one request's status (expires)         |
+//! | `<p>:{wf:<name>}:status:<32 hex>`     | string | one request's status, compact JSON (expires) |
+//! | `<p>:{wf:<name>}:request:<32 hex>`    | hash   | a status as earlier versions wrote it (read and updated until it expires) |
 //! | `<p>:{wf:<name>}:request:<32 hex>:live` | string | the execution's state, cached briefly|
 //! | `<p>:{wf:<name>}:request:<32 hex>:attempt` | string | an EXPRESS start was tried (expires)|
 //! | `<p>:{wf:<name>}:dead`                | stream | dead letters: entries that cannot start|
@@ -79,6 +80,18 @@ impl Keys {
         format!("{}:attempt", self.request(id))
     }
 
+    /// A request's status: compact JSON (`queue::request::StoredStatus`), expiring.
+    pub fn status(&self, id: &RequestId) -> String {
+        format!(
+            "{}:{{wf:{}}}:status:{}",
+            self.prefix,
+            id.workflow(),
+            id.local_part()
+        )
+    }
+
+    /// The stem of a request's short-lived keys; earlier versions kept its status here as a
+    /// hash (read, and updated, until those expire).
     pub fn request(&self, id: &RequestId) -> String {
         format!(
             "{}:{{wf:{}}}:request:{}",
@@ -243,6 +256,7 @@ mod tests {
         let made = [
             keys.queue(&workflow),
             keys.request(&id),
+            keys.status(&id),
             keys.live_status(&id),
             keys.attempt(&id),
             keys.dead_letters(&workflow),

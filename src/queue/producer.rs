@@ -122,6 +122,7 @@ pub enum Enqueued {
 struct Plan<'a> {
     request_id: String,
     owner: String,
+    owner_digest: String,
     client_id: &'a str,
     accepted_at: &'a str,
     http_request_id: &'a str,
@@ -243,7 +244,7 @@ impl Producer {
         });
         AdmissionKeys {
             queue: self.keys.queue(workflow),
-            request_status: self.keys.request(id),
+            status: self.keys.status(id),
             used_token: admission
                 .one_time_token
                 .as_ref()
@@ -366,6 +367,7 @@ impl Producer {
         let plan = Plan {
             request_id: id.to_string(),
             owner: request.owner.to_string(),
+            owner_digest: request.owner.digest(),
             client_id: request.client_id.as_deref().unwrap_or(""),
             accepted_at: &request.accepted_at,
             http_request_id: request.http_request_id.as_deref().unwrap_or(""),

@@ -7,9 +7,17 @@ local dead = redis.call('HGET', dead_letter_index, index_field)
 if not dead then return 0 end
 redis.call('HDEL', dead_letter_index, index_field)
 local removed = redis.call('XDEL', dead_letters, dead)
-if removed == 1 and redis.call('EXISTS', request_status) == 1 then
-  local reason = redis.call('HGET', request_status, 'error') or 'dead-lettered'
-  redis.call('HSET', request_status, 'status', 'failed', 'updated_at', now,
+local current = removed == 1 and redis.call('GET', status)
+if current then
+  local ok, record = pcall(cjson.decode, current)
+  if ok and type(record) == 'table' then
+    local reason = record.e or 'dead-lettered'
+    record.s, record.u, record.e = 'failed', now, 'purged from the dead letters: ' .. reason
+    redis.call('SET', status, cjson.encode(record), 'KEEPTTL')
+  end
+elseif removed == 1 and redis.call('EXISTS', legacy_status) == 1 then
+  local reason = redis.call('HGET', legacy_status, 'error') or 'dead-lettered'
+  redis.call('HSET', legacy_status, 'status', 'failed', 'updated_at', now,
     'error', 'purged from the dead letters: ' .. reason)
 end
 if removed == 1 and event ~= '' then

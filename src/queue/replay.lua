@@ -18,9 +18,16 @@ for i = 1, #fields, 2 do
 end
 local entry = redis.call('XADD', queue, '*', unpack(original))
 redis.call('XDEL', dead_letters, dead)
-if redis.call('EXISTS', request_status) == 1 then
-  redis.call('HSET', request_status, 'status', 'queued', 'updated_at', now)
-  redis.call('HDEL', request_status, 'error')
+local current = redis.call('GET', status)
+if current then
+  local ok, record = pcall(cjson.decode, current)
+  if ok and type(record) == 'table' then
+    record.s, record.u, record.e = 'queued', now, nil
+    redis.call('SET', status, cjson.encode(record), 'KEEPTTL')
+  end
+elseif redis.call('EXISTS', legacy_status) == 1 then
+  redis.call('HSET', legacy_status, 'status', 'queued', 'updated_at', now)
+  redis.call('HDEL', legacy_status, 'error')
 end
 if event ~= '' then
   redis.call('XADD', outbox, '*', 'event', event, 'mac', mac)

@@ -20,14 +20,15 @@ pub mod field {
     pub const TRACEPARENT: &str = "traceparent";
 }
 
-/// Fields of a request's status hash.
-pub mod status_field {
+/// Fields of a request's status hash, as versions before the compact status wrote it.
+mod legacy_field {
     pub const STATUS: &str = "status";
     pub const OWNER: &str = "owner";
     pub const CREATED_AT: &str = "created_at";
     pub const UPDATED_AT: &str = "updated_at";
     pub const EXECUTION_ARN: &str = "execution_arn";
     pub const ERROR: &str = "error";
+    pub const NOT_BEFORE_MS: &str = "not_before_ms";
 }
 
 /// An accepted trigger as the drain reads it back.
@@ -141,40 +142,107 @@ impl RequestState {
     }
 }
 
-/// A request's status hash, read back.
-#[derive(Debug, Clone)]
+/// A request's status as stored: compact JSON, short names, absent members left out —
+/// Redis keeps millions of these, and a value stays a plain string of ~200 bytes whatever
+/// it holds (a hash turns into a far larger table once one value passes 64 bytes, as an
+/// execution ARN does). Written by `enqueue.lua`, updated by the drain's and the operators'
+/// scripts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredStatus {
+    #[serde(rename = "s")]
     pub state: RequestState,
+    /// [`Owner::digest`] of the caller that made the request (an earlier version's hash
+    /// holds the owner itself).
+    #[serde(rename = "o")]
     pub owner: String,
+    #[serde(rename = "c")]
     pub created_at: String,
-    pub updated_at: String,
+    /// Absent until the status first changes.
+    #[serde(rename = "u", default, skip_serializing_if = "Option::is_none")]
+    updated_at: Option<String>,
+    #[serde(rename = "a", default, skip_serializing_if = "Option::is_none")]
     pub execution_arn: Option<String>,
+    #[serde(rename = "e", default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     /// When a deferred trigger is due (Unix ms; 0 for one queued at once).
+    #[serde(rename = "n", default, skip_serializing_if = "is_zero")]
     pub not_before_ms: u64,
 }
 
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
 impl StoredStatus {
-    /// `None` for an absent (empty) or unreadable hash.
-    pub fn from_hash(mut hash: HashMap<String, String>) -> Option<Self> {
+    /// `None` for a value that is not a status.
+    pub fn from_json(json: &str) -> Option<Self> {
+        serde_json::from_str(json).ok()
+    }
+
+    /// From the hash an earlier version wrote; `None` for an absent (empty) or unreadable one.
+    pub fn from_legacy_hash(mut hash: HashMap<String, String>) -> Option<Self> {
         Some(Self {
-            state: RequestState::parse(hash.get(status_field::STATUS)?)?,
-            owner: hash.remove(status_field::OWNER)?,
-            created_at: hash.remove(status_field::CREATED_AT)?,
-            updated_at: hash.remove(status_field::UPDATED_AT)?,
-            execution_arn: hash.remove(status_field::EXECUTION_ARN),
-            error: hash.remove(status_field::ERROR),
+            state: RequestState::parse(hash.get(legacy_field::STATUS)?)?,
+            owner: hash.remove(legacy_field::OWNER)?,
+            created_at: hash.remove(legacy_field::CREATED_AT)?,
+            updated_at: hash.remove(legacy_field::UPDATED_AT),
+            execution_arn: hash.remove(legacy_field::EXECUTION_ARN),
+            error: hash.remove(legacy_field::ERROR),
             not_before_ms: hash
-                .get("not_before_ms")
+                .get(legacy_field::NOT_BEFORE_MS)
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0),
         })
+    }
+
+    /// When the status last changed.
+    pub fn updated_at(&self) -> &str {
+        self.updated_at.as_deref().unwrap_or(&self.created_at)
+    }
+
+    /// Whether `owner` made this request (an earlier version stored the owner itself).
+    pub fn is_owned_by(&self, owner: &Owner) -> bool {
+        self.owner == owner.digest() || self.owner == owner.to_string()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_status_reads_back_as_the_scripts_write_it() -> Result<(), Box<dyn std::error::Error>> {
+        // As enqueue.lua writes it, then as complete.lua leaves it (cjson escapes `/`).
+        let queued = r#"{"s":"queued","o":"0123456789abcdef0123456789abcdef","c":"2026-12-07T10:00:00.000Z"}"#;
+        let status = StoredStatus::from_json(queued).ok_or("unread")?;
+        assert_eq!(status.state, RequestState::Queued);
+        assert_eq!(status.updated_at(), "2026-12-07T10:00:00.000Z");
+        let failed = r#"{"s":"failed","o":"x","c":"c","u":"u","e":"a\/b","n":1765101600000}"#;
+        let status = StoredStatus::from_json(failed).ok_or("unread")?;
+        assert_eq!(
+            (
+                status.error.as_deref(),
+                status.updated_at(),
+                status.not_before_ms
+            ),
+            (Some("a/b"), "u", 1_765_101_600_000)
+        );
+        let owner = Owner::parse("https://idp.example.com svc");
+        let mine = StoredStatus {
+            owner: owner.digest(),
+            ..status.clone()
+        };
+        assert!(mine.is_owned_by(&owner));
+        assert!(!mine.is_owned_by(&Owner::parse("https://idp.example.com other")));
+        // What an earlier version stored: the owner itself.
+        let legacy = StoredStatus {
+            owner: owner.to_string(),
+            ..status
+        };
+        assert!(legacy.is_owned_by(&owner));
+        assert_eq!(StoredStatus::from_json("not json"), None);
+        Ok(())
+    }
 
     #[test]
     fn every_state_round_trips_and_matches_its_json_name() -> Result<(), serde_json::Error> {

@@ -7,7 +7,7 @@ use crate::lua::{Contract, lua_args, lua_keys, lua_script};
 lua_keys! {
     /// Admission's keys, all in the workflow's slot.
     pub struct AdmissionKeys {
-        queue, request_status, used_token, workflow_rate, caller_rate, idempotency,
+        queue, status, used_token, workflow_rate, caller_rate, idempotency,
         deferred, deferred_entries, held, outbox,
     }
 }
@@ -26,14 +26,14 @@ lua_keys! {
     /// Admission's keys less the queue and the deferred triggers, which a withdrawal never
     /// touches (it takes back only what is still held).
     pub struct WithdrawKeys {
-        request_status, used_token, workflow_rate, caller_rate, idempotency,
+        status, used_token, workflow_rate, caller_rate, idempotency,
         deferred_entries, held, outbox,
     }
 }
 impl From<AdmissionKeys> for WithdrawKeys {
     fn from(keys: AdmissionKeys) -> Self {
         Self {
-            request_status: keys.request_status,
+            status: keys.status,
             used_token: keys.used_token,
             workflow_rate: keys.workflow_rate,
             caller_rate: keys.caller_rate,
@@ -72,11 +72,12 @@ lua_script! {
     pub struct Release = "release.lua", ReleaseKeys, ReleaseArgs;
 }
 
-lua_keys! { pub struct CompleteKeys { queue, request_status, attempt, outbox } }
+lua_keys! { pub struct CompleteKeys { queue, status, legacy_status, attempt, outbox } }
 lua_args! {
     pub struct CompleteArgs<'a> {
         group: &'a str, entry_id: &'a str, state: &'a str, updated_at: &'a str,
-        execution_arn: &'a str, failure: &'a str, event: &'a str, mac: &'a str,
+        execution_arn: &'a str, failure: &'a str, finished_ttl: u64, event: &'a str,
+        mac: &'a str,
     }
 }
 lua_script! {
@@ -86,7 +87,7 @@ lua_script! {
 
 lua_keys! {
     pub struct DeadLetterKeys {
-        queue, dead_letters, dead_letter_index, request_status, attempt, outbox,
+        queue, dead_letters, dead_letter_index, status, legacy_status, attempt, outbox,
     }
 }
 lua_args! {
@@ -101,7 +102,9 @@ lua_script! {
 }
 
 lua_keys! {
-    pub struct ReplayKeys { dead_letters, dead_letter_index, queue, request_status, outbox }
+    pub struct ReplayKeys {
+        dead_letters, dead_letter_index, queue, status, legacy_status, outbox,
+    }
 }
 lua_args! {
     pub struct DeadLetterIndexArgs<'a> {
@@ -113,13 +116,16 @@ lua_script! {
     pub struct Replay = "replay.lua", ReplayKeys, DeadLetterIndexArgs;
 }
 
-lua_keys! { pub struct PurgeKeys { dead_letters, dead_letter_index, request_status, outbox } }
+lua_keys! {
+    pub struct PurgeKeys { dead_letters, dead_letter_index, status, legacy_status, outbox }
+}
 impl From<ReplayKeys> for PurgeKeys {
     fn from(keys: ReplayKeys) -> Self {
         Self {
             dead_letters: keys.dead_letters,
             dead_letter_index: keys.dead_letter_index,
-            request_status: keys.request_status,
+            status: keys.status,
+            legacy_status: keys.legacy_status,
             outbox: keys.outbox,
         }
     }

@@ -8,7 +8,7 @@ if redis.call('ZREM', held, request_id) == 0 then
   return 0
 end
 redis.call('HDEL', deferred_entries, request_id)
-redis.call('DEL', request_status)
+redis.call('DEL', status)
 -- Quota given back; a retry may use the idempotency key and the one-time token again.
 redis.call('ZREM', workflow_rate, request_id)
 redis.call('ZREM', caller_rate, request_id)

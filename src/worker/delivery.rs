@@ -112,6 +112,7 @@ impl Drain {
             request_id: request.map(|r| &r.request_id),
             entry_id: &delivery.entry_id,
             now: &now_rfc3339(),
+            finished_ttl: self.finished_status_ttl,
             event: sealed.as_ref(),
         };
         match self.complete_with_retries(&completion, &outcome).await {

@@ -72,6 +72,8 @@ pub struct Drain {
     pub(super) held_recovery: Option<Duration>,
     /// Repeated start failures, logged once per interval with a count.
     pub(super) failures: RepeatedFailures,
+    /// How long a request's status is kept once its delivery ended it.
+    pub(super) finished_status_ttl: Duration,
 }
 
 impl Drain {
@@ -134,6 +136,7 @@ impl Drain {
                 .fail_closed_timing()
                 .map(|timing| timing.write_timeout),
             failures: RepeatedFailures::default(),
+            finished_status_ttl: config.server.finished_status_ttl,
         }
     }
 

@@ -227,7 +227,7 @@ async fn a_long_deferral_keeps_its_status_until_due_plus_the_status_ttl() -> Tes
     let request_id = crate::support::request_id_of(response).await?;
     let id = stepgate::domain::RequestId::parse(&request_id)?;
     let ttl: i64 = redis::cmd("TTL")
-        .arg(keys().request(&id))
+        .arg(keys().status(&id))
         .query_async(&mut app.redis.connection().await?)
         .await?;
     let status_ttl = 7 * 24 * 3600;

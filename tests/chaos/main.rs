@@ -166,55 +166,44 @@ async fn random_pause(range: std::ops::Range<u64>) {
     tokio::time::sleep(Duration::from_millis(ms)).await;
 }
 
-/// How many records of `event` the trail holds per request id (`GET /v1/audit`, paged).
-async fn records_per_request(
-    http: &reqwest::Client,
-    base: &str,
-    token: &str,
-    event: &str,
-) -> TestResult<HashMap<String, usize>> {
+/// How many records of `event` the whole trail holds per request id: the exported files
+/// joined with what Redis still holds (Redis keeps only a tail).
+async fn records_per_request(config: &Path, event: &str) -> TestResult<HashMap<String, usize>> {
+    use stepgate::audit::trail;
+    let config = stepgate::config::Config::load(config)?;
+    let mut redis = stepgate::redis_conn::RedisEndpoint::from_config(&config.redis)?
+        .connect(Duration::from_secs(5))
+        .await?;
+    let keys = stepgate::queue::Keys::new(&config.redis.key_prefix);
+    let files = trail::from_files(&config.audit.files.dir)?;
+    let joined = trail::join(files, trail::from_redis(&mut redis, &keys).await?)
+        .map_err(|problem| format!("the files and Redis disagree: {problem:?}"))?;
     let mut counts = HashMap::new();
-    let mut after: Option<String> = None;
-    loop {
-        let mut url = format!("{base}/v1/audit?event={event}&limit=500");
-        if let Some(after) = &after {
-            url.push_str(&format!("&after={after}"));
-        }
-        let page: Value = http
-            .get(&url)
-            .bearer_auth(token)
-            .send()
-            .await?
-            .json()
-            .await?;
-        for entry in page["records"].as_array().into_iter().flatten() {
-            let id = entry["record"]["request_id"].as_str().unwrap_or_default();
+    for record in &joined.records {
+        let body: Value = serde_json::from_str(&record.body).unwrap_or_default();
+        if body["event"] == event {
+            let id = body["request_id"].as_str().unwrap_or_default();
             *counts.entry(id.to_owned()).or_default() += 1;
         }
-        match page["next_after"].as_str() {
-            Some(next) => after = Some(next.to_owned()),
-            None => return Ok(counts),
-        }
     }
+    Ok(counts)
 }
 
 /// Asserts that the trail holds exactly one `event` record per accepted trigger, and no
 /// other. Relaying trails the changes by up to a poll, so the count is awaited, then read
 /// again: a record relayed late (a duplicate) would show in the later read.
 async fn exactly_one_record_each(
-    http: &reqwest::Client,
-    base: &str,
-    token: &str,
+    config: &Path,
     event: &str,
     accepted: &HashMap<usize, String>,
 ) -> TestResult {
     let counted = eventually(Duration::from_secs(30), "every record", || async {
-        let counted = records_per_request(http, base, token, event).await.ok()?;
+        let counted = records_per_request(config, event).await.ok()?;
         (counted.values().sum::<usize>() >= TOTAL).then_some(counted)
     })
     .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let again = records_per_request(http, base, token, event).await?;
+    let again = records_per_request(config, event).await?;
     assert_eq!(again, counted, "the trail's {event} records settled");
     for (n, id) in accepted {
         assert_eq!(
@@ -482,6 +471,9 @@ async fn run(mut store: Store) -> TestResult {
         .env("AWS_EC2_METADATA_DISABLED", "true")
         .args(["audit", "verify", "--config"])
         .arg(&config)
+        // The whole trail: the exported files, then what Redis holds beyond them.
+        .arg("--files")
+        .arg(dir.path().join("audit-trail"))
         .output()?;
     assert!(
         verified.status.success(),
@@ -492,7 +484,7 @@ async fn run(mut store: Store) -> TestResult {
     // lost with a killed process (each is written by the script that makes its change),
     // none twice (a retry with the same key is a duplicate, not a second admission).
     for event in ["accepted", "started"] {
-        exactly_one_record_each(&http, &second.base, &token, event, &accepted).await?;
+        exactly_one_record_each(&config, event, &accepted).await?;
     }
     eprintln!(
         "chaos: done in {:?}; {}",

@@ -81,7 +81,7 @@ pub fn checks(
         limits.push(limit("workflow", LimitScope::Workflow, rate));
     }
     // A digest: the identity is caller-chosen text and must not shape Redis keys.
-    let digest = || sha256_hex(caller.owner().to_string().as_bytes())[..32].to_owned();
+    let digest = || caller.owner().digest();
     if let Some(rate) = workflow.rate_limits.per_caller {
         limits.push(limit("caller", LimitScope::Caller(digest()), rate));
     }

@@ -81,7 +81,7 @@ pub async fn get_request(
     let stored = stored_status(&state, &id)
         .await?
         .ok_or(ApiError::NotFound)?;
-    if stored.owner != caller.owner().to_string() {
+    if !stored.is_owned_by(&caller.owner()) {
         return Err(ApiError::NotFound);
     }
     let not_before = (stored.not_before_ms > 0)
@@ -108,6 +108,7 @@ pub async fn get_request(
         }
         _ => None,
     };
+    let updated_at = stored.updated_at().to_owned();
     Ok(Json(RequestStatus {
         execution_status,
         request_id: id.to_string(),
@@ -116,23 +117,31 @@ pub async fn get_request(
         not_before,
         execution_arn: stored.execution_arn,
         error: stored.error,
+        updated_at,
         created_at: stored.created_at,
-        updated_at: stored.updated_at,
     }))
 }
 
-/// The request's stored status, if Redis still holds it.
+/// The request's stored status, if Redis still holds it (where an earlier version kept it,
+/// until that expires).
 pub(crate) async fn stored_status(
     state: &AppState,
     id: &RequestId,
 ) -> Result<Option<StoredStatus>, ApiError> {
-    let hash: HashMap<String, String> = state
-        .redis
-        .clone()
+    let mut redis = state.redis.clone();
+    let unavailable = |e: redis::RedisError| ApiError::redis_unavailable(&e);
+    let compact: Option<String> = redis
+        .get(state.keys.status(id))
+        .await
+        .map_err(unavailable)?;
+    if let Some(json) = compact {
+        return Ok(StoredStatus::from_json(&json));
+    }
+    let legacy: HashMap<String, String> = redis
         .hgetall(state.keys.request(id))
         .await
-        .map_err(|e| ApiError::redis_unavailable(&e))?;
-    Ok(StoredStatus::from_hash(hash))
+        .map_err(unavailable)?;
+    Ok(StoredStatus::from_legacy_hash(legacy))
 }
 
 /// The state a caller is shown: a deferred trigger that is due waits in the queue, whether
