@@ -18,6 +18,13 @@ pub fn to_unix_ms(at: OffsetDateTime) -> u64 {
     (at.unix_timestamp_nanos() / 1_000_000).max(0) as u64
 }
 
+/// An RFC 3339 time (as [`rfc3339_from_unix_ms`] writes it) in Unix milliseconds; 0 for
+/// text that is not one.
+pub fn unix_ms_from_rfc3339(text: &str) -> u64 {
+    OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .map_or(0, to_unix_ms)
+}
+
 /// Now, e.g. `2026-11-25T04:33:32.123Z`.
 pub fn now_rfc3339() -> String {
     rfc3339_from_unix_ms(unix_ms())

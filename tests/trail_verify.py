@@ -225,8 +225,7 @@ def file_lines(path: str):
     except (OSError, UnicodeDecodeError) as e:
         raise Failure("unreadable", None, f"{path}: {e}")
     lines = text.split("\n")
-    if lines[-1] == "":
-        lines.pop()  # the file ends with "\n" (or is empty); a torn last line is kept
+    lines.pop()  # "" after a final "\n", else a last line still being written (skipped)
     return lines
 
 

@@ -77,7 +77,10 @@ pub fn record_files(dir: &Path) -> Result<Vec<(u64, PathBuf)>, FilesError> {
 pub fn read_dir(dir: &Path) -> Result<(Vec<StoredRecord>, Vec<SignedCheckpoint>), FilesError> {
     let mut records = Vec::new();
     for (_, path) in record_files(dir)? {
-        let text = std::fs::read_to_string(&path).map_err(|e| FilesError::new(&path, e))?;
+        let mut text = std::fs::read_to_string(&path).map_err(|e| FilesError::new(&path, e))?;
+        // A last line without its newline is being written (the exporter cuts it after a
+        // crash and writes it again): not a record yet.
+        text.truncate(text.rfind('\n').map_or(0, |i| i + 1));
         for (i, raw) in text.lines().enumerate() {
             let (body, signature) = parse_line("record", raw).unwrap_or_default();
             records.push(StoredRecord {
@@ -89,7 +92,7 @@ pub fn read_dir(dir: &Path) -> Result<(Vec<StoredRecord>, Vec<SignedCheckpoint>)
     }
     let path = dir.join(CHECKPOINTS_FILE);
     let checkpoints = match std::fs::read_to_string(&path) {
-        Ok(text) => text
+        Ok(text) => text[..text.rfind('\n').map_or(0, |i| i + 1)]
             .lines()
             .map(|raw| {
                 let (body, signature) = parse_line("checkpoint", raw).unwrap_or_default();

@@ -437,15 +437,10 @@ async fn read_with(
     config: Option<&Config>,
     sources: &Sources,
 ) -> Result<Result<Trail, Problem>, ReadError> {
-    let files = sources
-        .files
-        .as_deref()
-        .map(trail::from_files)
-        .transpose()?;
     if sources.no_redis
-        && let Some(files) = files
+        && let Some(dir) = sources.files.as_deref()
     {
-        return Ok(Ok(files));
+        return Ok(Ok(trail::from_files(dir)?));
     }
     let Some(config) = config else {
         return Err(ReadError::Redis(redis::RedisError::from((
@@ -470,6 +465,13 @@ async fn read_with(
             )))
         })?;
     let from_redis = trail::from_redis(&mut redis, &Keys::new(&config.redis.key_prefix)).await?;
+    // The files after Redis: whatever retention trimmed from Redis before that read was
+    // exported first, so the two meet (read the other way, a trim in between leaves a gap).
+    let files = sources
+        .files
+        .as_deref()
+        .map(trail::from_files)
+        .transpose()?;
     Ok(match files {
         Some(files) => trail::join(files, from_redis),
         None => Ok(from_redis),

@@ -94,7 +94,7 @@ fn default_files_dir() -> PathBuf {
 }
 
 fn default_keep_records() -> u64 {
-    1_000
+    500
 }
 
 fn default_refusal_window() -> Duration {
@@ -110,7 +110,8 @@ fn enabled() -> bool {
 }
 
 fn default_checkpoint_every() -> u64 {
-    1_000
+    // Retention trims only to a checkpoint: their spacing is part of what Redis keeps.
+    250
 }
 
 fn default_checkpoint_interval() -> Duration {

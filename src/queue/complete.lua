@@ -1,7 +1,8 @@
 -- Records the outcome of a delivery (started, or failed for good) and removes the entry,
 -- atomically, with the mark of an EXPRESS start attempt.
 -- Keys and arguments: `Complete` in scripts.rs (the request's status is in the queue's
--- slot; `execution_arn` and `failure` are '' when they do not apply; `legacy_status` is the
+-- slot; `execution_arn` and `failure` are '' when they do not apply; `stored_arn` is the
+-- ARN as the compact status keeps it (see `StoredStatus`); `legacy_status` is the
 -- hash an earlier version kept the status in, updated when that is where it is). Returns 1 when this
 -- call acknowledged the entry, 0 when another delivery of the same entry already had (so
 -- exactly one of them records the event in the audit trail): the acknowledging call writes
@@ -18,8 +19,8 @@ if acked == 1 then
   if current then
     local ok, record = pcall(cjson.decode, current)
     if ok and type(record) == 'table' then
-      record.s, record.u = state, updated_at
-      if execution_arn ~= '' then record.a = execution_arn end
+      record.s, record.u = state, tonumber(updated_ms)
+      if stored_arn ~= '' then record.a = stored_arn end
       record.e = failure ~= '' and failure or nil
       -- Ended here: kept finished_ttl more seconds (the truth stays in Step Functions).
       redis.call('SET', status, cjson.encode(record), 'EX', finished_ttl)

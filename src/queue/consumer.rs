@@ -15,7 +15,7 @@ use redis::{AsyncCommands, RedisResult};
 
 use super::dead_letters;
 use super::keys::{Keys, WORKERS_GROUP};
-use super::request::{EntryError, QueuedRequest, RequestState};
+use super::request::{EntryError, QueuedRequest, RequestState, StoredStatus};
 use super::scripts::{
     Complete, CompleteArgs, CompleteKeys, PruneConsumers, PruneConsumersArgs, PruneConsumersKeys,
 };
@@ -177,12 +177,19 @@ async fn complete_as(
         outbox: keys.audit_outbox(completion.workflow),
     };
     let (event, mac) = completion.event();
+    let stored_arn = completion
+        .request_id
+        .map_or(execution_arn.to_owned(), |id| {
+            StoredStatus::store_arn(execution_arn, id)
+        });
     let args = CompleteArgs {
         group: WORKERS_GROUP,
         entry_id: completion.entry_id,
         state: state.as_str(),
         updated_at: completion.now,
+        updated_ms: crate::clock::unix_ms_from_rfc3339(completion.now),
         execution_arn,
+        stored_arn: &stored_arn,
         failure,
         finished_ttl: completion.finished_ttl.as_secs().max(1),
         event,

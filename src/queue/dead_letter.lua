@@ -26,7 +26,7 @@ local current = redis.call('GET', status)
 if current then
   local ok, record = pcall(cjson.decode, current)
   if ok and type(record) == 'table' then
-    record.s, record.u, record.e = 'dead_lettered', now, reason
+    record.s, record.u, record.e = 'dead_lettered', tonumber(now_ms), reason
     redis.call('SET', status, cjson.encode(record), 'KEEPTTL')
   end
 elseif redis.call('EXISTS', legacy_status) == 1 then

@@ -124,6 +124,7 @@ pub async fn dead_letter(
         index_field: &index_field,
         reason,
         now: completion.now,
+        now_ms: crate::clock::unix_ms_from_rfc3339(completion.now),
         event,
         mac,
     };
@@ -177,6 +178,7 @@ pub async fn replay(
     let args = DeadLetterIndexArgs {
         index_field: id,
         now,
+        now_ms: crate::clock::unix_ms_from_rfc3339(now),
         event,
         mac,
     };
@@ -213,6 +215,7 @@ pub async fn purge(
     let args = DeadLetterIndexArgs {
         index_field: id,
         now,
+        now_ms: crate::clock::unix_ms_from_rfc3339(now),
         event,
         mac,
     };

@@ -1,7 +1,8 @@
 -- Admission of one trigger: every check, then every write, in one atomic step.
 -- Keys: `AdmissionKeys` in scripts.rs, all in the workflow's slot (unused ones are the
 -- never-written `unused` key). Arguments (`Enqueue`):
--- plan_json: {request_id, owner, owner_digest, client_id, accepted_at, http_request_id,
+-- plan_json: {request_id, owner, owner_digest, client_id, accepted_at, accepted_ms,
+--   http_request_id,
 --   trace_header, traceparent ('' when absent), status_ttl,
 --   jti_ttl (0: none), max_backlog (0: none), limits: [{window, requests, period_ms}]
 --   (window: 'workflow' or 'caller'), idempotency_fingerprint ('': no key),
@@ -112,7 +113,7 @@ end
 -- and, when deferred, the due time. A deferred trigger's status lives status_ttl past its
 -- due time, so it outlasts the wait (completion updates an existing status only, never
 -- recreates an expired one).
-local record = {s = state, o = plan.owner_digest, c = plan.accepted_at}
+local record = {s = state, o = plan.owner_digest, c = plan.accepted_ms}
 local status_ttl = plan.status_ttl
 if plan.due_ms > 0 then
   record.n = plan.due_ms

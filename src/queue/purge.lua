@@ -12,7 +12,7 @@ if current then
   local ok, record = pcall(cjson.decode, current)
   if ok and type(record) == 'table' then
     local reason = record.e or 'dead-lettered'
-    record.s, record.u, record.e = 'failed', now, 'purged from the dead letters: ' .. reason
+    record.s, record.u, record.e = 'failed', tonumber(now_ms), 'purged from the dead letters: ' .. reason
     redis.call('SET', status, cjson.encode(record), 'KEEPTTL')
   end
 elseif removed == 1 and redis.call('EXISTS', legacy_status) == 1 then

@@ -22,7 +22,7 @@ local current = redis.call('GET', status)
 if current then
   local ok, record = pcall(cjson.decode, current)
   if ok and type(record) == 'table' then
-    record.s, record.u, record.e = 'queued', now, nil
+    record.s, record.u, record.e = 'queued', tonumber(now_ms), nil
     redis.call('SET', status, cjson.encode(record), 'KEEPTTL')
   end
 elseif redis.call('EXISTS', legacy_status) == 1 then

@@ -154,14 +154,17 @@ pub struct StoredStatus {
     /// [`Owner::digest`] of the caller that made the request (an earlier version's hash
     /// holds the owner itself).
     #[serde(rename = "o")]
-    pub owner: String,
+    owner: String,
+    /// When it was accepted (Unix ms).
     #[serde(rename = "c")]
-    pub created_at: String,
-    /// Absent until the status first changes.
+    created_ms: u64,
+    /// When it last changed (Unix ms); absent until it first changes.
     #[serde(rename = "u", default, skip_serializing_if = "Option::is_none")]
-    updated_at: Option<String>,
+    updated_ms: Option<u64>,
+    /// The execution ARN, its last part cut off where that is the request id (see
+    /// [`StoredStatus::store_arn`]).
     #[serde(rename = "a", default, skip_serializing_if = "Option::is_none")]
-    pub execution_arn: Option<String>,
+    arn: Option<String>,
     #[serde(rename = "e", default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     /// When a deferred trigger is due (Unix ms; 0 for one queued at once).
@@ -181,12 +184,13 @@ impl StoredStatus {
 
     /// From the hash an earlier version wrote; `None` for an absent (empty) or unreadable one.
     pub fn from_legacy_hash(mut hash: HashMap<String, String>) -> Option<Self> {
+        let ms = |text: Option<String>| text.map(|t| crate::clock::unix_ms_from_rfc3339(&t));
         Some(Self {
             state: RequestState::parse(hash.get(legacy_field::STATUS)?)?,
             owner: hash.remove(legacy_field::OWNER)?,
-            created_at: hash.remove(legacy_field::CREATED_AT)?,
-            updated_at: hash.remove(legacy_field::UPDATED_AT),
-            execution_arn: hash.remove(legacy_field::EXECUTION_ARN),
+            created_ms: ms(hash.remove(legacy_field::CREATED_AT))?,
+            updated_ms: ms(hash.remove(legacy_field::UPDATED_AT)),
+            arn: hash.remove(legacy_field::EXECUTION_ARN),
             error: hash.remove(legacy_field::ERROR),
             not_before_ms: hash
                 .get(legacy_field::NOT_BEFORE_MS)
@@ -195,9 +199,33 @@ impl StoredStatus {
         })
     }
 
-    /// When the status last changed.
-    pub fn updated_at(&self) -> &str {
-        self.updated_at.as_deref().unwrap_or(&self.created_at)
+    /// An execution ARN as the status keeps it: the execution's name is the request id, so
+    /// an ARN that ends with `:<request id>` is kept as everything up to that colon (no ARN
+    /// ends with a colon, so the two forms never mix up).
+    pub fn store_arn(execution_arn: &str, id: &RequestId) -> String {
+        let name = id.to_string();
+        match execution_arn.strip_suffix(name.as_str()) {
+            Some(stem) if stem.ends_with(':') => stem.to_owned(),
+            _ => execution_arn.to_owned(),
+        }
+    }
+
+    /// The execution ARN, once started.
+    pub fn execution_arn(&self, id: &RequestId) -> Option<String> {
+        self.arn.as_ref().map(|arn| match arn.ends_with(':') {
+            true => format!("{arn}{id}"),
+            false => arn.clone(),
+        })
+    }
+
+    /// When it was accepted (RFC 3339).
+    pub fn created_at(&self) -> String {
+        crate::clock::rfc3339_from_unix_ms(self.created_ms)
+    }
+
+    /// When the status last changed (RFC 3339).
+    pub fn updated_at(&self) -> String {
+        crate::clock::rfc3339_from_unix_ms(self.updated_ms.unwrap_or(self.created_ms))
     }
 
     /// Whether `owner` made this request (an earlier version stored the owner itself).
@@ -212,20 +240,22 @@ mod tests {
 
     #[test]
     fn a_status_reads_back_as_the_scripts_write_it() -> Result<(), Box<dyn std::error::Error>> {
+        let id = RequestId::parse("orders_0192f5c4e3b87d8e9a6b1c2d3e4f5a6b")?;
         // As enqueue.lua writes it, then as complete.lua leaves it (cjson escapes `/`).
-        let queued = r#"{"s":"queued","o":"0123456789abcdef0123456789abcdef","c":"2026-12-07T10:00:00.000Z"}"#;
+        let queued = r#"{"s":"queued","o":"0123456789abcdef0123456789abcdef","c":1765101600123}"#;
         let status = StoredStatus::from_json(queued).ok_or("unread")?;
         assert_eq!(status.state, RequestState::Queued);
-        assert_eq!(status.updated_at(), "2026-12-07T10:00:00.000Z");
-        let failed = r#"{"s":"failed","o":"x","c":"c","u":"u","e":"a\/b","n":1765101600000}"#;
+        assert_eq!(status.updated_at(), "2025-12-07T10:00:00.123Z");
+        assert_eq!(status.execution_arn(&id), None);
+        let failed = r#"{"s":"failed","o":"x","c":1,"u":2,"e":"a\/b","n":1765101600000}"#;
         let status = StoredStatus::from_json(failed).ok_or("unread")?;
         assert_eq!(
             (
                 status.error.as_deref(),
-                status.updated_at(),
+                status.updated_ms,
                 status.not_before_ms
             ),
-            (Some("a/b"), "u", 1_765_101_600_000)
+            (Some("a/b"), Some(2), 1_765_101_600_000)
         );
         let owner = Owner::parse("https://idp.example.com svc");
         let mine = StoredStatus {
@@ -241,6 +271,24 @@ mod tests {
         };
         assert!(legacy.is_owned_by(&owner));
         assert_eq!(StoredStatus::from_json("not json"), None);
+        Ok(())
+    }
+
+    #[test]
+    fn an_arn_named_by_its_request_is_kept_short_and_read_back_whole()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let id = RequestId::parse("orders_0192f5c4e3b87d8e9a6b1c2d3e4f5a6b")?;
+        let standard = format!("arn:aws:states:us-east-1:123456789012:execution:orders:{id}");
+        let express = format!("arn:aws:states:us-east-1:123456789012:express:orders:{id}:0f1e");
+        for arn in [standard.as_str(), express.as_str(), "arn:other", "x"] {
+            let stored = StoredStatus::store_arn(arn, &id);
+            let status = StoredStatus {
+                arn: Some(stored.clone()),
+                ..StoredStatus::from_json(r#"{"s":"started","o":"x","c":1}"#).ok_or("unread")?
+            };
+            assert_eq!(status.execution_arn(&id).as_deref(), Some(arn), "{stored}");
+        }
+        assert!(StoredStatus::store_arn(&standard, &id).ends_with(":orders:"));
         Ok(())
     }
 

@@ -76,8 +76,8 @@ lua_keys! { pub struct CompleteKeys { queue, status, legacy_status, attempt, out
 lua_args! {
     pub struct CompleteArgs<'a> {
         group: &'a str, entry_id: &'a str, state: &'a str, updated_at: &'a str,
-        execution_arn: &'a str, failure: &'a str, finished_ttl: u64, event: &'a str,
-        mac: &'a str,
+        updated_ms: u64, execution_arn: &'a str, stored_arn: &'a str, failure: &'a str,
+        finished_ttl: u64, event: &'a str, mac: &'a str,
     }
 }
 lua_script! {
@@ -93,7 +93,7 @@ lua_keys! {
 lua_args! {
     pub struct DeadLetterArgs<'a> {
         group: &'a str, entry_id: &'a str, index_field: &'a str, reason: &'a str, now: &'a str,
-        event: &'a str, mac: &'a str,
+        now_ms: u64, event: &'a str, mac: &'a str,
     }
 }
 lua_script! {
@@ -108,7 +108,7 @@ lua_keys! {
 }
 lua_args! {
     pub struct DeadLetterIndexArgs<'a> {
-        index_field: &'a str, now: &'a str, event: &'a str, mac: &'a str,
+        index_field: &'a str, now: &'a str, now_ms: u64, event: &'a str, mac: &'a str,
     }
 }
 lua_script! {

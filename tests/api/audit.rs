@@ -653,7 +653,9 @@ async fn two_writers_under_load_make_one_complete_chain() -> TestResult {
         assert!(requests.contains(&record["request_id"]), "{record}");
     }
     drop(replica);
-    let (code, report) = verify_json(&app, &[])?;
+    // The whole trail: the files, then Redis' tail.
+    let trail = app.trail_dir.display().to_string();
+    let (code, report) = verify_json(&app, &["--files", &trail])?;
     assert_eq!(code, 0, "{report}");
     assert_eq!(report["verified"]["records"], expected as u64);
     // The first append checkpoints (none before), and 600-odd records later at least one more.

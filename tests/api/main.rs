@@ -23,6 +23,7 @@ mod hostile_identity;
 mod http;
 mod keys;
 mod live_status;
+mod memory;
 mod metrics;
 mod outage;
 mod outbox;

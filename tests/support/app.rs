@@ -19,6 +19,8 @@ pub struct TestApp {
     /// The running app's audit writer handle (to flush before reading the trail).
     pub audit: Option<AuditLog>,
     pub config_path: PathBuf,
+    /// Where the trail is exported (`audit.files.dir`), as the running configuration says.
+    pub trail_dir: PathBuf,
     dir: tempfile::TempDir,
     shutdown: CancellationToken,
     task: Option<tokio::task::JoinHandle<()>>,
@@ -56,6 +58,7 @@ pub async fn spawn_app_with(
         state_machine_arn,
         audit: None,
         config_path,
+        trail_dir: PathBuf::new(),
         dir,
         shutdown: CancellationToken::new(),
         task: None,
@@ -104,6 +107,10 @@ impl TestApp {
     /// Builds and starts stepgate from this app's configuration file.
     pub async fn start(&mut self) -> TestResult {
         let app = Application::from_file(&self.config_path).await?;
+        self.trail_dir = stepgate::config::Config::load(&self.config_path)?
+            .audit
+            .files
+            .dir;
         self.base = format!("http://{}", app.local_addr()?);
         self.ops_base = app.ops_local_addr().map(|addr| format!("http://{addr}"));
         self.audit = Some(app.audit_log());
@@ -232,16 +239,18 @@ impl TestApp {
         self.audit_records_written().await
     }
 
-    /// The audit records in Redis now, without flushing the writer first.
+    /// The whole trail now, without flushing the writer first: the exported files, then
+    /// the records Redis holds beyond them (Redis keeps only a tail).
     pub async fn audit_records_written(&self) -> TestResult<Vec<Value>> {
         let mut redis = self.redis.connection().await?;
+        // Redis first: whatever retention trims after this read is in the files by then.
         let entries: ::redis::streams::StreamRangeReply = ::redis::cmd("XRANGE")
             .arg(keys().audit_log())
             .arg("-")
             .arg("+")
             .query_async(&mut redis)
             .await?;
-        entries
+        let in_redis = entries
             .ids
             .iter()
             .map(|e| {
@@ -249,7 +258,21 @@ impl TestApp {
                     &e.get::<String>("body").ok_or("record without body")?,
                 )?)
             })
-            .collect()
+            .collect::<TestResult<Vec<Value>>>()?;
+        let mut records: Vec<Value> = stepgate::audit::files::read_dir(&self.trail_dir)
+            .map(|(records, _)| records)
+            .unwrap_or_default()
+            .iter()
+            // A line the exporter is writing right now is not a record yet.
+            .map_while(|record| serde_json::from_str(&record.body).ok())
+            .collect();
+        let exported = records.last().and_then(|r| r["seq"].as_u64()).unwrap_or(0);
+        records.extend(
+            in_redis
+                .into_iter()
+                .filter(|r| r["seq"].as_u64().is_none_or(|seq| seq > exported)),
+        );
+        Ok(records)
     }
 
     /// The value of one series on `/metrics` (`name{labels}` as exposed), if present.

@@ -87,7 +87,8 @@ pub async fn get_request(
     let not_before = (stored.not_before_ms > 0)
         .then(|| crate::clock::rfc3339_from_unix_ms(stored.not_before_ms));
     let status = visible_state(&stored, crate::clock::unix_ms());
-    let execution_status = match (&status, &stored.execution_arn) {
+    let execution_arn = stored.execution_arn(&id);
+    let execution_status = match (&status, &execution_arn) {
         // EXPRESS executions cannot be described (AWS keeps no history of them to ask).
         (RequestState::Started, Some(arn)) if !describable(&state, &runtime, &id, arn) => None,
         (RequestState::Started, Some(arn)) => {
@@ -108,17 +109,16 @@ pub async fn get_request(
         }
         _ => None,
     };
-    let updated_at = stored.updated_at().to_owned();
     Ok(Json(RequestStatus {
         execution_status,
         request_id: id.to_string(),
         workflow: id.workflow().to_string(),
         status,
         not_before,
-        execution_arn: stored.execution_arn,
+        execution_arn,
+        updated_at: stored.updated_at(),
+        created_at: stored.created_at(),
         error: stored.error,
-        updated_at,
-        created_at: stored.created_at,
     }))
 }
 
