@@ -75,6 +75,7 @@ pub struct Metrics {
     pub audit_append_duration: Histogram,
     pub audit_records: Counter,
     pub audit_outbox_rejected: Counter,
+    pub audit_unexported: Gauge,
     pub backlog: Family<WorkflowLabels, Gauge>,
     pub pending: Family<WorkflowLabels, Gauge>,
     pub deferred: Family<WorkflowLabels, Gauge>,
@@ -154,6 +155,11 @@ const AUDIT_OUTBOX_REJECTED: Named = (
     "Audit outbox entries skipped: their seal did not hold (written without the signing key), or a sealed event sat in another workflow's outbox",
 );
 /// `stepgate_queue_backlog`
+const AUDIT_UNEXPORTED: Named = (
+    "audit_unexported_records",
+    "Audit records in Redis not yet exported to the files (triggers are refused at audit.files.max_unexported_records)",
+);
+
 const BACKLOG: Named = (
     "queue_backlog",
     "Entries in the workflow's queue stream (waiting or in flight)",
@@ -220,6 +226,7 @@ impl Metrics {
             audit_append_duration: registered(r, AUDIT_APPEND_DURATION, latency_histogram()),
             audit_records: registered(r, AUDIT_RECORDS, Counter::default()),
             audit_outbox_rejected: registered(r, AUDIT_OUTBOX_REJECTED, Counter::default()),
+            audit_unexported: registered(r, AUDIT_UNEXPORTED, Gauge::default()),
             backlog: registered(r, BACKLOG, per_workflow()),
             pending: registered(r, PENDING, per_workflow()),
             deferred: registered(r, DEFERRED, per_workflow()),

@@ -278,13 +278,23 @@ struct ReloadSource {
     targets: watch::Sender<Vec<Arc<Workflow>>>,
 }
 
-/// The file exporter, when the trail is exported; it gives up its lease when it ends.
+/// The file exporter and the watch on its backlog, when the trail is exported; the exporter
+/// gives up its lease when it ends.
 fn start_exporter(
     state: &AppState,
     config: &Config,
     shutdown: &CancellationToken,
 ) -> Option<tokio::task::JoinHandle<()>> {
     let files = config.audit.export()?;
+    // Every replica watches the backlog (the exporter runs on one): each gates its own
+    // admission.
+    tokio::spawn(crate::audit::export_backlog::watch(
+        state.export_backlog.clone(),
+        state.redis.clone(),
+        state.keys.clone(),
+        files.max_unexported_records,
+        shutdown.clone(),
+    ));
     let exporter = crate::audit::export::Exporter::new(
         state.redis.clone(),
         state.keys.clone(),

@@ -43,6 +43,8 @@ pub struct App {
     pub audit_fail_closed: Option<std::time::Duration>,
     /// False once shutdown began: readiness fails and triggers are refused.
     admitting: AtomicBool,
+    /// How far the audit export is behind; at its cap, triggers are refused.
+    pub export_backlog: Arc<crate::audit::export_backlog::ExportBacklog>,
 }
 
 impl App {
@@ -70,6 +72,7 @@ impl App {
             },
             audit_fail_closed: None,
             admitting: AtomicBool::new(true),
+            export_backlog: Arc::default(),
         }
     }
 

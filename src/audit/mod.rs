@@ -4,6 +4,7 @@ pub mod canonical;
 pub mod checkpoint;
 mod events;
 pub mod export;
+pub mod export_backlog;
 mod export_lease;
 pub mod files;
 pub mod merkle;

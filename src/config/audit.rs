@@ -76,6 +76,11 @@ pub struct AuditFilesConfig {
     /// (0: keep everything).
     #[serde(default = "default_keep_records")]
     pub redis_keep_records: u64,
+    /// Records Redis may hold that are not exported yet; at this many, triggers are refused
+    /// (503) and readiness fails until the export catches up (a sink that is down never
+    /// fills Redis, and nothing unexported is ever dropped).
+    #[serde(default = "default_max_unexported")]
+    pub max_unexported_records: u64,
 }
 
 impl Default for AuditFilesConfig {
@@ -85,12 +90,18 @@ impl Default for AuditFilesConfig {
             dir: default_files_dir(),
             rotate_bytes: default_rotate_bytes(),
             redis_keep_records: default_keep_records(),
+            max_unexported_records: default_max_unexported(),
         }
     }
 }
 
 fn default_files_dir() -> PathBuf {
     PathBuf::from("audit-trail")
+}
+
+fn default_max_unexported() -> u64 {
+    // About 200 MB of records: some twenty minutes of a sink outage at 100 triggers/s.
+    250_000
 }
 
 fn default_keep_records() -> u64 {
@@ -171,6 +182,9 @@ impl AuditConfig {
         }
         if self.files.rotate_bytes == 0 {
             problems.add("audit.files.rotate_bytes", "must be at least 1");
+        }
+        if self.files.max_unexported_records == 0 {
+            problems.add("audit.files.max_unexported_records", "must be at least 1");
         }
         if self.write_timeout.is_zero() {
             problems.add("audit.write_timeout_ms", "must be at least 1");

@@ -15,6 +15,7 @@ mod delivery;
 mod deploy;
 mod docs;
 mod export;
+mod export_faults;
 mod express;
 mod fail_closed;
 mod first_hour;

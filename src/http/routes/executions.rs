@@ -117,6 +117,7 @@ pub async fn create_execution(
     .await;
     let (request_id, status, quota) = match admission::record(&state, &caller, decided).await? {
         Admitted::New(trigger) => {
+            state.export_backlog.admitted();
             let request_id = trigger.request.request_id.to_string();
             let deferred = trigger.placement == Placement::Deferred;
             tracing::info!(workflow = %trigger.workflow, request.id = %request_id, subject = %caller.subject, deferred, "trigger accepted");
@@ -176,6 +177,15 @@ async fn admit(
             what: "this instance",
             detail: "shutting down".into(),
             retry_after_seconds: 1,
+        }));
+    }
+    // The trail's records wait in Redis for a sink that does not take them: admitting more
+    // would fill Redis (and dropping records is never an option).
+    if state.export_backlog.over_cap() {
+        return Err(Refusal::not_audited(ApiError::Unavailable {
+            what: "admission",
+            detail: "the audit trail's export is behind".into(),
+            retry_after_seconds: 10,
         }));
     }
     // Authorize before reading the body: an unauthorized caller cannot make us buffer it.

@@ -111,6 +111,17 @@ pub async fn get_readiness(
     if !state.is_admitting() {
         checks.insert("admission".to_owned(), "shutting down".to_owned());
     }
+    let backlog = &state.export_backlog;
+    if backlog.over_cap() {
+        checks.insert(
+            "audit_export".to_owned(),
+            format!(
+                "{} records not exported (cap {}): triggers are refused",
+                backlog.records(),
+                backlog.cap()
+            ),
+        );
+    }
     let ready = checks.values().all(|c| c == "ok");
     // Reported, but not a reason to stop admitting: triggers wait in Redis until the drain
     // (of any replica) can start them. The SDK's words (which may name roles and accounts)
