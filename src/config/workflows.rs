@@ -42,7 +42,10 @@ pub struct WorkflowConfig {
     /// Admission limits of this workflow.
     #[serde(default)]
     pub rate_limits: WorkflowRateLimits,
-    /// Entries waiting in the queue at most; beyond, admission answers 503 (backpressure).
+    /// Triggers waiting at most — queued, deferred, held, and dead letters awaiting an
+    /// operator; beyond, admission answers 503 (backpressure). A bound by default, so that
+    /// Redis holds a bounded queue even while Step Functions is down for long.
+    #[serde(default = "default_max_backlog")]
     pub max_backlog: Option<u64>,
     /// How fast the drain may start this workflow's executions.
     #[serde(default)]
@@ -282,4 +285,8 @@ fn is_role_arn(arn: &str) -> bool {
             if partition.starts_with("aws")
             && account.len() == 12 && account.bytes().all(|b| b.is_ascii_digit())
             && resource.strip_prefix("role/").is_some_and(|name| !name.is_empty()))
+}
+
+fn default_max_backlog() -> Option<u64> {
+    Some(100_000)
 }

@@ -43,8 +43,10 @@ end
 if plan.jti_ttl > 0 and redis.call('EXISTS', used_token) == 1 then
   return {'replayed'}
 end
--- The backlog counts what waits in the queue and what waits for its time.
-if plan.max_backlog > 0 and redis.call('XLEN', queue) + redis.call('ZCARD', deferred) + redis.call('ZCARD', held) >= plan.max_backlog then
+-- The backlog counts what waits: in the queue, for its time, for its record, and for an
+-- operator (dead letters).
+if plan.max_backlog > 0 and redis.call('XLEN', queue) + redis.call('ZCARD', deferred)
+    + redis.call('ZCARD', held) + redis.call('XLEN', dead_letters) >= plan.max_backlog then
   return {'backlog'}
 end
 -- Sliding-window log: at most `requests` admissions in any `period_ms`, exactly. What the

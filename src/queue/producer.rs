@@ -245,6 +245,7 @@ impl Producer {
         });
         AdmissionKeys {
             queue: self.keys.queue(workflow),
+            dead_letters: self.keys.dead_letters(workflow),
             status: self.keys.status(id),
             used_token: admission
                 .one_time_token

@@ -8,7 +8,7 @@ lua_keys! {
     /// Admission's keys, all in the workflow's slot.
     pub struct AdmissionKeys {
         queue, status, used_token, workflow_rate, caller_rate, idempotency,
-        deferred, deferred_entries, held, outbox,
+        deferred, deferred_entries, held, dead_letters, outbox,
     }
 }
 lua_args! {

@@ -249,3 +249,32 @@ async fn a_request_still_failing_past_the_retry_age_is_dead_lettered() -> TestRe
     assert!(error.contains("retry_max_age_seconds = 1"), "{status}");
     Ok(())
 }
+
+/// Dead letters wait too: they count toward `max_backlog`, so a workflow whose every
+/// trigger dead-letters fills Redis only up to its bound, then refuses (503) until an
+/// operator replays or purges. (Before, dead letters were bounded by nothing.)
+#[tokio::test]
+async fn dead_letters_count_toward_the_backlog() -> TestResult {
+    let (_, refunds) = missing_state_machine();
+    let app = spawn_app_with(RedisServer::start(), |config| {
+        refunds(config).set("workflows.refunds.max_backlog", 2)
+    })
+    .await?;
+    let token = partners().idp.billing_token().await?;
+    for n in 0..2 {
+        let id = trigger_refund(&app, &token, &json!({"refund": n})).await?;
+        let status = app.settled_status(&id, &token).await;
+        assert_eq!(status["status"], "dead_lettered", "{status}");
+    }
+    assert_eq!(
+        app.queue_len("refunds").await?,
+        0,
+        "nothing queued, two dead letters"
+    );
+    let refused = app
+        .trigger("refunds", &token, &json!({"input": {"refund": 3}}))
+        .await?;
+    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(!header(&refused, "retry-after").is_empty());
+    Ok(())
+}
