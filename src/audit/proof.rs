@@ -311,7 +311,7 @@ mod tests {
                 signature: BASE64.encode(signer.sign(&body)),
                 body: String::from_utf8_lossy(&body).into_owned(),
             });
-            if seq % 5 == 0 {
+            if seq.is_multiple_of(5) {
                 checkpoints
                     .push(Checkpoint::new(seq, &frontier.root(), &prev, signer.kid()).sign(signer));
             }

@@ -46,8 +46,8 @@ async fn a_caller_limit_admits_exactly_its_quota_across_two_replicas() -> TestRe
     let token = partners().idp.billing_token().await?;
 
     let mut attempts = Vec::new();
-    for i in 0..300 {
-        let base = if i % 2 == 0 {
+    for i in 0..300_u32 {
+        let base = if i.is_multiple_of(2) {
             app.base.clone()
         } else {
             replica.base.clone()

@@ -31,7 +31,7 @@ async fn add_trail(server: &RedisServer, tag: &str, from: u64, to: u64, every: u
                 .arg("sig")
                 .arg("")
                 .ignore();
-            if seq % every == 0 {
+            if seq.is_multiple_of(every) {
                 let checkpoint = format!(
                     "{{\"head\":\"{:064x}\",\"kid\":\"k\",\"root\":\"{:064x}\",\"size\":{seq},\
                      \"time\":\"2026-12-07T00:00:00.000Z\",\"type\":\"checkpoint\",\"v\":1}}",

@@ -401,8 +401,8 @@ async fn a_tokenless_flood_adds_a_handful_of_records_that_count_every_refusal() 
     let before = app.audit_records().await?.len();
     let started = Instant::now();
     // Half of them name made-up workflows: a name the caller picks must not make a source.
-    let flood = (0..500).map(|n| {
-        if n % 2 == 0 {
+    let flood = (0..500_u32).map(|n| {
+        if n.is_multiple_of(2) {
             app.http.get(app.url("/v1/workflows")).send()
         } else {
             let url = app.url(&format!("/v1/workflows/ghost-{n}/executions"));

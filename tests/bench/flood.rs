@@ -52,7 +52,7 @@ pub async fn measure(base: &str, token: &str) -> TestResult<UnderAttack> {
     let mut idle = Vec::with_capacity(IDLE_CONNECTIONS);
     for n in 0..IDLE_CONNECTIONS {
         let mut stream = tokio::net::TcpStream::connect(addr).await?;
-        if n % 2 == 0 {
+        if n.is_multiple_of(2) {
             stream
                 .write_all(format!("POST {TRIGGER_PATH} HTTP/1.1\r\nHost: x\r\n").as_bytes())
                 .await?;

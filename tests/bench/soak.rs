@@ -147,7 +147,7 @@ async fn main() -> TestResult {
             unexported: unexported(&mut raw).await?,
             accepted,
         };
-        if samples.len() % 6 == 0 {
+        if samples.len().is_multiple_of(6) {
             print_row(&sample);
         }
         samples.push(sample);

@@ -36,7 +36,7 @@ fn trail(first: &AuditSigner, second: &AuditSigner, n: u64, rotate_at: u64) -> T
         if head.seq == rotate_at {
             signer = second;
         }
-        if head.seq % 4 == 0 {
+        if head.seq.is_multiple_of(4) {
             checkpoints.push(
                 Checkpoint::new(head.seq, &head.frontier.root(), &head.hash, signer.kid())
                     .sign(signer),
