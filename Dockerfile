@@ -28,10 +28,10 @@ USER 10001:10001
 # Probes and metrics get their own port (9090), to be kept off the callers' network.
 ENV STEPGATE_SERVER__LISTEN=0.0.0.0:8080 \
     STEPGATE_SERVER__OPS_LISTEN=0.0.0.0:9090 \
-    STEPGATE_CONFIG=/etc/stepgate/stepgate.toml \
-    STEPGATE_AUDIT__FILES__DIR=/var/lib/stepgate/audit
-# The exported audit trail: mount a durable volume here, the same for every replica (the
-# variable above sets audit.files.dir over the file's; set it to move the trail).
+    STEPGATE_CONFIG=/etc/stepgate/stepgate.toml
+# For the exported audit trail: set audit.files.dir = "/var/lib/stepgate/audit" and mount a
+# durable volume here, the same for every replica (serve refuses to start when the
+# directory cannot be written).
 VOLUME ["/var/lib/stepgate/audit"]
 EXPOSE 8080 9090
 # The binary probes itself (no curl in the image): liveness of the server on this container,

@@ -154,12 +154,13 @@ const AUDIT_OUTBOX_REJECTED: Named = (
     "audit_outbox_rejected",
     "Audit outbox entries skipped: their seal did not hold (written without the signing key), or a sealed event sat in another workflow's outbox",
 );
-/// `stepgate_queue_backlog`
+/// `stepgate_audit_unexported_records`
 const AUDIT_UNEXPORTED: Named = (
     "audit_unexported_records",
     "Audit records in Redis not yet exported to the files (triggers are refused at audit.files.max_unexported_records)",
 );
 
+/// `stepgate_queue_backlog`
 const BACKLOG: Named = (
     "queue_backlog",
     "Entries in the workflow's queue stream (waiting or in flight)",

@@ -75,6 +75,18 @@ impl Application {
         };
         let (audit, audit_writer) = AuditLog::open(&config.audit, audit_redis, keys.clone())
             .context("loading the audit signing keys")?;
+        if let Some(files) = config.audit.export() {
+            // Refused at start rather than found out later: an export directory this process
+            // cannot write (a read-only configuration mount, say) would hold the trail in
+            // Redis until its cap stops admission.
+            crate::audit::export::check_dir(&files.dir).with_context(|| {
+                format!(
+                    "audit.files.dir {} cannot be written; point it at a durable volume \
+                     (the container image has one at /var/lib/stepgate/audit)",
+                    files.dir.display()
+                )
+            })?;
+        }
 
         let http = identity_provider_client()?;
         let config_sha256 = source

@@ -68,7 +68,7 @@ impl App {
             step_functions,
             live_status_ttl: crate::live_status::LiveStatusTtl {
                 changing: server.live_status_ttl,
-                ended: server.finished_status_ttl,
+                ended: server.finished_status_ttl(),
             },
             audit_fail_closed: None,
             admitting: AtomicBool::new(true),

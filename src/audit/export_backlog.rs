@@ -15,14 +15,20 @@ use crate::redis_conn::RedisConnection;
 
 const EVERY: Duration = Duration::from_millis(250);
 
-/// The latest reading, and this replica's admissions since: cheap to ask on every trigger.
-/// Between readings the gate counts the records its own admissions add, so one replica
-/// cannot run past the cap by a reading interval's worth of traffic; the others' show at
-/// their next reading.
+/// The latest reading, and this replica's admissions since the reading before it: cheap to
+/// ask on every trigger. The gate counts the records its own admissions add, so one replica
+/// cannot run past the cap by a reading interval's worth of traffic; counting from the
+/// reading before the last covers records still on their way into the chain when the last
+/// one was taken (the estimate errs high: the gate closes a little early, never late). The
+/// other replicas' admissions show at the next reading.
 #[derive(Debug, Default)]
 pub struct ExportBacklog {
     records: AtomicU64,
-    admitted_since: AtomicU64,
+    /// This replica's admissions, ever.
+    admitted: AtomicU64,
+    /// `admitted` as of the reading before the last, and as of the last.
+    counted_from: AtomicU64,
+    admitted_at_reading: AtomicU64,
     /// 0 until the first reading (no export: no gate).
     cap: AtomicU64,
     /// Whether the last reading was over the cap: its change is logged, once.
@@ -30,9 +36,12 @@ pub struct ExportBacklog {
 }
 
 impl ExportBacklog {
-    /// Records not exported yet, as last read, plus this replica's admissions since.
+    /// Records not exported yet, as last read, plus this replica's admissions since the
+    /// reading before.
     pub fn records(&self) -> u64 {
-        self.records.load(Ordering::Relaxed) + self.admitted_since.load(Ordering::Relaxed)
+        let own = (self.admitted.load(Ordering::Relaxed))
+            .saturating_sub(self.counted_from.load(Ordering::Relaxed));
+        self.records.load(Ordering::Relaxed) + own
     }
 
     /// Whether the backlog reached its cap: triggers are refused until it is below again.
@@ -43,7 +52,7 @@ impl ExportBacklog {
 
     /// One admitted trigger: its record is on its way into the chain.
     pub fn admitted(&self) {
-        self.admitted_since.fetch_add(1, Ordering::Relaxed);
+        self.admitted.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn cap(&self) -> u64 {
@@ -53,8 +62,10 @@ impl ExportBacklog {
     /// Takes a reading: `head` records chained, `exported` of them in the files.
     fn observe(&self, head: u64, exported: u64, cap: u64) {
         let records = head.saturating_sub(exported);
+        let now = self.admitted.load(Ordering::Relaxed);
+        let before = self.admitted_at_reading.swap(now, Ordering::Relaxed);
+        self.counted_from.store(before, Ordering::Relaxed);
         self.records.store(records, Ordering::Relaxed);
-        self.admitted_since.store(0, Ordering::Relaxed);
         self.cap.store(cap, Ordering::Relaxed);
         crate::metrics::metrics()
             .audit_unexported
@@ -87,7 +98,8 @@ pub async fn watch(
 ) {
     loop {
         match read(&mut redis, &keys).await {
-            Ok((head, exported)) => backlog.observe(head, exported, cap),
+            Ok(Some((head, exported))) => backlog.observe(head, exported, cap),
+            Ok(None) => {}
             // Redis unreachable: admission fails on its own; keep the last reading.
             Err(e) => tracing::debug!(error = %e, "cannot read the audit export backlog"),
         }
@@ -98,18 +110,23 @@ pub async fn watch(
     }
 }
 
-/// The chain's head `seq` and the export cursor's (0 when absent).
-async fn read(redis: &mut RedisConnection, keys: &Keys) -> redis::RedisResult<(u64, u64)> {
-    let (head, exported): (Option<u64>, Option<u64>) = redis::pipe()
+/// The chain's head `seq` and the export cursor's (0 when absent), or `None` until the
+/// export first reached the head: a trail kept whole in Redis by an earlier version (or
+/// configuration) is exported first, without refusing triggers while it is.
+async fn read(redis: &mut RedisConnection, keys: &Keys) -> redis::RedisResult<Option<(u64, u64)>> {
+    let (head, (exported, caught_up)): (Option<u64>, (Option<u64>, Option<u8>)) = redis::pipe()
         .cmd("HGET")
         .arg(keys.audit_head())
         .arg("seq")
-        .cmd("HGET")
+        .cmd("HMGET")
         .arg(keys.audit_export())
         .arg("seq")
+        .arg(super::export::CAUGHT_UP)
         .query_async(redis)
         .await?;
-    Ok((head.unwrap_or(0), exported.unwrap_or(0)))
+    Ok(caught_up
+        .is_some()
+        .then(|| (head.unwrap_or(0), exported.unwrap_or(0))))
 }
 
 #[cfg(test)]
@@ -127,12 +144,17 @@ mod tests {
         // A cursor ahead of a head read a moment earlier is no backlog.
         backlog.observe(10, 12, 100);
         assert_eq!(backlog.records(), 0);
-        // This replica's own admissions close the gate before the next reading.
+        // This replica's own admissions close the gate before the next reading...
         backlog.observe(98, 0, 100);
         backlog.admitted();
         assert!(!backlog.over_cap());
         backlog.admitted();
         assert!(backlog.over_cap());
+        assert_eq!(backlog.records(), 100);
+        // ...and still count at the next reading, which may not hold their records yet.
+        backlog.observe(98, 0, 100);
+        assert_eq!(backlog.records(), 100);
+        backlog.observe(100, 0, 100);
         assert_eq!(backlog.records(), 100);
     }
 }

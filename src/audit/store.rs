@@ -166,7 +166,9 @@ pub(super) async fn newest_entry(
 #[derive(Debug, Clone)]
 pub struct StoredCheckpoint {
     pub entry: String,
-    pub size: u64,
+    /// `None` for an entry that is not a checkpoint (written by someone else): never
+    /// exported, never a trim boundary.
+    pub size: Option<u64>,
     pub signed: SignedCheckpoint,
 }
 
@@ -175,10 +177,10 @@ impl StoredCheckpoint {
         let body: String = entry.get("body").unwrap_or_default();
         Self {
             entry: entry.id.clone(),
-            // A body that is not a checkpoint sorts last: never exported early, never a trim
-            // boundary.
             size: serde_json::from_str::<super::checkpoint::Checkpoint>(&body)
-                .map_or(u64::MAX, |checkpoint| checkpoint.size),
+                .ok()
+                .map(|checkpoint| checkpoint.size)
+                .filter(|size| *size > 0),
             signed: SignedCheckpoint {
                 body,
                 signature: entry.get("sig").unwrap_or_default(),
@@ -198,36 +200,30 @@ pub async fn read_checkpoints_after(
     Ok(page.ids.iter().map(StoredCheckpoint::from_entry).collect())
 }
 
-/// The newest signed checkpoint covering at most `limit` records, read newest first, in
-/// pages: retention trims only to such a boundary, so the trim point is always one a
-/// signature vouches for.
+/// The newest signed checkpoint covering at most `limit` records: retention trims only to
+/// such a boundary, so the trim point is always one a signature vouches for. Read from the
+/// oldest, which retention keeps at the last trim point, so the search is as short as the
+/// stretch being trimmed.
 pub async fn checkpoint_at_most(
     redis: &mut RedisConnection,
     keys: &Keys,
     limit: u64,
 ) -> redis::RedisResult<Option<StoredCheckpoint>> {
     const PAGE: usize = 64;
-    let mut before = "+".to_owned();
+    let mut found = None;
+    let mut after: Option<String> = None;
     loop {
-        let page: StreamRangeReply = redis::cmd("XREVRANGE")
-            .arg(keys.audit_checkpoints())
-            .arg(&before)
-            .arg("-")
-            .arg("COUNT")
-            .arg(PAGE)
-            .query_async(redis)
-            .await?;
-        let found = page
-            .ids
-            .iter()
-            .map(StoredCheckpoint::from_entry)
-            .find(|checkpoint| checkpoint.size > 0 && checkpoint.size <= limit);
-        if found.is_some() {
-            return Ok(found);
+        let page = read_checkpoints_after(redis, keys, after.as_deref(), PAGE).await?;
+        for checkpoint in &page {
+            match checkpoint.size {
+                Some(size) if size > limit => return Ok(found),
+                Some(_) => found = Some(checkpoint.clone()),
+                None => {}
+            }
         }
-        match page.ids.last() {
-            Some(oldest) if page.ids.len() == PAGE => before = format!("({}", oldest.id),
-            _ => return Ok(None),
+        match page.last() {
+            Some(last) if page.len() == PAGE => after = Some(last.entry.clone()),
+            _ => return Ok(found),
         }
     }
 }

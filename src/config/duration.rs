@@ -22,3 +22,12 @@ pub mod seconds {
         u64::deserialize(raw).map(Duration::from_secs)
     }
 }
+
+/// A number of seconds that may be left out (`None`: a default derived elsewhere).
+pub mod optional_seconds {
+    use super::*;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(raw: D) -> Result<Option<Duration>, D::Error> {
+        u64::deserialize(raw).map(|s| Some(Duration::from_secs(s)))
+    }
+}

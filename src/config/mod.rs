@@ -94,10 +94,15 @@ pub struct ServerConfig {
     /// deferred: this long past its due time, dead-lettered).
     #[serde(rename = "status_ttl_seconds", with = "duration::seconds")]
     pub status_ttl: Duration,
-    /// How long it stays readable once it ended (started, or failed for good): the truth
-    /// is in Step Functions from then on, under the execution ARN.
-    #[serde(rename = "finished_status_ttl_seconds", with = "duration::seconds")]
-    pub finished_status_ttl: Duration,
+    /// How long it stays readable once the drain ended it (started, or failed for good):
+    /// the truth is in Step Functions from then on, under the execution ARN. Read through
+    /// [`ServerConfig::finished_status_ttl`].
+    #[serde(
+        rename = "finished_status_ttl_seconds",
+        default,
+        deserialize_with = "duration::optional_seconds::deserialize"
+    )]
+    pub finished_status_ttl: Option<Duration>,
     /// How long a running execution's state (from `DescribeExecution`) is reused for status
     /// requests; an ended execution's state is kept as long as the status.
     #[serde(rename = "live_status_ttl_ms", with = "duration::millis")]
@@ -131,6 +136,19 @@ pub struct ServerConfig {
     pub max_headers: usize,
 }
 
+impl ServerConfig {
+    /// How long a finished status is kept: as set, else a day within
+    /// [`idempotency_ttl`, `status_ttl`] (so that files written before the setting existed
+    /// keep their meaning and stay valid).
+    pub fn finished_status_ttl(&self) -> Duration {
+        self.finished_status_ttl.unwrap_or_else(|| {
+            Duration::from_secs(24 * 3600)
+                .max(self.idempotency_ttl)
+                .min(self.status_ttl)
+        })
+    }
+}
+
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
@@ -138,7 +156,7 @@ impl Default for ServerConfig {
             ops_listen: None,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             status_ttl: Duration::from_secs(7 * 24 * 3600),
-            finished_status_ttl: Duration::from_secs(24 * 3600),
+            finished_status_ttl: None,
             live_status_ttl: Duration::from_secs(2),
             config_poll: Duration::from_secs(2),
             idempotency_ttl: Duration::from_secs(24 * 3600),

@@ -208,3 +208,26 @@ fn a_syntax_error_names_its_line_but_never_quotes_it() {
     assert!(!message.contains("hunter2"), "{message}");
     assert!(message.contains("line"), "{message}");
 }
+
+#[test]
+fn a_finished_status_ttl_left_out_keeps_files_written_before_it_valid() -> Result<(), ConfigError> {
+    let with = |server: &str| VALID.replace("[redis]", &format!("[server]\n{server}\n[redis]"));
+    let day = Duration::from_secs(86_400);
+    assert_eq!(Config::from_toml(VALID)?.server.finished_status_ttl(), day);
+    // Shorter statuses than a day, longer idempotency keys than a day: both loaded before.
+    let short = Config::from_toml(&with(
+        "status_ttl_seconds = 3600\nidempotency_ttl_seconds = 600",
+    ))?;
+    assert_eq!(
+        short.server.finished_status_ttl(),
+        Duration::from_secs(3_600)
+    );
+    let long = Config::from_toml(&with("idempotency_ttl_seconds = 172800"))?;
+    assert_eq!(long.server.finished_status_ttl(), 2 * day);
+    // Set, it is held to both.
+    assert_eq!(
+        keys(&with("finished_status_ttl_seconds = 60")),
+        ["server.idempotency_ttl_seconds"]
+    );
+    Ok(())
+}

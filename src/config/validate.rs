@@ -119,20 +119,26 @@ impl Config {
                 ),
             );
         }
-        if self.server.idempotency_ttl > self.server.finished_status_ttl {
+        let finished = self.server.finished_status_ttl();
+        if self.server.idempotency_ttl > self.server.status_ttl {
+            problems.add(
+                "server.idempotency_ttl_seconds",
+                "must not exceed status_ttl_seconds: a retry is answered with its request's status",
+            );
+        } else if self.server.idempotency_ttl > finished {
             problems.add(
                 "server.idempotency_ttl_seconds",
                 "must not exceed finished_status_ttl_seconds: a retry is answered with its \
                  request's status",
             );
         }
-        if self.server.finished_status_ttl > self.server.status_ttl {
+        if finished > self.server.status_ttl {
             problems.add(
                 "server.finished_status_ttl_seconds",
                 "must not exceed status_ttl_seconds",
             );
         }
-        if self.server.finished_status_ttl.is_zero() {
+        if finished.is_zero() {
             problems.add("server.finished_status_ttl_seconds", "must be at least 1");
         }
     }

@@ -22,14 +22,15 @@ redis.call('DEL', attempt)
 if event ~= '' then
   redis.call('XADD', outbox, '*', 'event', event, 'mac', mac)
 end
-local current = redis.call('GET', status)
-if current then
+local current = redis.pcall('GET', status)
+if type(current) == 'string' then
   local ok, record = pcall(cjson.decode, current)
   if ok and type(record) == 'table' then
     record.s, record.u, record.e = 'dead_lettered', tonumber(now_ms), reason
-    redis.call('SET', status, cjson.encode(record), 'KEEPTTL')
+    local encoded, json = pcall(cjson.encode, record)
+    if encoded then redis.call('SET', status, json, 'KEEPTTL') end
   end
-elseif redis.call('EXISTS', legacy_status) == 1 then
+elseif redis.call('TYPE', legacy_status).ok == 'hash' then
   redis.call('HSET', legacy_status, 'status', 'dead_lettered', 'updated_at', now, 'error', reason)
 end
 return 1

@@ -7,15 +7,16 @@ local dead = redis.call('HGET', dead_letter_index, index_field)
 if not dead then return 0 end
 redis.call('HDEL', dead_letter_index, index_field)
 local removed = redis.call('XDEL', dead_letters, dead)
-local current = removed == 1 and redis.call('GET', status)
-if current then
+local current = removed == 1 and redis.pcall('GET', status)
+if type(current) == 'string' then
   local ok, record = pcall(cjson.decode, current)
   if ok and type(record) == 'table' then
     local reason = record.e or 'dead-lettered'
     record.s, record.u, record.e = 'failed', tonumber(now_ms), 'purged from the dead letters: ' .. reason
-    redis.call('SET', status, cjson.encode(record), 'KEEPTTL')
+    local encoded, json = pcall(cjson.encode, record)
+    if encoded then redis.call('SET', status, json, 'KEEPTTL') end
   end
-elseif removed == 1 and redis.call('EXISTS', legacy_status) == 1 then
+elseif removed == 1 and redis.call('TYPE', legacy_status).ok == 'hash' then
   local reason = redis.call('HGET', legacy_status, 'error') or 'dead-lettered'
   redis.call('HSET', legacy_status, 'status', 'failed', 'updated_at', now,
     'error', 'purged from the dead letters: ' .. reason)

@@ -18,14 +18,15 @@ for i = 1, #fields, 2 do
 end
 local entry = redis.call('XADD', queue, '*', unpack(original))
 redis.call('XDEL', dead_letters, dead)
-local current = redis.call('GET', status)
-if current then
+local current = redis.pcall('GET', status)
+if type(current) == 'string' then
   local ok, record = pcall(cjson.decode, current)
   if ok and type(record) == 'table' then
     record.s, record.u, record.e = 'queued', tonumber(now_ms), nil
-    redis.call('SET', status, cjson.encode(record), 'KEEPTTL')
+    local encoded, json = pcall(cjson.encode, record)
+    if encoded then redis.call('SET', status, json, 'KEEPTTL') end
   end
-elseif redis.call('EXISTS', legacy_status) == 1 then
+elseif redis.call('TYPE', legacy_status).ok == 'hash' then
   redis.call('HSET', legacy_status, 'status', 'queued', 'updated_at', now)
   redis.call('HDEL', legacy_status, 'error')
 end

@@ -1,4 +1,4 @@
-//! What is stored for an accepted request: its queue entry and its status hash.
+//! What is stored for an accepted request: its queue entry and its status.
 
 use std::collections::HashMap;
 
@@ -170,6 +170,9 @@ pub struct StoredStatus {
     /// When a deferred trigger is due (Unix ms; 0 for one queued at once).
     #[serde(rename = "n", default, skip_serializing_if = "is_zero")]
     pub not_before_ms: u64,
+    /// Read from the hash an earlier version wrote (whose `owner` is the owner itself).
+    #[serde(skip)]
+    legacy: bool,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -196,6 +199,7 @@ impl StoredStatus {
                 .get(legacy_field::NOT_BEFORE_MS)
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0),
+            legacy: true,
         })
     }
 
@@ -230,7 +234,10 @@ impl StoredStatus {
 
     /// Whether `owner` made this request (an earlier version stored the owner itself).
     pub fn is_owned_by(&self, owner: &Owner) -> bool {
-        self.owner == owner.digest() || self.owner == owner.to_string()
+        match self.legacy {
+            true => self.owner == owner.to_string(),
+            false => self.owner == owner.digest(),
+        }
     }
 }
 
@@ -264,10 +271,15 @@ mod tests {
         };
         assert!(mine.is_owned_by(&owner));
         assert!(!mine.is_owned_by(&Owner::parse("https://idp.example.com other")));
-        // What an earlier version stored: the owner itself.
-        let legacy = StoredStatus {
+        // A compact status holds the digest only; an earlier version's hash the owner itself.
+        let spelled_out = StoredStatus {
             owner: owner.to_string(),
             ..status
+        };
+        assert!(!spelled_out.is_owned_by(&owner));
+        let legacy = StoredStatus {
+            legacy: true,
+            ..spelled_out
         };
         assert!(legacy.is_owned_by(&owner));
         assert_eq!(StoredStatus::from_json("not json"), None);

@@ -136,7 +136,7 @@ impl Drain {
                 .fail_closed_timing()
                 .map(|timing| timing.write_timeout),
             failures: RepeatedFailures::default(),
-            finished_status_ttl: config.server.finished_status_ttl,
+            finished_status_ttl: config.server.finished_status_ttl(),
         }
     }
 

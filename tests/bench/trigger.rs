@@ -94,7 +94,11 @@ async fn main() -> TestResult {
     }
     let mut results: [Vec<Round>; 2] = [Vec::new(), Vec::new()];
     for pair in 0..PAIRS {
-        let order = if pair.is_multiple_of(2) { [0, 1] } else { [1, 0] };
+        let order = if pair.is_multiple_of(2) {
+            [0, 1]
+        } else {
+            [1, 0]
+        };
         for i in order {
             let app = if i == 0 { &off } else { &on };
             results[i].push(load(app, &token, ROUND).await?);

@@ -175,8 +175,10 @@ async fn records_per_request(config: &Path, event: &str) -> TestResult<HashMap<S
         .connect(Duration::from_secs(5))
         .await?;
     let keys = stepgate::queue::Keys::new(&config.redis.key_prefix);
+    // Redis first: whatever retention trims after this read is in the files by then.
+    let in_redis = trail::from_redis(&mut redis, &keys).await?;
     let files = trail::from_files(&config.audit.files.dir)?;
-    let joined = trail::join(files, trail::from_redis(&mut redis, &keys).await?)
+    let joined = trail::join(files, in_redis)
         .map_err(|problem| format!("the files and Redis disagree: {problem:?}"))?;
     let mut counts = HashMap::new();
     for record in &joined.records {

@@ -11,8 +11,9 @@ const LOCK_FILE: &str = ".lock";
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
     #[error(
-        "{0}: another process holds this audit export directory (another stepgate deployment \
-         exporting here?); give each deployment its own audit.files.dir"
+        "{0}: another process holds this audit export directory: this deployment's previous \
+         exporter still letting go, or another deployment exporting here (give each its own \
+         audit.files.dir)"
     )]
     Held(PathBuf),
     #[error("{0}: cannot lock the audit export directory: {1}")]

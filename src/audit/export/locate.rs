@@ -23,7 +23,17 @@ pub(super) async fn locate(
 ) -> Result<Position, ExportError> {
     std::fs::create_dir_all(dir).map_err(|e| FilesError::new(dir, e))?;
     let (checkpoint_size, checkpoint_entry) = last_checkpoint(redis, keys, dir).await?;
-    let Some((seq, hash)) = last_record(dir)? else {
+    let last = last_record(dir)?;
+    let file = match files::record_files(dir)?.pop() {
+        Some((_, path)) => {
+            let size = std::fs::metadata(&path)
+                .map_err(|e| FilesError::new(&path, e))?
+                .len();
+            Some((path, size))
+        }
+        None => None,
+    };
+    let Some((seq, hash)) = last else {
         let trimmed = read_trimmed_seq(redis, keys).await?;
         if trimmed > 0 {
             return Err(ExportError::Gap(format!(
@@ -35,6 +45,7 @@ pub(super) async fn locate(
         return Ok(Position {
             checkpoint_size,
             checkpoint_entry,
+            file,
             ..Position::default()
         });
     };
@@ -43,6 +54,7 @@ pub(super) async fn locate(
         entry,
         checkpoint_size,
         checkpoint_entry: checkpoint_entry.clone(),
+        file: file.clone(),
     };
     // Find record `seq` in the stream (once per lease), checking it is the same record.
     // The stream holds the unexported records and a bounded tail, so this is short.
@@ -101,7 +113,7 @@ async fn last_checkpoint(
         }
         match page.last() {
             // Past its size, it is not in the stream any more.
-            Some(last) if page.len() == PAGE && last.size <= size => {
+            Some(last) if page.len() == PAGE && last.size.is_none_or(|last| last <= size) => {
                 after = Some(last.entry.clone());
             }
             _ => return Ok((size, None)),

@@ -36,7 +36,12 @@ use crate::redis_conn::RedisConnection;
 use dir_lock::DirLock;
 
 const ROUND: Duration = Duration::from_secs(1);
+/// After a failed round this exporter waits longer than a round, so that another replica
+/// gets to take the lease it gave up.
+const AFTER_FAILURE: Duration = Duration::from_secs(5);
 const PAGE: usize = 1_000;
+/// The export cursor's field set once the export first reached the head.
+pub(crate) const CAUGHT_UP: &str = "caught_up";
 
 #[derive(Debug, Clone)]
 pub struct ExportSettings {
@@ -70,6 +75,9 @@ struct Position {
     /// Its entry in Redis' checkpoint stream; `None` when Redis no longer holds it (or there
     /// is none): the next checkpoint is then the first larger than `checkpoint_size`.
     checkpoint_entry: Option<String>,
+    /// The newest records file and its size (`None`: none yet); the directory is listed
+    /// only to locate, never per page.
+    file: Option<(PathBuf, u64)>,
 }
 
 pub struct Exporter {
@@ -80,6 +88,8 @@ pub struct Exporter {
     /// Held with the lease: the directory is this exporter's alone meanwhile.
     lock: Option<DirLock>,
     position: Option<Position>,
+    /// Whether this exporter noted that the export reached the head once.
+    caught_up: bool,
 }
 
 impl Exporter {
@@ -91,6 +101,7 @@ impl Exporter {
             lease: Lease::new(),
             lock: None,
             position: None,
+            caught_up: false,
         }
     }
 
@@ -108,15 +119,23 @@ impl Exporter {
                 Err(e) => {
                     let error = e.to_string();
                     if failing.as_ref() != Some(&error) {
-                        tracing::error!(%error, dir = %self.settings.dir.display(), "audit export failed; retrying every second");
+                        tracing::error!(%error, dir = %self.settings.dir.display(), "audit export failed; retrying");
                         failing = Some(error);
                     }
-                    // Re-read where the files end before the next try.
+                    // Let go of the lease and the directory, so that another replica (which
+                    // may reach the disk, or Redis, when this one cannot) takes over; re-read
+                    // where the files end before this one's next try.
+                    self.release().await;
                     self.position = None;
                 }
             }
+            let pause = if failing.is_some() {
+                AFTER_FAILURE
+            } else {
+                ROUND
+            };
             tokio::select! {
-                () = tokio::time::sleep(ROUND) => {}
+                () = tokio::time::sleep(pause) => {}
                 () = shutdown.cancelled() => break,
             }
         }
@@ -179,6 +198,7 @@ impl Exporter {
                 break;
             }
         }
+        self.mark_caught_up().await?;
         if !self.lease.still_held(&mut self.redis, &self.keys).await? {
             self.lost();
             return Ok(());
@@ -204,12 +224,9 @@ impl Exporter {
         records: &[StoredRecord],
     ) -> Result<(), ExportError> {
         let dir = &self.settings.dir;
-        let mut current = files::record_files(dir)?.pop().map(|(_, path)| path);
-        let mut size = match &current {
-            Some(path) => std::fs::metadata(path)
-                .map_err(|e| FilesError::new(path, e))?
-                .len(),
-            None => 0,
+        let (mut current, mut size) = match position.file.take() {
+            Some((path, size)) => (Some(path), size),
+            None => (None, 0),
         };
         // (file, lines) in order: a file is full once it reaches rotate_bytes.
         let mut writes: Vec<(PathBuf, Vec<u8>)> = Vec::new();
@@ -244,15 +261,29 @@ impl Exporter {
             position.seq = seq;
             position.entry = entry_id(record);
         }
+        position.file = current.map(|path| (path, size));
         let new_files = writes.iter().any(|(path, _)| !path.exists());
         for (path, lines) in writes {
             append_synced(&path, &lines)?;
         }
         if new_files {
-            // New directory entries must be durable too.
-            if let Ok(handle) = std::fs::File::open(dir) {
-                let _ = handle.sync_all();
-            }
+            sync_dir(dir);
+        }
+        Ok(())
+    }
+
+    /// Notes, once, that the export has reached the head: from then on the backlog's cap
+    /// applies (`export_backlog.rs`). A trail that was kept whole in Redis before export was
+    /// on is exported first without refusing triggers meanwhile.
+    async fn mark_caught_up(&mut self) -> Result<(), ExportError> {
+        if !self.caught_up {
+            let () = redis::cmd("HSET")
+                .arg(self.keys.audit_export())
+                .arg(CAUGHT_UP)
+                .arg(1)
+                .query_async(&mut self.redis)
+                .await?;
+            self.caught_up = true;
         }
         Ok(())
     }
@@ -270,22 +301,32 @@ impl Exporter {
             let mut lines = Vec::new();
             let mut reached_records = false;
             for checkpoint in &page {
-                if position.checkpoint_entry.is_none()
-                    && checkpoint.size <= position.checkpoint_size
-                {
+                let Some(size) = checkpoint.size else {
+                    // Not a checkpoint (someone else wrote it): passed over, loudly, so that
+                    // it stops neither the export nor retention behind it.
+                    tracing::error!(entry = %checkpoint.entry, "an entry of the audit checkpoint stream is not a checkpoint; not exported");
+                    position.checkpoint_entry = Some(checkpoint.entry.clone());
+                    continue;
+                };
+                if position.checkpoint_entry.is_none() && size <= position.checkpoint_size {
                     // Exported before Redis' copy of the files' last checkpoint was trimmed.
                     continue;
                 }
-                if checkpoint.size > position.seq {
+                if size > position.seq {
                     reached_records = true;
                     break;
                 }
                 lines.extend(files::checkpoint_line(&checkpoint.signed).unwrap_or_default());
-                position.checkpoint_size = checkpoint.size;
+                position.checkpoint_size = size;
                 position.checkpoint_entry = Some(checkpoint.entry.clone());
             }
             if !lines.is_empty() {
-                append_synced(&self.settings.dir.join(CHECKPOINTS_FILE), &lines)?;
+                let path = self.settings.dir.join(CHECKPOINTS_FILE);
+                let new_file = !path.exists();
+                append_synced(&path, &lines)?;
+                if new_file {
+                    sync_dir(&self.settings.dir);
+                }
             }
             if reached_records || page.len() < PAGE {
                 return Ok(());
@@ -296,6 +337,15 @@ impl Exporter {
             }
         }
     }
+}
+
+/// Whether this process can write into `dir` (made if missing): a file created and removed.
+pub fn check_dir(dir: &Path) -> Result<(), FilesError> {
+    std::fs::create_dir_all(dir).map_err(|e| FilesError::new(dir, e))?;
+    let probe = dir.join(".write-probe");
+    std::fs::write(&probe, b"")
+        .and_then(|()| std::fs::remove_file(&probe))
+        .map_err(|e| FilesError::new(&probe, e))
 }
 
 fn record_seq(record: &StoredRecord) -> Option<u64> {
@@ -310,6 +360,13 @@ fn entry_id(record: &StoredRecord) -> Option<String> {
         .location
         .strip_prefix("stream entry ")
         .map(str::to_owned)
+}
+
+/// Makes new entries of `dir` durable (a file created there survives a power loss).
+fn sync_dir(dir: &Path) {
+    if let Ok(handle) = std::fs::File::open(dir) {
+        let _ = handle.sync_all();
+    }
 }
 
 /// Appends `bytes` to `path` and waits until they are on disk.

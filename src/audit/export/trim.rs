@@ -47,16 +47,20 @@ pub(super) async fn trim(
     // and accepts it only where a signed checkpoint vouches for it.
     let capped = wanted.min(trimmed_seq + MAX_TRIM);
     let mut boundary = store::checkpoint_at_most(redis, keys, capped).await?;
-    if boundary.as_ref().is_none_or(|c| c.size <= trimmed_seq) && capped < wanted {
+    let size = |c: &Option<crate::audit::store::StoredCheckpoint>| c.as_ref().and_then(|c| c.size);
+    if size(&boundary).is_none_or(|size| size <= trimmed_seq) && capped < wanted {
         // No checkpoint within the cap (checkpoints rarer than MAX_TRIM records).
         boundary = store::checkpoint_at_most(redis, keys, wanted).await?;
     }
-    let Some(boundary) = boundary.filter(|c| c.size > trimmed_seq) else {
+    let Some((boundary, boundary_size)) = boundary
+        .and_then(|c| c.size.map(|size| (c, size)))
+        .filter(|(_, size)| *size > trimmed_seq)
+    else {
         return Ok(());
     };
     let expected = trimmed_seq;
     let records =
-        store::read_records(redis, keys, None, (boundary.size - trimmed_seq) as usize).await?;
+        store::read_records(redis, keys, None, (boundary_size - trimmed_seq) as usize).await?;
     let mut ids = Vec::new();
     for record in &records {
         let Some(seq) = record_seq(record).filter(|seq| *seq == trimmed_seq + 1) else {
@@ -77,7 +81,7 @@ pub(super) async fn trim(
     }
     // The checkpoints before the boundary go too, but only when the cut reaches it (a gap
     // in the stream stops the cut early; the boundary must stay to vouch for the marker).
-    let keep_checkpoints_from = if trimmed_seq == boundary.size {
+    let keep_checkpoints_from = if trimmed_seq == boundary_size {
         boundary.entry.as_str()
     } else {
         "0-0"

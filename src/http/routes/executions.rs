@@ -179,8 +179,11 @@ async fn admit(
             retry_after_seconds: 1,
         }));
     }
+    // Authorize before reading the body: an unauthorized caller cannot make us buffer it.
+    let (workflow, rules) = authorize_trigger(runtime, caller, raw_workflow)?;
     // The trail's records wait in Redis for a sink that does not take them: admitting more
-    // would fill Redis (and dropping records is never an option).
+    // would fill Redis (and dropping records is never an option). Told only to callers the
+    // workflow's policy allows.
     if state.export_backlog.over_cap() {
         return Err(Refusal::not_audited(ApiError::Unavailable {
             what: "admission",
@@ -188,8 +191,6 @@ async fn admit(
             retry_after_seconds: 10,
         }));
     }
-    // Authorize before reading the body: an unauthorized caller cannot make us buffer it.
-    let (workflow, rules) = authorize_trigger(runtime, caller, raw_workflow)?;
     let (request, ask_parts) =
         read_trigger(state, caller, &workflow, rules, headers, deadline, body)
             .await
