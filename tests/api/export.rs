@@ -134,8 +134,9 @@ async fn an_idle_export_round_reads_the_same_whatever_the_history() -> TestResul
     .await;
     let late = idle_rounds().await?;
     eprintln!("idle rounds: {early:?} (bytes, commands) at 1,000 checkpoints, {late:?} at 10,000");
-    // Three rounds either way (and the INFO calls measuring them): the same commands.
-    assert!(late.1 <= early.1 + 2, "commands: {early:?} then {late:?}");
+    // Three rounds either way (and the INFO calls measuring them): the same commands, give
+    // or take one round a loaded machine fits into the window (eight commands).
+    assert!(late.1 <= early.1 + 10, "commands: {early:?} then {late:?}");
     assert!(
         late.0 < 30_000 && late.0 <= early.0 + 3_000,
         "bytes: {early:?} then {late:?}"

@@ -54,7 +54,8 @@ async fn with_the_defaults_a_drained_trigger_leaves_at_most_a_kilobyte_in_redis(
     let mut redis = app.redis.connection().await?;
     let orders = stepgate::domain::WorkflowName::parse("orders")?;
     // Drained (every trigger started), then exported and trimmed to the default tail: at
-    // most redis_keep_records (500) plus checkpoint_every (250) records.
+    // most redis_keep_records (500) plus the records since the last checkpoint (250, and
+    // the rest of the append that crossed it: a few under this load).
     eventually(Duration::from_secs(120), "every trigger started", || {
         let (mut redis, queue) = (redis.clone(), keys().queue(&orders));
         async move {
@@ -83,7 +84,7 @@ async fn with_the_defaults_a_drained_trigger_leaves_at_most_a_kilobyte_in_redis(
             let settled = waiting == 0
                 && head >= Some(2 * TRIGGERS as u64)
                 && exported == head
-                && in_redis <= 750;
+                && in_redis <= 800;
             settled.then_some(())
         }
     })

@@ -27,6 +27,7 @@
 #![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
 
 mod flood;
+mod ready;
 #[path = "../support/mod.rs"]
 #[allow(dead_code, unused_imports)]
 mod support;
@@ -244,7 +245,7 @@ impl Stepgate {
                 .spawn()?,
         );
         let url = format!("http://127.0.0.1:{port}");
-        wait_ready(&format!("{url}/readyz"), "stepgate").await?;
+        ready::wait_ready(&format!("{url}/readyz"), "stepgate").await?;
         Ok(Self {
             url,
             process,
@@ -314,7 +315,7 @@ impl PythonService {
             group: leader.id(),
             _leader: leader,
         };
-        wait_ready(&format!("{}/docs", service.url), "the Python service").await?;
+        ready::wait_ready(&format!("{}/docs", service.url), "the Python service").await?;
         Ok(service)
     }
 }
@@ -324,23 +325,6 @@ impl Drop for PythonService {
         let _ = Command::new("kill")
             .args(["-s", "KILL", "--", &format!("-{}", self.group)])
             .status();
-    }
-}
-
-/// Polls `url` until it answers 2xx (without blocking the runtime the timing proxy runs on).
-async fn wait_ready(url: &str, what: &str) -> TestResult {
-    let client = reqwest::Client::new();
-    let start = Instant::now();
-    loop {
-        if let Ok(response) = client.get(url).send().await
-            && response.status().is_success()
-        {
-            return Ok(());
-        }
-        if start.elapsed() > Duration::from_secs(60) {
-            return Err(format!("{what} was not ready within 60 s ({url})").into());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

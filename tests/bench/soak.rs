@@ -16,6 +16,7 @@
 
 #![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
 
+mod ready;
 #[path = "../support/mod.rs"]
 #[allow(dead_code, unused_imports)]
 mod support;
@@ -109,7 +110,7 @@ async fn main() -> TestResult {
             .spawn()?,
     );
     let base = format!("http://127.0.0.1:{port}");
-    wait_ready(&format!("{base}/readyz")).await?;
+    ready::wait_ready(&format!("{base}/readyz"), "stepgate").await?;
     eprintln!("soak: {rate}/s for {minutes} min, retention {ttl} s, sampling every 10 s");
 
     let token = Arc::new(Mutex::new(partners.idp.billing_token().await?));
@@ -449,22 +450,6 @@ async fn execution_names(sfn: &aws_sdk_sfn::Client, arn: &str) -> TestResult<Vec
             Some(token) => next = Some(token.to_owned()),
             None => return Ok(names),
         }
-    }
-}
-
-async fn wait_ready(url: &str) -> TestResult {
-    let client = reqwest::Client::new();
-    let start = Instant::now();
-    loop {
-        if let Ok(response) = client.get(url).send().await
-            && response.status().is_success()
-        {
-            return Ok(());
-        }
-        if start.elapsed() > Duration::from_secs(60) {
-            return Err(format!("stepgate was not ready within 60 s ({url})").into());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
