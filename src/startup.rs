@@ -297,7 +297,15 @@ fn start_exporter(
     config: &Config,
     shutdown: &CancellationToken,
 ) -> Option<tokio::task::JoinHandle<()>> {
-    let files = config.audit.export()?;
+    let Some(files) = config.audit.export() else {
+        if config.audit.enabled {
+            let (mut redis, keys) = (state.redis.clone(), state.keys.clone());
+            tokio::spawn(async move {
+                crate::audit::export_backlog::forget_baseline(&mut redis, &keys).await;
+            });
+        }
+        return None;
+    };
     // Every replica watches the backlog (the exporter runs on one): each gates its own
     // admission.
     tokio::spawn(crate::audit::export_backlog::watch(

@@ -204,10 +204,13 @@ pub async fn read_checkpoints_after(
 /// such a boundary, so the trim point is always one a signature vouches for. Read from the
 /// oldest, which retention keeps at the last trim point, so the search is as short as the
 /// stretch being trimmed.
+/// An entry claiming more records than the chain's `head` holds is no checkpoint of it
+/// (someone else wrote it) and is passed over.
 pub async fn checkpoint_at_most(
     redis: &mut RedisConnection,
     keys: &Keys,
     limit: u64,
+    head: u64,
 ) -> redis::RedisResult<Option<StoredCheckpoint>> {
     const PAGE: usize = 64;
     let mut found = None;
@@ -216,6 +219,7 @@ pub async fn checkpoint_at_most(
         let page = read_checkpoints_after(redis, keys, after.as_deref(), PAGE).await?;
         for checkpoint in &page {
             match checkpoint.size {
+                Some(size) if size > head => {}
                 Some(size) if size > limit => return Ok(found),
                 Some(_) => found = Some(checkpoint.clone()),
                 None => {}

@@ -119,6 +119,9 @@ impl Config {
                 ),
             );
         }
+        if self.server.status_ttl.is_zero() {
+            problems.add("server.status_ttl_seconds", "must be at least 1");
+        }
         let finished = self.server.finished_status_ttl();
         if self.server.idempotency_ttl > self.server.status_ttl {
             problems.add(
@@ -138,7 +141,11 @@ impl Config {
                 "must not exceed status_ttl_seconds",
             );
         }
-        if finished.is_zero() {
+        if self
+            .server
+            .finished_status_ttl
+            .is_some_and(|ttl| ttl.is_zero())
+        {
             problems.add("server.finished_status_ttl_seconds", "must be at least 1");
         }
     }

@@ -33,7 +33,7 @@
 //! | `<p>:{audit}:head`                    | hash   | the chain head: seq, hash, active key, Merkle frontier |
 //! | `<p>:{audit}:checkpoints`             | stream | signed checkpoints (size, Merkle root) |
 //! | `<p>:{audit}:trimmed`                 | hash   | where retention cut the record stream  |
-//! | `<p>:{audit}:export`                  | hash   | the file exporter's cursor             |
+//! | `<p>:{audit}:export`                  | hash   | the file exporter's cursor, and the head when export was turned on (`baseline`) |
 //! | `<p>:{audit}:export:lease`            | string | one exporter at a time (holder, token) |
 //! | `<p>:{audit}:export:fence`            | string | the lease's last fencing token         |
 //! | `<p>:{audit}:writer:<id>`             | string | a writer's last batch id (expires)     |

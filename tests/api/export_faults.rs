@@ -13,8 +13,7 @@ use crate::support::{RedisServer, TestApp, TestResult, eventually, partners, spa
 
 const CAP: u64 = 150;
 
-/// An app exporting into `trail`, once its export has reached the head (from then on the
-/// cap applies).
+/// An app exporting into `trail`, once its gate knows the cap.
 async fn exporting_app(trail: &Path) -> TestResult<TestApp> {
     let app = spawn_app_with(RedisServer::start(), |config| {
         config
@@ -25,25 +24,7 @@ async fn exporting_app(trail: &Path) -> TestResult<TestApp> {
             .set("audit.checkpoint_every", 10)
     })
     .await?;
-    let redis = app.redis.connection().await?;
-    eventually(
-        Duration::from_secs(10),
-        "the export to reach the head",
-        || {
-            let mut redis = redis.clone();
-            async move {
-                let caught_up: Option<u8> = redis::cmd("HGET")
-                    .arg(crate::support::keys().audit_export())
-                    .arg("caught_up")
-                    .query_async(&mut redis)
-                    .await
-                    .ok()?;
-                caught_up.map(drop)
-            }
-        },
-    )
-    .await;
-    // The replica reads the backlog every 250 ms: its next reading arms the gate (time
+    // The replica reads the backlog every 250 ms: its first reading arms the gate (time
     // passing is what is waited for).
     tokio::time::sleep(Duration::from_millis(600)).await;
     Ok(app)
@@ -110,9 +91,10 @@ async fn assert_held_at_the_cap(app: &TestApp, accepted: &[String]) -> TestResul
         .query_async(&mut redis)
         .await?;
     let unexported = head - exported;
-    // The gate errs early (it counts its own recent admissions twice), never late.
+    // Held at the cap: a record on its way into the chain when the gate read the backlog
+    // may let one or two more in.
     assert!(
-        (CAP / 2..=CAP + 5).contains(&unexported),
+        (CAP..=CAP + 20).contains(&unexported),
         "{unexported} records unexported (cap {CAP})"
     );
     Ok(())
@@ -175,7 +157,7 @@ async fn an_unwritable_export_directory_holds_the_backlog_at_its_cap() -> TestRe
     let token = partners().idp.billing_token().await?;
     let accepted = trigger_until_refused(&app, &token).await?;
     assert!(
-        accepted.len() as u64 >= CAP / 2,
+        accepted.len() as u64 >= CAP - 5,
         "{} accepted",
         accepted.len()
     );

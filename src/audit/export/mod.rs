@@ -40,8 +40,6 @@ const ROUND: Duration = Duration::from_secs(1);
 /// gets to take the lease it gave up.
 const AFTER_FAILURE: Duration = Duration::from_secs(5);
 const PAGE: usize = 1_000;
-/// The export cursor's field set once the export first reached the head.
-pub(crate) const CAUGHT_UP: &str = "caught_up";
 
 #[derive(Debug, Clone)]
 pub struct ExportSettings {
@@ -62,6 +60,12 @@ enum ExportError {
     Gap(String),
     #[error(transparent)]
     Locked(#[from] dir_lock::LockError),
+}
+
+/// What a round did.
+enum Round {
+    Exported,
+    Standby,
 }
 
 /// Where the files end.
@@ -88,8 +92,6 @@ pub struct Exporter {
     /// Held with the lease: the directory is this exporter's alone meanwhile.
     lock: Option<DirLock>,
     position: Option<Position>,
-    /// Whether this exporter noted that the export reached the head once.
-    caught_up: bool,
 }
 
 impl Exporter {
@@ -101,7 +103,6 @@ impl Exporter {
             lease: Lease::new(),
             lock: None,
             position: None,
-            caught_up: false,
         }
     }
 
@@ -111,11 +112,13 @@ impl Exporter {
         let mut failing: Option<String> = None;
         loop {
             match self.round().await {
-                Ok(()) => {
+                Ok(Round::Exported) => {
                     if failing.take().is_some() {
                         tracing::info!(dir = %self.settings.dir.display(), "audit export resumed");
                     }
                 }
+                // Another replica exports: whether this one's failure is over, it cannot tell.
+                Ok(Round::Standby) => {}
                 Err(e) => {
                     let error = e.to_string();
                     if failing.as_ref() != Some(&error) {
@@ -155,11 +158,12 @@ impl Exporter {
         self.lock = None;
     }
 
-    async fn round(&mut self) -> Result<(), ExportError> {
+    /// One round; `Standby` when another exporter holds the lease.
+    async fn round(&mut self) -> Result<Round, ExportError> {
         let before = self.lease.token();
         if !self.lease.take(&mut self.redis, &self.keys).await? {
             self.lost();
-            return Ok(());
+            return Ok(Round::Standby);
         }
         if self.lease.token() != before {
             // A new lease: another exporter may have written the files since.
@@ -183,7 +187,7 @@ impl Exporter {
             // took over) stops the writing here, and the files are located afresh.
             if !self.lease.still_held(&mut self.redis, &self.keys).await? {
                 self.lost();
-                return Ok(());
+                return Ok(Round::Standby);
             }
             self.append_records(&mut position, &records)?;
             if !self
@@ -192,16 +196,16 @@ impl Exporter {
                 .await?
             {
                 self.lost();
-                return Ok(());
+                return Ok(Round::Standby);
             }
             if records.len() < PAGE {
                 break;
             }
         }
-        self.mark_caught_up().await?;
+
         if !self.lease.still_held(&mut self.redis, &self.keys).await? {
             self.lost();
-            return Ok(());
+            return Ok(Round::Standby);
         }
         self.export_checkpoints(&mut position).await?;
         self.position = Some(position.clone());
@@ -215,7 +219,7 @@ impl Exporter {
             )
             .await?;
         }
-        Ok(())
+        Ok(Round::Exported)
     }
 
     fn append_records(
@@ -272,22 +276,6 @@ impl Exporter {
         Ok(())
     }
 
-    /// Notes, once, that the export has reached the head: from then on the backlog's cap
-    /// applies (`export_backlog.rs`). A trail that was kept whole in Redis before export was
-    /// on is exported first without refusing triggers meanwhile.
-    async fn mark_caught_up(&mut self) -> Result<(), ExportError> {
-        if !self.caught_up {
-            let () = redis::cmd("HSET")
-                .arg(self.keys.audit_export())
-                .arg(CAUGHT_UP)
-                .arg(1)
-                .query_async(&mut self.redis)
-                .await?;
-            self.caught_up = true;
-        }
-        Ok(())
-    }
-
     /// Checkpoints the files' records reach, in order, after those already exported.
     async fn export_checkpoints(&mut self, position: &mut Position) -> Result<(), ExportError> {
         loop {
@@ -303,9 +291,12 @@ impl Exporter {
             for checkpoint in &page {
                 let Some(size) = checkpoint.size else {
                     // Not a checkpoint (someone else wrote it): passed over, loudly, so that
-                    // it stops neither the export nor retention behind it.
-                    tracing::error!(entry = %checkpoint.entry, "an entry of the audit checkpoint stream is not a checkpoint; not exported");
-                    position.checkpoint_entry = Some(checkpoint.entry.clone());
+                    // it stops neither the export nor retention behind it. (Before the
+                    // files' last checkpoint is found, entries are passed over by size.)
+                    if position.checkpoint_entry.is_some() {
+                        tracing::error!(entry = %checkpoint.entry, "an entry of the audit checkpoint stream is not a checkpoint; not exported");
+                        position.checkpoint_entry = Some(checkpoint.entry.clone());
+                    }
                     continue;
                 };
                 if position.checkpoint_entry.is_none() && size <= position.checkpoint_size {
@@ -339,13 +330,20 @@ impl Exporter {
     }
 }
 
-/// Whether this process can write into `dir` (made if missing): a file created and removed.
+/// Whether this process can write into `dir` (made if missing): a file of its own created
+/// and removed (replicas starting together on one volume each use their own).
 pub fn check_dir(dir: &Path) -> Result<(), FilesError> {
     std::fs::create_dir_all(dir).map_err(|e| FilesError::new(dir, e))?;
-    let probe = dir.join(".write-probe");
-    std::fs::write(&probe, b"")
-        .and_then(|()| std::fs::remove_file(&probe))
-        .map_err(|e| FilesError::new(&probe, e))
+    let probe = dir.join(format!(
+        ".write-probe-{}-{}",
+        std::process::id(),
+        uuid::Uuid::new_v4().simple()
+    ));
+    std::fs::File::create_new(&probe).map_err(|e| FilesError::new(&probe, e))?;
+    match std::fs::remove_file(&probe) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(FilesError::new(&probe, e)),
+        _ => Ok(()),
+    }
 }
 
 fn record_seq(record: &StoredRecord) -> Option<u64> {

@@ -46,11 +46,11 @@ pub(super) async fn trim(
     // Only to a checkpoint's size: verification from Redis alone starts at the trim marker
     // and accepts it only where a signed checkpoint vouches for it.
     let capped = wanted.min(trimmed_seq + MAX_TRIM);
-    let mut boundary = store::checkpoint_at_most(redis, keys, capped).await?;
+    let mut boundary = store::checkpoint_at_most(redis, keys, capped, head.seq).await?;
     let size = |c: &Option<crate::audit::store::StoredCheckpoint>| c.as_ref().and_then(|c| c.size);
     if size(&boundary).is_none_or(|size| size <= trimmed_seq) && capped < wanted {
         // No checkpoint within the cap (checkpoints rarer than MAX_TRIM records).
-        boundary = store::checkpoint_at_most(redis, keys, wanted).await?;
+        boundary = store::checkpoint_at_most(redis, keys, wanted, head.seq).await?;
     }
     let Some((boundary, boundary_size)) = boundary
         .and_then(|c| c.size.map(|size| (c, size)))

@@ -130,10 +130,12 @@ pub(crate) async fn stored_status(
 ) -> Result<Option<StoredStatus>, ApiError> {
     let mut redis = state.redis.clone();
     let unavailable = |e: redis::RedisError| ApiError::redis_unavailable(&e);
-    let compact: Option<String> = redis
-        .get(state.keys.status(id))
-        .await
-        .map_err(unavailable)?;
+    let compact: Option<String> = match redis.get(state.keys.status(id)).await {
+        Ok(compact) => compact,
+        // Not a string: not a status of ours (someone else wrote it), so no such request.
+        Err(e) if e.kind() == redis::ErrorKind::TypeError => return Ok(None),
+        Err(e) => return Err(unavailable(e)),
+    };
     if let Some(json) = compact {
         return Ok(StoredStatus::from_json(&json));
     }
