@@ -471,7 +471,7 @@ fn write_outputs(samples: &[Sample]) -> TestResult {
         ));
     }
     std::fs::write(out.join("samples.csv"), csv)?;
-    let plot = "set terminal pngcairo size 1000,500\n\
+    let plot = "set terminal pngcairo size 1000,500 noenhanced\n\
         set output 'soak.png'\n\
         set datafile separator ','\n\
         set key autotitle columnhead top left\n\
