@@ -235,3 +235,47 @@ async fn a_full_disk_holds_the_backlog_at_its_cap_and_loses_nothing() -> TestRes
     drop(app);
     Ok(())
 }
+
+/// A trail kept whole in Redis before the export was turned on is exported first, refusing
+/// nothing: the cap counts only records chained after the export began (its baseline), even
+/// while that catch-up is stuck (here: on a disk too small for it). Records chained after
+/// the baseline still close the gate at the cap.
+#[tokio::test]
+async fn turning_the_export_on_over_a_long_trail_refuses_nothing_for_it() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let trail = dir.path().join("trail");
+    let Some(_disk) = SmallDisk::mount(&trail, "16k") else {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return Ok(());
+    };
+    let settings = |export: bool| {
+        let trail = trail.display().to_string();
+        move |config: stepgate::testing::TestConfig| {
+            config
+                .set("worker.enabled", false)
+                .set("audit.files.enabled", export)
+                .set("audit.files.dir", trail)
+                .set("audit.files.max_unexported_records", 20)
+        }
+    };
+    let mut app = spawn_app_with(RedisServer::start(), settings(false)).await?;
+    let token = partners().idp.billing_token().await?;
+    for n in 0..60 {
+        app.accept(&token, &json!({"before_export": n, "pad": "x".repeat(200)}))
+            .await?;
+    }
+    app.stop().await;
+    app.reconfigure(settings(true))?;
+    app.start().await?;
+    // Its first reading sets the baseline and arms the gate (time passing is waited for).
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    // 60 records wait for a disk that holds about 20: yet triggers are admitted...
+    let accepted = trigger_until_refused(&app, &token).await?;
+    // ...until 20 more than the baseline wait.
+    assert!(
+        (15..=25).contains(&accepted.len()),
+        "{} admitted after the export was turned on",
+        accepted.len()
+    );
+    Ok(())
+}
