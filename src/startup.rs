@@ -75,18 +75,9 @@ impl Application {
         };
         let (audit, audit_writer) = AuditLog::open(&config.audit, audit_redis, keys.clone())
             .context("loading the audit signing keys")?;
-        if let Some(files) = config.audit.export() {
-            // Refused at start rather than found out later: an export directory this process
-            // cannot write (a read-only configuration mount, say) would hold the trail in
-            // Redis until its cap stops admission.
-            crate::audit::export::check_dir(&files.dir).with_context(|| {
-                format!(
-                    "audit.files.dir {} cannot be written; point it at a durable volume \
-                     (the container image has one at /var/lib/stepgate/audit)",
-                    files.dir.display()
-                )
-            })?;
-        }
+        // Refused at start rather than found out later: a sink this process cannot write
+        // would hold the trail in Redis until its cap stops admission.
+        crate::audit::export::check_dir_of(&config)?;
 
         let http = identity_provider_client()?;
         let config_sha256 = source
@@ -184,7 +175,7 @@ impl Application {
         let config_server = config.server.clone();
         crate::redis_eviction::warn_at_start(&mut state.redis.clone()).await;
         let writer = audit_writer.map(|writer| tokio::spawn(writer.run()));
-        let exporter = start_exporter(&state, &config, &shutdown);
+        let exporter = crate::audit::export::start(&state, &config, &shutdown).await;
         let reloader = start_companions(
             &state,
             &config,
@@ -288,43 +279,6 @@ struct ReloadSource {
     sha256: String,
     http: reqwest::Client,
     targets: watch::Sender<Vec<Arc<Workflow>>>,
-}
-
-/// The file exporter and the watch on its backlog, when the trail is exported; the exporter
-/// gives up its lease when it ends.
-fn start_exporter(
-    state: &AppState,
-    config: &Config,
-    shutdown: &CancellationToken,
-) -> Option<tokio::task::JoinHandle<()>> {
-    let Some(files) = config.audit.export() else {
-        if config.audit.enabled {
-            let (mut redis, keys) = (state.redis.clone(), state.keys.clone());
-            tokio::spawn(async move {
-                crate::audit::export_backlog::forget_baseline(&mut redis, &keys).await;
-            });
-        }
-        return None;
-    };
-    // Every replica watches the backlog (the exporter runs on one): each gates its own
-    // admission.
-    tokio::spawn(crate::audit::export_backlog::watch(
-        state.export_backlog.clone(),
-        state.redis.clone(),
-        state.keys.clone(),
-        files.max_unexported_records,
-        shutdown.clone(),
-    ));
-    let exporter = crate::audit::export::Exporter::new(
-        state.redis.clone(),
-        state.keys.clone(),
-        crate::audit::export::ExportSettings {
-            dir: files.dir.clone(),
-            rotate_bytes: files.rotate_bytes,
-            keep_records: files.redis_keep_records,
-        },
-    );
-    Some(tokio::spawn(exporter.run(shutdown.clone())))
 }
 
 /// What runs beside the API: the `config_loaded` record, the AWS

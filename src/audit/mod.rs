@@ -16,6 +16,7 @@ pub mod record;
 pub mod redact;
 pub mod refusals;
 mod relayed;
+pub mod s3;
 pub mod scripts;
 pub mod signer;
 pub mod store;

@@ -1,6 +1,6 @@
 //! A whole trail as its sources hold it: the Redis stream (live, possibly trimmed at the
-//! front), the exported JSON Lines files (complete from record 1), or both joined — the
-//! records both hold must be byte-identical.
+//! front), a sink (the exported JSON Lines files or S3 objects, complete from record 1),
+//! or a sink and Redis joined — the records both hold must be byte-identical.
 
 use std::path::Path;
 
@@ -27,6 +27,8 @@ pub enum ReadError {
     Redis(#[from] redis::RedisError),
     #[error(transparent)]
     Files(#[from] files::FilesError),
+    #[error(transparent)]
+    S3(#[from] super::s3::S3Error),
 }
 
 pub async fn from_redis(redis: &mut RedisConnection, keys: &Keys) -> Result<Trail, ReadError> {
@@ -61,7 +63,18 @@ pub fn from_files(dir: &Path) -> Result<Trail, ReadError> {
     })
 }
 
-/// The files' trail continued by the records Redis holds beyond it; where both hold a
+/// The trail under an S3 prefix (complete from record 1, as the files are).
+pub async fn from_s3(bucket: &super::s3::TrailBucket) -> Result<Trail, ReadError> {
+    let (records, checkpoints) = bucket.read_trail().await?;
+    Ok(Trail {
+        start: StartPoint::genesis(),
+        records,
+        checkpoints,
+        head: None,
+    })
+}
+
+/// A sink's trail (files or S3) continued by the records Redis holds beyond it; where both hold a
 /// record, the bytes must agree.
 pub fn join(files: Trail, redis: Trail) -> Result<Trail, Problem> {
     let mut joined = files;

@@ -8,50 +8,22 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::Context;
 use clap::Subcommand;
 use ed25519_dalek::VerifyingKey;
 use serde_json::json;
 
-use super::{ConfigArg, load, redis_endpoint};
+use super::audit_sources::{Sources, read, read_with};
 use crate::audit::AuditSigner;
 use crate::audit::checkpoint::{Checkpoint, SignedCheckpoint};
 use crate::audit::proof::{self, Proof};
 use crate::audit::signer::load_public_key;
-use crate::audit::trail::{self, ReadError, Trail};
+use crate::audit::trail::Trail;
 use crate::audit::verify::{Problem, verify_records_since};
 use crate::config::Config;
-use crate::queue::Keys;
-use crate::startup::connect_redis;
 
-const EXIT_UNREADABLE: u8 = 3;
-
-#[derive(Debug, clap::Args)]
-pub struct Sources {
-    #[command(flatten)]
-    config: ConfigArg,
-    /// Read the exported JSON Lines files in this directory (from record 1), continued by
-    /// what Redis holds beyond them unless `--no-redis`.
-    #[arg(long)]
-    files: Option<PathBuf>,
-    /// Leave Redis out (with `--files`).
-    #[arg(long, requires = "files")]
-    no_redis: bool,
-}
-
-impl Sources {
-    /// The configuration, unless nothing needs it: files alone, and no keys to take from it
-    /// (`keys_from_config`). An auditor holding only the files and the public key can then
-    /// verify without the configuration, which names private keys they should not need.
-    fn config(&self, keys_from_config: bool) -> anyhow::Result<Option<Config>> {
-        if self.no_redis && !keys_from_config {
-            return Ok(None);
-        }
-        load(&self.config).map(Some)
-    }
-}
+pub(super) const EXIT_UNREADABLE: u8 = 3;
 
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
@@ -253,7 +225,7 @@ async fn prove(
     };
     if trail.start.seq > 0 {
         anyhow::bail!(
-            "Redis holds records from {} on (earlier ones were trimmed); add --files",
+            "Redis holds records from {} on (earlier ones were trimmed); add --files or --s3",
             trail.start.seq + 1
         );
     }
@@ -362,7 +334,7 @@ async fn verify(
         // prefix deleted exactly at a checkpoint verifies like a genuine trim.
         eprintln!(
             "note: records 1..={trimmed} were trimmed from Redis, but this configuration keeps \
-             every record (audit.files is off or redis_keep_records is 0); verify with --files to see them"
+             every record (audit.files is off or redis_keep_records is 0); verify with --files or --s3 to see them"
         );
     }
     Ok(report(checked.map(|v| (v, trimmed)), json))
@@ -412,70 +384,6 @@ fn report(checked: Result<(crate::audit::verify::Verified, u64), Problem>, json:
             ExitCode::from(problem.kind.exit_code())
         }
     }
-}
-
-/// The trail, or the exit code already reported.
-async fn read(
-    config: Option<&Config>,
-    sources: &Sources,
-) -> anyhow::Result<Result<Trail, ExitCode>> {
-    match read_with(config, sources).await {
-        Ok(Ok(trail)) => Ok(Ok(trail)),
-        Ok(Err(problem)) => {
-            println!("audit trail BROKEN at {problem}");
-            Ok(Err(ExitCode::from(problem.kind.exit_code())))
-        }
-        Err(e) => {
-            println!("audit trail UNREADABLE: {e}");
-            Ok(Err(ExitCode::from(EXIT_UNREADABLE)))
-        }
-    }
-}
-
-/// The trail from `sources`; `config` is needed only to reach Redis.
-async fn read_with(
-    config: Option<&Config>,
-    sources: &Sources,
-) -> Result<Result<Trail, Problem>, ReadError> {
-    if sources.no_redis
-        && let Some(dir) = sources.files.as_deref()
-    {
-        return Ok(Ok(trail::from_files(dir)?));
-    }
-    let Some(config) = config else {
-        return Err(ReadError::Redis(redis::RedisError::from((
-            redis::ErrorKind::InvalidClientConfig,
-            "reading Redis needs the configuration",
-        ))));
-    };
-    let endpoint = redis_endpoint(config).map_err(|e| {
-        ReadError::Redis(redis::RedisError::from((
-            redis::ErrorKind::InvalidClientConfig,
-            "invalid redis.url",
-            e.to_string(),
-        )))
-    })?;
-    let mut redis = connect_redis(&endpoint, Duration::from_secs(5))
-        .await
-        .map_err(|e| {
-            ReadError::Redis(redis::RedisError::from((
-                redis::ErrorKind::IoError,
-                "cannot connect",
-                format!("{e:#}"),
-            )))
-        })?;
-    let from_redis = trail::from_redis(&mut redis, &Keys::new(&config.redis.key_prefix)).await?;
-    // The files after Redis: whatever retention trimmed from Redis before that read was
-    // exported first, so the two meet (read the other way, a trim in between leaves a gap).
-    let files = sources
-        .files
-        .as_deref()
-        .map(trail::from_files)
-        .transpose()?;
-    Ok(match files {
-        Some(files) => trail::join(files, from_redis),
-        None => Ok(from_redis),
-    })
 }
 
 /// The public halves of the configured keys: the signing key and every retired one. Any of

@@ -2,6 +2,7 @@
 //! policy | dlq`.
 
 mod audit;
+mod audit_sources;
 mod dlq;
 mod explain;
 mod operator;

@@ -53,6 +53,55 @@ pub struct AuditConfig {
     /// so that Redis holds only what is not yet exported plus a bounded tail.
     #[serde(default)]
     pub files: AuditFilesConfig,
+    /// Export to S3 instead of the files (`[audit.files]`'s `enabled`, `redis_keep_records`
+    /// and `max_unexported_records` still govern the export).
+    #[serde(default)]
+    pub s3: Option<AuditS3Config>,
+}
+
+/// `[audit.s3]`: the trail as objects under a prefix, optionally under S3 Object Lock.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AuditS3Config {
+    pub bucket: String,
+    /// Where the objects go in the bucket: `<prefix>records/…` and `<prefix>checkpoints/…`.
+    #[serde(default = "default_s3_prefix")]
+    pub prefix: String,
+    /// Every object is written with this many days of Object Lock retention in compliance
+    /// mode: nobody, the bucket's owner included, can delete or overwrite it meanwhile. The
+    /// bucket must have been created with Object Lock enabled.
+    pub object_lock_days: Option<u32>,
+    /// A segment object once this many records wait…
+    #[serde(default = "default_segment_records")]
+    pub segment_records: u64,
+    /// …or once the oldest waiting record is this old.
+    #[serde(
+        rename = "segment_seconds",
+        with = "super::duration::seconds",
+        default = "default_segment_age"
+    )]
+    pub segment_age: Duration,
+    /// An S3-compatible store or an emulator (default: `aws.endpoint_url`, else AWS's
+    /// regional endpoint); addressed path-style.
+    pub endpoint_url: Option<String>,
+}
+
+fn default_s3_prefix() -> String {
+    "stepgate-audit/".to_owned()
+}
+
+const MAX_SEGMENT_RECORDS: u64 = 50_000;
+
+fn default_segment_records() -> u64 {
+    // Some 5 MB of records: one PUT per 10,000 records keeps requests (and their cost) low
+    // at volume, while one segment stays a small read.
+    10_000
+}
+
+fn default_segment_age() -> Duration {
+    // CloudTrail delivers its log files about every 5 minutes; a minute keeps the backlog
+    // in Redis short at low volume.
+    Duration::from_secs(60)
 }
 
 /// `[audit.files]`
@@ -188,6 +237,52 @@ impl AuditConfig {
         }
         if self.write_timeout.is_zero() {
             problems.add("audit.write_timeout_ms", "must be at least 1");
+        }
+        if let Some(s3) = &self.s3 {
+            s3.check(problems);
+        }
+    }
+}
+
+impl AuditS3Config {
+    fn check(&self, problems: &mut super::validate::Problems) {
+        // Bucket names: 3-63 lowercase letters, digits, dots and hyphens.
+        let valid_bucket = (3..=63).contains(&self.bucket.len())
+            && self
+                .bucket
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-');
+        if !valid_bucket {
+            problems.add(
+                "audit.s3.bucket",
+                format!("{:?} is not an S3 bucket name", self.bucket),
+            );
+        }
+        if self.prefix.starts_with('/') || !(self.prefix.is_empty() || self.prefix.ends_with('/')) {
+            problems.add(
+                "audit.s3.prefix",
+                "must end with '/' and not start with one (or be empty)",
+            );
+        }
+        if self.object_lock_days == Some(0) {
+            problems.add(
+                "audit.s3.object_lock_days",
+                "must be at least 1 (or left out)",
+            );
+        }
+        if !(1..=MAX_SEGMENT_RECORDS).contains(&self.segment_records) {
+            problems.add(
+                "audit.s3.segment_records",
+                format!("must be 1 to {MAX_SEGMENT_RECORDS} (a segment is built in memory)"),
+            );
+        }
+        if self.segment_age.is_zero() {
+            problems.add("audit.s3.segment_seconds", "must be at least 1");
+        }
+        if let Some(url) = &self.endpoint_url
+            && reqwest::Url::parse(url).is_err()
+        {
+            problems.add("audit.s3.endpoint_url", format!("{url:?} is not a URL"));
         }
     }
 }

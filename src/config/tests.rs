@@ -231,3 +231,27 @@ fn a_finished_status_ttl_left_out_keeps_files_written_before_it_valid() -> Resul
     );
     Ok(())
 }
+
+#[test]
+fn an_s3_sink_names_each_mistake_by_its_key() {
+    let good = format!("{VALID}\n[audit.s3]\nbucket = \"acme-audit\"\n");
+    let config = Config::from_toml(&good).unwrap();
+    let s3 = config.audit.s3.unwrap();
+    assert_eq!(s3.prefix, "stepgate-audit/");
+    assert_eq!((s3.segment_records, s3.segment_age.as_secs()), (10_000, 60));
+    let bad = format!(
+        "{VALID}\n[audit.s3]\nbucket = \"Acme_Audit\"\nprefix = \"/logs\"\nobject_lock_days = 0\n\
+         segment_records = 0\nsegment_seconds = 0\nendpoint_url = \"minio\"\n"
+    );
+    assert_eq!(
+        keys(&bad),
+        vec![
+            "audit.s3.bucket",
+            "audit.s3.prefix",
+            "audit.s3.object_lock_days",
+            "audit.s3.segment_records",
+            "audit.s3.segment_seconds",
+            "audit.s3.endpoint_url",
+        ]
+    );
+}

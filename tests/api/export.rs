@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use stepgate::audit::export::{ExportSettings, Exporter};
+use stepgate::audit::export::{ExportSettings, Exporter, SinkSettings};
 use stepgate::redis_conn::{RedisConnection, RedisEndpoint};
 use tokio_util::sync::CancellationToken;
 
@@ -93,15 +93,17 @@ async fn traffic(server: &RedisServer) -> TestResult<(u64, u64)> {
 async fn an_idle_export_round_reads_the_same_whatever_the_history() -> TestResult {
     let server = RedisServer::start();
     let dir = tempfile::tempdir()?;
-    let settings = ExportSettings {
-        dir: dir.path().to_owned(),
-        rotate_bytes: 1 << 30,
+    let settings = || ExportSettings {
+        sink: SinkSettings::Files {
+            dir: dir.path().to_owned(),
+            rotate_bytes: 1 << 30,
+        },
         keep_records: 0,
     };
     add_trail(&server, "a", 1, 10_000, 10).await?;
     let shutdown = CancellationToken::new();
     let exporter = tokio::spawn(
-        Exporter::new(connect(&server).await?, keys(), settings).run(shutdown.clone()),
+        Exporter::new(connect(&server).await?, keys(), settings()).run(shutdown.clone()),
     );
     let checkpoints = dir.path().join(stepgate::audit::files::CHECKPOINTS_FILE);
     let exported = |n| {
@@ -154,19 +156,21 @@ async fn two_deployments_never_export_into_one_directory_together() -> TestResul
     add_trail(&first, "first", 1, 20_000, 1_000).await?;
     add_trail(&second, "second", 1, 20_000, 1_000).await?;
     let dir = tempfile::tempdir()?;
-    let settings = ExportSettings {
-        dir: dir.path().to_owned(),
-        rotate_bytes: 1 << 30,
+    let settings = || ExportSettings {
+        sink: SinkSettings::Files {
+            dir: dir.path().to_owned(),
+            rotate_bytes: 1 << 30,
+        },
         keep_records: 0,
     };
     let shutdown = CancellationToken::new();
     // Started together: without the lock both find the directory empty and write into it.
     let exporters = [
         tokio::spawn(
-            Exporter::new(connect(&first).await?, keys(), settings.clone()).run(shutdown.clone()),
+            Exporter::new(connect(&first).await?, keys(), settings()).run(shutdown.clone()),
         ),
         tokio::spawn(
-            Exporter::new(connect(&second).await?, keys(), settings).run(shutdown.clone()),
+            Exporter::new(connect(&second).await?, keys(), settings()).run(shutdown.clone()),
         ),
     ];
     eventually(Duration::from_secs(30), "one trail exported", || async {
@@ -217,13 +221,15 @@ async fn an_exporter_that_lost_its_lease_mid_round_writes_nothing_more() -> Test
     add_trail(&server, "a", 1, BACKLOG, u64::MAX).await?;
     let mut raw = server.connection().await?;
     let dir = tempfile::tempdir()?;
-    let settings = ExportSettings {
-        dir: dir.path().to_owned(),
-        rotate_bytes: 1 << 30,
+    let settings = || ExportSettings {
+        sink: SinkSettings::Files {
+            dir: dir.path().to_owned(),
+            rotate_bytes: 1 << 30,
+        },
         keep_records: 0,
     };
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let exporter = tokio::spawn(Exporter::new(redis, keys(), settings).run(shutdown.clone()));
+    let exporter = tokio::spawn(Exporter::new(redis, keys(), settings()).run(shutdown.clone()));
     let exported = || -> u64 {
         stepgate::audit::files::record_files(dir.path())
             .ok()

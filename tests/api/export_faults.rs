@@ -31,7 +31,7 @@ async fn exporting_app(trail: &Path) -> TestResult<TestApp> {
 }
 
 /// Triggers until one is refused; the request ids accepted before it.
-async fn trigger_until_refused(app: &TestApp, token: &str) -> TestResult<Vec<String>> {
+pub(crate) async fn trigger_until_refused(app: &TestApp, token: &str) -> TestResult<Vec<String>> {
     let mut accepted = Vec::new();
     for n in 0..5_000 {
         let response = app

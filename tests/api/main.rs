@@ -16,6 +16,7 @@ mod deploy;
 mod docs;
 mod export;
 mod export_faults;
+mod export_s3;
 mod express;
 mod fail_closed;
 mod first_hour;

@@ -120,3 +120,31 @@ pub async fn executions(
     }
     Ok(found)
 }
+
+/// An S3 client for the emulator (path-style, as stepgate addresses an endpoint it is
+/// given).
+pub async fn s3_client() -> aws_sdk_s3::Client {
+    let config = aws_config::defaults(BehaviorVersion::latest())
+        .region(Region::new(REGION))
+        .endpoint_url(&partners().sfn_endpoint)
+        .credentials_provider(Credentials::new("test", "test", None, None, "test"))
+        .load()
+        .await;
+    aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(&config)
+            .force_path_style(true)
+            .build(),
+    )
+}
+
+/// A new bucket with Object Lock enabled (and so versioning), as an audit trail's should
+/// be.
+pub async fn create_locked_bucket(s3: &aws_sdk_s3::Client) -> TestResult<String> {
+    let bucket = unique_name("trail").to_ascii_lowercase().replace('_', "-");
+    s3.create_bucket()
+        .bucket(&bucket)
+        .object_lock_enabled_for_bucket(true)
+        .send()
+        .await?;
+    Ok(bucket)
+}

@@ -1,5 +1,6 @@
 //! Where the directory's files end, and the matching places in Redis: read once per lease,
-//! from the ends of the files only (their length does not matter).
+//! from the ends of the files only (their length does not matter). `entry_of` finds a
+//! sink's last record in Redis for every sink.
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
@@ -49,26 +50,37 @@ pub(super) async fn locate(
             ..Position::default()
         });
     };
-    let at = |entry| Position {
+    let entry = entry_of(redis, keys, seq, Some(&hash)).await?;
+    Ok(Position {
         seq,
         entry,
         checkpoint_size,
-        checkpoint_entry: checkpoint_entry.clone(),
-        file: file.clone(),
-    };
-    // Find record `seq` in the stream (once per lease), checking it is the same record.
-    // The stream holds the unexported records and a bounded tail, so this is short.
+        checkpoint_entry,
+        file,
+    })
+}
+
+/// The stream entry of record `seq`, which a sink ends with (checking it is the same
+/// record, when its body's `hash` is known); `None` when Redis trimmed it and holds what
+/// follows it from the start. Read once per lease: the stream holds the unexported records
+/// and a bounded tail, so this is short.
+pub(super) async fn entry_of(
+    redis: &mut RedisConnection,
+    keys: &Keys,
+    seq: u64,
+    hash: Option<&str>,
+) -> Result<Option<String>, ExportError> {
     let mut after: Option<String> = None;
     loop {
         let page = store::read_records(redis, keys, after.as_deref(), PAGE).await?;
         for record in &page {
             if record_seq(record) == Some(seq) {
-                if sha256_hex(record.body.as_bytes()) != hash {
+                if hash.is_some_and(|hash| sha256_hex(record.body.as_bytes()) != hash) {
                     return Err(ExportError::Gap(format!(
-                        "record {seq} in the files differs from Redis' record {seq}"
+                        "record {seq} in the sink differs from Redis' record {seq}"
                     )));
                 }
-                return Ok(at(entry_id(record)));
+                return Ok(entry_id(record));
             }
         }
         match page.last() {
@@ -76,14 +88,14 @@ pub(super) async fn locate(
             _ => break,
         }
     }
-    // Not in Redis: trimmed (fine if nothing after it was trimmed too) or the files
-    // are from elsewhere. Resuming before the first entry reads from the start.
+    // Not in Redis: trimmed (fine if nothing after it was trimmed too) or the sink is
+    // another trail's. Resuming before the first entry reads from the start.
     let first = store::read_records(redis, keys, None, 1).await?;
     match first.first().and_then(record_seq) {
-        Some(first) if first == seq + 1 => Ok(at(None)),
-        None if read_trimmed_seq(redis, keys).await? == seq => Ok(at(None)),
+        Some(first) if first == seq + 1 => Ok(None),
+        None if read_trimmed_seq(redis, keys).await? == seq => Ok(None),
         _ => Err(ExportError::Gap(format!(
-            "the files end at record {seq}, which Redis no longer holds next to its records"
+            "the sink ends at record {seq}, which Redis no longer holds next to its records"
         ))),
     }
 }
@@ -121,7 +133,10 @@ async fn last_checkpoint(
     }
 }
 
-async fn read_trimmed_seq(redis: &mut RedisConnection, keys: &Keys) -> redis::RedisResult<u64> {
+pub(super) async fn read_trimmed_seq(
+    redis: &mut RedisConnection,
+    keys: &Keys,
+) -> redis::RedisResult<u64> {
     Ok(store::read_start_point(redis, keys).await?.seq)
 }
 

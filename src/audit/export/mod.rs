@@ -1,39 +1,48 @@
-//! Copies the trail from Redis into rotated JSON Lines files, and trims Redis behind it.
+//! Copies the trail from Redis into its long-term home, a sink: rotated JSON Lines files
+//! (`files_sink.rs`, the default) or immutable S3 objects (`s3_sink.rs`), and trims Redis
+//! behind it.
 //!
 //! One exporter at a time holds a lease in Redis (several replicas may be configured to
-//! export; the others stand by), so the files are written in order by one hand; the lease
-//! is renewed and checked before every page and fenced (`export_lease.rs`). The files
-//! are the exporter's memory: it resumes after the last record it finds in its directory,
-//! so the directory should be the same durable volume for every process that exports. A
-//! record is counted as exported (the cursor in Redis) only after its file is synced.
+//! export; the others stand by), so the sink is written in order by one hand; the lease
+//! is renewed and checked before every page and fenced (`export_lease.rs`). A record is
+//! counted as exported (the cursor in Redis) only after the sink holds it durably; each
+//! new lease first finds where the sink ends (`locate.rs`, `S3Sink::locate`).
 //!
 //! Retention (`trim.rs`): with `keep_records` set, records beyond the newest `keep_records`
 //! are deleted from Redis, but only up to a checkpoint and only once exported, with the
 //! checkpoints before that one; the trimmed prefix's last seq, hash, Merkle frontier and key
-//! stay in Redis, so the rest keeps verifying on its own, and files plus Redis verify as a
-//! whole.
+//! stay in Redis, so the rest keeps verifying on its own, and the sink plus Redis verify as
+//! a whole.
 //!
 //! Every read is from a cursor (records after the last exported entry, checkpoints after
 //! the last exported checkpoint's entry), so a round costs the same whatever the trail's
-//! length. The directory is locked while this exporter holds the lease (`dir_lock.rs`):
-//! two deployments pointed at one directory must not interleave their files.
+//! length. A directory is locked while this exporter holds the lease (`dir_lock.rs`): two
+//! deployments pointed at one directory must not interleave their files; S3 objects are
+//! only ever created, never replaced.
 
 mod dir_lock;
+mod files_sink;
 mod locate;
+mod s3_sink;
+mod start;
 mod trim;
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
 use super::export_lease::Lease;
-use super::files::{self, CHECKPOINTS_FILE, FilesError};
+use super::files::{self, FilesError};
+use super::s3::S3Error;
 use super::store::{self, StoredRecord};
 use crate::queue::Keys;
 use crate::redis_conn::RedisConnection;
-use dir_lock::DirLock;
+use files_sink::FilesSink;
+pub use files_sink::check_dir;
+pub use s3_sink::S3Settings;
+use s3_sink::S3Sink;
+pub use start::{check_dir_of, start};
 
 const ROUND: Duration = Duration::from_secs(1);
 /// After a failed round this exporter waits longer than a round, so that another replica
@@ -41,13 +50,19 @@ const ROUND: Duration = Duration::from_secs(1);
 const AFTER_FAILURE: Duration = Duration::from_secs(5);
 const PAGE: usize = 1_000;
 
-#[derive(Debug, Clone)]
 pub struct ExportSettings {
-    pub dir: PathBuf,
-    /// A new file once the current one holds this many bytes.
-    pub rotate_bytes: u64,
+    pub sink: SinkSettings,
     /// Keep at most this many records in Redis (0: keep all).
     pub keep_records: u64,
+}
+
+pub enum SinkSettings {
+    Files {
+        dir: PathBuf,
+        /// A new file once the current one holds this many bytes.
+        rotate_bytes: u64,
+    },
+    S3(S3Settings),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +71,8 @@ enum ExportError {
     Redis(#[from] redis::RedisError),
     #[error(transparent)]
     Files(#[from] FilesError),
+    #[error(transparent)]
+    S3(#[from] S3Error),
     #[error("{0}")]
     Gap(String),
     #[error(transparent)]
@@ -68,40 +85,67 @@ enum Round {
     Standby,
 }
 
-/// Where the files end.
+/// Where the sink ends.
 #[derive(Debug, Clone, Default)]
 struct Position {
     seq: u64,
     /// The Redis stream entry of record `seq` (`None` before the first).
     entry: Option<String>,
-    /// The size of the files' last checkpoint (0: none yet).
+    /// The size of the sink's last checkpoint (0: none yet).
     checkpoint_size: u64,
     /// Its entry in Redis' checkpoint stream; `None` when Redis no longer holds it (or there
     /// is none): the next checkpoint is then the first larger than `checkpoint_size`.
     checkpoint_entry: Option<String>,
-    /// The newest records file and its size (`None`: none yet); the directory is listed
-    /// only to locate, never per page.
+    /// The files sink's newest records file and its size (`None`: none yet, or another
+    /// sink); the directory is listed only to locate, never per page.
     file: Option<(PathBuf, u64)>,
+}
+
+enum Sink {
+    Files(FilesSink),
+    S3(S3Sink),
+}
+
+impl Sink {
+    fn describe(&self) -> String {
+        match self {
+            Sink::Files(files) => files.dir.display().to_string(),
+            Sink::S3(s3) => s3.settings.bucket.location.to_string(),
+        }
+    }
+
+    /// Records read and written at a time.
+    fn page(&self) -> usize {
+        match self {
+            Sink::Files(_) => PAGE,
+            Sink::S3(s3) => s3.page(),
+        }
+    }
 }
 
 pub struct Exporter {
     redis: RedisConnection,
     keys: Keys,
-    settings: ExportSettings,
+    sink: Sink,
+    keep_records: u64,
     lease: Lease,
-    /// Held with the lease: the directory is this exporter's alone meanwhile.
-    lock: Option<DirLock>,
     position: Option<Position>,
 }
 
 impl Exporter {
     pub fn new(redis: RedisConnection, keys: Keys, settings: ExportSettings) -> Self {
+        let sink = match settings.sink {
+            SinkSettings::Files { dir, rotate_bytes } => {
+                Sink::Files(FilesSink::new(dir, rotate_bytes))
+            }
+            SinkSettings::S3(settings) => Sink::S3(S3Sink { settings }),
+        };
         Self {
             redis,
             keys,
-            settings,
+            sink,
+            keep_records: settings.keep_records,
             lease: Lease::new(),
-            lock: None,
             position: None,
         }
     }
@@ -114,7 +158,7 @@ impl Exporter {
             match self.round().await {
                 Ok(Round::Exported) => {
                     if failing.take().is_some() {
-                        tracing::info!(dir = %self.settings.dir.display(), "audit export resumed");
+                        tracing::info!(sink = %self.sink.describe(), "audit export resumed");
                     }
                 }
                 // Another replica exports: whether this one's failure is over, it cannot tell.
@@ -122,12 +166,12 @@ impl Exporter {
                 Err(e) => {
                     let error = e.to_string();
                     if failing.as_ref() != Some(&error) {
-                        tracing::error!(%error, dir = %self.settings.dir.display(), "audit export failed; retrying");
+                        tracing::error!(%error, sink = %self.sink.describe(), "audit export failed; retrying");
                         failing = Some(error);
                     }
                     // Let go of the lease and the directory, so that another replica (which
-                    // may reach the disk, or Redis, when this one cannot) takes over; re-read
-                    // where the files end before this one's next try.
+                    // may reach the sink, or Redis, when this one cannot) takes over; re-read
+                    // where the sink ends before this one's next try.
                     self.release().await;
                     self.position = None;
                 }
@@ -147,15 +191,21 @@ impl Exporter {
 
     /// Gives up the lease and the directory, if this exporter holds them.
     async fn release(&mut self) {
-        self.lock = None;
+        self.release_sink();
         self.lease.release(&mut self.redis, &self.keys).await;
     }
 
-    /// The lease was lost: the files are located afresh under the next one, and the
+    fn release_sink(&mut self) {
+        if let Sink::Files(files) = &mut self.sink {
+            files.release();
+        }
+    }
+
+    /// The lease was lost: the sink is located afresh under the next one, and the
     /// directory is free for whoever holds it now.
     fn lost(&mut self) {
         self.position = None;
-        self.lock = None;
+        self.release_sink();
     }
 
     /// One round; `Standby` when another exporter holds the lease.
@@ -166,19 +216,22 @@ impl Exporter {
             return Ok(Round::Standby);
         }
         if self.lease.token() != before {
-            // A new lease: another exporter may have written the files since.
+            // A new lease: another exporter may have written the sink since.
             self.position = None;
-        }
-        if self.lock.is_none() {
-            self.lock = Some(DirLock::take(&self.settings.dir)?);
         }
         let mut position = match self.position.take() {
             Some(position) => position,
-            None => locate::locate(&mut self.redis, &self.keys, &self.settings.dir).await?,
+            None => self.locate().await?,
         };
+        let page = self.sink.page();
         loop {
+            if let Sink::S3(s3) = &self.sink
+                && !s3.due(&mut self.redis, &self.keys, &position).await?
+            {
+                break;
+            }
             let records =
-                store::read_records(&mut self.redis, &self.keys, position.entry.as_deref(), PAGE)
+                store::read_records(&mut self.redis, &self.keys, position.entry.as_deref(), page)
                     .await?;
             if records.is_empty() {
                 break;
@@ -189,7 +242,10 @@ impl Exporter {
                 self.lost();
                 return Ok(Round::Standby);
             }
-            self.append_records(&mut position, &records)?;
+            match &self.sink {
+                Sink::Files(files) => files.append_records(&mut position, &records)?,
+                Sink::S3(s3) => s3.put_segment(&mut position, &records).await?,
+            }
             if !self
                 .lease
                 .advance(&mut self.redis, &self.keys, position.seq)
@@ -198,7 +254,7 @@ impl Exporter {
                 self.lost();
                 return Ok(Round::Standby);
             }
-            if records.len() < PAGE {
+            if records.len() < page {
                 break;
             }
         }
@@ -209,74 +265,31 @@ impl Exporter {
         }
         self.export_checkpoints(&mut position).await?;
         self.position = Some(position.clone());
-        if self.settings.keep_records > 0 {
+        if self.keep_records > 0 {
             trim::trim(
                 &mut self.redis,
                 &self.keys,
                 self.lease.token(),
                 &position,
-                self.settings.keep_records,
+                self.keep_records,
             )
             .await?;
         }
         Ok(Round::Exported)
     }
 
-    fn append_records(
-        &self,
-        position: &mut Position,
-        records: &[StoredRecord],
-    ) -> Result<(), ExportError> {
-        let dir = &self.settings.dir;
-        let (mut current, mut size) = match position.file.take() {
-            Some((path, size)) => (Some(path), size),
-            None => (None, 0),
-        };
-        // (file, lines) in order: a file is full once it reaches rotate_bytes.
-        let mut writes: Vec<(PathBuf, Vec<u8>)> = Vec::new();
-        for record in records {
-            let seq = record_seq(record).unwrap_or(position.seq + 1);
-            if seq <= position.seq {
-                continue;
+    /// Where the sink ends, under a new lease (the directory locked first).
+    async fn locate(&mut self) -> Result<Position, ExportError> {
+        match &mut self.sink {
+            Sink::Files(files) => {
+                files.acquire()?;
+                locate::locate(&mut self.redis, &self.keys, &files.dir).await
             }
-            // A record that is not JSON is exported as-is under its seq, so verification
-            // of the files reports it just as verification of Redis does.
-            let line = files::record_line(&record.body, &record.signature).unwrap_or_else(|| {
-                format!(
-                    "{{\"record\":{},\"sig\":{}}}\n",
-                    serde_json::Value::String(record.body.clone()),
-                    serde_json::Value::String(record.signature.clone())
-                )
-                .into_bytes()
-            });
-            let path = match current.take() {
-                Some(path) if size < self.settings.rotate_bytes => path,
-                _ => {
-                    size = 0;
-                    files::record_file(dir, seq)
-                }
-            };
-            match writes.last_mut() {
-                Some((last, lines)) if *last == path => lines.extend_from_slice(&line),
-                _ => writes.push((path.clone(), line.clone())),
-            }
-            size += line.len() as u64;
-            current = Some(path);
-            position.seq = seq;
-            position.entry = entry_id(record);
+            Sink::S3(s3) => s3.locate(&mut self.redis, &self.keys).await,
         }
-        position.file = current.map(|path| (path, size));
-        let new_files = writes.iter().any(|(path, _)| !path.exists());
-        for (path, lines) in writes {
-            append_synced(&path, &lines)?;
-        }
-        if new_files {
-            sync_dir(dir);
-        }
-        Ok(())
     }
 
-    /// Checkpoints the files' records reach, in order, after those already exported.
+    /// Checkpoints the sink's records reach, in order, after those already exported.
     async fn export_checkpoints(&mut self, position: &mut Position) -> Result<(), ExportError> {
         loop {
             let page = store::read_checkpoints_after(
@@ -286,7 +299,7 @@ impl Exporter {
                 PAGE,
             )
             .await?;
-            let mut lines = Vec::new();
+            let mut batch: Vec<(u64, Vec<u8>)> = Vec::new();
             let mut reached_records = false;
             for checkpoint in &page {
                 let Some(size) = checkpoint.size else {
@@ -307,17 +320,19 @@ impl Exporter {
                     reached_records = true;
                     break;
                 }
-                lines.extend(files::checkpoint_line(&checkpoint.signed).unwrap_or_default());
+                batch.push((
+                    size,
+                    files::checkpoint_line(&checkpoint.signed).unwrap_or_default(),
+                ));
                 position.checkpoint_size = size;
                 position.checkpoint_entry = Some(checkpoint.entry.clone());
             }
-            if !lines.is_empty() {
-                let path = self.settings.dir.join(CHECKPOINTS_FILE);
-                let new_file = !path.exists();
-                append_synced(&path, &lines)?;
-                if new_file {
-                    sync_dir(&self.settings.dir);
+            match &self.sink {
+                Sink::Files(files) => {
+                    let lines: Vec<u8> = batch.iter().flat_map(|(_, line)| line.clone()).collect();
+                    files.append_checkpoints(&lines)?;
                 }
+                Sink::S3(s3) => s3.put_checkpoint(&batch).await?,
             }
             if reached_records || page.len() < PAGE {
                 return Ok(());
@@ -327,22 +342,6 @@ impl Exporter {
                 position.checkpoint_entry = page.last().map(|c| c.entry.clone());
             }
         }
-    }
-}
-
-/// Whether this process can write into `dir` (made if missing): a file of its own created
-/// and removed (replicas starting together on one volume each use their own).
-pub fn check_dir(dir: &Path) -> Result<(), FilesError> {
-    std::fs::create_dir_all(dir).map_err(|e| FilesError::new(dir, e))?;
-    let probe = dir.join(format!(
-        ".write-probe-{}-{}",
-        std::process::id(),
-        uuid::Uuid::new_v4().simple()
-    ));
-    std::fs::File::create_new(&probe).map_err(|e| FilesError::new(&probe, e))?;
-    match std::fs::remove_file(&probe) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(FilesError::new(&probe, e)),
-        _ => Ok(()),
     }
 }
 
@@ -358,23 +357,4 @@ fn entry_id(record: &StoredRecord) -> Option<String> {
         .location
         .strip_prefix("stream entry ")
         .map(str::to_owned)
-}
-
-/// Makes new entries of `dir` durable (a file created there survives a power loss).
-fn sync_dir(dir: &Path) {
-    if let Ok(handle) = std::fs::File::open(dir) {
-        let _ = handle.sync_all();
-    }
-}
-
-/// Appends `bytes` to `path` and waits until they are on disk.
-fn append_synced(path: &Path, bytes: &[u8]) -> Result<(), FilesError> {
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .map_err(|e| FilesError::new(path, e))?;
-    file.write_all(bytes)
-        .and_then(|()| file.sync_data())
-        .map_err(|e| FilesError::new(path, e))
 }

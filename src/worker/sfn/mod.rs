@@ -5,11 +5,10 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use aws_config::SdkConfig;
 use aws_config::retry::RetryConfig;
 use aws_config::sts::AssumeRoleProvider;
 use aws_config::timeout::TimeoutConfig;
-use aws_config::{BehaviorVersion, SdkConfig};
-use aws_sdk_sfn::config::{Credentials, Region};
 
 use tokio::sync::Mutex;
 
@@ -130,22 +129,7 @@ impl AwsStepFunctions {
     /// off: the drain owns the retry schedule, so a failing call never blocks a slot longer
     /// than the configured bound and work is never dropped after "3 attempts".
     pub async fn new(aws: &AwsConfig, call_timeout: Duration) -> Self {
-        let mut loader =
-            aws_config::defaults(BehaviorVersion::latest()).region(Region::new(aws.region.clone()));
-        if let Some(endpoint) = &aws.endpoint_url {
-            loader = loader.endpoint_url(endpoint);
-        }
-        if let Some(creds) = &aws.static_credentials {
-            let creds = Credentials::new(
-                &creds.access_key_id,
-                creds.secret_access_key.expose(),
-                None,
-                None,
-                "stepgate-config",
-            );
-            loader = loader.credentials_provider(creds);
-        }
-        let shared = loader.load().await;
+        let shared = crate::aws_sdk::sdk_config(aws).await;
         let own = client(&shared, call_timeout, None);
         Self {
             shared,

@@ -1,0 +1,293 @@
+//! The trail as S3 objects under a prefix, as CloudTrail delivers its log files: segments
+//! `<prefix>records/<first seq, 20 digits>.jsonl` hold records in order, one line each, and
+//! `<prefix>checkpoints/<size, 20 digits>.json` one signed checkpoint each; the lines are
+//! the files' lines (`files.rs`). Every object is written once, never replaced
+//! (`If-None-Match: *`), and with `object_lock_days` under Object Lock in compliance mode.
+
+use std::time::{Duration, SystemTime};
+
+use aws_sdk_s3::Client;
+use aws_sdk_s3::error::DisplayErrorContext;
+use aws_sdk_s3::primitives::{ByteStream, DateTime};
+use aws_sdk_s3::types::{ChecksumAlgorithm, ObjectLockMode};
+
+use super::checkpoint::SignedCheckpoint;
+use super::files::parse_line;
+use super::store::StoredRecord;
+use crate::config::{AuditS3Config, AwsConfig};
+
+/// An S3 call that takes longer has failed (the SDK retries within it).
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Where a trail lives: `s3://<bucket>/<prefix>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Location {
+    pub bucket: String,
+    pub prefix: String,
+}
+
+impl S3Location {
+    /// `s3://bucket/prefix/` (a prefix without its trailing `/` gets one).
+    pub fn parse(url: &str) -> Option<Self> {
+        let rest = url.strip_prefix("s3://")?;
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return None;
+        }
+        let mut prefix = prefix.to_owned();
+        if !prefix.is_empty() && !prefix.ends_with('/') {
+            prefix.push('/');
+        }
+        Some(Self {
+            bucket: bucket.to_owned(),
+            prefix,
+        })
+    }
+
+    pub fn record_key(&self, first_seq: u64) -> String {
+        format!("{}records/{first_seq:020}.jsonl", self.prefix)
+    }
+
+    pub fn checkpoint_key(&self, size: u64) -> String {
+        format!("{}checkpoints/{size:020}.json", self.prefix)
+    }
+
+    fn records(&self) -> String {
+        format!("{}records/", self.prefix)
+    }
+
+    fn checkpoints(&self) -> String {
+        format!("{}checkpoints/", self.prefix)
+    }
+}
+
+impl std::fmt::Display for S3Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "s3://{}/{}", self.bucket, self.prefix)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("s3://{bucket}/{key}: {detail}")]
+pub struct S3Error {
+    pub bucket: String,
+    pub key: String,
+    /// What the SDK said (never credentials: the SDK's errors do not carry them).
+    pub detail: String,
+}
+
+/// Whether a write made a new object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Put {
+    Written,
+    /// An object already had this key; it was left as it is.
+    Exists,
+}
+
+/// A client for one trail's objects.
+#[derive(Clone)]
+pub struct TrailBucket {
+    client: Client,
+    pub location: S3Location,
+}
+
+impl TrailBucket {
+    /// A client with the shared AWS configuration (`aws`; without it, the environment's),
+    /// at `endpoint_url` when given (an S3-compatible store or an emulator, path-style).
+    pub async fn connect(
+        aws: Option<&AwsConfig>,
+        endpoint_url: Option<&str>,
+        location: S3Location,
+    ) -> Self {
+        let shared = match aws {
+            Some(aws) => crate::aws_sdk::sdk_config(aws).await,
+            None => aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await,
+        };
+        let mut config = aws_sdk_s3::config::Builder::from(&shared).timeout_config(
+            aws_config::timeout::TimeoutConfig::builder()
+                .operation_timeout(CALL_TIMEOUT)
+                .build(),
+        );
+        let endpoint = endpoint_url.or(shared.endpoint_url());
+        if let Some(endpoint) = endpoint {
+            // Emulators and most S3-compatible stores do not resolve `<bucket>.<host>`.
+            config = config.endpoint_url(endpoint).force_path_style(true);
+        }
+        Self {
+            client: Client::from_conf(config.build()),
+            location,
+        }
+    }
+
+    /// From `[audit.s3]`.
+    pub async fn from_config(aws: &AwsConfig, s3: &AuditS3Config) -> Self {
+        let location = S3Location {
+            bucket: s3.bucket.clone(),
+            prefix: s3.prefix.clone(),
+        };
+        Self::connect(Some(aws), s3.endpoint_url.as_deref(), location).await
+    }
+
+    fn error(&self, key: &str, detail: impl std::fmt::Display) -> S3Error {
+        S3Error {
+            bucket: self.location.bucket.clone(),
+            key: key.to_owned(),
+            detail: detail.to_string(),
+        }
+    }
+
+    /// Writes `body` at `key` unless an object is there already; under Object Lock until
+    /// `retain_days` from now, when given.
+    pub async fn put_new(
+        &self,
+        key: &str,
+        body: Vec<u8>,
+        retain_days: Option<u32>,
+    ) -> Result<Put, S3Error> {
+        let mut put = self
+            .client
+            .put_object()
+            .bucket(&self.location.bucket)
+            .key(key)
+            .content_type("application/x-ndjson")
+            .if_none_match("*")
+            // Object Lock writes need an integrity checksum; it is worth having anyway.
+            .checksum_algorithm(ChecksumAlgorithm::Sha256)
+            .body(ByteStream::from(body));
+        if let Some(days) = retain_days {
+            let until = SystemTime::now() + Duration::from_secs(u64::from(days) * 86_400);
+            put = put
+                .object_lock_mode(ObjectLockMode::Compliance)
+                .object_lock_retain_until_date(DateTime::from(until));
+        }
+        match put.send().await {
+            Ok(_) => Ok(Put::Written),
+            // 412: the key is taken (409: a concurrent conditional write to it).
+            Err(e)
+                if matches!(
+                    e.raw_response().map(|r| r.status().as_u16()),
+                    Some(412 | 409)
+                ) =>
+            {
+                Ok(Put::Exists)
+            }
+            Err(e) => Err(self.error(key, DisplayErrorContext(e))),
+        }
+    }
+
+    /// The object at `key`, if there is one.
+    pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, S3Error> {
+        let got = self
+            .client
+            .get_object()
+            .bucket(&self.location.bucket)
+            .key(key)
+            .send()
+            .await;
+        let output = match got {
+            Ok(output) => output,
+            Err(e) if e.as_service_error().is_some_and(|e| e.is_no_such_key()) => return Ok(None),
+            Err(e) => return Err(self.error(key, DisplayErrorContext(e))),
+        };
+        let bytes = output
+            .body
+            .collect()
+            .await
+            .map_err(|e| self.error(key, e))?;
+        Ok(Some(bytes.into_bytes().to_vec()))
+    }
+
+    /// Whether any segment is there (one short listing).
+    pub async fn holds_records(&self) -> Result<bool, S3Error> {
+        let prefix = self.location.records();
+        let listed = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.location.bucket)
+            .prefix(&prefix)
+            .max_keys(1)
+            .send()
+            .await
+            .map_err(|e| self.error(&prefix, DisplayErrorContext(e)))?;
+        Ok(listed.key_count().unwrap_or(0) > 0)
+    }
+
+    /// The keys under `prefix`, in key order (so segments by first seq).
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, S3Error> {
+        let mut keys = Vec::new();
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.location.bucket)
+            .prefix(prefix)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| self.error(prefix, DisplayErrorContext(e)))?;
+            keys.extend(
+                page.contents()
+                    .iter()
+                    .filter_map(|o| o.key().map(str::to_owned)),
+            );
+        }
+        Ok(keys)
+    }
+
+    /// Every record and checkpoint under the prefix. A line that is not a record becomes a
+    /// record with an empty body, so verification names its object and line.
+    pub async fn read_trail(&self) -> Result<(Vec<StoredRecord>, Vec<SignedCheckpoint>), S3Error> {
+        let mut records = Vec::new();
+        for key in self.list(&self.location.records()).await? {
+            let text = self.text(&key).await?;
+            for (i, raw) in text.lines().enumerate() {
+                let (body, signature) = parse_line("record", raw).unwrap_or_default();
+                records.push(StoredRecord {
+                    location: format!("s3://{}/{key} line {}", self.location.bucket, i + 1),
+                    body,
+                    signature,
+                });
+            }
+        }
+        let mut checkpoints = Vec::new();
+        for key in self.list(&self.location.checkpoints()).await? {
+            let text = self.text(&key).await?;
+            for raw in text.lines() {
+                let (body, signature) = parse_line("checkpoint", raw).unwrap_or_default();
+                checkpoints.push(SignedCheckpoint { body, signature });
+            }
+        }
+        Ok((records, checkpoints))
+    }
+
+    /// An object that was listed, as text (gone since: empty, which verification reports
+    /// as the records it held missing).
+    async fn text(&self, key: &str) -> Result<String, S3Error> {
+        let bytes = self.get(key).await?.unwrap_or_default();
+        String::from_utf8(bytes).map_err(|_| self.error(key, "not UTF-8"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locations_parse_and_name_their_objects() {
+        let at = S3Location::parse("s3://trail/prod/stepgate").unwrap();
+        assert_eq!(at.bucket, "trail");
+        assert_eq!(at.prefix, "prod/stepgate/");
+        assert_eq!(at.to_string(), "s3://trail/prod/stepgate/");
+        assert_eq!(
+            at.record_key(42),
+            "prod/stepgate/records/00000000000000000042.jsonl"
+        );
+        assert_eq!(
+            at.checkpoint_key(250),
+            "prod/stepgate/checkpoints/00000000000000000250.json"
+        );
+        let bare = S3Location::parse("s3://trail").unwrap();
+        assert_eq!(bare.prefix, "");
+        assert_eq!(S3Location::parse("s3:///x"), None);
+        assert_eq!(S3Location::parse("/tmp/trail"), None);
+    }
+}
