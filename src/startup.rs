@@ -77,7 +77,7 @@ impl Application {
             .context("loading the audit signing keys")?;
         // Refused at start rather than found out later: a sink this process cannot write
         // would hold the trail in Redis until its cap stops admission.
-        crate::audit::export::check_dir_of(&config)?;
+        crate::audit::export::check_sink(&config).await?;
 
         let http = identity_provider_client()?;
         let config_sha256 = source

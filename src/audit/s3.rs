@@ -175,6 +175,52 @@ impl TrailBucket {
         }
     }
 
+    /// What start-up can tell of the bucket: `Err` for what no retry mends (no such bucket;
+    /// Object Lock wanted but not enabled on it), `Ok(Some(doubt))` when it could not tell
+    /// (S3 unreachable, access refused: the exporter retries, and the backlog's cap holds
+    /// meanwhile), `Ok(None)` when ready.
+    pub async fn check(&self, object_lock: bool) -> Result<Option<S3Error>, S3Error> {
+        let bucket = &self.location.bucket;
+        match self.client.head_bucket().bucket(bucket).send().await {
+            Ok(_) => {}
+            Err(e) if e.raw_response().map(|r| r.status().as_u16()) == Some(404) => {
+                return Err(self.error("", "no such bucket"));
+            }
+            Err(e) => return Ok(Some(self.error("", DisplayErrorContext(e)))),
+        }
+        if !object_lock {
+            return Ok(None);
+        }
+        let lock = self
+            .client
+            .get_object_lock_configuration()
+            .bucket(bucket)
+            .send()
+            .await;
+        let enabled = match lock {
+            Ok(lock) => lock
+                .object_lock_configuration()
+                .and_then(|c| c.object_lock_enabled())
+                .is_some_and(|e| e.as_str() == "Enabled"),
+            Err(e)
+                if e.as_service_error().and_then(|e| e.meta().code())
+                    == Some("ObjectLockConfigurationNotFoundError") =>
+            {
+                false
+            }
+            Err(e) => return Ok(Some(self.error("", DisplayErrorContext(e)))),
+        };
+        if enabled {
+            Ok(None)
+        } else {
+            Err(self.error(
+                "",
+                "Object Lock is not enabled on this bucket (audit.s3.object_lock_days needs a \
+                 bucket created with it)",
+            ))
+        }
+    }
+
     /// The object at `key`, if there is one.
     pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, S3Error> {
         let got = self

@@ -42,7 +42,7 @@ use files_sink::FilesSink;
 pub use files_sink::check_dir;
 pub use s3_sink::S3Settings;
 use s3_sink::S3Sink;
-pub use start::{check_dir_of, start};
+pub use start::{check_sink, start};
 
 const ROUND: Duration = Duration::from_secs(1);
 /// After a failed round this exporter waits longer than a round, so that another replica

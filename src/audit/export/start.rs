@@ -5,26 +5,49 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
 use super::{ExportSettings, Exporter, S3Settings, SinkSettings, check_dir};
-use crate::audit::s3::TrailBucket;
+use crate::audit::s3::{S3Error, TrailBucket};
 use crate::config::Config;
 use crate::state::AppState;
 
-/// Refuses to start with an export directory this process cannot write (a read-only
-/// configuration mount, say), which would hold the trail in Redis until its cap stops
-/// admission.
-pub fn check_dir_of(config: &Config) -> anyhow::Result<()> {
-    if let Some(files) = config.audit.export()
-        && config.audit.s3.is_none()
-    {
-        check_dir(&files.dir).with_context(|| {
+const CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Refuses to start with a sink that cannot take the trail — an export directory this
+/// process cannot write (a read-only configuration mount, say), an S3 bucket that does not
+/// exist or lacks the Object Lock asked for — which would hold the trail in Redis until
+/// its cap stops admission. An S3 it cannot reach now is only warned of: the exporter
+/// retries, and the cap holds meanwhile.
+pub async fn check_sink(config: &Config) -> anyhow::Result<()> {
+    let Some(files) = config.audit.export() else {
+        return Ok(());
+    };
+    let Some(s3) = &config.audit.s3 else {
+        return check_dir(&files.dir).with_context(|| {
             format!(
                 "audit.files.dir {} cannot be written; point it at a durable volume \
                  (the container image has one at /var/lib/stepgate/audit)",
                 files.dir.display()
             )
-        })?;
+        });
+    };
+    let bucket = TrailBucket::from_config(&config.aws, s3).await;
+    // Bounded: an S3 that does not answer delays the start by this much at most.
+    let checked = tokio::time::timeout(CHECK_TIMEOUT, bucket.check(s3.object_lock_days.is_some()))
+        .await
+        .unwrap_or_else(|_| {
+            Ok(Some(S3Error {
+                bucket: s3.bucket.clone(),
+                key: String::new(),
+                detail: format!("no answer within {CHECK_TIMEOUT:?}"),
+            }))
+        });
+    match checked {
+        Ok(None) => Ok(()),
+        Ok(Some(doubt)) => {
+            tracing::warn!(error = %doubt, "cannot check the audit S3 bucket now; the export retries");
+            Ok(())
+        }
+        Err(e) => Err(anyhow::anyhow!("audit.s3 cannot take the trail: {e}")),
     }
-    Ok(())
 }
 
 /// The exporter and the watch on its backlog, when the trail is exported; the exporter
