@@ -65,12 +65,14 @@ impl Lease {
         Ok(kept)
     }
 
-    /// Moves the cursor to `seq`, if this exporter's token is still the newest.
+    /// Moves the cursor to `seq`, where `sink` ends, if this exporter's token is still the
+    /// newest.
     pub(super) async fn advance(
         &mut self,
         redis: &mut RedisConnection,
         keys: &Keys,
         seq: u64,
+        sink: &str,
     ) -> redis::RedisResult<bool> {
         let cursor = ExportCursorKeys {
             export: keys.audit_export(),
@@ -79,6 +81,7 @@ impl Lease {
         let args = ExportCursorArgs {
             token: self.token,
             seq,
+            sink,
         };
         let moved: i64 = ExportCursor::invocation(cursor, &args)
             .invoke_async(redis)

@@ -16,8 +16,11 @@ use super::files::parse_line;
 use super::store::StoredRecord;
 use crate::config::{AuditS3Config, AwsConfig};
 
-/// An S3 call that takes longer has failed (the SDK retries within it).
-const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// An S3 call that takes longer has failed; within it, an attempt that takes longer than
+/// `ATTEMPT_TIMEOUT` is retried (the SDK's standard retries). A segment of the default size
+/// (a few MB) goes up well within an attempt.
+const CALL_TIMEOUT: Duration = Duration::from_secs(25);
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where a trail lives: `s3://<bucket>/<prefix>`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,6 +49,11 @@ impl S3Location {
 
     pub fn record_key(&self, first_seq: u64) -> String {
         format!("{}records/{first_seq:020}.jsonl", self.prefix)
+    }
+
+    /// `s3://bucket/key` of a key under this location's bucket.
+    pub fn url(&self, key: &str) -> String {
+        format!("s3://{}/{key}", self.bucket)
     }
 
     pub fn checkpoint_key(&self, size: u64) -> String {
@@ -106,6 +114,7 @@ impl TrailBucket {
         let mut config = aws_sdk_s3::config::Builder::from(&shared).timeout_config(
             aws_config::timeout::TimeoutConfig::builder()
                 .operation_timeout(CALL_TIMEOUT)
+                .operation_attempt_timeout(ATTEMPT_TIMEOUT)
                 .build(),
         );
         let endpoint = endpoint_url.or(shared.endpoint_url());
@@ -162,15 +171,9 @@ impl TrailBucket {
         }
         match put.send().await {
             Ok(_) => Ok(Put::Written),
-            // 412: the key is taken (409: a concurrent conditional write to it).
-            Err(e)
-                if matches!(
-                    e.raw_response().map(|r| r.status().as_u16()),
-                    Some(412 | 409)
-                ) =>
-            {
-                Ok(Put::Exists)
-            }
+            // 412: the key is taken. (A 409, a conditional write racing another, is an error:
+            // that write may yet fail, and the round is retried.)
+            Err(e) if e.raw_response().map(|r| r.status().as_u16()) == Some(412) => Ok(Put::Exists),
             Err(e) => Err(self.error(key, DisplayErrorContext(e))),
         }
     }
@@ -279,23 +282,32 @@ impl TrailBucket {
         Ok(keys)
     }
 
-    /// Every record and checkpoint under the prefix. A line that is not a record becomes a
-    /// record with an empty body, so verification names its object and line.
+    /// Every record and checkpoint under the prefix. Both listings come before any read,
+    /// checkpoints first: a checkpoint object is written after the segments it covers, so
+    /// every checkpoint read is over records read, while the exporter goes on. A line that
+    /// is not a record becomes a record with an empty body, so verification names its
+    /// object and line. A prefix without records is an error (a mistyped prefix would
+    /// otherwise verify as an empty trail).
     pub async fn read_trail(&self) -> Result<(Vec<StoredRecord>, Vec<SignedCheckpoint>), S3Error> {
+        let checkpoint_keys = self.list(&self.location.checkpoints()).await?;
+        let record_keys = self.list(&self.location.records()).await?;
+        if record_keys.is_empty() {
+            return Err(self.error(&self.location.records(), "no records here"));
+        }
         let mut records = Vec::new();
-        for key in self.list(&self.location.records()).await? {
+        for key in record_keys {
             let text = self.text(&key).await?;
             for (i, raw) in text.lines().enumerate() {
                 let (body, signature) = parse_line("record", raw).unwrap_or_default();
                 records.push(StoredRecord {
-                    location: format!("s3://{}/{key} line {}", self.location.bucket, i + 1),
+                    location: format!("{} line {}", self.location.url(&key), i + 1),
                     body,
                     signature,
                 });
             }
         }
         let mut checkpoints = Vec::new();
-        for key in self.list(&self.location.checkpoints()).await? {
+        for key in checkpoint_keys {
             let text = self.text(&key).await?;
             for raw in text.lines() {
                 let (body, signature) = parse_line("checkpoint", raw).unwrap_or_default();
@@ -305,11 +317,11 @@ impl TrailBucket {
         Ok((records, checkpoints))
     }
 
-    /// An object that was listed, as text (gone since: empty, which verification reports
-    /// as the records it held missing).
+    /// An object that was listed, as text: gone since, it is empty, and bytes that are not
+    /// UTF-8 become malformed lines (verification reports both as the trail broken).
     async fn text(&self, key: &str) -> Result<String, S3Error> {
         let bytes = self.get(key).await?.unwrap_or_default();
-        String::from_utf8(bytes).map_err(|_| self.error(key, "not UTF-8"))
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
     }
 }
 

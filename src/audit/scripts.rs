@@ -60,9 +60,10 @@ lua_script! {
 }
 
 lua_keys! { pub struct ExportCursorKeys { export, fence } }
-lua_args! { pub struct ExportCursorArgs { token: u64, seq: u64 } }
+lua_args! { pub struct ExportCursorArgs<'a> { token: u64, seq: u64, sink: &'a str } }
 lua_script! {
-    /// Records how far the files go, if the fencing token is still the newest.
+    /// Records how far the sink goes, and where it ends (`sink`: the files, or the S3
+    /// segment that ends at `seq`), if the fencing token is still the newest.
     pub struct ExportCursor = "export_cursor.lua", ExportCursorKeys, ExportCursorArgs;
 }
 

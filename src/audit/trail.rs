@@ -6,6 +6,7 @@ use std::path::Path;
 
 use super::checkpoint::SignedCheckpoint;
 use super::files;
+use super::record::sha256_hex;
 use super::store::{self, ChainHead, StoredRecord};
 use super::verify::{Problem, ProblemKind, StartPoint};
 use crate::queue::Keys;
@@ -108,6 +109,24 @@ pub fn join(files: Trail, redis: Trail) -> Result<Trail, Problem> {
         }
     }
     joined.head = redis.head;
+    // Redis is read first, so the sink may have gone on past Redis' head meanwhile: then the
+    // head must be one of the sink's records, and the sink's own checkpoints vouch for the
+    // rest.
+    if let Some(head) = &joined.head
+        && joined.records.len() as u64 > head.seq
+    {
+        let at = head.seq.checked_sub(1).map(|i| &joined.records[i as usize]);
+        if at.is_some_and(|record| sha256_hex(record.body.as_bytes()) != head.hash) {
+            return Err(Problem {
+                kind: ProblemKind::Diverged,
+                seq: head.seq,
+                location: "Redis' chain head".into(),
+                detail: "the sink's record under the head's seq is not the one the head names"
+                    .into(),
+            });
+        }
+        joined.head = None;
+    }
     Ok(joined)
 }
 

@@ -9,7 +9,7 @@ use super::audit::EXIT_UNREADABLE;
 use super::{ConfigArg, load, redis_endpoint};
 use crate::audit::s3::{S3Error, S3Location, TrailBucket};
 use crate::audit::trail::{self, ReadError, Trail};
-use crate::audit::verify::Problem;
+use crate::audit::verify::{Problem, ProblemKind};
 use crate::config::Config;
 use crate::queue::Keys;
 use crate::startup::connect_redis;
@@ -96,13 +96,34 @@ pub(super) async fn read_with(
                 format!("{e:#}"),
             )))
         })?;
-    let from_redis = trail::from_redis(&mut redis, &Keys::new(&config.redis.key_prefix)).await?;
+    let keys = Keys::new(&config.redis.key_prefix);
+    let from_redis = trail::from_redis(&mut redis, &keys).await?;
+    let exported: Option<u64> = redis::cmd("HGET")
+        .arg(keys.audit_export())
+        .arg("seq")
+        .query_async(&mut redis)
+        .await?;
     // The sink after Redis: whatever retention trimmed from Redis before that read was
     // exported first, so the two meet (read the other way, a trim in between leaves a gap).
-    Ok(match read_sink(Some(config), sources).await? {
-        Some(sink) => trail::join(sink, from_redis),
-        None => Ok(from_redis),
-    })
+    let Some(sink) = read_sink(Some(config), sources).await? else {
+        return Ok(Ok(from_redis));
+    };
+    // Records the sink lost off its end would be made up for by Redis' tail, until
+    // retention trims them there too: the export cursor says how far the sink must go.
+    let held = sink.records.len() as u64;
+    if let Some(exported) = exported.filter(|exported| *exported > held) {
+        return Ok(Err(Problem {
+            kind: ProblemKind::Truncated,
+            seq: held + 1,
+            location: "end of the sink".into(),
+            detail: format!(
+                "the sink ends at record {held}, but records up to {exported} were exported to \
+                 it: records {}..={exported} are missing from it",
+                held + 1
+            ),
+        }));
+    }
+    Ok(trail::join(sink, from_redis))
 }
 
 /// The trail in the sink named by `--files` or `--s3`, if any.

@@ -240,6 +240,23 @@ impl AuditConfig {
         }
         if let Some(s3) = &self.s3 {
             s3.check(problems);
+            if !self.files.enabled {
+                problems.add(
+                    "audit.s3",
+                    "needs the export on (audit.files.enabled = true): it is the export's sink",
+                );
+            }
+            // A segment is written once this many records wait: they must fit under the cap
+            // with room to spare, or admission stops before the segment is due.
+            if s3.segment_records > self.files.max_unexported_records / 2 {
+                problems.add(
+                    "audit.s3.segment_records",
+                    format!(
+                        "must be at most half of audit.files.max_unexported_records ({})",
+                        self.files.max_unexported_records
+                    ),
+                );
+            }
         }
     }
 }

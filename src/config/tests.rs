@@ -254,4 +254,9 @@ fn an_s3_sink_names_each_mistake_by_its_key() {
             "audit.s3.endpoint_url",
         ]
     );
+    let off = format!(
+        "{VALID}\n[audit.files]\nenabled = false\nmax_unexported_records = 1000\n\
+         [audit.s3]\nbucket = \"acme-audit\"\nsegment_records = 600\n"
+    );
+    assert_eq!(keys(&off), vec!["audit.s3", "audit.s3.segment_records"]);
 }

@@ -17,6 +17,7 @@ mod docs;
 mod export;
 mod export_faults;
 mod export_s3;
+mod export_s3_locate;
 mod express;
 mod fail_closed;
 mod first_hour;

@@ -57,6 +57,7 @@ pub(super) async fn locate(
         checkpoint_size,
         checkpoint_entry,
         file,
+        segment: None,
     })
 }
 

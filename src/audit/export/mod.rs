@@ -99,7 +99,21 @@ struct Position {
     /// The files sink's newest records file and its size (`None`: none yet, or another
     /// sink); the directory is listed only to locate, never per page.
     file: Option<(PathBuf, u64)>,
+    /// The S3 sink's last segment (`s3://bucket/key`; `None`: none yet, or another sink).
+    segment: Option<String>,
 }
+
+impl Position {
+    /// Where the sink ends, as the cursor records it: the S3 segment, or the files.
+    fn mark(&self) -> String {
+        self.segment
+            .clone()
+            .unwrap_or_else(|| FILES_MARK.to_owned())
+    }
+}
+
+/// The cursor's `sink` when the files hold what it counts.
+const FILES_MARK: &str = "files";
 
 enum Sink {
     Files(FilesSink),
@@ -221,7 +235,21 @@ impl Exporter {
         }
         let mut position = match self.position.take() {
             Some(position) => position,
-            None => self.locate().await?,
+            None => {
+                let position = self.locate().await?;
+                // The sink may end past the cursor (written just before a crash): the cursor
+                // catches up before anything is trimmed behind it.
+                if position.seq > 0
+                    && !self
+                        .lease
+                        .advance(&mut self.redis, &self.keys, position.seq, &position.mark())
+                        .await?
+                {
+                    self.lost();
+                    return Ok(Round::Standby);
+                }
+                position
+            }
         };
         let page = self.sink.page();
         loop {
@@ -248,7 +276,7 @@ impl Exporter {
             }
             if !self
                 .lease
-                .advance(&mut self.redis, &self.keys, position.seq)
+                .advance(&mut self.redis, &self.keys, position.seq, &position.mark())
                 .await?
             {
                 self.lost();
@@ -332,7 +360,7 @@ impl Exporter {
                     let lines: Vec<u8> = batch.iter().flat_map(|(_, line)| line.clone()).collect();
                     files.append_checkpoints(&lines)?;
                 }
-                Sink::S3(s3) => s3.put_checkpoint(&batch).await?,
+                Sink::S3(s3) => s3.put_checkpoints(&batch).await?,
             }
             if reached_records || page.len() < PAGE {
                 return Ok(());

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use super::files_sink::export_line;
 use super::locate::{entry_of, read_trimmed_seq};
-use super::{ExportError, Position, entry_id, record_seq};
+use super::{ExportError, PAGE, Position, entry_id, record_seq};
 use crate::audit::files::parse_line;
 use crate::audit::record::sha256_hex;
 use crate::audit::s3::{Put, TrailBucket};
@@ -35,7 +35,7 @@ impl S3Sink {
     }
 
     /// Whether a segment is due: enough records wait, or the oldest has waited long enough
-    /// (its stream entry's time). Two short reads, whatever the backlog.
+    /// (its stream entry's time). Three short commands, whatever the backlog.
     pub(super) async fn due(
         &self,
         redis: &mut RedisConnection,
@@ -63,8 +63,10 @@ impl S3Sink {
             .next()
             .and_then(|ms| ms.parse::<u64>().ok())
             .unwrap_or(0);
-        let age = crate::clock::unix_ms().saturating_sub(written_ms);
-        Ok(u128::from(age) >= self.settings.segment_age.as_millis())
+        // Redis' clock, which stamped the entry: this host's may be off.
+        let (seconds, micros): (u64, u64) = redis::cmd("TIME").query_async(redis).await?;
+        let now_ms = seconds * 1_000 + micros / 1_000;
+        Ok(u128::from(now_ms.saturating_sub(written_ms)) >= self.settings.segment_age.as_millis())
     }
 
     /// One segment of `records` (those after `position`), as one new object.
@@ -90,93 +92,178 @@ impl S3Sink {
         };
         let bucket = &self.settings.bucket;
         let key = bucket.location.record_key(first);
-        match bucket
-            .put_new(&key, body, self.settings.object_lock_days)
-            .await?
-        {
-            Put::Written => Ok(()),
-            Put::Exists => Err(ExportError::Gap(format!(
-                "s3://{}/{key} exists already (written by an exporter that lost its lease, or \
-                 by another deployment exporting to this prefix); locating the end again",
+        let written = bucket
+            .put_new(&key, body.clone(), self.settings.object_lock_days)
+            .await?;
+        // "Exists" with these very bytes: an earlier attempt landed, its answer was lost.
+        if written == Put::Exists && bucket.get(&key).await?.as_deref() != Some(&body[..]) {
+            return Err(ExportError::Gap(format!(
+                "s3://{}/{key} exists already with other records (written by an exporter \
+                 that lost its lease, or by another deployment exporting to this prefix); \
+                 locating the end again",
                 bucket.location.bucket
-            ))),
+            )));
         }
+        position.segment = Some(bucket.location.url(&key));
+        Ok(())
     }
 
-    /// The newest of `checkpoints` (size, line), which vouches for every record before it;
-    /// already there (a round that failed after writing it) is as good as written.
-    pub(super) async fn put_checkpoint(
+    /// `checkpoints` (size, line) as one object named by the newest size; already there (a
+    /// round that failed after writing it) is as good as written.
+    pub(super) async fn put_checkpoints(
         &self,
         checkpoints: &[(u64, Vec<u8>)],
     ) -> Result<(), ExportError> {
-        let Some((size, line)) = checkpoints.last() else {
+        let Some((size, _)) = checkpoints.last() else {
             return Ok(());
         };
+        let lines: Vec<u8> = checkpoints
+            .iter()
+            .flat_map(|(_, line)| line.iter().copied())
+            .collect();
         let bucket = &self.settings.bucket;
         let key = bucket.location.checkpoint_key(*size);
         bucket
-            .put_new(&key, line.clone(), self.settings.object_lock_days)
+            .put_new(&key, lines, self.settings.object_lock_days)
             .await?;
         Ok(())
     }
 
-    /// Where the objects end: at the export cursor, or past it where segments were written
-    /// before a crash let the cursor move. Reads a few objects, not the prefix.
+    /// Where the objects end: at the segment the export cursor names (checked against
+    /// Redis), or past it where segments were written before a crash let the cursor move
+    /// (each checked line by line against Redis, which still holds them). A cursor that
+    /// another sink moved is refused: those records are not in this prefix.
     pub(super) async fn locate(
         &self,
         redis: &mut RedisConnection,
         keys: &Keys,
     ) -> Result<Position, ExportError> {
         let bucket = &self.settings.bucket;
-        let cursor: Option<u64> = redis::cmd("HGET")
+        let (cursor, mark): (Option<u64>, Option<String>) = redis::cmd("HMGET")
             .arg(keys.audit_export())
             .arg("seq")
+            .arg("sink")
             .query_async(redis)
             .await?;
         let mut seq = cursor.unwrap_or(0);
+        let mut segment = None;
         let mut hash = None;
-        loop {
-            let key = bucket.location.record_key(seq + 1);
-            let Some(object) = bucket.get(&key).await? else {
-                break;
+        if seq > 0 {
+            let ours = mark
+                .as_deref()
+                .and_then(|mark| mark.strip_prefix(&bucket.location.to_string()))
+                .filter(|key| key.starts_with("records/"));
+            let Some(relative) = ours else {
+                return Err(ExportError::Gap(format!(
+                    "records 1..={seq} were exported to {}, not to {}: copy them there first \
+                     (as segments), or export to the sink that holds them",
+                    mark.as_deref().unwrap_or("another sink"),
+                    bucket.location
+                )));
             };
+            let key = format!("{}{relative}", bucket.location.prefix);
+            let object = bucket.get(&key).await?.ok_or_else(|| {
+                ExportError::Gap(format!(
+                    "s3://{}/{key}, where the export cursor says the trail ends, is missing",
+                    bucket.location.bucket
+                ))
+            })?;
             let (last, last_hash) = last_record(&object)
-                .filter(|(last, _)| *last > seq)
+                .filter(|(last, _)| *last == seq)
                 .ok_or_else(|| {
                     ExportError::Gap(format!(
-                        "s3://{}/{key} does not continue the trail after record {seq}",
+                        "s3://{}/{key} does not end at record {seq}, as the export cursor says",
                         bucket.location.bucket
                     ))
                 })?;
             seq = last;
             hash = Some(last_hash);
+            segment = Some(bucket.location.url(&key));
         }
-        if seq == 0 {
-            let trimmed = read_trimmed_seq(redis, keys).await?;
-            if trimmed > 0 {
-                return Err(ExportError::Gap(format!(
-                    "{} holds no records but Redis holds records from {} on only; export to \
-                     the sink that holds records 1..={trimmed}",
-                    bucket.location,
-                    trimmed + 1
-                )));
-            }
-            return Ok(Position::default());
+        for _ in 0..MAX_PAST_CURSOR {
+            let key = bucket.location.record_key(seq + 1);
+            let Some(object) = bucket.get(&key).await? else {
+                let entry = match seq {
+                    0 => None,
+                    _ => entry_of(redis, keys, seq, hash.as_deref()).await?,
+                };
+                if seq == 0 {
+                    let trimmed = read_trimmed_seq(redis, keys).await?;
+                    if trimmed > 0 {
+                        return Err(ExportError::Gap(format!(
+                            "{} holds no records but Redis holds records from {} on only; \
+                             export to the sink that holds records 1..={trimmed}",
+                            bucket.location,
+                            trimmed + 1
+                        )));
+                    }
+                }
+                return Ok(Position {
+                    seq,
+                    entry,
+                    segment,
+                    ..Position::default()
+                });
+            };
+            seq = same_as_redis(redis, keys, seq, &object)
+                .await?
+                .ok_or_else(|| {
+                    ExportError::Gap(format!(
+                        "s3://{}/{key} is not this trail's records {}.. as Redis holds them",
+                        bucket.location.bucket,
+                        seq + 1
+                    ))
+                })?;
+            hash = None;
+            segment = Some(bucket.location.url(&key));
         }
-        if hash.is_none() && !bucket.holds_records().await? {
-            return Err(ExportError::Gap(format!(
-                "{} holds no records, but records 1..={seq} were exported (to files, before \
-                 the sink was S3?): copy them there first, as segments",
-                bucket.location
-            )));
-        }
-        let entry = entry_of(redis, keys, seq, hash.as_deref()).await?;
-        Ok(Position {
-            seq,
-            entry,
-            ..Position::default()
-        })
+        Err(ExportError::Gap(format!(
+            "more than {MAX_PAST_CURSOR} segments past the export cursor in {}",
+            bucket.location
+        )))
     }
+}
+
+/// Segments that may lie past the cursor: the one a crash left before its cursor moved, and
+/// one an exporter that lost its lease may still have landed.
+const MAX_PAST_CURSOR: usize = 3;
+
+/// Whether `object` holds, line for line, the records Redis holds after record `after`;
+/// its last seq if it does.
+async fn same_as_redis(
+    redis: &mut RedisConnection,
+    keys: &Keys,
+    after: u64,
+    object: &[u8],
+) -> Result<Option<u64>, ExportError> {
+    let text = String::from_utf8_lossy(object);
+    let lines: Vec<&str> = text.lines().collect();
+    let mut entry = match after {
+        0 => None,
+        _ => entry_of(redis, keys, after, None).await?,
+    };
+    let mut expected = after + 1;
+    let mut at = 0;
+    while at < lines.len() {
+        let page = store::read_records(redis, keys, entry.as_deref(), PAGE).await?;
+        if page.is_empty() {
+            return Ok(None);
+        }
+        for record in &page {
+            let Some(line) = lines.get(at) else {
+                break;
+            };
+            let same = record_seq(record) == Some(expected)
+                && export_line(record) == format!("{line}\n").into_bytes();
+            if !same {
+                return Ok(None);
+            }
+            expected += 1;
+            at += 1;
+        }
+        entry = page.last().and_then(entry_id);
+    }
+    Ok((at > 0).then_some(expected - 1))
 }
 
 /// The seq and body hash of a segment's last record.

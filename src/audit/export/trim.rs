@@ -27,7 +27,7 @@ pub(super) async fn trim(
     let Some(head) = store::ChainHead::from_fields(&head) else {
         return Ok(());
     };
-    // Only records whose checkpoint is exported too: the files must hold every checkpoint
+    // Only records whose checkpoint is exported too: the sink must hold every checkpoint
     // Redis gives up.
     let wanted = position
         .seq
