@@ -261,6 +261,32 @@ impl TrailBucket {
         Ok(listed.key_count().unwrap_or(0) > 0)
     }
 
+    /// The key of the last segment whose first seq lies in `from..=to`: one bounded listing
+    /// (from `from`, it stops past `to`).
+    pub async fn last_segment_from(&self, from: u64, to: u64) -> Result<Option<String>, S3Error> {
+        let prefix = self.location.records();
+        let last_key = self.location.record_key(to);
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.location.bucket)
+            .prefix(&prefix)
+            .start_after(self.location.record_key(from.saturating_sub(1)))
+            .into_paginator()
+            .send();
+        let mut found = None;
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| self.error(&prefix, DisplayErrorContext(e)))?;
+            for key in page.contents().iter().filter_map(|o| o.key()) {
+                if key > last_key.as_str() {
+                    return Ok(found);
+                }
+                found = Some(key.to_owned());
+            }
+        }
+        Ok(found)
+    }
+
     /// The keys under `prefix`, in key order (so segments by first seq).
     async fn list(&self, prefix: &str) -> Result<Vec<String>, S3Error> {
         let mut keys = Vec::new();

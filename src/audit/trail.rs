@@ -21,6 +21,13 @@ pub struct Trail {
     pub head: Option<ChainHead>,
 }
 
+impl Trail {
+    /// The seq of its last record (0: none, or unreadable).
+    pub fn last_seq(&self) -> u64 {
+        self.records.last().and_then(record_seq).unwrap_or(0)
+    }
+}
+
 /// Why a source could not be read (as opposed to read and found wrong).
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
@@ -115,7 +122,11 @@ pub fn join(files: Trail, redis: Trail) -> Result<Trail, Problem> {
     if let Some(head) = &joined.head
         && joined.records.len() as u64 > head.seq
     {
-        let at = head.seq.checked_sub(1).map(|i| &joined.records[i as usize]);
+        let at = joined
+            .records
+            .iter()
+            .rev()
+            .find(|record| record_seq(record) == Some(head.seq));
         if at.is_some_and(|record| sha256_hex(record.body.as_bytes()) != head.hash) {
             return Err(Problem {
                 kind: ProblemKind::Diverged,

@@ -98,9 +98,10 @@ pub(super) async fn read_with(
         })?;
     let keys = Keys::new(&config.redis.key_prefix);
     let from_redis = trail::from_redis(&mut redis, &keys).await?;
-    let exported: Option<u64> = redis::cmd("HGET")
+    let (exported, mark): (Option<u64>, Option<String>) = redis::cmd("HMGET")
         .arg(keys.audit_export())
         .arg("seq")
+        .arg("sink")
         .query_async(&mut redis)
         .await?;
     // The sink after Redis: whatever retention trimmed from Redis before that read was
@@ -109,17 +110,25 @@ pub(super) async fn read_with(
         return Ok(Ok(from_redis));
     };
     // Records the sink lost off its end would be made up for by Redis' tail, until
-    // retention trims them there too: the export cursor says how far the sink must go.
-    let held = sink.records.len() as u64;
-    if let Some(exported) = exported.filter(|exported| *exported > held) {
+    // retention trims them there too: the export cursor says how far the sink went, when it
+    // counts this sink (the files or this S3 prefix, as its mark says).
+    let counts_this_sink = match (&sources.s3, mark.as_deref()) {
+        (Some(url), Some(mark)) => {
+            S3Location::parse(url).is_some_and(|at| mark.starts_with(&at.to_string()))
+        }
+        (Some(_), None) => false,
+        (None, mark) => mark.is_none_or(|mark| mark == "files"),
+    };
+    let ends = sink.last_seq();
+    if let Some(exported) = exported.filter(|exported| counts_this_sink && *exported > ends) {
         return Ok(Err(Problem {
             kind: ProblemKind::Truncated,
-            seq: held + 1,
+            seq: ends + 1,
             location: "end of the sink".into(),
             detail: format!(
-                "the sink ends at record {held}, but records up to {exported} were exported to \
+                "the sink ends at record {ends}, but records up to {exported} were exported to \
                  it: records {}..={exported} are missing from it",
-                held + 1
+                ends + 1
             ),
         }));
     }

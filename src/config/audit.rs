@@ -90,7 +90,8 @@ fn default_s3_prefix() -> String {
     "stepgate-audit/".to_owned()
 }
 
-const MAX_SEGMENT_RECORDS: u64 = 50_000;
+/// The most records `audit.s3.segment_records` may ask for.
+pub const MAX_SEGMENT_RECORDS: u64 = 50_000;
 
 fn default_segment_records() -> u64 {
     // Some 5 MB of records: one PUT per 10,000 records keeps requests (and their cost) low
@@ -240,10 +241,11 @@ impl AuditConfig {
         }
         if let Some(s3) = &self.s3 {
             s3.check(problems);
-            if !self.files.enabled {
+            if !self.enabled || !self.files.enabled {
                 problems.add(
                     "audit.s3",
-                    "needs the export on (audit.files.enabled = true): it is the export's sink",
+                    "needs the audit and its export on (audit.enabled, audit.files.enabled): \
+                     it is the export's sink",
                 );
             }
             // A segment is written once this many records wait: they must fit under the cap

@@ -23,7 +23,7 @@ mod issuers;
 mod worker;
 mod workflows;
 pub use access::{AccessConfig, AuthConfig};
-pub use audit::{AuditConfig, AuditFilesConfig, AuditS3Config, FailClosed};
+pub use audit::{AuditConfig, AuditFilesConfig, AuditS3Config, FailClosed, MAX_SEGMENT_RECORDS};
 pub use files::digest;
 pub use issuers::{IntrospectionConfig, IssuerConfig};
 pub use worker::{BreakerConfig, WorkerConfig};

@@ -35,10 +35,15 @@ fn body(seq: u64) -> String {
 
 /// Redis with records 1..=30 (unsigned: what is exported is not verified here).
 async fn redis_with_records() -> TestResult<RedisServer> {
+    redis_with(30).await
+}
+
+/// Redis with records 1..=`last`.
+async fn redis_with(last: u64) -> TestResult<RedisServer> {
     let server = RedisServer::start();
     let mut raw = server.connection().await?;
     let mut pipe = redis::pipe();
-    for seq in 1..=30 {
+    for seq in 1..=last {
         pipe.cmd("XADD")
             .arg(keys().audit_log())
             .arg("*")
@@ -51,14 +56,24 @@ async fn redis_with_records() -> TestResult<RedisServer> {
     pipe.cmd("HSET")
         .arg(keys().audit_head())
         .arg("seq")
-        .arg(30)
+        .arg(last)
         .ignore();
     let () = pipe.query_async(&mut raw).await?;
     Ok(server)
 }
 
-/// Runs an S3 exporter into `bucket` for `run`, then stops it; the export cursor then.
+/// Runs an S3 exporter into `bucket` for `run` (or until it exported record 30), then stops
+/// it; the export cursor then.
 async fn export_for(server: &RedisServer, bucket: &str, run: Duration) -> TestResult<Option<u64>> {
+    export_until(server, bucket, run, 30).await
+}
+
+async fn export_until(
+    server: &RedisServer,
+    bucket: &str,
+    run: Duration,
+    last: u64,
+) -> TestResult<Option<u64>> {
     let settings = ExportSettings {
         sink: SinkSettings::S3(S3Settings {
             bucket: trail_bucket(bucket).await?,
@@ -82,7 +97,7 @@ async fn export_for(server: &RedisServer, bucket: &str, run: Duration) -> TestRe
             .arg("seq")
             .query_async(&mut raw)
             .await?;
-        if exported == Some(30) {
+        if exported == Some(last) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -138,9 +153,44 @@ async fn a_segment_written_just_before_a_crash_is_taken_as_written() -> TestResu
     Ok(())
 }
 
+/// The cursor names its segment (records 1..=12), and a longer segment (13..=1,100: more
+/// than a page of Redis reads) lies past it: both are taken, the export goes on after them.
+#[tokio::test]
+async fn a_long_segment_past_a_named_cursor_is_taken_as_written() -> TestResult {
+    let server = redis_with(1_200).await?;
+    let (s3, bucket) = bucket_holding(lines(1..=12)).await?;
+    s3.put_object()
+        .bucket(&bucket)
+        .key(format!("{PREFIX}records/00000000000000000013.jsonl"))
+        .body(ByteStream::from(lines(13..=1_100)))
+        .send()
+        .await?;
+    let () = redis::cmd("HSET")
+        .arg(keys().audit_export())
+        .arg("seq")
+        .arg(12)
+        .arg("sink")
+        .arg(format!(
+            "s3://{bucket}/{PREFIX}records/00000000000000000001.jsonl"
+        ))
+        .query_async(&mut server.connection().await?)
+        .await?;
+    assert_eq!(
+        export_until(&server, &bucket, Duration::from_secs(20), 1_200).await?,
+        Some(1_200)
+    );
+    assert_eq!(
+        keys_under(&s3, &bucket, "records/").await?,
+        [1, 13, 1_101]
+            .map(|first| format!("{PREFIX}records/{first:020}.jsonl"))
+            .to_vec()
+    );
+    Ok(())
+}
+
 /// A segment past the cursor whose records are not Redis' (another trail's, or one edited
 /// in the middle with its last line intact) is not taken: nothing is exported on top of it,
-/// and the cursor does not move.
+/// and the cursor does not move, until it is put right.
 #[tokio::test]
 async fn a_foreign_segment_past_the_cursor_stops_the_export() -> TestResult {
     let server = redis_with_records().await?;
@@ -155,12 +205,23 @@ async fn a_foreign_segment_past_the_cursor_stops_the_export() -> TestResult {
         None
     );
     assert_eq!(keys_under(&s3, &bucket, "records/").await?.len(), 1);
+    // That segment, and only it, stopped the export: put right, the export goes on.
+    s3.put_object()
+        .bucket(&bucket)
+        .key(format!("{PREFIX}records/00000000000000000001.jsonl"))
+        .body(ByteStream::from(lines(1..=12)))
+        .send()
+        .await?;
+    assert_eq!(
+        export_for(&server, &bucket, Duration::from_secs(20)).await?,
+        Some(30)
+    );
     Ok(())
 }
 
 /// A cursor the files sink moved (the export switched to S3 over a trail exported to
 /// files, only partly uploaded): the records it counts are not all in the prefix, so
-/// nothing is written there.
+/// nothing is written there, until they are.
 #[tokio::test]
 async fn a_cursor_another_sink_moved_stops_the_export() -> TestResult {
     let server = redis_with_records().await?;
@@ -180,6 +241,23 @@ async fn a_cursor_another_sink_moved_stops_the_export() -> TestResult {
         Some(10)
     );
     assert_eq!(keys_under(&s3, &bucket, "records/").await?.len(), 1);
+    // The rest uploaded (as a segment of its own): the cursor's records are all there, and
+    // the export goes on after them.
+    s3.put_object()
+        .bucket(&bucket)
+        .key(format!("{PREFIX}records/00000000000000000006.jsonl"))
+        .body(ByteStream::from(lines(6..=10)))
+        .send()
+        .await?;
+    assert_eq!(
+        export_for(&server, &bucket, Duration::from_secs(20)).await?,
+        Some(30)
+    );
+    let segments = keys_under(&s3, &bucket, "records/").await?;
+    assert_eq!(
+        segments.last(),
+        Some(&format!("{PREFIX}records/00000000000000000011.jsonl"))
+    );
     Ok(())
 }
 

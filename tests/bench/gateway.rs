@@ -226,6 +226,9 @@ impl Stepgate {
                 "workflows.orders.allow",
                 json!([{"clients": ["billing-service"], "scopes": ["workflows:trigger"]}]),
             )
+            // Admission is measured with the drain off: the queue grows past the default
+            // bound (100,000) within the run, and a 429 would fail it.
+            .set("workflows.orders.max_backlog", 100_000_000)
             .set("worker.enabled", !matches!(drain, DrainMode::Off));
         let config = match drain {
             DrainMode::InFlight(at_most) => config.set("worker.max_in_flight", at_most),

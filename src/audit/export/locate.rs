@@ -23,6 +23,13 @@ pub(super) async fn locate(
     dir: &Path,
 ) -> Result<Position, ExportError> {
     std::fs::create_dir_all(dir).map_err(|e| FilesError::new(dir, e))?;
+    let (cursor, mark) = read_cursor(redis, keys).await?;
+    if let Some(mark) = mark.filter(|mark| mark.starts_with("s3://")) {
+        return Err(ExportError::Gap(format!(
+            "the trail is exported to S3 ({mark}), not to files: give every replica the same \
+             sink ([audit.s3])"
+        )));
+    }
     let (checkpoint_size, checkpoint_entry) = last_checkpoint(redis, keys, dir).await?;
     let last = last_record(dir)?;
     let file = match files::record_files(dir)?.pop() {
@@ -51,6 +58,15 @@ pub(super) async fn locate(
         });
     };
     let entry = entry_of(redis, keys, seq, Some(&hash)).await?;
+    if let Some(cursor) = cursor.filter(|cursor| *cursor > seq) {
+        tracing::warn!(
+            dir = %dir.display(),
+            files_end = seq,
+            cursor,
+            "the audit files end before the export cursor: files were removed; the records \
+             after them are exported again from Redis"
+        );
+    }
     Ok(Position {
         seq,
         entry,
@@ -132,6 +148,19 @@ async fn last_checkpoint(
             _ => return Ok((size, None)),
         }
     }
+}
+
+/// The export cursor: how far the sink goes, and its mark (where it ends).
+pub(super) async fn read_cursor(
+    redis: &mut RedisConnection,
+    keys: &Keys,
+) -> redis::RedisResult<(Option<u64>, Option<String>)> {
+    redis::cmd("HMGET")
+        .arg(keys.audit_export())
+        .arg("seq")
+        .arg("sink")
+        .query_async(redis)
+        .await
 }
 
 pub(super) async fn read_trimmed_seq(

@@ -23,6 +23,7 @@
 mod dir_lock;
 mod files_sink;
 mod locate;
+mod s3_locate;
 mod s3_sink;
 mod start;
 mod trim;
@@ -125,14 +126,6 @@ impl Sink {
         match self {
             Sink::Files(files) => files.dir.display().to_string(),
             Sink::S3(s3) => s3.settings.bucket.location.to_string(),
-        }
-    }
-
-    /// Records read and written at a time.
-    fn page(&self) -> usize {
-        match self {
-            Sink::Files(_) => PAGE,
-            Sink::S3(s3) => s3.page(),
         }
     }
 }
@@ -251,29 +244,41 @@ impl Exporter {
                 position
             }
         };
-        let page = self.sink.page();
         loop {
-            if let Sink::S3(s3) = &self.sink
-                && !s3.due(&mut self.redis, &self.keys, &position).await?
-            {
-                break;
-            }
-            let records =
-                store::read_records(&mut self.redis, &self.keys, position.entry.as_deref(), page)
-                    .await?;
+            // A page of records for the files; a whole segment, once one is due, for S3.
+            let records = match &self.sink {
+                Sink::Files(_) => {
+                    let after = position.entry.as_deref();
+                    store::read_records(&mut self.redis, &self.keys, after, PAGE).await?
+                }
+                Sink::S3(s3) => {
+                    if !s3.due(&mut self.redis, &self.keys, &position).await? {
+                        break;
+                    }
+                    s3.read_segment(&mut self.redis, &self.keys, &position)
+                        .await?
+                }
+            };
             if records.is_empty() {
                 break;
             }
-            // Renewed and checked before every page: a lease lost mid-round (another replica
-            // took over) stops the writing here, and the files are located afresh.
+            // Renewed and checked before every write: a lease lost mid-round (another
+            // replica took over) stops the writing here, and the sink is located afresh.
             if !self.lease.still_held(&mut self.redis, &self.keys).await? {
                 self.lost();
                 return Ok(Round::Standby);
             }
-            match &self.sink {
-                Sink::Files(files) => files.append_records(&mut position, &records)?,
-                Sink::S3(s3) => s3.put_segment(&mut position, &records).await?,
-            }
+            let last_page = match &self.sink {
+                Sink::Files(files) => {
+                    files.append_records(&mut position, &records)?;
+                    records.len() < PAGE
+                }
+                Sink::S3(s3) => {
+                    s3.put_segment(&mut position, &records).await?;
+                    // Whether another segment is due, `due` tells.
+                    false
+                }
+            };
             if !self
                 .lease
                 .advance(&mut self.redis, &self.keys, position.seq, &position.mark())
@@ -282,7 +287,7 @@ impl Exporter {
                 self.lost();
                 return Ok(Round::Standby);
             }
-            if records.len() < page {
+            if last_page {
                 break;
             }
         }
