@@ -139,19 +139,43 @@ _P = 2**255 - 19
 _D = -121665 * pow(121666, _P - 2, _P) % _P
 
 
-def valid_point(raw: bytes) -> bool:
-    """RFC 8032 §5.1.3 point decoding succeeds."""
+def decode_point(raw: bytes):
+    """RFC 8032 §5.1.3 point decoding, canonical only (y < p): (x, y), or None."""
     y = int.from_bytes(raw, "little")
     sign, y = y >> 255, y & ((1 << 255) - 1)
     if y >= _P:
-        return False
+        return None
     x2 = (y * y - 1) * pow(_D * y * y + 1, _P - 2, _P) % _P
     x = pow(x2, (_P + 3) // 8, _P)
     if (x * x - x2) % _P:
         x = x * pow(2, (_P - 1) // 4, _P) % _P
         if (x * x - x2) % _P:
-            return False
-    return not (x == 0 and sign)
+            return None
+    if x == 0 and sign:
+        return None
+    if x & 1 != sign:
+        x = _P - x
+    return x, y
+
+
+def _add(a, b):
+    """Twisted Edwards addition (a = -1), affine."""
+    (x1, y1), (x2, y2) = a, b
+    t = _D * x1 * x2 * y1 * y2 % _P
+    x3 = (x1 * y2 + y1 * x2) * pow(1 + t, _P - 2, _P) % _P
+    y3 = (y1 * y2 + x1 * x2) * pow(1 - t, _P - 2, _P) % _P
+    return x3, y3
+
+
+def valid_point(raw: bytes) -> bool:
+    """A strong key (trail format §3): canonically encoded, and not of small order (8·P is
+    not the identity), under which no fixed signature verifies every message."""
+    point = decode_point(raw)
+    if point is None:
+        return False
+    for _ in range(3):
+        point = _add(point, point)
+    return point != (0, 1)
 
 
 def leaf_hash(body: bytes) -> bytes:
@@ -425,7 +449,10 @@ def load_anchors(paths):
             raise Failure("usage", None, f"public key {path}: {e}")
         if not isinstance(key, Ed25519PublicKey):
             raise Failure("usage", None, f"public key {path} is not Ed25519")
-        keys[key_id(key.public_bytes(Encoding.Raw, PublicFormat.Raw))] = key
+        raw = key.public_bytes(Encoding.Raw, PublicFormat.Raw)
+        if not valid_point(raw):
+            raise Failure("usage", None, f"public key {path} is a weak or non-canonical point")
+        keys[key_id(raw)] = key
     return keys
 
 

@@ -5,7 +5,7 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use ed25519_dalek::{Signature, Verifier as _, VerifyingKey};
+use ed25519_dalek::{Signature, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -122,7 +122,7 @@ impl SignedCheckpoint {
             .ok()
             .and_then(|bytes| Signature::from_slice(&bytes).ok())
             .ok_or(CheckpointError::BadSignature)?;
-        key.verify(self.body.as_bytes(), &signature)
+        key.verify_strict(self.body.as_bytes(), &signature)
             .map_err(|_| CheckpointError::BadSignature)?;
         Ok(checkpoint)
     }

@@ -4,7 +4,7 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use ed25519_dalek::{Signature, Verifier as _, VerifyingKey};
+use ed25519_dalek::{Signature, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
 use super::checkpoint::{Checkpoint, CheckpointError, SignedCheckpoint};
@@ -287,7 +287,7 @@ fn check_record_signature(
         .ok()
         .and_then(|b| Signature::from_slice(&b).ok())
         .ok_or(ProofError::MalformedSignature)?;
-    key.verify(record.body.as_bytes(), &signature)
+    key.verify_strict(record.body.as_bytes(), &signature)
         .map_err(|_| ProofError::BadSignature)
 }
 

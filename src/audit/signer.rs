@@ -108,10 +108,17 @@ impl AuditSigner {
 /// Loads an SPKI PEM public key (as written by `stepgate keygen`).
 pub fn load_public_key(path: &Path) -> Result<VerifyingKey, KeyError> {
     let pem = read(path)?;
-    VerifyingKey::from_public_key_pem(&pem).map_err(|e| KeyError::Format {
+    let key = VerifyingKey::from_public_key_pem(&pem).map_err(|e| KeyError::Format {
         path: path.display().to_string(),
         kind: "public",
         detail: pem_problem(&pem, "PUBLIC KEY", &e),
+    })?;
+    crate::audit::verify::strong_key(key.as_bytes()).ok_or_else(|| KeyError::Format {
+        path: path.display().to_string(),
+        kind: "public",
+        detail: "a weak (small-order) or non-canonical Ed25519 point: no signature can be \
+                 trusted under it"
+            .into(),
     })
 }
 

@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use ed25519_dalek::{Signature, Verifier as _, VerifyingKey};
+use ed25519_dalek::{Signature, VerifyingKey};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -296,7 +296,8 @@ impl ChainVerifier {
             .ok()
             .and_then(|bytes| Signature::from_slice(&bytes).ok())
             .ok_or((ProblemKind::Modified, "signature is malformed".to_owned()))?;
-        key.verify(record.body.as_bytes(), &signature)
+        // Strict: refuses small-order keys and R, and non-canonical s (RFC 8032 §5.1.7).
+        key.verify_strict(record.body.as_bytes(), &signature)
             .map_err(|_| {
                 (
                     ProblemKind::Modified,
@@ -313,8 +314,8 @@ impl ChainVerifier {
             .as_str()
             .and_then(|b64| BASE64.decode(b64).ok())
             .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
-            .and_then(|bytes| VerifyingKey::from_bytes(&bytes).ok())
-            .ok_or(RotationError::NoPublicKey)?;
+            .ok_or(RotationError::NoPublicKey)
+            .and_then(|bytes| strong_key(&bytes).ok_or(RotationError::WeakKey))?;
         if key_id(&key) != new_kid || new_kid == old {
             return Err(RotationError::WrongKid);
         }
@@ -448,6 +449,20 @@ enum RotationError {
     NoPublicKey,
     #[error("key_rotated record's new_kid does not name its public_key")]
     WrongKid,
+    #[error(
+        "key_rotated record's public_key is a weak (small-order) or non-canonical point, \
+         under which signatures can be forged"
+    )]
+    WeakKey,
+}
+
+/// An Ed25519 public key fit to verify with: canonically encoded (y < p, as its own
+/// re-encoding shows) and not of small order. Under a small-order key (the identity, say)
+/// a fixed pair such as R = B, s = 1 satisfies the verification equation for any message.
+pub fn strong_key(bytes: &[u8; 32]) -> Option<VerifyingKey> {
+    let key = VerifyingKey::from_bytes(bytes).ok()?;
+    let canonical = key.to_edwards().compress().to_bytes() == *bytes;
+    (canonical && !key.is_weak()).then_some(key)
 }
 
 /// A problem's kind and detail, before it is placed at a record.

@@ -268,3 +268,70 @@ fn a_trim_marker_no_signed_checkpoint_vouches_for_is_refused() {
         Some(ProblemKind::CheckpointMismatch)
     );
 }
+
+/// A signed `key_rotated` record introducing a small-order key — the identity, in its
+/// canonical encoding or a non-canonical one (y = p + 1) — would let anyone append records
+/// that "verify" under it with the fixed pair R = B, s = 1. The rotation is refused, and a
+/// strict check refuses such a signature even under a key given by hand.
+#[test]
+fn a_rotation_to_a_weak_key_is_refused_and_no_fixed_signature_forges_a_record() {
+    let mut identity = [0u8; 32];
+    identity[0] = 1;
+    let mut non_canonical = [0xffu8; 32];
+    non_canonical[0] = 0xee;
+    non_canonical[31] = 0x7f;
+    // R = the base point (compressed), s = 1.
+    let mut forged = [0u8; 64];
+    forged[0] = 0x58;
+    forged[1..32].fill(0x66);
+    forged[32] = 1;
+    for weak in [identity, non_canonical] {
+        let weak_key = VerifyingKey::from_bytes(&weak).expect("a point");
+        assert!(strong_key(&weak).is_none());
+        let first = AuditSigner::generate();
+        let mut head = ChainHead::empty();
+        let mut records = Vec::new();
+        for seq in 1..=3u64 {
+            let (event, kid) = if seq == 2 {
+                let mut rotation = AuditEvent::now(EventKind::KeyRotated);
+                rotation.new_kid = Some(key_id(&weak_key));
+                rotation.public_key = Some(BASE64.encode(weak));
+                (rotation, first.kid().to_owned())
+            } else if seq == 1 {
+                (AuditEvent::now(EventKind::Accepted), first.kid().to_owned())
+            } else {
+                (AuditEvent::now(EventKind::Accepted), key_id(&weak_key))
+            };
+            let body = event.body(seq, &head.hash, &kid);
+            head.seq = seq;
+            head.hash = sha256_hex(&body);
+            head.frontier.push(leaf_hash(&body));
+            let signature = if seq == 3 {
+                BASE64.encode(forged)
+            } else {
+                BASE64.encode(first.sign(&body))
+            };
+            records.push(StoredRecord {
+                location: format!("entry {seq}"),
+                signature,
+                body: String::from_utf8_lossy(&body).into_owned(),
+            });
+        }
+        let checked = verify_records(
+            &records,
+            &[first.verifying_key()],
+            StartPoint::genesis(),
+            &[],
+            Some(&head),
+        );
+        let problem = checked.expect_err("a forged record verified");
+        assert_eq!(problem.seq, 2, "{problem}");
+        // Given the weak key by hand, the forged signature still fails the strict check.
+        let signature = Signature::from_bytes(&forged);
+        assert!(
+            weak_key
+                .verify_strict(records[2].body.as_bytes(), &signature)
+                .is_err()
+        );
+    }
+}
