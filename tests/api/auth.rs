@@ -392,3 +392,37 @@ async fn the_bearer_scheme_is_case_insensitive_and_single() -> TestResult {
     );
     Ok(())
 }
+
+/// A one-time token whose `exp` has a fraction (RFC 7519's NumericDate allows one, and the
+/// verifier accepts it) is remembered for its whole life: before, its marker lived only the
+/// clock leeway, and the token could be replayed once that passed.
+#[tokio::test]
+async fn a_one_time_token_with_a_fractional_exp_is_remembered_for_its_life() -> TestResult {
+    let app = crate::support::spawn_app_with(crate::support::RedisServer::start(), |config| {
+        let arn = config.orders_arn();
+        config
+            .set("worker.enabled", false)
+            .workflow("payouts", &arn)
+            .set("workflows.payouts.one_time_tokens", true)
+    })
+    .await?;
+    let idp = &partners().idp;
+    let exp = serde_json::Number::from_f64(now() as f64 + 300.5).ok_or("exp")?;
+    let token = sign_rs256(idp, &idp.kid, &with_claim(idp, "exp", Value::Number(exp)))?;
+    let first = app.trigger("payouts", &token, &json!({})).await?;
+    assert_eq!(first.status(), StatusCode::ACCEPTED);
+    let mut redis = app.redis.connection().await?;
+    let markers: Vec<String> = redis::cmd("KEYS")
+        .arg(crate::support::keys().used_token(&crate::support::workflow_named("payouts")?, "*"))
+        .query_async(&mut redis)
+        .await?;
+    assert_eq!(markers.len(), 1);
+    let ttl: i64 = redis::cmd("TTL")
+        .arg(&markers[0])
+        .query_async(&mut redis)
+        .await?;
+    assert!(ttl >= 295, "remembered {ttl} s of the token's 300 s life");
+    let replay = app.trigger("payouts", &token, &json!({})).await?;
+    assert_eq!(replay.status(), StatusCode::UNAUTHORIZED);
+    Ok(())
+}

@@ -111,10 +111,18 @@ fn one_time_token(runtime: &Runtime, caller: &Principal) -> Result<OneTimeToken,
         .get("jti")
         .and_then(|v| v.as_str())
         .ok_or(ApiError::InvalidToken(AuthError::NoTokenId))?;
+    // A NumericDate may have a fraction (RFC 7519 §2): rounded up, the token is remembered
+    // until it has surely expired.
     let exp = caller
         .claims
         .get("exp")
-        .and_then(|v| v.as_u64())
+        .and_then(|v| {
+            v.as_u64().or_else(|| {
+                v.as_f64()
+                    .filter(|exp| exp.is_finite() && *exp >= 0.0)
+                    .map(|exp| exp.ceil() as u64)
+            })
+        })
         .unwrap_or(0);
     let now = crate::clock::unix_seconds();
     Ok(OneTimeToken {
