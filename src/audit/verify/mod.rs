@@ -314,6 +314,7 @@ impl ChainVerifier {
             .as_str()
             .and_then(|b64| BASE64.decode(b64).ok())
             .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
+            .filter(|bytes| VerifyingKey::from_bytes(bytes).is_ok())
             .ok_or(RotationError::NoPublicKey)
             .and_then(|bytes| strong_key(&bytes).ok_or(RotationError::WeakKey))?;
         if key_id(&key) != new_kid || new_kid == old {

@@ -111,8 +111,10 @@ fn one_time_token(runtime: &Runtime, caller: &Principal) -> Result<OneTimeToken,
         .get("jti")
         .and_then(|v| v.as_str())
         .ok_or(ApiError::InvalidToken(AuthError::NoTokenId))?;
-    // A NumericDate may have a fraction (RFC 7519 §2): rounded up, the token is remembered
-    // until it has surely expired.
+    // A NumericDate may have a fraction (RFC 7519 §2): rounded up. The verifier takes `now`
+    // in whole seconds, so the token is accepted until up to a second past `exp` plus the
+    // leeway; the marker outlives that by a second more. (The TTL runs on Redis' clock,
+    // assumed to agree with this host's within that second.)
     let exp = caller
         .claims
         .get("exp")
@@ -127,6 +129,6 @@ fn one_time_token(runtime: &Runtime, caller: &Principal) -> Result<OneTimeToken,
     let now = crate::clock::unix_seconds();
     Ok(OneTimeToken {
         id: sha256_hex(format!("{}\n{jti}", caller.issuer).as_bytes()),
-        ttl_seconds: exp.saturating_sub(now) + runtime.verifier.leeway(&caller.issuer),
+        ttl_seconds: exp.saturating_sub(now) + runtime.verifier.leeway(&caller.issuer) + 1,
     })
 }
