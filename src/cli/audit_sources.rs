@@ -69,10 +69,13 @@ pub(super) async fn read_with(
     sources: &Sources,
 ) -> Result<Result<Trail, Problem>, ReadError> {
     if sources.no_redis {
-        return match read_sink(config, sources).await? {
-            Some(sink) => Ok(Ok(sink)),
-            None => unreachable_sink(),
-        };
+        // clap refuses `--no-redis` without a sink before this runs.
+        return read_sink(config, sources).await?.map(Ok).ok_or_else(|| {
+            ReadError::Redis(redis::RedisError::from((
+                redis::ErrorKind::InvalidClientConfig,
+                "--no-redis needs --files or --s3",
+            )))
+        });
     }
     let Some(config) = config else {
         return Err(ReadError::Redis(redis::RedisError::from((
@@ -155,12 +158,4 @@ async fn read_sink(config: Option<&Config>, sources: &Sources) -> Result<Option<
         .and_then(|s3| s3.endpoint_url.as_deref());
     let bucket = TrailBucket::connect(config.map(|c| &c.aws), endpoint, location).await;
     Ok(Some(trail::from_s3(&bucket).await?))
-}
-
-/// `--no-redis` without a sink, which clap refuses before this runs.
-fn unreachable_sink() -> Result<Result<Trail, Problem>, ReadError> {
-    Err(ReadError::Redis(redis::RedisError::from((
-        redis::ErrorKind::InvalidClientConfig,
-        "--no-redis needs --files or --s3",
-    ))))
 }

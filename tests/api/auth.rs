@@ -398,14 +398,7 @@ async fn the_bearer_scheme_is_case_insensitive_and_single() -> TestResult {
 /// clock leeway, and the token could be replayed once that passed.
 #[tokio::test]
 async fn a_one_time_token_with_a_fractional_exp_is_remembered_for_its_life() -> TestResult {
-    let app = crate::support::spawn_app_with(crate::support::RedisServer::start(), |config| {
-        let arn = config.orders_arn();
-        config
-            .set("worker.enabled", false)
-            .workflow("payouts", &arn)
-            .set("workflows.payouts.one_time_tokens", true)
-    })
-    .await?;
+    let app = crate::policy::one_time_token_app().await?;
     let idp = &partners().idp;
     let exp = serde_json::Number::from_f64(now() as f64 + 300.5).ok_or("exp")?;
     let token = sign_rs256(idp, &idp.kid, &with_claim(idp, "exp", Value::Number(exp)))?;

@@ -193,16 +193,21 @@ async fn policy_explain_verifies_a_real_token_and_shows_every_rule() -> TestResu
     Ok(())
 }
 
-#[tokio::test]
-async fn a_one_time_token_triggers_once_and_is_refused_after() -> TestResult {
-    let app = spawn_app_with(RedisServer::start(), |config| {
+/// An app whose `payouts` workflow takes one-time tokens only (its drain off).
+pub(crate) async fn one_time_token_app() -> TestResult<crate::support::TestApp> {
+    spawn_app_with(RedisServer::start(), |config| {
         let arn = config.orders_arn();
         config
             .set("worker.enabled", false)
             .workflow("payouts", &arn)
             .set("workflows.payouts.one_time_tokens", true)
     })
-    .await?;
+    .await
+}
+
+#[tokio::test]
+async fn a_one_time_token_triggers_once_and_is_refused_after() -> TestResult {
+    let app = one_time_token_app().await?;
     let idp = &partners().idp;
     let token = idp.billing_token().await?;
 
