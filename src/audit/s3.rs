@@ -246,21 +246,6 @@ impl TrailBucket {
         Ok(Some(bytes.into_bytes().to_vec()))
     }
 
-    /// Whether any segment is there (one short listing).
-    pub async fn holds_records(&self) -> Result<bool, S3Error> {
-        let prefix = self.location.records();
-        let listed = self
-            .client
-            .list_objects_v2()
-            .bucket(&self.location.bucket)
-            .prefix(&prefix)
-            .max_keys(1)
-            .send()
-            .await
-            .map_err(|e| self.error(&prefix, DisplayErrorContext(e)))?;
-        Ok(listed.key_count().unwrap_or(0) > 0)
-    }
-
     /// The key of the last segment whose first seq lies in `from..=to`: one bounded listing
     /// (from `from`, it stops past `to`).
     pub async fn last_segment_from(&self, from: u64, to: u64) -> Result<Option<String>, S3Error> {
